@@ -1,0 +1,56 @@
+# One command vocabulary for people, hooks and CI. `make` alone lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+# Use the operating system's certificate store (corporate proxies, offline mirrors).
+export UV_NATIVE_TLS ?= 1
+export UV_PYTHON_DOWNLOADS ?= never
+export NML_DISABLE_USAGE_LOGGING := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: uv
+uv:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+
+$(BIN)/python: requirements-dev.lock pyproject.toml | uv
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(BIN)/python requirements-dev.lock
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $(BIN)/python
+
+.PHONY: install
+install: $(BIN)/python ## Create .venv from the lockfile (bootstraps uv with pip if missing)
+
+.PHONY: lock
+lock: uv ## Re-resolve the lockfiles from pyproject.toml
+	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c constraints.txt pyproject.toml -o requirements.lock
+	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c constraints.txt --extra dev pyproject.toml -o requirements-dev.lock
+
+.PHONY: lint
+lint: install ## Ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: format
+format: install ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+.PHONY: typecheck
+typecheck: install ## mypy on the packages
+	$(BIN)/mypy
+
+.PHONY: test
+test: install ## Run the whole test suite (the README's test command)
+	$(BIN)/pytest
+
+.PHONY: check
+check: lint typecheck test ## Lint, types, then tests

@@ -1,0 +1,127 @@
+"""MLflow adapter: tracking set-up, model logging and registration, aliases, the reference set.
+
+The registry contract (see the design): one registered model, aliases ``champion``/``challenger``,
+every version tagged with its flow run, data hash, metrics and threshold, and its training run holding
+the reference set at ``names.REFERENCE_ARTIFACT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+
+from reggaeton import names
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Types the skops loader must trust for our pipelines (imbalanced-learn is not in skops' default list).
+SKOPS_TRUSTED_TYPES = [
+    "imblearn.pipeline.Pipeline",
+    "imblearn.over_sampling._smote.base.SMOTE",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.utils._bunch.Bunch",
+]
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured tracking store and registry and return a client."""
+    if settings.tracking_uri.startswith("sqlite:"):
+        settings.ensure_state_dir()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, settings: Settings) -> str:
+    """The id of an experiment, created (with the local artifact root for a file store) if needed."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    # A tracking server decides artifact locations itself; a database store needs one.
+    location = None if settings.tracking_uri.startswith("http") else f"{settings.artifact_root}/{name}"
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def log_model(pipeline: Any, example: pd.DataFrame, threshold: float) -> ModelInfo:
+    """Log a fitted pipeline to the active run with signature and input example.
+
+    The signature names the seven features; the pipeline itself is fitted on arrays in schema order.
+    """
+    features = example[list(FEATURE_NAMES)]
+    proba = pipeline.predict_proba(features.to_numpy(dtype=float))[:, 1]
+    signature = infer_signature(features, pd.Series(proba, name=PROBABILITY))
+    return mlflow.sklearn.log_model(
+        pipeline,
+        name=names.MODEL_ARTIFACT_NAME,
+        signature=signature,
+        input_example=features.head(2),
+        pyfunc_predict_fn="predict_proba",
+        metadata={"threshold": threshold, "features": list(FEATURE_NAMES)},
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+    )
+
+
+def reference_frame(holdout: pd.DataFrame, proba: Any, threshold: float) -> pd.DataFrame:
+    """The reference set monitoring needs: held-out features, probability, prediction and true label."""
+    frame = holdout[list(FEATURE_NAMES)].copy()
+    frame[PROBABILITY] = proba
+    frame[PREDICTION] = (frame[PROBABILITY] >= threshold).astype("int64")
+    frame[TARGET] = holdout[TARGET].astype("int64").to_numpy()
+    return frame.reset_index(drop=True)
+
+
+def log_reference(reference: pd.DataFrame) -> str:
+    """Write the reference set as a parquet artifact of the active run; return its artifact URI."""
+    artifact_dir, filename = names.REFERENCE_ARTIFACT.rsplit("/", 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        reference.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+    return mlflow.get_artifact_uri(names.REFERENCE_ARTIFACT)
+
+
+def register(
+    client: MlflowClient, model_info: ModelInfo, model_name: str, tags: Mapping[str, Any]
+) -> ModelVersion:
+    """Register a logged model as a new version of ``model_name`` with string tags."""
+    version = mlflow.register_model(model_info.model_uri, model_name)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version.version, key, str(value))
+    return client.get_model_version(model_name, version.version)
+
+
+def get_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points to, or None when the alias (or the model) does not exist."""
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def load_reference(client: MlflowClient, version: ModelVersion) -> pd.DataFrame:
+    """Download a version's reference set from its training run."""
+    if version.run_id is None:
+        raise ValueError(f"version {version.version} has no training run, so no reference set")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(version.run_id, names.REFERENCE_ARTIFACT, tmp)
+        return pd.read_parquet(local)
+
+
+def load_pipeline(model_name: str, version: str) -> Any:
+    """Load a registered version's scikit-learn pipeline."""
+    return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")

@@ -1,0 +1,1 @@
+"""NannyML monitoring, alert policy and traffic simulator."""

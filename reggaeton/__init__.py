@@ -1,0 +1,1 @@
+"""Shared domain of the reggaeton classifier: feature schema, settings, data, model pipelines, metrics."""

@@ -1,0 +1,43 @@
+"""Names that are contracts between the parts of the system: registry, aliases, tags, events."""
+
+from typing import Final
+
+MODEL_NAME: Final = "reggaeton-classifier"
+CHAMPION: Final = "champion"
+CHALLENGER: Final = "challenger"
+
+EXPERIMENT_TRAINING: Final = "reggaeton-training"
+EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
+
+# Artifact paths inside a training run.
+REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
+MODEL_ARTIFACT_NAME: Final = "model"
+
+
+class Tag:
+    """Tag keys set on registered model versions and runs."""
+
+    FLOW_RUN_ID: Final = "reggaeton.flow_run_id"
+    DATA_HASH: Final = "reggaeton.data_hash"
+    DATA_SOURCE: Final = "reggaeton.data_source"
+    THRESHOLD: Final = "reggaeton.threshold"
+    MODEL_FAMILY: Final = "reggaeton.model_family"
+    REFERENCE_URI: Final = "reggaeton.reference_uri"
+    METRIC_PREFIX: Final = "reggaeton.metric."
+    DECISION: Final = "reggaeton.decision"
+    DECISION_REASON: Final = "reggaeton.decision_reason"
+    DECIDED_BY: Final = "reggaeton.decided_by"
+    DECIDED_AT: Final = "reggaeton.decided_at"
+    PREVIOUS_CHAMPION: Final = "reggaeton.previous_champion"
+
+
+class Event:
+    """Prefect event names (the contract between emitters and automations)."""
+
+    DEGRADED: Final = "reggaeton.model.degraded"
+    DRIFTED: Final = "reggaeton.data.drifted"
+    PROMOTED: Final = "reggaeton.model.promoted"
+    REJECTED: Final = "reggaeton.model.rejected"
+    RELOAD_FAILED: Final = "reggaeton.model.reload_failed"
+    # Resource id prefix used on every event: "<prefix>.<model name>".
+    RESOURCE_PREFIX: Final = "reggaeton.model"

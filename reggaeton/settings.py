@@ -1,0 +1,199 @@
+"""One frozen settings object. Defaults are the embedded local stack; production comes from the environment.
+
+Environment variables use the prefix ``REGGAETON_`` and ``__`` between a section and its field,
+e.g. ``REGGAETON_MLFLOW__TRACKING_URI`` or ``REGGAETON_SERVING__PORT``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reggaeton import names
+
+LOCAL_PLACEHOLDER_SECRET = "local-dev-only"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MLflowSettings(_Section):
+    """Tracking store and registry."""
+
+    tracking_uri: str | None = None  # default: SQLite file in the state folder
+    registry_uri: str | None = None  # default: the tracking URI
+    artifact_root: str | None = None  # default: folder in the state folder
+    model_name: str = names.MODEL_NAME
+    training_experiment: str = names.EXPERIMENT_TRAINING
+    monitoring_experiment: str = names.EXPERIMENT_MONITORING
+    host: str = "127.0.0.1"
+    port: int = 5000
+
+
+class DataSettings(_Section):
+    """Where training data comes from."""
+
+    folder: Path | None = None  # a folder in the original CSV layout; None = synthetic sample
+    synthetic_rows: int = Field(default=2300, ge=100)
+    seed: int = 42
+    holdout_fraction: float = Field(default=0.25, gt=0.05, lt=0.6)
+    include_feedback: bool = True  # add labelled production traffic to training data when present
+
+
+class TrainingSettings(_Section):
+    """Optuna tuning and model selection."""
+
+    n_trials: int = Field(default=50, ge=1)
+    timeout_s: float | None = None
+    cv_folds: int = Field(default=5, ge=2)
+    cv_repeats: int = Field(default=1, ge=1)
+    n_jobs: int = Field(default=2, ge=1)  # parallel trials; each trial uses one thread
+    families: tuple[str, ...] = ("hist_gradient_boosting", "logistic_regression", "random_forest")
+    optuna_storage: str | None = None  # default: SQLite file in the state folder
+    study_name: str = "reggaeton"
+    bootstrap_rounds: int = Field(default=1000, ge=100)
+    seed: int = 42
+
+
+class PromotionSettings(_Section):
+    """The champion/challenger gate."""
+
+    min_gain: float = 0.0  # minimum PR-AUC gain (lower bound of the paired bootstrap interval)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    roc_auc_tolerance: float = 0.02
+    brier_tolerance: float = 0.01
+    latency_tolerance: float = 2.0  # challenger latency per row at most this times the champion's
+    min_pr_auc: float = 0.3  # absolute floors when there is no champion yet
+    min_roc_auc: float = 0.7
+    bootstrap_rounds: int = Field(default=1000, ge=100)
+    seed: int = 7
+
+
+class ServingSettings(_Section):
+    """The FastAPI prediction server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    max_batch: int = Field(default=256, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    admin_token: SecretStr = SecretStr(LOCAL_PLACEHOLDER_SECRET)
+    api_key: SecretStr | None = None
+    prediction_log_url: str | None = None  # default: SQLite file in the state folder
+    log_queue_size: int = Field(default=100_000, ge=1)
+    log_batch_size: int = Field(default=500, ge=1)
+    log_flush_interval_s: float = Field(default=0.2, gt=0)
+    model_cache_dir: Path | None = None  # default: folder in the state folder
+    micro_batch_max: int = Field(default=64, ge=1)
+
+
+class MonitoringSettings(_Section):
+    """NannyML monitoring and the alert policy."""
+
+    chunk_size: int | None = 500  # rows per chunk; None to chunk by period
+    chunk_period: str | None = None  # e.g. "h" or "D" when chunking by period
+    min_rows: int = Field(default=200, ge=1)  # below this a window is "insufficient data"
+    roc_auc_threshold: float = 0.80
+    f1_threshold: float | None = None
+    consecutive_chunks: int = Field(default=2, ge=1)
+    results_url: str | None = None  # default: SQLite file in the state folder
+
+
+class PrefectSettings(_Section):
+    """Prefect server, work pool and notifications."""
+
+    api_url: str | None = None  # default: http://host:port/api
+    host: str = "127.0.0.1"
+    port: int = 4200
+    work_pool: str = "reggaeton-pool"
+    webhook_url: str | None = None  # notifications; default: the local alert receiver
+    alert_receiver_port: int = 8765
+
+
+class Settings(BaseSettings):
+    """All settings of the system, frozen. Build once at an entry point and pass it down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REGGAETON_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    mode: Literal["local", "production"] = "local"
+    state_dir: Path = Path(".state")
+    mlflow: MLflowSettings = MLflowSettings()
+    data: DataSettings = DataSettings()
+    training: TrainingSettings = TrainingSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    serving: ServingSettings = ServingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    prefect: PrefectSettings = PrefectSettings()
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Self:
+        if self.mode != "local" and self.serving.admin_token.get_secret_value() == LOCAL_PLACEHOLDER_SECRET:
+            raise ValueError(
+                "REGGAETON_SERVING__ADMIN_TOKEN must be set outside local mode (the default is a placeholder)"
+            )
+        return self
+
+    # Resolved locations: the defaults all live in one state folder.
+    @property
+    def state_path(self) -> Path:
+        """Absolute state folder."""
+        return self.state_dir.expanduser().resolve()
+
+    def _sqlite(self, filename: str) -> str:
+        return f"sqlite:///{self.state_path / filename}"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI."""
+        return self.mlflow.tracking_uri or self._sqlite("mlflow.db")
+
+    @property
+    def registry_uri(self) -> str:
+        """MLflow registry URI."""
+        return self.mlflow.registry_uri or self.tracking_uri
+
+    @property
+    def artifact_root(self) -> str:
+        """Where a local MLflow server or a SQLite store keeps artifacts."""
+        return self.mlflow.artifact_root or (self.state_path / "mlartifacts").as_uri()
+
+    @property
+    def optuna_storage(self) -> str:
+        """Optuna RDB storage URL."""
+        return self.training.optuna_storage or self._sqlite("optuna.db")
+
+    @property
+    def prediction_log_url(self) -> str:
+        """SQLAlchemy URL of the prediction log."""
+        return self.serving.prediction_log_url or self._sqlite("predictions.db")
+
+    @property
+    def monitoring_results_url(self) -> str:
+        """SQLAlchemy URL of the monitoring results table."""
+        return self.monitoring.results_url or self._sqlite("monitoring.db")
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Local cache of the last good served model."""
+        return self.serving.model_cache_dir or self.state_path / "model-cache"
+
+    @property
+    def prefect_home(self) -> Path:
+        """PREFECT_HOME for the local Prefect server."""
+        return self.state_path / "prefect"
+
+    @property
+    def prefect_api_url(self) -> str:
+        """The Prefect API every emitter talks to."""
+        return self.prefect.api_url or f"http://{self.prefect.host}:{self.prefect.port}/api"
+
+    def ensure_state_dir(self) -> Path:
+        """Create the state folder (called by entry points, never at import)."""
+        self.state_path.mkdir(parents=True, exist_ok=True)
+        return self.state_path

@@ -1,0 +1,38 @@
+"""The MLflow adapter against a real SQLite tracking store and registry."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+
+from flows import registry
+from reggaeton import names
+from reggaeton.data import features_array, split, synthetic_dataset
+from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.settings import Settings
+
+
+def test_register_alias_and_reference_round_trip(settings: Settings) -> None:
+    client = registry.connect(settings)
+    data = split(synthetic_dataset(600, seed=1), 0.3, seed=1)
+    pipeline = build_pipeline(LOGISTIC_REGRESSION, {"C": 1.0}, seed=0)
+    pipeline.fit(features_array(data.train), data.train[TARGET])
+    proba = pipeline.predict_proba(features_array(data.holdout))[:, 1]
+
+    assert registry.get_alias(client, names.MODEL_NAME, names.CHAMPION) is None
+    experiment_id = registry.ensure_experiment(client, names.EXPERIMENT_TRAINING, settings)
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = registry.log_model(pipeline, data.holdout, threshold=0.4)
+        registry.log_reference(registry.reference_frame(data.holdout, proba, 0.4))
+    version = registry.register(client, info, names.MODEL_NAME, {names.Tag.THRESHOLD: 0.4})
+    client.set_registered_model_alias(names.MODEL_NAME, names.CHAMPION, version.version)
+
+    champion = registry.get_alias(client, names.MODEL_NAME, names.CHAMPION)
+    assert champion is not None and champion.version == version.version
+    assert champion.tags[names.Tag.THRESHOLD] == "0.4"
+    reference = registry.load_reference(client, champion)
+    assert list(reference.columns) == [*FEATURE_NAMES, PROBABILITY, PREDICTION, TARGET]
+    np.testing.assert_allclose(reference[PROBABILITY], proba)
+    loaded = registry.load_pipeline(names.MODEL_NAME, version.version)
+    np.testing.assert_allclose(loaded.predict_proba(features_array(data.holdout))[:, 1], proba)
