@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,13 @@ def original_data() -> Path:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must have the original data at {ORIGINAL_DATA}")
     pytest.skip(f"original challenge data not found at {ORIGINAL_DATA} (set REGGAETON_TEST_DATA)")
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> Iterator[str]:
+    """A real Prefect server (subprocess, temporary database) for the whole test session."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(PREFECT_API_URL.value())

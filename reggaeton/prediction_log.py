@@ -1,0 +1,75 @@
+"""The prediction log's storage contract: tables written by serving, read by monitoring and training.
+
+SQLAlchemy Core tables so the same code runs on a SQLite file (default) or Postgres (containers).
+``predictions`` has one row per served prediction; ``feedback`` one row per prediction id whose true
+label arrived later.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+)
+
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY
+
+metadata: Final = MetaData()
+
+PREDICTION_ID: Final = "id"
+CREATED_AT: Final = "created_at"
+MODEL_VERSION: Final = "model_version"
+
+predictions: Final = Table(
+    "predictions",
+    metadata,
+    Column(PREDICTION_ID, String(36), primary_key=True),
+    Column(CREATED_AT, DateTime(timezone=True), nullable=False),
+    Column("model_name", String(200), nullable=False),
+    Column(MODEL_VERSION, String(50), nullable=False),
+    *(Column(name, Float, nullable=False) for name in FEATURE_NAMES),
+    Column(PROBABILITY, Float, nullable=False),
+    Column(PREDICTION, Integer, nullable=False),
+    Index("ix_predictions_version_created", MODEL_VERSION, CREATED_AT),
+)
+
+feedback: Final = Table(
+    "feedback",
+    metadata,
+    Column("prediction_id", String(36), ForeignKey("predictions.id"), primary_key=True),
+    Column("label", Integer, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the log; SQLite gets WAL mode so readers never block the writer."""
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+    return engine
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the log's tables if they do not exist (idempotent)."""
+    metadata.create_all(engine)
