@@ -1,0 +1,130 @@
+"""prefect.yaml + automations applied against a real Prefect server, twice: same state both times."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+
+from flows import automations, deploy
+from reggaeton.names import Event
+from reggaeton.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Stand-ins with the agreed entrypoints, so the deployment file is tested on its own.
+STUB_FLOW = """
+from prefect import flow
+
+
+@flow(name="{name}")
+def {function}() -> str:
+    return "ok"
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "flows").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "prefect.yaml", root / "prefect.yaml")
+    config = yaml.safe_load((root / "prefect.yaml").read_text())
+    for entry in config["deployments"]:
+        path, function = entry["entrypoint"].split(":")
+        (root / path).write_text(STUB_FLOW.format(name=entry["name"], function=function))
+    return root
+
+
+@pytest.fixture
+def loop_settings(tmp_path: Path, prefect_api_url: str) -> Settings:
+    return Settings(
+        state_dir=tmp_path / "state",
+        prefect={"api_url": prefect_api_url, "work_pool": "reggaeton-pool-test"},
+    )
+
+
+def _snapshot(settings: Settings) -> dict[str, Any]:
+    """Everything deploy touches, without the ids and timestamps that may legitimately change."""
+    with automations.prefect_api(settings), get_client(sync_client=True) as client:
+        pool = client.read_work_pool(settings.prefect.work_pool)
+        deployments = {
+            d.name: {
+                "id": str(d.id),
+                "entrypoint": d.entrypoint,
+                "pool": d.work_pool_name,
+                "concurrency": (
+                    d.global_concurrency_limit.limit if d.global_concurrency_limit else None,
+                    d.concurrency_options.collision_strategy.value if d.concurrency_options else None,
+                ),
+                "schedules": sorted(
+                    s.schedule.model_dump_json(exclude={"anchor_date"}) for s in d.schedules if s.active
+                ),
+            }
+            for d in client.read_deployments()
+        }
+        autos = sorted(
+            (
+                a.name,
+                a.trigger.model_dump_json(exclude={"id"}),
+                len(a.actions),
+                a.actions[0].type,
+                str(getattr(a.actions[0], "deployment_id", None)),
+            )
+            for a in client.read_automations()
+        )
+    return {"pool": (pool.name, pool.type), "deployments": deployments, "automations": autos}
+
+
+@pytest.mark.slow
+def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None:
+    first_outcome = deploy.deploy(loop_settings, project_dir=project)
+    assert set(first_outcome.values()) <= {"created", "updated"}
+    first = _snapshot(loop_settings)
+
+    second_outcome = deploy.deploy(loop_settings, project_dir=project)
+    assert set(second_outcome.values()) == {"unchanged"}
+    assert _snapshot(loop_settings) == first
+
+    assert first["pool"] == ("reggaeton-pool-test", "process")
+    train = first["deployments"]["train-and-promote"]
+    assert train["pool"] == "reggaeton-pool-test"
+    assert train["concurrency"] == (1, "CANCEL_NEW")
+    assert any('"cron":"0 3 * * 1"' in s for s in train["schedules"])
+    monitor = first["deployments"]["monitor"]
+    assert any('"interval":300.0' in s for s in monitor["schedules"])
+
+    names = {a[0]: a for a in first["automations"]}
+    retrain = names["reggaeton-retrain-on-degraded"]
+    assert retrain[3] == "run-deployment"
+    assert retrain[4] == train["id"]
+    assert Event.DEGRADED in retrain[1] and '"within":600.0' in retrain[1]
+    for notice in automations.notices(loop_settings):
+        assert names[notice.name][3] == "send-notification"
+
+
+def test_notices_cover_every_event_of_the_contract() -> None:
+    covered = set().union(*(n.events for n in automations.notices(Settings())))
+    assert {Event.DEGRADED, Event.PROMOTED, Event.REJECTED, Event.RELOAD_FAILED} <= covered
+    assert automations.FLOW_RUN_FAILED in covered
+
+
+def test_degraded_notice_is_debounced_like_the_retrain() -> None:
+    [degraded] = [n for n in automations.notices(Settings()) if Event.DEGRADED in n.events]
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
+    assert degraded.debounce == timedelta(seconds=train["triggers"][0]["within"])
+
+
+def test_prefect_yaml_agrees_with_settings() -> None:
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    pools = {d["work_pool"]["name"] for d in config["deployments"]}
+    assert pools == {Settings().prefect.work_pool}
+    assert {d["entrypoint"] for d in config["deployments"]} == {
+        "flows/promote.py:train_and_promote_flow",
+        "flows/monitor.py:monitor_flow",
+    }

@@ -1,0 +1,81 @@
+"""The stack module starts processes with PID files, reuses them, and stops exactly what it started."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import httpx
+
+from flows import stack
+from flows.receiver import make_server
+from reggaeton.settings import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _receiver_settings(tmp_path: Path, port: int) -> Settings:
+    return Settings(state_dir=tmp_path / "state", prefect={"alert_receiver_port": port})
+
+
+def test_up_reuse_down_by_pid(tmp_path: Path) -> None:
+    settings = _receiver_settings(tmp_path, _free_port())
+    try:
+        assert stack.up(settings, ["receiver"]) == {"receiver": "started"}
+        record = stack.read_record(settings, "receiver")
+        assert record is not None and record.is_running()
+        assert httpx.get(f"{stack.receiver_url(settings)}/health").status_code == 200
+        assert (settings.state_path / "logs" / "receiver.log").is_file()
+
+        # A second start reuses the same process.
+        assert stack.up(settings, ["receiver"]) == {"receiver": "reused"}
+        again = stack.read_record(settings, "receiver")
+        assert again is not None and again.pid == record.pid
+        assert stack.status(settings)["receiver"] == f"running (pid {record.pid})"
+    finally:
+        outcome = stack.down(settings, ["receiver"])
+    assert outcome == {"receiver": "stopped"}
+    assert not record.is_running()
+    assert stack.read_record(settings, "receiver") is None
+    assert stack.down(settings, ["receiver"]) == {"receiver": "not running"}
+
+
+def test_down_leaves_processes_it_did_not_start(tmp_path: Path) -> None:
+    port = _free_port()
+    settings = _receiver_settings(tmp_path, port)
+    server = make_server(tmp_path / "alerts.jsonl", port=port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert stack.up(settings, ["receiver"]) == {"receiver": "external"}
+        assert stack.down(settings, ["receiver"]) == {"receiver": "not running"}
+        assert httpx.get(f"{stack.receiver_url(settings)}/health").status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_stale_pid_file_is_not_trusted(tmp_path: Path) -> None:
+    """A PID file whose process is gone (or whose PID was recycled) is neither reused nor killed."""
+    settings = _receiver_settings(tmp_path, _free_port())
+    stale = stack.Record("receiver", os.getpid(), "not-my-start-time", ["python"])
+    stack._write_record(settings, stale)
+    assert not stale.is_running()
+    assert stack.down(settings, ["receiver"]) == {"receiver": "not running"}
+    assert stack.read_record(settings, "receiver") is None
+
+
+def test_stack_environment_points_every_part_at_one_state_and_servers(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    env = stack.stack_environment(settings)
+    assert env["REGGAETON_STATE_DIR"] == str(settings.state_path)
+    assert env["REGGAETON_MLFLOW__TRACKING_URI"] == "http://127.0.0.1:5000"
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert env["NML_DISABLE_USAGE_LOGGING"] == "1"
