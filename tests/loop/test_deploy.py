@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,36 +15,6 @@ from reggaeton.names import Event
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# Stand-ins with the agreed entrypoints, so the deployment file is tested on its own.
-STUB_FLOW = """
-from prefect import flow
-
-
-@flow(name="{name}")
-def {function}() -> str:
-    return "ok"
-"""
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    (root / "flows").mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "prefect.yaml", root / "prefect.yaml")
-    config = yaml.safe_load((root / "prefect.yaml").read_text())
-    for entry in config["deployments"]:
-        path, function = entry["entrypoint"].split(":")
-        (root / path).write_text(STUB_FLOW.format(name=entry["name"], function=function))
-    return root
-
-
-@pytest.fixture
-def loop_settings(tmp_path: Path, prefect_api_url: str) -> Settings:
-    return Settings(
-        state_dir=tmp_path / "state",
-        prefect={"api_url": prefect_api_url, "work_pool": "reggaeton-pool-test"},
-    )
 
 
 def _snapshot(settings: Settings) -> dict[str, Any]:
