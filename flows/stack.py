@@ -130,7 +130,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "api",
         lambda s: _python("-m", "serving"),
-        lambda s: f"{api_url(s)}/docs",
+        lambda s: f"{api_url(s)}/health",
         startup_timeout_s=180.0,
     ),
 )
@@ -228,19 +228,18 @@ def _wait_ready(service: Service, settings: Settings, record: Record, log_path: 
     raise TimeoutError(f"{service.name} not ready after {service.startup_timeout_s:.0f} s; see {log_path}")
 
 
-def start(service: Service, settings: Settings) -> str:
-    """Start one service unless it already runs. Returns "started", "reused" or "external"."""
+def _launch(service: Service, settings: Settings) -> tuple[str, Record | None]:
+    """Start one service unless it already runs, without waiting for it to be ready."""
     record = read_record(settings, service.name)
-    log_path = log_dir(settings) / f"{service.name}.log"
     if record is not None and record.is_running():
-        _wait_ready(service, settings, record, log_path)
-        return "reused"
+        return "reused", record
     url = service.health_url(settings)
     if url is not None and _responds(url):
         logger.info(
             "%s already answers at %s (not started by this stack; down leaves it alone)", service.name, url
         )
-        return "external"
+        return "external", None
+    log_path = log_dir(settings) / f"{service.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = service.command(settings)
     with log_path.open("ab") as log:
@@ -255,12 +254,26 @@ def start(service: Service, settings: Settings) -> str:
     record = Record(service.name, process.pid, _start_ticks(process.pid), command)
     _write_record(settings, record)
     logger.info("%s started (pid %d), log %s", service.name, process.pid, log_path)
-    try:
-        _wait_ready(service, settings, record, log_path)
-    except Exception:
-        stop(service.name, settings)
-        raise
-    return "started"
+    return "started", record
+
+
+def start(services: Sequence[Service], settings: Settings) -> dict[str, str]:
+    """Start services together, then wait until each is ready. Returns "started", "reused" or "external".
+
+    A service that fails to become ready is stopped, and the error names it with the tail of its log.
+    """
+    launched = {service.name: _launch(service, settings) for service in services}
+    for service in services:
+        outcome, record = launched[service.name]
+        if record is None:
+            continue
+        try:
+            _wait_ready(service, settings, record, log_dir(settings) / f"{service.name}.log")
+        except Exception:
+            if outcome == "started":
+                stop(service.name, settings)
+            raise
+    return {name: outcome for name, (outcome, _) in launched.items()}
 
 
 def stop(name: str, settings: Settings, timeout_s: float = 20.0) -> str:
@@ -292,11 +305,19 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+# Services of one phase start together; a phase starts when the previous one is ready.
+PHASES: tuple[tuple[str, ...], ...] = (("prefect-server", "mlflow", "receiver"), ("worker", "api"))
+
+
 def up(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, str]:
-    """Start the named services in dependency order; what is already running is reused."""
+    """Start the named services phase by phase; what is already running is reused."""
     settings.ensure_state_dir()
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
-    return {service.name: start(service, settings) for service in SERVICES if service.name in names}
+    by_name = {service.name: service for service in SERVICES}
+    outcome: dict[str, str] = {}
+    for phase in PHASES:
+        outcome.update(start([by_name[name] for name in phase if name in names], settings))
+    return outcome
 
 
 def down(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, str]:
@@ -322,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(args.services) - set(SERVICE_NAMES):
         parser.error(f"unknown services: {', '.join(sorted(unknown))}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     names = args.services or SERVICE_NAMES
     actions = {"up": up, "down": down, "status": lambda s, _names: status(s)}
