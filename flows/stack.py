@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel, SecretStr
 
 from reggaeton.settings import Settings
 
@@ -58,16 +59,40 @@ def receiver_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.prefect.alert_receiver_port}"
 
 
+def _env_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return json.dumps(list(value))
+    return str(value)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings as REGGAETON_ variables: a child process rebuilds the same Settings from them."""
+    env = {"REGGAETON_MODE": settings.mode, "REGGAETON_STATE_DIR": str(settings.state_path)}
+    for section_name in Settings.model_fields:
+        section = getattr(settings, section_name)
+        if not isinstance(section, BaseModel):
+            continue
+        for field_name in type(section).model_fields:
+            value = getattr(section, field_name)
+            if value is not None:
+                env[f"REGGAETON_{section_name}__{field_name}".upper()] = _env_value(value)
+    return env
+
+
 def stack_environment(settings: Settings) -> dict[str, str]:
     """Environment every stack process (and every flow run of the worker) gets.
 
-    All parts talk to the same Prefect server and MLflow server and share one absolute state folder,
-    so the working directory of a process does not matter.
+    All parts see the same settings, talk to the same Prefect server and MLflow server and share one
+    absolute state folder, so the working directory of a process does not matter.
     """
     env = dict(os.environ)
+    env.update(settings_environment(settings))
     env.update(
         {
-            "REGGAETON_STATE_DIR": str(settings.state_path),
             "REGGAETON_MLFLOW__TRACKING_URI": settings.mlflow.tracking_uri or mlflow_url(settings),
             "PREFECT_API_URL": settings.prefect_api_url,
             "PREFECT_HOME": str(settings.prefect_home),

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
 from flows import stack
 from flows.receiver import make_server
@@ -79,3 +80,18 @@ def test_stack_environment_points_every_part_at_one_state_and_servers(tmp_path: 
     assert env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert env["NML_DISABLE_USAGE_LOGGING"] == "1"
+
+
+def test_settings_round_trip_through_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child process rebuilds exactly the parent's settings from the environment the stack gives it."""
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        serving={"port": 18000, "admin_token": "s3cret"},
+        training={"n_trials": 3, "families": ("logistic_regression",)},
+        prefect={"alert_receiver_port": 18765, "work_pool": "other-pool"},
+    )
+    for key in [k for k in os.environ if k.startswith("REGGAETON_")]:
+        monkeypatch.delenv(key)
+    for key, value in stack.settings_environment(settings).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
