@@ -15,9 +15,18 @@ from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID
 
-from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
+from prefect.automations import (
+    AutomationCore,
+    ChangeFlowRunState,
+    EventTrigger,
+    Posture,
+    RunDeployment,
+    SendNotification,
+)
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from reggaeton.names import Event
@@ -31,6 +40,15 @@ TAG = "reggaeton"
 
 FLOW_RUN_FAILED = "prefect.flow-run.Failed"
 FLOW_RUN_CRASHED = "prefect.flow-run.Crashed"
+FLOW_RUN_HEARTBEAT = "prefect.flow-run.heartbeat"
+FLOW_RUN_FINAL = frozenset(
+    {"prefect.flow-run.Completed", FLOW_RUN_FAILED, "prefect.flow-run.Cancelled", FLOW_RUN_CRASHED}
+)
+# Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by the stack); a run
+# silent for ZOMBIE_AFTER_S (its worker was killed with it, the machine rebooted) is marked Crashed.
+HEARTBEAT_S = 30
+ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
+RETRAIN_DEPLOYMENT = "train-and-promote"
 
 # Slack's incoming webhooks take {"text": ...}; the local receiver reads the same shape.
 WEBHOOK_JSON: dict[str, Any] = {"text": "{{subject}}\n{{body}}"}
@@ -128,6 +146,49 @@ def to_automation(notice: Notice, block_document_id: UUID) -> AutomationCore:
     )
 
 
+def zombie_automation() -> AutomationCore:
+    """Mark a flow run Crashed when its heartbeats stop before it reached a final state."""
+    return AutomationCore(
+        name=f"{PREFIX}-crash-silent-flow-runs",
+        description=f"A flow run without a heartbeat for {ZOMBIE_AFTER_S} s is marked Crashed.",
+        enabled=True,
+        tags=[TAG],
+        trigger=EventTrigger(
+            after={FLOW_RUN_HEARTBEAT},
+            expect={FLOW_RUN_HEARTBEAT, *FLOW_RUN_FINAL},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=ZOMBIE_AFTER_S),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {ZOMBIE_AFTER_S} s: the run's process is gone.",
+            )
+        ],
+    )
+
+
+def rerun_crashed_automation(deployment_id: UUID, settings: Settings) -> AutomationCore:
+    """Run the retrain again when a run of it crashed (worker killed mid-run); at most once per window."""
+    return AutomationCore(
+        name=f"{PREFIX}-rerun-crashed-retrain",
+        description="A crashed train-and-promote run is run again (debounced like the retrain trigger).",
+        enabled=True,
+        tags=[TAG],
+        trigger=EventTrigger(
+            expect={FLOW_RUN_CRASHED},
+            match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(seconds=settings.prefect.debounce_s),
+        ),
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+    )
+
+
 @contextmanager
 def prefect_api(settings: Settings) -> Iterator[None]:
     """Point every Prefect client in this block at the configured server (never an ephemeral one)."""
@@ -162,8 +223,18 @@ def apply_automations(settings: Settings) -> dict[str, str]:
     """
     block_id = ensure_notification_block(settings)
     wanted = [to_automation(notice, block_id) for notice in notices(settings)]
+    wanted.append(zombie_automation())
     outcome: dict[str, str] = {}
     with prefect_api(settings), get_client(sync_client=True) as client:
+        retrain = client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[RETRAIN_DEPLOYMENT]))
+        )
+        if retrain:
+            wanted.append(rerun_crashed_automation(retrain[0].id, settings))
+        else:
+            logger.warning(
+                "no %s deployment yet: the crashed-run automation waits for it", RETRAIN_DEPLOYMENT
+            )
         for automation in wanted:
             existing = client.read_automations_by_name(automation.name)
             if not existing:

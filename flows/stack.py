@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, SecretStr
 
+from flows.automations import HEARTBEAT_S
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def stack_environment(settings: Settings) -> dict[str, str]:
             "PREFECT_HOME": str(settings.prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_CLI_PROMPT": "false",
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
             "NML_DISABLE_USAGE_LOGGING": "1",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "PYTHONUNBUFFERED": "1",

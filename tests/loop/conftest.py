@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,15 @@ def loop_settings(tmp_path: Path, prefect_api_url: str) -> Settings:
         state_dir=tmp_path / "state",
         prefect={"api_url": prefect_api_url, "work_pool": "reggaeton-pool-test"},
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A function returning a free loopback port."""
+    return _free_port

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -15,18 +15,12 @@ from flows.receiver import make_server
 from reggaeton.settings import Settings
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _receiver_settings(tmp_path: Path, port: int) -> Settings:
     return Settings(state_dir=tmp_path / "state", prefect={"alert_receiver_port": port})
 
 
-def test_up_reuse_down_by_pid(tmp_path: Path) -> None:
-    settings = _receiver_settings(tmp_path, _free_port())
+def test_up_reuse_down_by_pid(tmp_path: Path, free_port: Callable[[], int]) -> None:
+    settings = _receiver_settings(tmp_path, free_port())
     try:
         assert stack.up(settings, ["receiver"]) == {"receiver": "started"}
         record = stack.read_record(settings, "receiver")
@@ -47,8 +41,8 @@ def test_up_reuse_down_by_pid(tmp_path: Path) -> None:
     assert stack.down(settings, ["receiver"]) == {"receiver": "not running"}
 
 
-def test_down_leaves_processes_it_did_not_start(tmp_path: Path) -> None:
-    port = _free_port()
+def test_down_leaves_processes_it_did_not_start(tmp_path: Path, free_port: Callable[[], int]) -> None:
+    port = free_port()
     settings = _receiver_settings(tmp_path, port)
     server = make_server(tmp_path / "alerts.jsonl", port=port)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -62,9 +56,9 @@ def test_down_leaves_processes_it_did_not_start(tmp_path: Path) -> None:
         server.server_close()
 
 
-def test_stale_pid_file_is_not_trusted(tmp_path: Path) -> None:
+def test_stale_pid_file_is_not_trusted(tmp_path: Path, free_port: Callable[[], int]) -> None:
     """A PID file whose process is gone (or whose PID was recycled) is neither reused nor killed."""
-    settings = _receiver_settings(tmp_path, _free_port())
+    settings = _receiver_settings(tmp_path, free_port())
     stale = stack.Record("receiver", os.getpid(), "not-my-start-time", ["python"])
     stack._write_record(settings, stale)
     assert not stale.is_running()
