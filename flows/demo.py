@@ -291,7 +291,8 @@ def run_demo(settings: Settings) -> DemoReport:
 
 def main() -> int:
     """Command line entry point."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     report = run_demo(settings)
     sys.stdout.write(summary(stack_settings(settings), report))

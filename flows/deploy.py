@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         "--automations-only", action="store_true", help="apply the automations, skip pool and deployments"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     if args.automations_only:
         apply_automations(settings)

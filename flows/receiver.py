@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "--file", type=Path, default=settings.alerts_path, help="JSON-lines file to append to"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     server = make_server(args.file, args.host, args.port)
     logger.info("alert receiver on http://%s:%d, appending to %s", args.host, server.server_port, args.file)
     try:

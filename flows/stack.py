@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if unknown := set(args.services) - set(SERVICE_NAMES):
         parser.error(f"unknown services: {', '.join(sorted(unknown))}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     names = args.services or SERVICE_NAMES

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
     train = first["deployments"]["train-and-promote"]
     assert train["pool"] == "reggaeton-pool-test"
     assert train["concurrency"] == (1, "CANCEL_NEW")
-    assert any('"cron":"0 3 * * 1"' in s for s in train["schedules"])
+    assert any('"interval":604800.0' in s for s in train["schedules"])
     monitor = first["deployments"]["monitor"]
     assert any('"interval":300.0' in s for s in monitor["schedules"])
 
@@ -87,6 +87,15 @@ def test_degraded_notice_is_debounced_like_the_retrain() -> None:
     config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
     assert degraded.debounce == timedelta(seconds=train["triggers"][0]["within"])
+
+
+def test_weekly_retrain_is_anchored_on_monday_0300_utc() -> None:
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
+    [weekly] = train["schedules"]
+    anchor = datetime.fromisoformat(weekly["anchor_date"])
+    assert weekly["interval"] == 7 * 24 * 3600
+    assert (anchor.weekday(), anchor.hour, anchor.minute, anchor.utcoffset()) == (0, 3, 0, timedelta(0))
 
 
 def test_prefect_yaml_agrees_with_settings() -> None:
