@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -165,12 +165,13 @@ def wait_for_final(settings: Settings, flow_run_id: UUID, timeout_s: float) -> F
 
 
 def runs_since(settings: Settings, name: str, since: datetime) -> list[FlowRun]:
-    """Flow runs of a deployment expected to start after `since`, newest first."""
+    """Runs of a deployment expected to start between `since` and now (not future schedules), newest first."""
+    window = FlowRunFilterExpectedStartTime(after_=since, before_=datetime.now(UTC) + timedelta(minutes=1))
     with prefect_api(settings), get_client(sync_client=True) as client:
         return list(
             client.read_flow_runs(
                 deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
-                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterExpectedStartTime(after_=since)),
+                flow_run_filter=FlowRunFilter(expected_start_time=window),
                 sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             )
         )
@@ -199,13 +200,24 @@ def ensure_champion(settings: Settings, client: MlflowClient, report: DemoReport
     return current
 
 
-def run_monitor(settings: Settings, attempts: int = 3) -> FlowRun:
-    """Run the monitor now; a run cancelled because a scheduled one was in progress is tried again."""
+def run_monitor(settings: Settings, attempts: int = 5) -> FlowRun:
+    """Run the monitor now and wait for it.
+
+    The deployment allows one run at a time (CANCEL_NEW): when ours is cancelled because a scheduled run
+    is in progress, wait for that one to finish and try again, so a run starts after the traffic.
+    """
     for _ in range(attempts):
+        began = datetime.now(UTC)
         run = run_deployment_and_wait(settings, MONITOR_DEPLOYMENT, timeout_s=300)
         if run.state is not None and not run.state.is_cancelled():
             return run
-        time.sleep(10)
+        for other in runs_since(settings, MONITOR_DEPLOYMENT, began - timedelta(minutes=10)):
+            if (
+                other.id != run.id
+                and other.state is not None
+                and (other.state.is_running() or other.state.is_pending())
+            ):
+                wait_for_final(settings, other.id, timeout_s=300)
     raise RuntimeError(f"the monitor run was cancelled {attempts} times (concurrency limit 1)")
 
 
