@@ -8,6 +8,7 @@ Re-running the gate on the same pair and the same evaluation data changes nothin
 
 Operator commands (each recorded with who and why, and announced with an event)::
 
+    python -m flows.promote train-and-promote --n-trials 20
     python -m flows.promote gate --version 7
     python -m flows.promote promote --version 5 --reason "hotfix for ticket 123"
     python -m flows.promote rollback --reason "precision dropped after release"
@@ -34,7 +35,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from flows import gate, registry
+from flows import gate, registry, train
 from reggaeton import names
 from reggaeton.promotion import PROMOTED, REJECTED, Decision, decide, markdown_report
 from reggaeton.settings import Settings
@@ -241,6 +242,16 @@ def promotion_gate(version: str, settings: Settings | None = None) -> dict[str, 
     return asdict(run_gate(settings, version))
 
 
+@flow(name="train-and-promote")
+def train_and_promote(
+    data_folder: str | None = None, n_trials: int | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Train and register a challenger, then gate it against the champion on the same evaluation data."""
+    settings = train.with_overrides(settings or Settings(), data_folder, n_trials)
+    version = train.train_flow(settings=settings)
+    return asdict(run_gate(settings, str(version)))
+
+
 @flow(name="promote-version")
 def promote_version(
     version: str, reason: str, by: str | None = None, settings: Settings | None = None
@@ -348,9 +359,12 @@ def _prefect_api(settings: Settings) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``gate``, ``promote`` and ``rollback``."""
+    """Command line: ``train-and-promote``, ``gate``, ``promote`` and ``rollback``."""
     parser = argparse.ArgumentParser(prog="python -m flows.promote", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    loop_cmd = commands.add_parser("train-and-promote", help="train a challenger, then gate it")
+    loop_cmd.add_argument("--data-folder", help="folder in the original CSV layout (default: synthetic)")
+    loop_cmd.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
     gate_cmd = commands.add_parser("gate", help="gate a registered version against the champion")
     gate_cmd.add_argument("--version", required=True)
     promote_cmd = commands.add_parser("promote", help="make a version champion (operator override)")
@@ -366,7 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     try:
         with _prefect_api(settings):
-            if args.command == "gate":
+            if args.command == "train-and-promote":
+                result = train_and_promote(args.data_folder, args.n_trials, settings)
+            elif args.command == "gate":
                 result = promotion_gate(args.version, settings)
             elif args.command == "promote":
                 result = promote_version(args.version, args.reason, args.by, settings)
