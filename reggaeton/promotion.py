@@ -125,9 +125,10 @@ def decide(champion: ModelScores | None, challenger: ModelScores, policy: Promot
         "policy": policy.model_dump(),
     }
 
-    validity = Check("valid", challenger.valid, None, None, "; ".join(challenger.problems) or "ok")
+    problems = "; ".join(challenger.problems) or ("ok" if challenger.valid else "no predictions")
+    validity = Check("valid", challenger.valid, None, None, problems)
     if not challenger.valid:
-        reason = f"invalid challenger: {validity.detail or 'no predictions'}"
+        reason = f"invalid challenger: {validity.detail}"
         return Decision(outcome=REJECTED, reason=reason, pr_auc_gain=None, checks=(validity,), **base)
 
     if champion is None or not champion.valid:
