@@ -34,6 +34,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
 
 from flows import gate, registry, train
 from reggaeton import names
@@ -391,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PromotionError as exc:
         logger.error("%s", exc)
         return 1
+    finally:
+        # Deliver the events before the process ends (the worker would otherwise drain at exit).
+        EventsWorker.drain_all()
     logger.info("%s", json.dumps(result))
     return 0
 
