@@ -103,6 +103,15 @@ def test_prefect_yaml_agrees_with_settings() -> None:
     pools = {d["work_pool"]["name"] for d in config["deployments"]}
     assert pools == {Settings().prefect.work_pool}
     assert {d["entrypoint"] for d in config["deployments"]} == {
-        "flows/promote.py:train_and_promote_flow",
-        "flows/monitor.py:monitor_flow",
+        "flows/promote.py:train_and_promote",
+        "flows/monitor.py:monitor",
     }
+
+
+def test_train_and_promote_entrypoint_is_the_flow_of_that_name() -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
+    path, function = train["entrypoint"].split(":")
+    assert load_flow_from_entrypoint(f"{REPO_ROOT / path}:{function}").name == "train-and-promote"
