@@ -25,7 +25,7 @@ from prefect import flow
 
 
 @flow(name="train-and-promote")
-def train_and_promote_flow() -> str:
+def train_and_promote() -> str:
     marker = Path(__file__).with_name("first-run-started")
     if not marker.exists():
         marker.write_text("started")
