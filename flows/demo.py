@@ -247,7 +247,17 @@ def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> No
             f"the API serving version {champion}", lambda: served_version(settings) == champion or None, 180
         )
     report.served_after = served_version(settings)
-    report.timings["degraded -> served"] = time.monotonic() - began
+    report.timings["drift detected -> decision served"] = time.monotonic() - began
+
+
+SUMMARY_METRICS = ("pr_auc", "roc_auc", "f1", "brier")
+
+
+def _number(value: str) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except ValueError:
+        return value
 
 
 def summary(settings: Settings, report: DemoReport) -> str:
@@ -258,7 +268,8 @@ def summary(settings: Settings, report: DemoReport) -> str:
         if info is None:
             lines.append(f"{label}: none")
             return
-        metrics = ", ".join(f"{k}={v}" for k, v in info.metrics.items()) or "no metrics recorded"
+        shown = [(k, info.metrics[k]) for k in SUMMARY_METRICS if k in info.metrics]
+        metrics = ", ".join(f"{k}={_number(v)}" for k, v in shown) or "no metrics recorded"
         lines.append(f"{label}: version {info.version} ({metrics})")
 
     describe("champion before", report.before)
