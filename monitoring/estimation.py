@@ -141,7 +141,6 @@ def run_nannyml(
 
     features = list(FEATURE_NAMES)
     reference_chunker = nml.chunk.SizeBasedChunker(plan.reference_chunk_size, incomplete="append")
-    timestamp = CREATED_AT if plan.chunk_size is None else None
     cbpe = nml.CBPE(
         metrics=list(ESTIMATED_METRICS),
         y_pred_proba=PROBABILITY,
@@ -149,18 +148,15 @@ def run_nannyml(
         y_true=TARGET,
         problem_type="classification_binary",
         chunker=reference_chunker,
-        timestamp_column_name=timestamp,
     )
     univariate = nml.UnivariateDriftCalculator(
         column_names=features,
         continuous_methods=list(UNIVARIATE_METHODS),
         chunker=reference_chunker,
-        timestamp_column_name=timestamp,
     )
-    multivariate = nml.DataReconstructionDriftCalculator(
-        column_names=features, chunker=reference_chunker, timestamp_column_name=timestamp
-    )
-    columns = [*features, PROBABILITY, PREDICTION] + ([CREATED_AT] if timestamp else [])
+    multivariate = nml.DataReconstructionDriftCalculator(column_names=features, chunker=reference_chunker)
+    # The reference has no timestamps: only the analysis chunker (by period) reads them.
+    columns = [*features, PROBABILITY, PREDICTION] + ([CREATED_AT] if plan.chunk_size is None else [])
     frame = analysis[columns]
     cbpe_result = _quietly(_fit_then_chunk(cbpe, reference, plan).estimate, frame)
     univariate_result = _quietly(_fit_then_chunk(univariate, reference, plan).calculate, frame)

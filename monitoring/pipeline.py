@@ -72,18 +72,24 @@ class Analysis:
     watermark: tuple[datetime, str] | None  # last analysed row; None when nothing was analysed
 
 
-def analyse(reference: pd.DataFrame, window: Window, settings: Settings) -> Analysis:
-    """Chunk the window, run NannyML, and compute realized performance where labels exist."""
+def plan_chunks(analysis_rows: int, reference_rows: int, settings: Settings) -> ChunkPlan:
+    """The chunking the settings ask for, sized to this reference and window."""
     section = settings.monitoring
-    frame = window.frame
-    plan = estimation.plan_chunks(
-        len(frame),
-        len(reference),
+    return estimation.plan_chunks(
+        analysis_rows,
+        reference_rows,
         chunk_size=section.chunk_size,
         chunk_period=section.chunk_period,
         reference_chunks=section.reference_chunks,
         max_chunks=section.max_chunks,
     )
+
+
+def analyse(reference: pd.DataFrame, window: Window, settings: Settings) -> Analysis:
+    """Chunk the window, run NannyML, and compute realized performance where labels exist."""
+    section = settings.monitoring
+    frame = window.frame
+    plan = plan_chunks(len(frame), len(reference), settings)
     # A window too small to judge is kept whole for the next run.
     chunks = (
         []

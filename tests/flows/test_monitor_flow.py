@@ -89,7 +89,7 @@ def test_monitor_flow_on_drifted_traffic_emits_degraded(tmp_path: Any, prefect_a
     settings = Settings(
         state_dir=tmp_path / "state",
         prefect={"api_url": prefect_api_url},
-        monitoring={"f1_threshold": 0.5, "settle_s": 0.0},
+        monitoring={"settle_s": 0.0},
     )
     assert monitor(settings).model_version is None  # no champion yet: nothing to do, no failure
 
