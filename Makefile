@@ -54,3 +54,7 @@ test: install ## Run the whole test suite (the README's test command)
 
 .PHONY: check
 check: lint typecheck test ## Lint, types, then tests
+
+.PHONY: bench-monitor
+bench-monitor: install ## Monitor run vs NannyML alone at 100 k and 1 M logged predictions
+	$(BIN)/python benchmarks/bench_monitor.py
