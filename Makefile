@@ -54,3 +54,8 @@ test: install ## Run the whole test suite (the README's test command)
 
 .PHONY: check
 check: lint typecheck test ## Lint, types, then tests
+
+.PHONY: bench-serve
+bench-serve: install ## Serving benchmark vs mlflow models serve and a bare endpoint (needs wrk)
+	@command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk (Debian/Ubuntu)"; exit 2; }
+	$(BIN)/python benchmarks/bench_serve.py
