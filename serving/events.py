@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from reggaeton import names
@@ -10,6 +11,8 @@ from reggaeton import names
 logger = logging.getLogger(__name__)
 
 _DRAIN_TIMEOUT_S = 15.0
+# One emission at a time: draining stops Prefect's events worker, which a concurrent send must not meet.
+_EMIT_LOCK = threading.Lock()
 
 
 def prefect_api_configured() -> bool:
@@ -31,25 +34,25 @@ def emit_reload_failed(model_name: str, version: str, reason: str, serving_versi
         )
         return False
     from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
 
     payload: dict[str, Any] = {
         "version": version,
         "reason": reason[:2000],
         "serving_version": serving_version,
     }
-    event = emit_event(
-        event=names.Event.RELOAD_FAILED,
-        resource={
-            "prefect.resource.id": f"{names.Event.RESOURCE_PREFIX}.{model_name}",
-            "prefect.resource.name": model_name,
-            "reggaeton.model.version": version,
-        },
-        payload=payload,
-    )
-    if event is None:
-        return False
-    # Reload failures are rare: wait (bounded) until this one has left the process.
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.drain_all(timeout=_DRAIN_TIMEOUT_S, at_exit=False)
+    with _EMIT_LOCK:
+        event = emit_event(
+            event=names.Event.RELOAD_FAILED,
+            resource={
+                "prefect.resource.id": f"{names.Event.RESOURCE_PREFIX}.{model_name}",
+                "prefect.resource.name": model_name,
+                "reggaeton.model.version": version,
+            },
+            payload=payload,
+        )
+        if event is None:
+            return False
+        # Reload failures are rare: wait (bounded) until this one has left the process.
+        EventsWorker.drain_all(timeout=_DRAIN_TIMEOUT_S, at_exit=False)
     return True

@@ -98,6 +98,7 @@ class PredictionLogWriter:
         size = len(entry.ids)
         if self._queued_rows and self._queued_rows + size > self._capacity:
             self._metrics.log_queue_full.inc()
+            self._batch_ready.set()  # write now rather than at the next flush interval
             while self._queued_rows and self._queued_rows + size > self._capacity:
                 room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._room.append(room)
@@ -139,7 +140,9 @@ class PredictionLogWriter:
                 self._data.clear()
                 await self._data.wait()
                 continue
-            if self._buffered_rows < self._batch_rows and not self._closing and not self._flushed:
+            if self._buffered_rows < min(self._batch_rows, self._capacity) and not (
+                self._closing or self._flushed or self._room
+            ):
                 # Collect for a moment so a quiet server still writes in batches.
                 self._batch_ready.clear()
                 with contextlib.suppress(TimeoutError):

@@ -51,8 +51,8 @@ def test_log_holds_exactly_the_successful_predictions(tmp_path: Path, registry_v
     with run_server(settings) as server:
         ids, refused = asyncio.run(_send_all(server.url))
         metrics = httpx.get(server.url + "/metrics", timeout=10).text
-        returncode = server.stop()  # graceful: the queue is drained into the log
-    assert returncode == 0
+        server.stop()  # SIGTERM is graceful: the queue is drained into the log
+    assert "Application shutdown complete" in server.output()
     assert refused == len([i for i in range(REQUESTS) if i % 7 != 0 and i % 11 == 0])
     engine = make_engine(settings.prediction_log_url)
     try:
