@@ -205,6 +205,8 @@ def main() -> int:
                 "NML_DISABLE_USAGE_LOGGING": "1",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "REGGAETON_LOG_LEVEL": "WARNING",
+                # mlflow models serve starts `uvicorn` from PATH: the one beside this interpreter.
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             }
         )
         ports = {name: _free_port() for name in ("this server", "mlflow models serve", "bare FastAPI")}
@@ -257,6 +259,7 @@ def main() -> int:
                 check = httpx.post(url, json=body, timeout=30)
                 check.raise_for_status()
                 _wrk(url, body, 2, args.connections, scripts)  # warm-up
+            ours_metrics = servers["this server"][3].replace("/predict", "/metrics")
             for round_ in range(args.rounds):
                 for name, (_, _, _, url, body) in servers.items():
                     result = _wrk(url, body, args.duration, args.connections, scripts)
@@ -265,6 +268,20 @@ def main() -> int:
                         f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, errors {result.errors}\n"
                     )
                     results[name].append(result)
+            text = httpx.get(ours_metrics, timeout=30).text
+            stats = {
+                key: float(value)
+                for key, value in re.findall(
+                    r"^(reggaeton_\w+?(?:_sum|_count|_total)) (\S+)$", text, re.MULTILINE
+                )
+            }
+            calls = stats.get("reggaeton_model_batch_rows_count", 0.0)
+            rows_scored = stats.get("reggaeton_model_batch_rows_sum", 0.0)
+            sys.stderr.write(
+                f"this server: {rows_scored / max(calls, 1):.1f} rows per model call, "
+                f"log queue full {stats.get('reggaeton_prediction_log_queue_full_total', 0):.0f} times, "
+                f"{stats.get('reggaeton_prediction_log_rows_written_total', 0):.0f} rows logged\n"
+            )
 
     def median(name: str, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in results[name])

@@ -115,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            batcher.close()
             await log.close()
             engine.dispose()
 

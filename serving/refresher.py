@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -56,6 +57,9 @@ class Refresher:
     def install(self, served: ServedModel) -> None:
         """Serve a model (already checked) and publish it in the metrics."""
         self._holder.swap(served)
+        # Move the long-lived objects (libraries, the model) out of the collector's reach: a full
+        # collection over them would stall every request. (The replaced model is freed by refcount.)
+        gc.freeze()
         self._metrics.set_served(served.version, served.source, served.loaded_at.timestamp())
         logger.info("serving %s version %s (from %s)", served.name, served.version, served.source)
 
