@@ -122,6 +122,8 @@ class PrefectSettings(_Section):
     work_pool: str = "reggaeton-pool"
     webhook_url: str | None = None  # notifications; default: the local alert receiver
     alert_receiver_port: int = 8765
+    notification_block: str = "reggaeton-alerts"  # name of the CustomWebhookNotificationBlock
+    debounce_s: int = Field(default=600, ge=0)  # repeated `degraded` events within this notify once
 
 
 class Settings(BaseSettings):
@@ -202,6 +204,16 @@ class Settings(BaseSettings):
     def prefect_api_url(self) -> str:
         """The Prefect API every emitter talks to."""
         return self.prefect.api_url or f"http://{self.prefect.host}:{self.prefect.port}/api"
+
+    @property
+    def alert_webhook_url(self) -> str:
+        """Where Prefect notifications are sent: the configured webhook or the local alert receiver."""
+        return self.prefect.webhook_url or f"http://127.0.0.1:{self.prefect.alert_receiver_port}/alerts"
+
+    @property
+    def alerts_path(self) -> Path:
+        """The file the local alert receiver appends alerts to (JSON lines)."""
+        return self.state_path / "alerts.jsonl"
 
     def ensure_state_dir(self) -> Path:
         """Create the state folder (called by entry points, never at import)."""
