@@ -41,15 +41,15 @@ class PredictionApi:
         response = self._client.post("/predict", json=list(songs))
         response.raise_for_status()
         body: Any = response.json()
-        items = body if isinstance(body, list) else body.get("predictions", [body])
+        # The API answers {"predictions": [{"id", "probability", "label", "model_version"}, ...]}.
         return [
             Served(
-                prediction_id=str(item["prediction_id"]),
+                prediction_id=str(item["id"]),
                 probability=float(item["probability"]),
                 label=int(item["label"]),
                 model_version=str(item["model_version"]),
             )
-            for item in items
+            for item in body["predictions"]
         ]
 
     def feedback(self, prediction_id: str, label: int) -> None:

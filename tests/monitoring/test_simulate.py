@@ -50,14 +50,16 @@ class ContractApi:
         self.app = FastAPI()
 
         @self.app.post("/predict")
-        def predict(songs: list[dict[str, float]]) -> list[dict[str, Any]]:
+        def predict(songs: list[dict[str, float]]) -> dict[str, list[dict[str, Any]]]:
             start = len(self.predicted)
             self.predicted.extend(songs)
-            return [
-                {"prediction_id": f"p{start + i}", "probability": 0.1, "label": 0, "model_version": "1"}
-                for i, song in enumerate(songs)
-                if set(song) == set(FEATURE_NAMES)
-            ]
+            return {
+                "predictions": [
+                    {"id": f"p{start + i}", "probability": 0.1, "label": 0, "model_version": "1"}
+                    for i, song in enumerate(songs)
+                    if set(song) == set(FEATURE_NAMES)
+                ]
+            }
 
         @self.app.post("/feedback")
         def feedback(body: dict[str, Any], authorization: str = Header("")) -> dict[str, str]:
