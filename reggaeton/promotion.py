@@ -192,7 +192,7 @@ def _against_champion(
         _at_most("brier", ours[BRIER], theirs[BRIER] + policy.brier_tolerance, "Brier"),
     ]
     if LATENCY_MS in ours and LATENCY_MS in theirs:
-        limit = theirs[LATENCY_MS] * policy.latency_tolerance
+        limit = max(theirs[LATENCY_MS] * policy.latency_tolerance, policy.latency_budget_ms)
         guardrails.append(_at_most("latency", ours[LATENCY_MS], limit, "latency ms/row"))
     checks = (validity, primary, *guardrails)
     if not primary.passed:

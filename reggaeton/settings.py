@@ -66,7 +66,10 @@ class PromotionSettings(_Section):
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     roc_auc_tolerance: float = 0.02
     brier_tolerance: float = 0.01
-    latency_tolerance: float = 2.0  # challenger latency per row at most this times the champion's
+    latency_tolerance: float = 2.0  # challenger latency per row at most this times the champion's...
+    # ...unless it stays within this absolute budget: sub-millisecond models differ by noise-sized ratios,
+    # and one-row latencies on a loaded machine swing by 2-3x between two measurements.
+    latency_budget_ms: float = Field(default=5.0, ge=0)
     min_pr_auc: float = 0.3  # absolute floors when there is no champion yet
     min_roc_auc: float = 0.7
     bootstrap_rounds: int = Field(default=1000, ge=100)

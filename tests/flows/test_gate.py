@@ -98,16 +98,27 @@ def test_better_primary_but_miscalibrated_is_rejected_on_brier(y_true: np.ndarra
 
 
 def test_better_primary_but_slower_is_rejected_on_latency(y_true: np.ndarray) -> None:
-    champion = _scores("1", y_true, _proba(y_true, 1.5, seed=1), latency=0.3)
-    challenger = _scores(
-        "2", y_true, _proba(y_true, 4.0, seed=2), latency=0.3 * POLICY.latency_tolerance * 1.5
-    )
+    champion = _scores("1", y_true, _proba(y_true, 1.5, seed=1), latency=4.0)
+    slow = 4.0 * POLICY.latency_tolerance * 1.5
+    assert slow > POLICY.latency_budget_ms
+    challenger = _scores("2", y_true, _proba(y_true, 4.0, seed=2), latency=slow)
 
     decision = decide(champion, challenger, POLICY)
 
     assert decision.outcome == REJECTED
     assert {c.name for c in decision.checks if not c.passed} == {"latency"}
     assert "latency" in decision.reason
+
+
+def test_slower_challenger_within_the_latency_budget_is_promoted(y_true: np.ndarray) -> None:
+    champion = _scores("1", y_true, _proba(y_true, 1.5, seed=1), latency=0.3)
+    slower = 0.3 * POLICY.latency_tolerance * 3
+    assert slower < POLICY.latency_budget_ms
+    challenger = _scores("2", y_true, _proba(y_true, 4.0, seed=2), latency=slower)
+
+    decision = decide(champion, challenger, POLICY)
+
+    assert decision.outcome == PROMOTED, decision.reason
 
 
 def test_broken_challenger_is_rejected_with_its_problem(y_true: np.ndarray) -> None:
