@@ -46,6 +46,9 @@ engine() {
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
+# The real image when a registry answers; the stand-in is only for machines that cannot pull.
+pulled() { [ -z "${DOCKER_OFFLINE_NO_PULL:-}" ] && timeout 120 docker pull -q "$1" >/dev/null 2>&1; }
+
 rootfs() {  # rootfs DIR PACKAGES
   local dir=$1 pkgs=$2
   rm -rf "$dir"
@@ -59,6 +62,7 @@ python_image() {
   local tag=${1:-python:3.11-slim} dir=/tmp/docker-offline.python-rootfs
   engine
   if have_image "$tag"; then log "$tag present"; return; fi
+  if pulled "$tag"; then log "pulled $tag"; return; fi
   rootfs "$dir" python3,python3-venv,python3-pip,python3-dev,ca-certificates,curl
   ln -sf /usr/bin/python3 "$dir/usr/local/bin/python"
   ln -sf /usr/bin/pip3 "$dir/usr/local/bin/pip"
@@ -74,6 +78,7 @@ postgres_image() {
   local tag=${1:-postgres:15} dir=/tmp/docker-offline.postgres-rootfs
   engine
   if have_image "$tag"; then log "$tag present"; return; fi
+  if pulled "$tag"; then log "pulled $tag"; return; fi
   rootfs "$dir" postgresql-15,ca-certificates
   cat >"$dir/usr/local/bin/docker-entrypoint.sh" <<'EOS'
 #!/bin/sh
