@@ -12,7 +12,9 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
 RUN python -m venv /opt/venv
 COPY requirements.lock /tmp/requirements.lock
 # --no-deps: the lock is complete, so pip installs exactly it (every file checked against its hash).
-RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.lock \
+# Left out: xgboost's NCCL wheel (multi-GPU collectives, ~300 MB), useless on a CPU image.
+RUN sed -i '/^nvidia-nccl-cu12==/,/[^\\]$/d' /tmp/requirements.lock \
+    && /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.lock \
     && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*/*' \
         -not -path '*/numpy/*' -not -path '*/pandas/*' -not -path '*/scipy/*' -exec rm -rf {} +
 
@@ -27,6 +29,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     DO_NOT_TRACK=1 \
     REGGAETON_STATE_DIR=/state
+# libgomp1: the OpenMP runtime LightGBM (through NannyML) loads; the slim image lacks it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
     && mkdir -p /app /state/model-cache /mlartifacts \

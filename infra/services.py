@@ -155,6 +155,8 @@ SERVICES: tuple[Service, ...] = (
             "PREFECT_API_DATABASE_CONNECTION_URL": _pg("prefect", "postgresql+asyncpg"),
             "PREFECT_UI_API_URL": "http://127.0.0.1:${PREFECT_PORT:-4200}/api",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # The UI is copied out of site-packages at start; the image runs as a non-root user.
+            "PREFECT_UI_STATIC_DIRECTORY": "/home/app/.prefect/ui",
         },
         ports=(Port(4200, "${PREFECT_PORT:-4200}"),),
         healthcheck=_http_check("http://127.0.0.1:4200/api/health"),
