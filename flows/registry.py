@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,23 +17,31 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from reggaeton import names
+from reggaeton.data import Dataset
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Types the skops loader must trust for our pipelines (imbalanced-learn is not in skops' default list).
+# Types the skops loader must trust for our pipelines: imbalanced-learn is not in skops' default list,
+# and the tree node stores (random forest, gradient boosting, histogram boosting) are trusted only on
+# request because a crafted file could index out of bounds. We load only models we trained ourselves.
 SKOPS_TRUSTED_TYPES = [
     "imblearn.pipeline.Pipeline",
     "imblearn.over_sampling._smote.base.SMOTE",
     "sklearn.compose._column_transformer.ColumnTransformer",
     "sklearn.utils._bunch.Bunch",
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 ]
 
 
@@ -53,6 +62,48 @@ def ensure_experiment(client: MlflowClient, name: str, settings: Settings) -> st
     # A tracking server decides artifact locations itself; a database store needs one.
     location = None if settings.tracking_uri.startswith("http") else f"{settings.artifact_root}/{name}"
     return str(client.create_experiment(name, artifact_location=location))
+
+
+# MLflow's SQL stores keep at most 36 characters of a dataset digest.
+DIGEST_LENGTH = 32
+
+
+def log_dataset(dataset: Dataset, context: str = "training") -> None:
+    """Record the training data as a dataset input of the active run, its digest the content hash."""
+    mlflow.log_input(
+        from_pandas(
+            dataset.frame,
+            source=dataset.source,
+            targets=TARGET,
+            name="reggaeton-songs",
+            digest=dataset.content_hash[:DIGEST_LENGTH],
+        ),
+        context=context,
+    )
+
+
+def log_nested_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+) -> str:
+    """A finished child run of ``parent_run_id`` with params and metrics, in three store calls.
+
+    Uses the client, not the fluent API, so it is safe from Optuna's worker threads (the fluent
+    active-run stack is per thread).
+    """
+    run = client.create_run(experiment_id, tags={MLFLOW_PARENT_RUN_ID: parent_run_id}, run_name=run_name)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+        params=[Param(key, str(value)) for key, value in params.items()],
+    )
+    client.set_terminated(run.info.run_id)
+    return str(run.info.run_id)
 
 
 def log_model(pipeline: Any, example: pd.DataFrame, threshold: float) -> ModelInfo:

@@ -105,6 +105,29 @@ def load_dataset(folder: Path | None, rows: int, seed: int) -> Dataset:
     return load_folder(folder) if folder is not None else synthetic_dataset(rows, seed)
 
 
+def with_extra_rows(dataset: Dataset, extra: pd.DataFrame | None, source: str) -> Dataset:
+    """The dataset plus extra labelled rows (e.g. production traffic with feedback), validated.
+
+    Raises:
+        SchemaError: the extra rows break the schema (named by ``source``).
+    """
+    if extra is None or extra.empty:
+        return dataset
+    features = validate_frame(extra, source)
+    target = pd.to_numeric(extra[TARGET], errors="coerce") if TARGET in extra.columns else None
+    if target is None or not target.isin([0, 1]).all():
+        bad = len(extra) if target is None else int((~target.isin([0, 1])).sum())
+        raise SchemaError(source, "target must be 0 or 1", column=TARGET, rows=bad)
+    features[TARGET] = target.astype("int64").to_numpy()
+    combined = pd.concat([dataset.frame, features], ignore_index=True)
+    name = f"{dataset.source} + {source}({len(features)} rows)"
+    return Dataset(
+        frame=validate_frame(combined, name, require_target=True),
+        source=name,
+        dropped_rows=dataset.dropped_rows,
+    )
+
+
 @dataclass(frozen=True)
 class Split:
     """Train and held-out parts, both with the natural class prior."""

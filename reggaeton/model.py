@@ -12,7 +12,6 @@ from typing import Any, Final
 
 from imblearn.over_sampling import SMOTE
 from imblearn.pipeline import Pipeline as ImbPipeline
-from sklearn.base import ClassifierMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     GradientBoostingClassifier,
@@ -39,6 +38,14 @@ BASELINE_PARAMS: Final[dict[str, Any]] = {
     "min_samples_leaf": 177,
 }
 
+# Class-imbalance handling of the tuned families, a hyper-parameter like any other (key ``imbalance``):
+# nothing, balanced class weights, or SMOTE inside the pipeline (so it only ever sees training folds).
+IMBALANCE: Final = "imbalance"
+NO_REBALANCING: Final = "none"
+CLASS_WEIGHT: Final = "class_weight"
+SMOTE_RESAMPLING: Final = "smote"
+IMBALANCE_CHOICES: Final = (NO_REBALANCING, CLASS_WEIGHT, SMOTE_RESAMPLING)
+
 _SCALED_BY_NOTEBOOK = [FEATURE_NAMES.index("tempo"), FEATURE_NAMES.index("loudness")]
 
 
@@ -62,28 +69,47 @@ def baseline_pipeline(seed: int = 0, **overrides: Any) -> ImbPipeline:
     )
 
 
-def _hist_gradient_boosting(params: Mapping[str, Any], seed: int) -> Pipeline:
-    return Pipeline([("model", HistGradientBoostingClassifier(random_state=seed, **params))])
+def _with_imbalance(
+    steps: list[tuple[str, Any]], model: Any, imbalance: str, seed: int
+) -> Pipeline | ImbPipeline:
+    """Append the estimator, preceded by SMOTE (imbalanced-learn pipeline) when asked for."""
+    if imbalance == SMOTE_RESAMPLING:
+        return ImbPipeline([*steps, ("smote", SMOTE(random_state=seed)), ("model", model)])
+    return Pipeline([*steps, ("model", model)])
 
 
-def _logistic_regression(params: Mapping[str, Any], seed: int) -> Pipeline:
-    return Pipeline(
-        [
-            ("scale", StandardScaler()),
-            ("model", LogisticRegression(random_state=seed, max_iter=2000, **params)),
-        ]
-    )
+def _split_imbalance(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    rest = dict(params)
+    imbalance = str(rest.pop(IMBALANCE, NO_REBALANCING))
+    if imbalance not in IMBALANCE_CHOICES:
+        raise ValueError(f"unknown {IMBALANCE} {imbalance!r}; known: {', '.join(IMBALANCE_CHOICES)}")
+    if imbalance == CLASS_WEIGHT:
+        rest["class_weight"] = "balanced"
+    return imbalance, rest
 
 
-def _random_forest(params: Mapping[str, Any], seed: int) -> Pipeline:
-    return Pipeline([("model", RandomForestClassifier(random_state=seed, n_jobs=1, **params))])
+def _hist_gradient_boosting(params: Mapping[str, Any], seed: int) -> Pipeline | ImbPipeline:
+    imbalance, rest = _split_imbalance(params)
+    return _with_imbalance([], HistGradientBoostingClassifier(random_state=seed, **rest), imbalance, seed)
+
+
+def _logistic_regression(params: Mapping[str, Any], seed: int) -> Pipeline | ImbPipeline:
+    imbalance, rest = _split_imbalance(params)
+    model = LogisticRegression(random_state=seed, max_iter=2000, **rest)
+    return _with_imbalance([("scale", StandardScaler())], model, imbalance, seed)
+
+
+def _random_forest(params: Mapping[str, Any], seed: int) -> Pipeline | ImbPipeline:
+    imbalance, rest = _split_imbalance(params)
+    model = RandomForestClassifier(random_state=seed, n_jobs=1, **rest)
+    return _with_imbalance([], model, imbalance, seed)
 
 
 def _baseline(params: Mapping[str, Any], seed: int) -> ImbPipeline:
     return baseline_pipeline(seed=seed, **params)
 
 
-PipelineFactory = Callable[[Mapping[str, Any], int], ClassifierMixin]
+PipelineFactory = Callable[[Mapping[str, Any], int], Pipeline | ImbPipeline]
 
 FAMILIES: Final[dict[str, PipelineFactory]] = {
     BASELINE: _baseline,
@@ -95,6 +121,9 @@ FAMILIES: Final[dict[str, PipelineFactory]] = {
 
 def build_pipeline(family: str, params: Mapping[str, Any], seed: int) -> Any:
     """An unfitted pipeline of a family with the given hyper-parameters.
+
+    ``params`` are the estimator's keyword arguments plus, for the tuned families, an optional
+    ``imbalance`` key (one of ``IMBALANCE_CHOICES``).
 
     Raises:
         ValueError: for an unknown family.

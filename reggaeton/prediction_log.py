@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import pandas as pd
 from sqlalchemy import (
     Column,
     DateTime,
@@ -22,9 +23,11 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    inspect,
+    select,
 )
 
-from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 
 metadata: Final = MetaData()
 
@@ -73,3 +76,33 @@ def make_engine(url: str) -> Engine:
 def create_tables(engine: Engine) -> None:
     """Create the log's tables if they do not exist (idempotent)."""
     metadata.create_all(engine)
+
+
+def labelled_traffic(engine: Engine) -> pd.DataFrame:
+    """Logged predictions whose true label arrived, oldest first.
+
+    Columns: ``id``, ``created_at``, ``model_version``, the seven features, ``probability``,
+    ``prediction`` and the true label as the target column. Empty (same columns) when the log has
+    no tables yet or no feedback.
+    """
+    columns = [
+        predictions.c[PREDICTION_ID],
+        predictions.c[CREATED_AT],
+        predictions.c[MODEL_VERSION],
+        *(predictions.c[name] for name in FEATURE_NAMES),
+        predictions.c[PROBABILITY],
+        predictions.c[PREDICTION],
+        feedback.c.label.label(TARGET),
+    ]
+    names = [column.name for column in columns]
+    table_names = set(inspect(engine).get_table_names())
+    if not {predictions.name, feedback.name} <= table_names:
+        return pd.DataFrame(columns=names)
+    query = (
+        select(*columns)
+        .join(feedback, feedback.c.prediction_id == predictions.c[PREDICTION_ID])
+        .order_by(predictions.c[CREATED_AT], predictions.c[PREDICTION_ID])
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return pd.DataFrame(rows, columns=names)

@@ -1,0 +1,435 @@
+"""The ``train`` flow: data -> Optuna tuning -> fit -> held-out evaluation vs the baseline -> challenger.
+
+Each step is a plain function (callable without Prefect, e.g. by ``train``); the flow wraps them in
+tasks. Run it against the local stack with ``python -m flows.train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import mlflow
+import optuna
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from optuna.trial import FrozenTrial
+from prefect import Task, flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows import registry
+from reggaeton import names, tuning
+from reggaeton.data import Dataset, Split, features_array, load_dataset, split, with_extra_rows
+from reggaeton.metrics import SCORE_METRICS, paired_bootstrap_difference
+from reggaeton.model import BASELINE
+from reggaeton.prediction_log import labelled_traffic, make_engine
+from reggaeton.schema import TARGET
+from reggaeton.settings import Settings
+from reggaeton.training import (
+    BASELINE_THRESHOLD,
+    Evaluation,
+    calibration_figure,
+    evaluate_holdout,
+    fit_pipeline,
+    metric_record,
+    pr_curve_figure,
+)
+
+logger = logging.getLogger(__name__)
+
+TRAFFIC_SOURCE = "prediction-log"
+BASELINE_PREFIX = "baseline_"
+PR_CURVE_ARTIFACT = "plots/precision_recall.png"
+CALIBRATION_ARTIFACT = "plots/calibration.png"
+# Failures worth a retry: the tracking server or its database did not answer.
+TRANSIENT_ERRORS = (MlflowException, OSError, ConnectionError, TimeoutError)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a training run produced; ``holdout`` is the reference set (features, probability, label)."""
+
+    version: str
+    run_id: str
+    family: str
+    params: dict[str, Any]
+    threshold: float
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    data_hash: str
+    data_source: str
+    holdout: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The tuned model and the baseline, evaluated on the same held-out rows."""
+
+    tuned: Evaluation
+    baseline: Evaluation
+
+
+# ---------------------------------------------------------------- steps (plain functions)
+
+
+def read_labelled_traffic(settings: Settings) -> pd.DataFrame | None:
+    """Labelled production traffic when ``data.include_feedback`` is on and a prediction log exists."""
+    if not settings.data.include_feedback:
+        return None
+    url = settings.prediction_log_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    engine = make_engine(url)
+    try:
+        return labelled_traffic(engine)
+    finally:
+        engine.dispose()
+
+
+def training_data(settings: Settings, extra_training_frame: pd.DataFrame | None = None) -> Dataset:
+    """The configured data source plus labelled traffic (given, or read from the prediction log).
+
+    Raises:
+        SchemaError: bad data, naming the file, column and row count.
+    """
+    base = load_dataset(settings.data.folder, settings.data.synthetic_rows, settings.data.seed)
+    extra = extra_training_frame if extra_training_frame is not None else read_labelled_traffic(settings)
+    dataset = with_extra_rows(base, extra, TRAFFIC_SOURCE)
+    logger.info("training data: %s", dataset.summary())
+    return dataset
+
+
+def split_data(settings: Settings, dataset: Dataset) -> Split:
+    """Stratified train/held-out split with the configured fraction and seed."""
+    return split(dataset, settings.data.holdout_fraction, settings.data.seed)
+
+
+def start_training_run(settings: Settings, dataset: Dataset, parts: Split, flow_run_id: str) -> str:
+    """Open the parent MLflow run: data input, data and training settings as params; return its id."""
+    client = registry.connect(settings)
+    experiment_id = registry.ensure_experiment(client, settings.mlflow.training_experiment, settings)
+    tags = {
+        names.Tag.FLOW_RUN_ID: flow_run_id,
+        names.Tag.DATA_HASH: dataset.content_hash,
+        names.Tag.DATA_SOURCE: dataset.source,
+    }
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        registry.log_dataset(dataset)
+        mlflow.log_params(
+            {
+                "data.rows": len(dataset.frame),
+                "data.positives": int(dataset.y.sum()),
+                "data.dropped_rows": dataset.dropped_rows,
+                "data.train_rows": len(parts.train),
+                "data.holdout_rows": len(parts.holdout),
+                "data.seed": settings.data.seed,
+                **{f"training.{k}": v for k, v in settings.training.model_dump().items()},
+            }
+        )
+        mlflow.set_tag(names.Tag.DATA_HASH, dataset.content_hash)
+        return str(run.info.run_id)
+
+
+def trial_logger(
+    client: MlflowClient, experiment_id: str, parent_run_id: str
+) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """An Optuna callback recording each finished trial as a nested run (params, CV mean and spread)."""
+
+    def _log(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.value is None:
+            return
+        family, params = tuning.trial_family_and_params(trial)
+        try:
+            registry.log_nested_run(
+                client,
+                experiment_id,
+                parent_run_id,
+                run_name=f"trial-{trial.number:03d}",
+                params={tuning.FAMILY_PARAM: family, **params},
+                metrics={
+                    "cv_pr_auc_mean": trial.value,
+                    "cv_pr_auc_std": trial.user_attrs[tuning.CV_STD],
+                    "cv_threshold": trial.user_attrs[tuning.THRESHOLD],
+                    "cv_seconds": trial.user_attrs[tuning.FIT_SECONDS],
+                },
+            )
+        except TRANSIENT_ERRORS:
+            # A lost trial record must not throw away the study; the parent run keeps the best trial.
+            logger.warning("could not record trial %d of %s in MLflow", trial.number, study.study_name)
+
+    return _log
+
+
+def tune_candidates(
+    settings: Settings, parts: Split, run_id: str, progress_bar: bool = True
+) -> tuning.TuningResult:
+    """Run the Optuna study on the training part, one nested run per trial; best params on the parent."""
+    client = registry.connect(settings)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    training = settings.training
+    settings.ensure_state_dir()
+    result = tuning.tune(
+        features_array(parts.train),
+        parts.train[TARGET].to_numpy(),
+        storage=settings.optuna_storage,
+        study_name=f"{training.study_name}-{run_id}",
+        families=training.families,
+        n_trials=training.n_trials,
+        folds=training.cv_folds,
+        repeats=training.cv_repeats,
+        seed=training.seed,
+        n_jobs=training.n_jobs,
+        timeout_s=training.timeout_s,
+        callbacks=[trial_logger(client, experiment_id, run_id)],
+        progress_bar=progress_bar,
+    )
+    client.log_batch(
+        run_id,
+        params=[
+            Param("study_name", result.study_name),
+            Param("best.family", result.family),
+            Param("best.trial", str(result.best_trial)),
+            *(Param(f"best.{key}", str(value)) for key, value in result.params.items()),
+        ],
+        metrics=[
+            Metric("cv_pr_auc_mean", result.cv_mean, 0, 0),
+            Metric("cv_pr_auc_std", result.cv_std, 0, 0),
+            Metric("cv_threshold", result.threshold, 0, 0),
+        ],
+    )
+    return result
+
+
+def fit_and_evaluate(settings: Settings, parts: Split, tuned: tuning.TuningResult) -> Candidates:
+    """Refit the best trial and the baseline on the training part; score both on the held-out part."""
+    seed, rounds = settings.training.seed, settings.training.bootstrap_rounds
+    candidate = fit_pipeline(tuned.family, tuned.params, parts.train, seed)
+    baseline = fit_pipeline(BASELINE, {}, parts.train, seed=0)
+    return Candidates(
+        tuned=evaluate_holdout(
+            tuned.family, candidate, parts.holdout, tuned.threshold, rounds=rounds, seed=seed
+        ),
+        baseline=evaluate_holdout(
+            BASELINE, baseline, parts.holdout, BASELINE_THRESHOLD, rounds=rounds, seed=seed
+        ),
+    )
+
+
+def log_evaluation(settings: Settings, run_id: str, parts: Split, candidates: Candidates) -> None:
+    """Held-out metrics of both models (with intervals), their paired PR-AUC difference, and the plots."""
+    registry.connect(settings)
+    y_true = parts.holdout[TARGET].to_numpy()
+    gain = paired_bootstrap_difference(
+        y_true,
+        candidates.baseline.proba,
+        candidates.tuned.proba,
+        SCORE_METRICS["pr_auc"],
+        settings.training.bootstrap_rounds,
+        settings.training.seed,
+    )
+    evaluations = [candidates.tuned, candidates.baseline]
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(
+            {
+                **metric_record(candidates.tuned),
+                **metric_record(candidates.baseline, BASELINE_PREFIX),
+                "pr_auc_gain_vs_baseline": gain.estimate,
+                "pr_auc_gain_vs_baseline_low": gain.low,
+                "pr_auc_gain_vs_baseline_high": gain.high,
+            }
+        )
+        mlflow.log_figure(pr_curve_figure(y_true, evaluations), PR_CURVE_ARTIFACT)
+        mlflow.log_figure(calibration_figure(y_true, evaluations), CALIBRATION_ARTIFACT)
+
+
+def register_challenger(
+    settings: Settings, run_id: str, parts: Split, dataset: Dataset, tuned: Evaluation, flow_run_id: str
+) -> str:
+    """Log the tuned pipeline and its reference set, register a version and point ``challenger`` at it."""
+    client = registry.connect(settings)
+    reference = registry.reference_frame(parts.holdout, tuned.proba, tuned.threshold)
+    with mlflow.start_run(run_id=run_id):
+        model_info = registry.log_model(tuned.pipeline, parts.holdout, tuned.threshold)
+        reference_uri = registry.log_reference(reference)
+    tags = {
+        names.Tag.FLOW_RUN_ID: flow_run_id,
+        names.Tag.DATA_HASH: dataset.content_hash,
+        names.Tag.DATA_SOURCE: dataset.source,
+        names.Tag.THRESHOLD: tuned.threshold,
+        names.Tag.MODEL_FAMILY: tuned.name,
+        names.Tag.REFERENCE_URI: reference_uri,
+        **{f"{names.Tag.METRIC_PREFIX}{key}": value for key, value in metric_record(tuned).items()},
+    }
+    version = registry.register(client, model_info, settings.mlflow.model_name, tags)
+    client.set_registered_model_alias(settings.mlflow.model_name, names.CHALLENGER, version.version)
+    logger.info(
+        "registered %s version %s as %s", settings.mlflow.model_name, version.version, names.CHALLENGER
+    )
+    return str(version.version)
+
+
+def end_training_run(settings: Settings, run_id: str, failed: bool = False) -> None:
+    """Mark the parent run finished (or failed)."""
+    status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+    registry.connect(settings).set_terminated(run_id, status)
+
+
+def _result(
+    version: str,
+    run_id: str,
+    dataset: Dataset,
+    parts: Split,
+    tuned: tuning.TuningResult,
+    candidates: Candidates,
+) -> TrainingResult:
+    best = candidates.tuned
+    return TrainingResult(
+        version=version,
+        run_id=run_id,
+        family=tuned.family,
+        params=tuned.params,
+        threshold=best.threshold,
+        metrics=metric_record(best),
+        baseline_metrics=metric_record(candidates.baseline),
+        data_hash=dataset.content_hash,
+        data_source=dataset.source,
+        holdout=registry.reference_frame(parts.holdout, best.proba, best.threshold),
+    )
+
+
+def train(
+    settings: Settings,
+    extra_training_frame: pd.DataFrame | None = None,
+    *,
+    flow_run_id: str = "none",
+    progress_bar: bool = False,
+) -> TrainingResult:
+    """Train, evaluate and register a challenger without Prefect (the flow runs the same steps as tasks).
+
+    Args:
+        settings: The system's settings.
+        extra_training_frame: Labelled rows to add to the data (features + target); when None, the
+            prediction log's labelled traffic is used if ``data.include_feedback`` is on.
+        flow_run_id: Recorded on the run and the version (the calling flow run, if any).
+        progress_bar: Show Optuna's progress bar.
+    """
+    dataset = training_data(settings, extra_training_frame)
+    parts = split_data(settings, dataset)
+    run_id = start_training_run(settings, dataset, parts, flow_run_id)
+    try:
+        tuned = tune_candidates(settings, parts, run_id, progress_bar)
+        candidates = fit_and_evaluate(settings, parts, tuned)
+        log_evaluation(settings, run_id, parts, candidates)
+        version = register_challenger(settings, run_id, parts, dataset, candidates.tuned, flow_run_id)
+    except BaseException:
+        end_training_run(settings, run_id, failed=True)
+        raise
+    end_training_run(settings, run_id)
+    return _result(version, run_id, dataset, parts, tuned, candidates)
+
+
+# ---------------------------------------------------------------- Prefect tasks and flow
+
+
+def _is_transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry only when the tracking server (or its database) did not answer."""
+    try:
+        state.result()
+    except TRANSIENT_ERRORS:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _mlflow_task(fn: Callable[P, R], name: str) -> Task[P, R]:
+    return task(
+        name=name,
+        retries=3,
+        retry_delay_seconds=[2, 5, 10],
+        retry_condition_fn=_is_transient,
+        cache_policy=NO_CACHE,
+    )(fn)
+
+
+def _task(fn: Callable[P, R], name: str) -> Task[P, R]:
+    return task(name=name, cache_policy=NO_CACHE)(fn)
+
+
+load_data_task = _task(training_data, "load-data")
+split_task = _task(split_data, "split-data")
+start_run_task = _mlflow_task(start_training_run, "start-mlflow-run")
+tune_task = _task(tune_candidates, "tune")
+evaluate_task = _task(fit_and_evaluate, "fit-and-evaluate")
+log_evaluation_task = _mlflow_task(log_evaluation, "log-evaluation")
+register_task = _mlflow_task(register_challenger, "register-challenger")
+end_run_task = _mlflow_task(end_training_run, "end-mlflow-run")
+
+
+def with_overrides(
+    settings: Settings, data_folder: str | None = None, n_trials: int | None = None
+) -> Settings:
+    """Settings with the flow's command-line/deployment overrides applied."""
+    data = (
+        settings.data
+        if data_folder is None
+        else settings.data.model_copy(update={"folder": Path(data_folder)})
+    )
+    training = (
+        settings.training if n_trials is None else settings.training.model_copy(update={"n_trials": n_trials})
+    )
+    return settings.model_copy(update={"data": data, "training": training})
+
+
+@flow(name="train")
+def train_flow(
+    data_folder: str | None = None, n_trials: int | None = None, settings: Settings | None = None
+) -> int:
+    """Tune, fit, evaluate and register a challenger version; return its version number."""
+    settings = with_overrides(settings or Settings(), data_folder, n_trials)
+    flow_run_id = str(flow_run.id)
+    dataset = load_data_task(settings)
+    parts = split_task(settings, dataset)
+    run_id = start_run_task(settings, dataset, parts, flow_run_id)
+    try:
+        tuned = tune_task(settings, parts, run_id, progress_bar=True)
+        candidates = evaluate_task(settings, parts, tuned)
+        log_evaluation_task(settings, run_id, parts, candidates)
+        version = register_task(settings, run_id, parts, dataset, candidates.tuned, flow_run_id)
+    except BaseException:
+        end_run_task(settings, run_id, failed=True)
+        raise
+    end_run_task(settings, run_id)
+    return int(version)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the train flow against the local stack (the Prefect server from the settings)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-folder", help="folder in the original CSV layout (default: synthetic sample)")
+    parser.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    # An explicit PREFECT_API_URL wins; otherwise the local stack's server from the settings.
+    api_url = os.environ.get("PREFECT_API_URL") or settings.prefect_api_url
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        version = train_flow(data_folder=args.data_folder, n_trials=args.n_trials, settings=settings)
+    logger.info("challenger version: %s", version)
+
+
+if __name__ == "__main__":
+    main()

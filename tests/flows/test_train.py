@@ -1,0 +1,208 @@
+"""The training pipeline on the original data: tuned vs baseline, reproducibility, bad data, the flow."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from uuid import UUID
+
+import pandas as pd
+import pytest
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from flows import registry
+from flows.train import (
+    CALIBRATION_ARTIFACT,
+    PR_CURVE_ARTIFACT,
+    TRAFFIC_SOURCE,
+    TrainingResult,
+    train,
+    train_flow,
+    training_data,
+)
+from reggaeton import names
+from reggaeton.data import OTHER_FILE, REGGAETON_FILE, load_folder
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET, SchemaError, validate_frame
+from reggaeton.settings import DataSettings, Settings, TrainingSettings
+
+
+def _settings(state: Path, folder: Path, **training: object) -> Settings:
+    options: dict[str, object] = {"n_trials": 10, "cv_folds": 5, "n_jobs": 1, "bootstrap_rounds": 200}
+    return Settings(
+        state_dir=state,
+        data=DataSettings(folder=folder, include_feedback=False),
+        training=TrainingSettings(**{**options, **training}),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(original_data: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
+    """One sequential (reproducible) training run on the original data."""
+    return train(_settings(tmp_path_factory.mktemp("first") / "state", original_data))
+
+
+def test_tuned_model_is_at_least_as_good_as_the_baseline_on_the_same_split(trained: TrainingResult) -> None:
+    tuned, baseline = trained.metrics, trained.baseline_metrics
+    assert tuned["pr_auc"] >= baseline["pr_auc"]
+    # Both come with a bootstrap interval around the point estimate.
+    for metrics in (tuned, baseline):
+        assert metrics["pr_auc_low"] <= metrics["pr_auc"] <= metrics["pr_auc_high"]
+    # The held-out part keeps the natural prior of the original data (70 of 2,292 songs).
+    holdout = trained.holdout
+    assert list(holdout.columns) == [*FEATURE_NAMES, PROBABILITY, PREDICTION, TARGET]
+    assert holdout[TARGET].mean() == pytest.approx(70 / 2292, abs=0.005)
+
+
+def test_same_seed_and_data_give_the_same_hash_and_metrics(
+    trained: TrainingResult, original_data: Path, tmp_path: Path
+) -> None:
+    again = train(_settings(tmp_path / "state", original_data))
+    assert again.data_hash == trained.data_hash == load_folder(original_data).content_hash
+    assert again.family == trained.family and again.params == trained.params
+    assert again.threshold == trained.threshold
+    assert again.metrics == trained.metrics
+    assert again.baseline_metrics == trained.baseline_metrics
+
+
+def _copy(original: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for name in (REGGAETON_FILE, OTHER_FILE):
+        shutil.copy(original / name, target / name)
+    return target
+
+
+def _edit(folder: Path, name: str, change) -> None:  # type: ignore[no-untyped-def]
+    frame = pd.read_csv(folder / name)
+    change(frame).to_csv(folder / name, index=False)
+
+
+def _set(column: str, value: object, rows: int):  # type: ignore[no-untyped-def]
+    def change(frame: pd.DataFrame) -> pd.DataFrame:
+        frame[column] = frame[column].astype(object)
+        frame.loc[frame.index[:rows], column] = value
+        return frame
+
+    return change
+
+
+BAD_DATA = {
+    "missing column": (REGGAETON_FILE, lambda f: f.drop(columns=["energy"]), r"column 'energy'.*missing"),
+    "non-numeric": (REGGAETON_FILE, _set("tempo", "fast", 3), r"column 'tempo'.*non-numeric.*\(3 rows\)"),
+    "out of range": (OTHER_FILE, _set("loudness", 125.513, 2), r"column 'loudness'.*outside.*\(2 rows\)"),
+    "header only": (OTHER_FILE, lambda f: f.iloc[0:0], r"no rows \(0 rows\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_stops_the_run_and_registers_nothing(case: str, original_data: Path, tmp_path: Path) -> None:
+    file, change, message = BAD_DATA[case]
+    folder = _copy(original_data, tmp_path / "data")
+    _edit(folder, file, change)
+    settings = _settings(tmp_path / "state", folder, n_trials=1)
+    with pytest.raises(SchemaError, match=message) as error:
+        train(settings)
+    assert file in str(error.value)
+    _assert_nothing_registered(settings)
+
+
+@pytest.mark.parametrize("case", ["missing file", "empty file"])
+def test_missing_or_empty_file_is_named(case: str, original_data: Path, tmp_path: Path) -> None:
+    folder = _copy(original_data, tmp_path / "data")
+    if case == "missing file":
+        (folder / OTHER_FILE).unlink()
+    else:
+        (folder / OTHER_FILE).write_text("")
+    settings = _settings(tmp_path / "state", folder, n_trials=1)
+    with pytest.raises(SchemaError, match=OTHER_FILE):
+        train(settings)
+    _assert_nothing_registered(settings)
+
+
+def test_one_class_only_is_refused(original_data: Path, tmp_path: Path) -> None:
+    # Both files of the layout carry one class each: a folder whose positives all lack values has none.
+    folder = _copy(original_data, tmp_path / "data")
+    _edit(folder, REGGAETON_FILE, _set("valence", None, 10_000))
+    settings = _settings(tmp_path / "state", folder, n_trials=1)
+    with pytest.raises(SchemaError, match=rf"{REGGAETON_FILE}.*no rows"):
+        train(settings)
+    # Labelled traffic cannot turn a one-class set into a two-class one behind the schema's back.
+    negatives_only = load_folder(original_data).frame.query(f"{TARGET} == 0")
+    with pytest.raises(SchemaError, match=rf"column '{TARGET}'.*only one class.*\(2222 rows\)"):
+        validate_frame(negatives_only, "negatives", require_target=True)
+    _assert_nothing_registered(settings)
+
+
+def _assert_nothing_registered(settings: Settings) -> None:
+    client = registry.connect(settings)
+    assert client.search_registered_models() == []
+    assert client.search_model_versions() == []
+
+
+def test_labelled_traffic_joins_the_training_data(original_data: Path, tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "state", original_data)
+    base = training_data(settings)
+    traffic = base.frame.head(5).copy()
+    combined = training_data(settings, traffic)
+    assert len(combined.frame) == len(base.frame) + 5
+    assert TRAFFIC_SOURCE in combined.source and "(5 rows)" in combined.source
+    assert combined.content_hash != base.content_hash
+    bad = traffic.assign(loudness=125.513)
+    with pytest.raises(SchemaError, match=rf"{TRAFFIC_SOURCE}: column 'loudness'.*\(5 rows\)"):
+        training_data(settings, bad)
+
+
+@pytest.mark.slow
+def test_train_flow_leaves_a_documented_challenger(
+    prefect_api_url: str, original_data: Path, tmp_path: Path
+) -> None:
+    settings = _settings(tmp_path / "state", original_data, n_trials=6, cv_folds=3, n_jobs=2)
+    version = train_flow(settings=settings)
+
+    client = registry.connect(settings)
+    challenger = registry.get_alias(client, names.MODEL_NAME, names.CHALLENGER)
+    assert challenger is not None and int(challenger.version) == version
+    dataset = load_folder(original_data)
+    tags = challenger.tags
+    assert tags[names.Tag.DATA_HASH] == dataset.content_hash
+    assert tags[names.Tag.DATA_SOURCE] == dataset.source
+    assert 0 < float(tags[names.Tag.THRESHOLD]) < 1
+    assert tags[names.Tag.MODEL_FAMILY] in settings.training.families
+    assert 0 < float(tags[f"{names.Tag.METRIC_PREFIX}pr_auc"]) <= 1
+    flow_run_id = tags[names.Tag.FLOW_RUN_ID]
+
+    # The Prefect server saw the flow run complete.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(UUID(flow_run_id))
+    assert flow_run.state is not None and flow_run.state.is_completed()
+
+    # The parent run: dataset input, params, baseline with interval, plots, nested trials.
+    assert challenger.run_id is not None
+    parent = client.get_run(challenger.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[names.Tag.FLOW_RUN_ID] == flow_run_id
+    inputs = parent.inputs.dataset_inputs
+    assert [i.dataset.digest for i in inputs] == [dataset.content_hash[: registry.DIGEST_LENGTH]]
+    metrics = parent.data.metrics
+    for prefix in ("", "baseline_"):
+        assert metrics[f"{prefix}pr_auc_low"] <= metrics[f"{prefix}pr_auc"] <= metrics[f"{prefix}pr_auc_high"]
+    assert parent.data.params["best.family"] == tags[names.Tag.MODEL_FAMILY]
+    assert "cv_pr_auc_mean" in metrics and "cv_pr_auc_std" in metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert artifacts == {PR_CURVE_ARTIFACT, CALIBRATION_ARTIFACT}
+    trials = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'"
+    )
+    assert len(trials) == 6
+    for trial in trials:
+        assert {"cv_pr_auc_mean", "cv_pr_auc_std"} <= set(trial.data.metrics)
+        assert trial.data.params["family"] in settings.training.families
+
+    # The reference set and the model itself load back and agree.
+    reference = registry.load_reference(client, challenger)
+    assert list(reference.columns) == [*FEATURE_NAMES, PROBABILITY, PREDICTION, TARGET]
+    assert len(reference) == int(parent.data.params["data.holdout_rows"])
+    pipeline = registry.load_pipeline(names.MODEL_NAME, challenger.version)
+    proba = pipeline.predict_proba(reference[list(FEATURE_NAMES)].to_numpy())[:, 1]
+    assert proba == pytest.approx(reference[PROBABILITY].to_numpy())
