@@ -183,7 +183,8 @@ SERVICES: tuple[Service, ...] = (
     Service(
         name="bootstrap",
         image=APP_IMAGE,
-        command=("sh", "-c", "python -m flows.deploy && python -m flows.train"),
+        # `python -m flows.deploy`, then train-and-promote on the worker while there is no champion.
+        command=("python", "-m", "infra.bootstrap"),
         environment=APP_ENVIRONMENT,
         depends_on={"prefect-server": "service_healthy", "mlflow": "service_healthy"},
         memory_mb=2048,

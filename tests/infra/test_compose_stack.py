@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -193,6 +193,7 @@ def test_predictions_through_loopback(stack: Stack) -> None:
 def test_training_flow_runs_on_the_worker_and_registers_a_version(stack: Stack) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -203,7 +204,7 @@ def test_training_flow_runs_on_the_worker_and_registers_a_version(stack: Stack) 
                 deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[TRAIN_DEPLOYMENT]))
             )
         assert deployments, f"the bootstrap job did not deploy {TRAIN_DEPLOYMENT!r}"
-        flow_run = run_deployment(deployments[0].id, timeout=TRAIN_TIMEOUT_S, poll_interval=5)
+        flow_run = cast(FlowRun, run_deployment(deployments[0].id, timeout=TRAIN_TIMEOUT_S, poll_interval=5))
     assert flow_run.state is not None and flow_run.state.is_completed(), (flow_run.state, stack.logs())
     after = registry_versions(stack)
     assert len(after) > len(before) and max(after) > max(before, default=0)
