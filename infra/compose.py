@@ -77,6 +77,9 @@ def _compose_service(service: Service) -> dict[str, Any]:
         out["volumes"] = volumes
     if service.healthcheck is not None:
         out["healthcheck"] = _healthcheck(service.healthcheck)
+    elif service.one_shot:
+        # A job that runs to completion has nothing to check (the image's default checks the API).
+        out["healthcheck"] = {"disable": True}
     if service.depends_on:
         out["depends_on"] = {name: {"condition": cond} for name, cond in service.depends_on.items()}
     out["networks"] = [NETWORK]
@@ -130,6 +133,8 @@ def compose_shape(document: Mapping[str, Any], values: Mapping[str, str]) -> dic
                 else ("0.0.0.0", str(port), 0)
             )
         test = (spec.get("healthcheck") or {}).get("test")
+        if test and test[0] == "NONE":
+            test = None
         depends = spec.get("depends_on") or {}
         if isinstance(depends, list):
             depends = {dep: {"condition": "service_started"} for dep in depends}

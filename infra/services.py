@@ -142,10 +142,15 @@ SERVICES: tuple[Service, ...] = (
             "--allowed-hosts",
             "mlflow,mlflow:*,localhost,localhost:*,127.0.0.1,127.0.0.1:*",
         ),
+        environment={
+            # The job runner (GenAI features this stack does not use) forks ~7 processes of ~180 MB each.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
         ports=(Port(5000, "${MLFLOW_PORT:-5000}"),),
         healthcheck=_http_check("http://127.0.0.1:5000/health"),
         depends_on={"postgres": "service_healthy"},
         volumes={"mlartifacts": "/mlartifacts"},
+        memory_mb=1536,
     ),
     Service(
         name="prefect-server",

@@ -79,7 +79,8 @@ def _envs(service: Service, config: StackConfig) -> list[pulumi.Input[str]]:
 def _healthcheck(service: Service, config: StackConfig) -> docker.ContainerHealthcheckArgs | None:
     check = service.healthcheck
     if check is None:
-        return None
+        # A job that runs to completion has nothing to check (the image's default checks the API).
+        return docker.ContainerHealthcheckArgs(tests=["NONE"]) if service.one_shot else None
     return docker.ContainerHealthcheckArgs(
         tests=["CMD", *(fill(part, config) for part in check.test)],
         interval=f"{check.interval_s}s",

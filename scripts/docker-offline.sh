@@ -91,7 +91,8 @@ mkdir -p "$PGDATA" /var/run/postgresql && chown -R postgres:postgres "$PGDATA" /
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   [ -n "$POSTGRES_PASSWORD" ] || { echo "POSTGRES_PASSWORD is required" >&2; exit 1; }
   printf '%s' "$POSTGRES_PASSWORD" > /tmp/pwfile && chown postgres /tmp/pwfile
-  su postgres -s /bin/sh -c "$PGBIN/initdb -D '$PGDATA' -U '$POSTGRES_USER' --pwfile=/tmp/pwfile --auth-host=scram-sha-256 --auth-local=trust" >/dev/null
+  # UTF8 like the official image (a SQL_ASCII database hands psycopg 3 bytes instead of text).
+  su postgres -s /bin/sh -c "$PGBIN/initdb -D '$PGDATA' -U '$POSTGRES_USER' --pwfile=/tmp/pwfile --auth-host=scram-sha-256 --auth-local=trust --encoding=UTF8 --locale=C.UTF-8" >/dev/null
   rm -f /tmp/pwfile
   echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
   if [ "$POSTGRES_DB" != "postgres" ]; then
@@ -116,7 +117,7 @@ EOS
   chmod +x "$dir/usr/local/bin/docker-entrypoint.sh"
   tar -C "$dir" -c . | docker import \
     -c 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' \
-    -c 'ENV PGDATA=/var/lib/postgresql/data' -c 'EXPOSE 5432' \
+    -c 'ENV PGDATA=/var/lib/postgresql/data' -c 'ENV LANG=C.UTF-8' -c 'EXPOSE 5432' \
     -c 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' - "$tag" >/dev/null
   rm -rf "$dir"
   log "built $tag"

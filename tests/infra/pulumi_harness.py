@@ -121,7 +121,7 @@ def container_shape(run: Run, image_name: str) -> dict[str, dict[str, Any]]:
             "command": list(inputs["command"]) if inputs.get("command") else None,
             "environment": sorted(env.split("=", 1)[0] for env in inputs.get("envs", [])),
             "ports": sorted((p["ip"], p["external"], p["internal"]) for p in inputs.get("ports", [])),
-            "healthcheck": list(health["tests"][1:]) if health else None,
+            "healthcheck": list(health["tests"][1:]) if health and health["tests"][0] != "NONE" else None,
             "depends_on": run.depends_on.get(name, []),
             "volumes": sorted(
                 f"{volume_names[v['volumeName']]}:{v['containerPath']}" for v in inputs.get("volumes", [])

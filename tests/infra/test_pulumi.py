@@ -58,6 +58,7 @@ def test_containers_are_wired_to_the_network_image_volumes_and_dependencies(run:
         assert mounted == {f"reggaeton-dev-{name}": path for name, path in service.volumes.items()}
         # Long-running containers must become healthy; the one-shot job runs to completion.
         if service.one_shot:
+            assert inputs["healthcheck"] == {"tests": ["NONE"]}
             assert inputs["attach"] is True
             assert inputs["mustRun"] is False
             assert inputs["restart"] == "no"
