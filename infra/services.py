@@ -107,6 +107,8 @@ APP_ENVIRONMENT: dict[str, str] = {
     "REGGAETON_PREFECT__API_URL": PREFECT_API,
     "REGGAETON_PREFECT__WORK_POOL": WORK_POOL,
     "PREFECT_API_URL": PREFECT_API,
+    # Flow runs prove they are alive this often; the loop's automation crashes runs silent for 3 beats.
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 
 SERVICES: tuple[Service, ...] = (
