@@ -172,11 +172,17 @@ def registry_versions(stack: Stack) -> list[int]:
 
 def test_stack_converges_with_every_service_healthy(stack: Stack) -> None:
     for service in SERVICES:
-        state = stack.inspect(stack.container(service.name))["State"]
+        container = stack.container(service.name)
         if service.one_shot:
+            state = stack.inspect(container)["State"]
             assert (state["Status"], state["ExitCode"]) == ("exited", 0), (service.name, stack.logs())
         else:
-            assert state["Health"]["Status"] == "healthy", (service.name, stack.logs())
+            # `up -d` waits only for what something depends on; the API (a leaf) may still be starting.
+            wait_for(
+                f"{service.name} to be healthy",
+                lambda c=container: stack.inspect(c)["State"]["Health"]["Status"] == "healthy",
+                READY_TIMEOUT_S,
+            )
 
 
 def test_predictions_through_loopback(stack: Stack) -> None:
