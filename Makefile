@@ -29,6 +29,22 @@ $(BIN)/python: requirements-dev.lock pyproject.toml | uv
 .PHONY: install
 install: $(BIN)/python ## Create .venv from the lockfile (bootstraps uv with pip if missing)
 
+.PHONY: demo
+demo: install ## The whole loop on this machine: stack, deploy, first champion, drift, retrain, summary
+	$(BIN)/python -m flows.demo
+
+.PHONY: up
+up: install ## Start (or reuse) the local stack: Prefect server + worker, MLflow, API, alert receiver
+	$(BIN)/python -m flows.stack up
+
+.PHONY: deploy
+deploy: install ## Work pool, deployments (prefect.yaml) and automations; idempotent
+	$(BIN)/python -m flows.deploy
+
+.PHONY: down
+down: ## Stop exactly the processes the stack started (by their PID files)
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m flows.stack down; fi
+
 .PHONY: lock
 lock: uv ## Re-resolve the lockfiles from pyproject.toml
 	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c constraints.txt pyproject.toml -o requirements.lock
@@ -54,3 +70,12 @@ test: install ## Run the whole test suite (the README's test command)
 
 .PHONY: check
 check: lint typecheck test ## Lint, types, then tests
+
+.PHONY: bench-monitor
+bench-monitor: install ## Monitor run vs NannyML alone at 100 k and 1 M logged predictions
+	$(BIN)/python benchmarks/bench_monitor.py
+
+.PHONY: bench-serve
+bench-serve: install ## Serving benchmark vs mlflow models serve and a bare endpoint (needs wrk)
+	@command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk (Debian/Ubuntu)"; exit 2; }
+	$(BIN)/python benchmarks/bench_serve.py

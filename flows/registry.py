@@ -42,6 +42,9 @@ SKOPS_TRUSTED_TYPES = [
     "sklearn.utils._bunch.Bunch",
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    # SMOTE's fitted nearest-neighbour index (the baseline pipeline).
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.neighbors._kd_tree.KDTree",
 ]
 
 

@@ -101,6 +101,16 @@ class MonitoringSettings(_Section):
     f1_threshold: float | None = None
     consecutive_chunks: int = Field(default=2, ge=1)
     results_url: str | None = None  # default: SQLite file in the state folder
+    reference_chunks: int = Field(default=5, ge=2)  # reference chunks NannyML's thresholds come from
+    max_chunks: int = Field(default=200, ge=1)  # per run; larger windows get larger chunks
+    min_labelled: int = Field(default=50, ge=2)  # realized performance needs this many labels a chunk
+    min_labelled_positives: int = Field(default=5, ge=1)  # ... and this many of each class
+    # Univariate drift counts from this many drifting features: NannyML's reference-chunk thresholds
+    # flag up to 4 of the 7 features on stable traffic, a real shift moves 6-7 (see monitoring tests).
+    drift_min_features: int = Field(default=5, ge=1)
+    settle_s: float = Field(default=2.0, ge=0)  # leave the newest rows for the next run (writes in flight)
+    history_chunks: int = Field(default=20, ge=0)  # stored chunks shown again in the plot
+    nannyml_usage_logging: bool = False  # NannyML telemetry (off: nothing leaves the machine)
 
 
 class PrefectSettings(_Section):
@@ -112,6 +122,8 @@ class PrefectSettings(_Section):
     work_pool: str = "reggaeton-pool"
     webhook_url: str | None = None  # notifications; default: the local alert receiver
     alert_receiver_port: int = 8765
+    notification_block: str = "reggaeton-alerts"  # name of the CustomWebhookNotificationBlock
+    debounce_s: int = Field(default=600, ge=0)  # repeated `degraded` events within this notify once
 
 
 class Settings(BaseSettings):
@@ -192,6 +204,16 @@ class Settings(BaseSettings):
     def prefect_api_url(self) -> str:
         """The Prefect API every emitter talks to."""
         return self.prefect.api_url or f"http://{self.prefect.host}:{self.prefect.port}/api"
+
+    @property
+    def alert_webhook_url(self) -> str:
+        """Where Prefect notifications are sent: the configured webhook or the local alert receiver."""
+        return self.prefect.webhook_url or f"http://127.0.0.1:{self.prefect.alert_receiver_port}/alerts"
+
+    @property
+    def alerts_path(self) -> Path:
+        """The file the local alert receiver appends alerts to (JSON lines)."""
+        return self.state_path / "alerts.jsonl"
 
     def ensure_state_dir(self) -> Path:
         """Create the state folder (called by entry points, never at import)."""

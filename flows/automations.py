@@ -1,0 +1,254 @@
+"""Automations as code: who is told what when the loop moves, applied idempotently by name.
+
+The retrain itself is the `train-and-promote` deployment's own trigger (prefect.yaml); the automations
+here only notify, through one built-in Prefect notification block (a custom webhook, Slack-compatible
+payload ``{"text": ...}``) pointed at ``settings.alert_webhook_url``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+from uuid import UUID
+
+from prefect.automations import (
+    AutomationCore,
+    ChangeFlowRunState,
+    EventTrigger,
+    Posture,
+    RunDeployment,
+    SendNotification,
+)
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.objects import StateType
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from reggaeton.names import Event
+from reggaeton.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Every automation this module owns starts with this prefix (and carries the tag below).
+PREFIX = "reggaeton"
+TAG = "reggaeton"
+
+FLOW_RUN_FAILED = "prefect.flow-run.Failed"
+FLOW_RUN_CRASHED = "prefect.flow-run.Crashed"
+FLOW_RUN_HEARTBEAT = "prefect.flow-run.heartbeat"
+FLOW_RUN_FINAL = frozenset(
+    {"prefect.flow-run.Completed", FLOW_RUN_FAILED, "prefect.flow-run.Cancelled", FLOW_RUN_CRASHED}
+)
+# Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by the stack); a run
+# silent for ZOMBIE_AFTER_S (its worker was killed with it, the machine rebooted) is marked Crashed.
+HEARTBEAT_S = 30
+ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
+RETRAIN_DEPLOYMENT = "train-and-promote"
+
+# Slack's incoming webhooks take {"text": ...}; the local receiver reads the same shape.
+WEBHOOK_JSON: dict[str, Any] = {"text": "{{subject}}\n{{body}}"}
+
+_MODEL_EVENT_BODY = (
+    "event: {{ event.event }}\n"
+    "occurred: {{ event.occurred }}\n"
+    "resource: {{ event.resource.id }}\n"
+    "payload: {{ event.payload }}"
+)
+_FLOW_RUN_BODY = (
+    "event: {{ event.event }}\n"
+    "occurred: {{ event.occurred }}\n"
+    "flow run: {{ flow.name }}/{{ flow_run.name }} ({{ flow_run.id }})\n"
+    "state: {{ flow_run.state.name }}: {{ flow_run.state.message }}"
+)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One notification rule: which events, what the message says, how repeats are damped."""
+
+    name: str
+    description: str
+    events: frozenset[str]
+    subject: str
+    body: str
+    debounce: timedelta = timedelta(0)
+
+
+# Model events that only notify: (event, automation suffix, subject, description).
+_MODEL_NOTICES = (
+    (Event.PROMOTED, "promoted", "new champion promoted", "A challenger beat the champion and was promoted."),
+    (
+        Event.REJECTED,
+        "rejected",
+        "challenger rejected",
+        "The gate kept the champion: the challenger was not better beyond noise.",
+    ),
+    (
+        Event.RELOAD_FAILED,
+        "reload-failed",
+        "API refused the new champion",
+        "The API refused a new champion version and keeps serving the previous one.",
+    ),
+)
+
+
+def notices(settings: Settings) -> list[Notice]:
+    """The notification rules of the loop (pure: no Prefect calls)."""
+    degraded = Notice(
+        name=f"{PREFIX}-notify-degraded",
+        description="The champion degraded; the retrain runs through the deployment trigger.",
+        events=frozenset({Event.DEGRADED}),
+        subject="[reggaeton] model degraded: retraining",
+        body=_MODEL_EVENT_BODY,
+        debounce=timedelta(seconds=settings.prefect.debounce_s),
+    )
+    flow_run_failed = Notice(
+        name=f"{PREFIX}-notify-flow-run-failed",
+        description="A flow run failed or crashed.",
+        events=frozenset({FLOW_RUN_FAILED, FLOW_RUN_CRASHED}),
+        subject="[reggaeton] flow run failed",
+        body=_FLOW_RUN_BODY,
+    )
+    model_events = [
+        Notice(
+            name=f"{PREFIX}-notify-{suffix}",
+            description=description,
+            events=frozenset({event}),
+            subject=f"[reggaeton] {subject}",
+            body=_MODEL_EVENT_BODY,
+        )
+        for event, suffix, subject, description in _MODEL_NOTICES
+    ]
+    return [degraded, *model_events, flow_run_failed]
+
+
+def to_automation(notice: Notice, block_document_id: UUID) -> AutomationCore:
+    """The Prefect automation for one rule: a reactive trigger, threshold 1, debounced by `within`."""
+    return AutomationCore(
+        name=notice.name,
+        description=notice.description,
+        enabled=True,
+        tags=[TAG],
+        trigger=EventTrigger(
+            expect=set(notice.events),
+            posture=Posture.Reactive,
+            threshold=1,
+            within=notice.debounce,
+        ),
+        actions=[
+            SendNotification(block_document_id=block_document_id, subject=notice.subject, body=notice.body)
+        ],
+    )
+
+
+def zombie_automation() -> AutomationCore:
+    """Mark a flow run Crashed when its heartbeats stop before it reached a final state."""
+    return AutomationCore(
+        name=f"{PREFIX}-crash-silent-flow-runs",
+        description=f"A flow run without a heartbeat for {ZOMBIE_AFTER_S} s is marked Crashed.",
+        enabled=True,
+        tags=[TAG],
+        trigger=EventTrigger(
+            after={FLOW_RUN_HEARTBEAT},
+            expect={FLOW_RUN_HEARTBEAT, *FLOW_RUN_FINAL},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=ZOMBIE_AFTER_S),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {ZOMBIE_AFTER_S} s: the run's process is gone.",
+            )
+        ],
+    )
+
+
+def rerun_crashed_automation(deployment_id: UUID, settings: Settings) -> AutomationCore:
+    """Run the retrain again when a run of it crashed (worker killed mid-run); at most once per window."""
+    return AutomationCore(
+        name=f"{PREFIX}-rerun-crashed-retrain",
+        description="A crashed train-and-promote run is run again (debounced like the retrain trigger).",
+        enabled=True,
+        tags=[TAG],
+        trigger=EventTrigger(
+            expect={FLOW_RUN_CRASHED},
+            match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(seconds=settings.prefect.debounce_s),
+        ),
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+    )
+
+
+@contextmanager
+def prefect_api(settings: Settings) -> Iterator[None]:
+    """Point every Prefect client in this block at the configured server (never an ephemeral one)."""
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        yield
+
+
+def ensure_notification_block(settings: Settings) -> UUID:
+    """Create or update the webhook notification block; its id is stable across runs."""
+    block = CustomWebhookNotificationBlock(
+        name=settings.prefect.notification_block,
+        url=settings.alert_webhook_url,
+        method="POST",
+        json_data=dict(WEBHOOK_JSON),
+    )
+    with prefect_api(settings):
+        block_id = block.save(settings.prefect.notification_block, overwrite=True)
+    return cast(UUID, block_id)
+
+
+def _comparable(automation: AutomationCore) -> dict[str, Any]:
+    return automation.model_dump(
+        mode="json", include={"description", "enabled", "tags", "trigger", "actions"}
+    )
+
+
+def apply_automations(settings: Settings) -> dict[str, str]:
+    """Create, update or leave alone each automation by name; a second run changes nothing.
+
+    Returns:
+        Automation name -> what happened ("created", "updated" or "unchanged").
+    """
+    block_id = ensure_notification_block(settings)
+    wanted = [to_automation(notice, block_id) for notice in notices(settings)]
+    wanted.append(zombie_automation())
+    outcome: dict[str, str] = {}
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        retrain = client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[RETRAIN_DEPLOYMENT]))
+        )
+        if retrain:
+            wanted.append(rerun_crashed_automation(retrain[0].id, settings))
+        else:
+            logger.warning(
+                "no %s deployment yet: the crashed-run automation waits for it", RETRAIN_DEPLOYMENT
+            )
+        for automation in wanted:
+            existing = client.read_automations_by_name(automation.name)
+            if not existing:
+                client.create_automation(automation)
+                outcome[automation.name] = "created"
+                continue
+            keep, *duplicates = existing
+            for duplicate in duplicates:  # left over from an interrupted run: one rule, one automation
+                client.delete_automation(duplicate.id)
+            if _comparable(keep) == _comparable(automation) and not duplicates:
+                outcome[automation.name] = "unchanged"
+            else:
+                client.update_automation(keep.id, automation)
+                outcome[automation.name] = "updated"
+    for name, what in outcome.items():
+        logger.info("automation %s: %s", name, what)
+    return outcome

@@ -1,0 +1,326 @@
+"""`python -m flows.demo` (`make demo`): the whole loop once on this machine, then a summary.
+
+Starts the stack (or reuses it), deploys, trains the first champion through the `train-and-promote`
+deployment when there is none, drives the traffic simulator (stable, then drifted traffic with late
+labels), runs the monitor, and waits until the automation's retrain has decided and the API serves
+what the gate chose. The stack stays up; `make down` stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+import httpx
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
+
+from flows import stack
+from flows.automations import prefect_api
+from flows.deploy import deploy
+from flows.receiver import read_alerts
+from reggaeton import names
+from reggaeton.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TRAIN_DEPLOYMENT = "train-and-promote"
+MONITOR_DEPLOYMENT = "monitor"
+T = TypeVar("T")
+
+
+@dataclass
+class VersionInfo:
+    """A registered version as the summary shows it."""
+
+    version: str
+    metrics: dict[str, str] = field(default_factory=dict)
+    decision: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class DemoReport:
+    """What the demo observed, for the summary."""
+
+    started_at: datetime
+    before: VersionInfo | None = None
+    after: VersionInfo | None = None
+    challenger: VersionInfo | None = None
+    served_before: str | None = None
+    served_after: str | None = None
+    retrain_state: str | None = None
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 2.0) -> T:
+    """Poll `probe` until it returns something other than None; bounded in time.
+
+    Raises:
+        TimeoutError: naming what was awaited.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def stack_settings(settings: Settings) -> Settings:
+    """The settings as the stack's processes see them (MLflow through the local server)."""
+    if settings.mlflow.tracking_uri:
+        return settings
+    mlflow = settings.mlflow.model_copy(update={"tracking_uri": stack.mlflow_url(settings)})
+    return settings.model_copy(update={"mlflow": mlflow})
+
+
+# --- registry -------------------------------------------------------------------------------------------
+def version_info(client: MlflowClient, settings: Settings, version: str) -> VersionInfo:
+    """Metrics and decision recorded on a version (tags written by training and the gate)."""
+    tags = client.get_model_version(settings.mlflow.model_name, version).tags
+    metrics = {
+        key.removeprefix(names.Tag.METRIC_PREFIX): value
+        for key, value in sorted(tags.items())
+        if key.startswith(names.Tag.METRIC_PREFIX)
+    }
+    return VersionInfo(version, metrics, tags.get(names.Tag.DECISION), tags.get(names.Tag.DECISION_REASON))
+
+
+def champion_version(client: MlflowClient, settings: Settings) -> str | None:
+    """The version the champion alias points at, or None."""
+    try:
+        return str(client.get_model_version_by_alias(settings.mlflow.model_name, names.CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def latest_version(client: MlflowClient, settings: Settings) -> str | None:
+    """The newest registered version, or None."""
+    versions = client.search_model_versions(f"name='{settings.mlflow.model_name}'")
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
+# --- API ------------------------------------------------------------------------------------------------
+def served_version(settings: Settings) -> str | None:
+    """The model version the API serves, or None when it has none (or is down)."""
+    try:
+        response = httpx.get(f"{stack.api_url(settings)}/ready", timeout=5)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    version = response.json().get("model_version")
+    return str(version) if version is not None else None
+
+
+# --- Prefect --------------------------------------------------------------------------------------------
+def deployment_id(settings: Settings, name: str) -> UUID:
+    """The id of a deployment by its name."""
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        found = client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
+        )
+    if not found:
+        raise LookupError(f"deployment {name!r} not found: run `python -m flows.deploy`")
+    return found[0].id
+
+
+def run_deployment_and_wait(settings: Settings, name: str, timeout_s: float) -> FlowRun:
+    """Create a flow run of a deployment (the worker picks it up) and wait for a final state."""
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(deployment_id(settings, name))
+    logger.info("started %s flow run %s", name, flow_run.name)
+    return wait_for_final(settings, flow_run.id, timeout_s)
+
+
+def wait_for_final(settings: Settings, flow_run_id: UUID, timeout_s: float) -> FlowRun:
+    """Wait for a flow run to reach a final state."""
+
+    def final() -> FlowRun | None:
+        with prefect_api(settings), get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+        return run if run.state is not None and run.state.is_final() else None
+
+    return wait_until(f"flow run {flow_run_id}", final, timeout_s, every_s=3.0)
+
+
+def runs_since(settings: Settings, name: str, since: datetime) -> list[FlowRun]:
+    """Runs of a deployment expected to start between `since` and now (not future schedules), newest first."""
+    window = FlowRunFilterExpectedStartTime(after_=since, before_=datetime.now(UTC) + timedelta(minutes=1))
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        return list(
+            client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
+                flow_run_filter=FlowRunFilter(expected_start_time=window),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            )
+        )
+
+
+# --- traffic --------------------------------------------------------------------------------------------
+def simulate(settings: Settings, scenario: str, timeout_s: float = 600) -> None:
+    """Drive the API with the traffic simulator (`python -m monitoring.simulate`)."""
+    command = [sys.executable, "-m", "monitoring.simulate", "--scenario", scenario]
+    logger.info("traffic: %s", " ".join(command[1:]))
+    subprocess.run(command, env=stack.stack_environment(settings), check=True, timeout=timeout_s)
+
+
+# --- the demo -------------------------------------------------------------------------------------------
+def ensure_champion(settings: Settings, client: MlflowClient, report: DemoReport) -> str:
+    """The current champion, training the first one through the deployment when there is none."""
+    current = champion_version(client, settings)
+    if current is None:
+        began = time.monotonic()
+        run = run_deployment_and_wait(settings, TRAIN_DEPLOYMENT, timeout_s=900)
+        report.timings["first champion"] = time.monotonic() - began
+        if run.state is None or not run.state.is_completed():
+            raise RuntimeError(f"the first training run ended {run.state}: see the Prefect UI")
+        current = wait_until("a champion alias", lambda: champion_version(client, settings), 60)
+    wait_until(f"the API serving version {current}", lambda: served_version(settings) == current or None, 180)
+    return current
+
+
+def run_monitor(settings: Settings, attempts: int = 5) -> FlowRun:
+    """Run the monitor now and wait for it.
+
+    The deployment allows one run at a time (CANCEL_NEW): when ours is cancelled because a scheduled run
+    is in progress, wait for that one to finish and try again, so a run starts after the traffic.
+    """
+    for _ in range(attempts):
+        began = datetime.now(UTC)
+        run = run_deployment_and_wait(settings, MONITOR_DEPLOYMENT, timeout_s=300)
+        if run.state is not None and not run.state.is_cancelled():
+            return run
+        for other in runs_since(settings, MONITOR_DEPLOYMENT, began - timedelta(minutes=10)):
+            if (
+                other.id != run.id
+                and other.state is not None
+                and (other.state.is_running() or other.state.is_pending())
+            ):
+                wait_for_final(settings, other.id, timeout_s=300)
+    raise RuntimeError(f"the monitor run was cancelled {attempts} times (concurrency limit 1)")
+
+
+def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> None:
+    """Stable then drifted traffic, the monitor, and the retrain the automation starts."""
+    simulate(settings, "stable")
+    run_monitor(settings)
+    simulate(settings, "drift")
+    loop_began = datetime.now(UTC)
+    began = time.monotonic()
+    run_monitor(settings)
+
+    def first_retrain() -> FlowRun | None:
+        runs = runs_since(settings, TRAIN_DEPLOYMENT, loop_began)
+        return runs[-1] if runs else None
+
+    retrain = wait_until("the retrain the degraded event triggers", first_retrain, timeout_s=180)
+    final = wait_for_final(settings, retrain.id, timeout_s=900)
+    report.retrain_state = final.state.name if final.state else None
+    champion = champion_version(client, settings)
+    newest = latest_version(client, settings)
+    if newest is not None and newest != (report.before.version if report.before else None):
+        report.challenger = version_info(client, settings, newest)
+    if champion is not None:
+        report.after = version_info(client, settings, champion)
+        wait_until(
+            f"the API serving version {champion}", lambda: served_version(settings) == champion or None, 180
+        )
+    report.served_after = served_version(settings)
+    report.timings["drift detected -> decision served"] = time.monotonic() - began
+
+
+SUMMARY_METRICS = ("pr_auc", "roc_auc", "f1", "brier")
+
+
+def _number(value: str) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except ValueError:
+        return value
+
+
+def summary(settings: Settings, report: DemoReport) -> str:
+    """The text printed at the end of the demo."""
+    lines = ["", "=" * 72, "reggaeton loop: summary", "=" * 72]
+
+    def describe(label: str, info: VersionInfo | None) -> None:
+        if info is None:
+            lines.append(f"{label}: none")
+            return
+        shown = [(k, info.metrics[k]) for k in SUMMARY_METRICS if k in info.metrics]
+        metrics = ", ".join(f"{k}={_number(v)}" for k, v in shown) or "no metrics recorded"
+        lines.append(f"{label}: version {info.version} ({metrics})")
+
+    describe("champion before", report.before)
+    describe("challenger", report.challenger)
+    describe("champion after", report.after)
+    if report.challenger is not None:
+        lines.append(f"decision: {report.challenger.decision} ({report.challenger.reason})")
+    lines.append(f"retrain run: {report.retrain_state}")
+    lines.append(f"API served: {report.served_before} -> {report.served_after}")
+    lines.append(f"alerts received ({len(report.alerts)}), also in {settings.alerts_path}:")
+    lines.extend(f"  {alert['received_at']}  {alert['subject']}" for alert in report.alerts)
+    lines.extend(f"time, {name}: {seconds:.0f} s" for name, seconds in report.timings.items())
+    lines += [
+        f"Prefect UI:  {stack.prefect_ui_url(settings)}",
+        f"MLflow UI:   {stack.mlflow_url(settings)}",
+        f"API docs:    {stack.api_url(settings)}/docs",
+        "The stack is still running: `make down` stops it.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(settings: Settings) -> DemoReport:
+    """Everything `make demo` does, returning what it saw."""
+    report = DemoReport(started_at=datetime.now(UTC))
+    began = time.monotonic()
+    settings = stack_settings(settings)
+    for name, what in stack.up(settings).items():
+        logger.info("%s: %s", name, what)
+    deploy(settings)
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+    report.before = version_info(client, settings, ensure_champion(settings, client, report))
+    report.served_before = served_version(settings)
+    run_loop(settings, client, report)
+    report.alerts = [
+        alert
+        for alert in read_alerts(settings.alerts_path)
+        if alert["received_at"] >= report.started_at.isoformat()
+    ]
+    report.timings["total"] = time.monotonic() - began
+    return report
+
+
+def main() -> int:
+    """Command line entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = Settings()
+    report = run_demo(settings)
+    sys.stdout.write(summary(stack_settings(settings), report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

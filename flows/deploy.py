@@ -1,0 +1,141 @@
+"""`python -m flows.deploy`: work pool, deployments (prefect.yaml) and automations, idempotently.
+
+Run it as often as you like against the same server: the work pool is created only when missing,
+`prefect deploy` updates each deployment of prefect.yaml in place (their trigger automations are replaced by
+name) and the notification automations are created, updated or left alone by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectNotFound
+from prefect.workers.process import ProcessWorker
+
+from flows.automations import apply_automations, prefect_api
+from reggaeton.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+PREFECT_FILE = "prefect.yaml"
+
+
+def ensure_work_pool(settings: Settings) -> bool:
+    """Create the process work pool when missing. Returns True when it was created."""
+    name = settings.prefect.work_pool
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type=ProcessWorker.type,
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    description="Local process work pool of the reggaeton loop",
+                )
+            )
+            logger.info("created work pool %s", name)
+            return True
+
+
+def deploy_environment(settings: Settings) -> dict[str, str]:
+    """Environment for the `prefect deploy` child: the configured server, no prompts, no telemetry."""
+    return {
+        **os.environ,
+        "PREFECT_API_URL": settings.prefect_api_url,
+        "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "NML_DISABLE_USAGE_LOGGING": "1",
+    }
+
+
+def deployment_names(project_dir: Path = PROJECT_DIR, prefect_file: str = PREFECT_FILE) -> list[str]:
+    """The deployment names declared in the prefect file."""
+    config = yaml.safe_load((project_dir / prefect_file).read_text())
+    return [str(entry["name"]) for entry in config.get("deployments") or []]
+
+
+def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file: str = PREFECT_FILE) -> None:
+    """`prefect deploy` of every deployment in the file, from the project folder, on the configured pool.
+
+    One deployment per call: `prefect deploy --all` ignores `--pool`, and the pool name comes from the
+    settings. The worker later runs the flows from the folder deployed from (the default pull step).
+
+    Raises:
+        RuntimeError: a command failed; its output is in the message.
+    """
+    for name in deployment_names(project_dir, prefect_file):
+        command = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "--no-prompt",
+            "deploy",
+            "--prefect-file",
+            prefect_file,
+            "--name",
+            name,
+            "--pool",
+            settings.prefect.work_pool,
+        ]
+        result = subprocess.run(
+            command,
+            cwd=project_dir,
+            env=deploy_environment(settings),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode != 0:
+            output = f"{result.stdout}\n{result.stderr}"
+            raise RuntimeError(f"prefect deploy --name {name} failed ({result.returncode}):\n{output}")
+        logger.info("deployed %s on pool %s", name, settings.prefect.work_pool)
+
+
+def deploy(
+    settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file: str = PREFECT_FILE
+) -> dict[str, str]:
+    """Work pool, deployments, automations, in that order (the triggers need the deployments).
+
+    Returns:
+        What happened to each notification automation (see `apply_automations`).
+    """
+    ensure_work_pool(settings)
+    deploy_all(settings, project_dir, prefect_file)
+    return apply_automations(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="folder holding prefect.yaml")
+    parser.add_argument(
+        "--automations-only", action="store_true", help="apply the automations, skip pool and deployments"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = Settings()
+    if args.automations_only:
+        apply_automations(settings)
+    else:
+        deploy(settings, args.project_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

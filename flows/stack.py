@@ -1,0 +1,383 @@
+"""`python -m flows.stack up|down|status`: the embedded local stack as processes with PID files.
+
+Starts, on 127.0.0.1 and with all state in the state folder: the Prefect server (its own PREFECT_HOME,
+analytics off), the MLflow server (SQLite + local artifacts, ``--serve-artifacts``), the alert receiver,
+a Prefect process worker on the work pool, and the API. A second ``up`` reuses what is running; ``down``
+stops exactly the processes ``up`` started, by the PIDs recorded in ``<state>/pids/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel, SecretStr
+
+from flows.automations import HEARTBEAT_S
+from reggaeton.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the stack: how to start it and how to know it is ready."""
+
+    name: str
+    command: Callable[[Settings], list[str]]
+    health_url: Callable[[Settings], str | None]
+    startup_timeout_s: float = 120.0
+
+
+def mlflow_url(settings: Settings) -> str:
+    """The local MLflow server the stack runs."""
+    return f"http://{settings.mlflow.host}:{settings.mlflow.port}"
+
+
+def api_url(settings: Settings) -> str:
+    """The API the stack runs."""
+    return f"http://{settings.serving.host}:{settings.serving.port}"
+
+
+def prefect_ui_url(settings: Settings) -> str:
+    """The Prefect UI of the local server."""
+    return f"http://{settings.prefect.host}:{settings.prefect.port}"
+
+
+def receiver_url(settings: Settings) -> str:
+    """The local alert receiver."""
+    return f"http://127.0.0.1:{settings.prefect.alert_receiver_port}"
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return json.dumps(list(value))
+    return str(value)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings as REGGAETON_ variables: a child process rebuilds the same Settings from them."""
+    env = {"REGGAETON_MODE": settings.mode, "REGGAETON_STATE_DIR": str(settings.state_path)}
+    for section_name in Settings.model_fields:
+        section = getattr(settings, section_name)
+        if not isinstance(section, BaseModel):
+            continue
+        for field_name in type(section).model_fields:
+            value = getattr(section, field_name)
+            if value is not None:
+                env[f"REGGAETON_{section_name}__{field_name}".upper()] = _env_value(value)
+    return env
+
+
+def stack_environment(settings: Settings) -> dict[str, str]:
+    """Environment every stack process (and every flow run of the worker) gets.
+
+    All parts see the same settings, talk to the same Prefect server and MLflow server and share one
+    absolute state folder, so the working directory of a process does not matter.
+    """
+    env = dict(os.environ)
+    env.update(settings_environment(settings))
+    env.update(
+        {
+            "REGGAETON_MLFLOW__TRACKING_URI": settings.mlflow.tracking_uri or mlflow_url(settings),
+            "PREFECT_API_URL": settings.prefect_api_url,
+            "PREFECT_HOME": str(settings.prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_CLI_PROMPT": "false",
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
+            "NML_DISABLE_USAGE_LOGGING": "1",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+SERVICES: tuple[Service, ...] = (
+    Service(
+        "prefect-server",
+        lambda s: _python(
+            "-m", "prefect", "server", "start", "--host", s.prefect.host, "--port", str(s.prefect.port)
+        ),
+        lambda s: f"{s.prefect_api_url}/health",
+        startup_timeout_s=240.0,
+    ),
+    Service(
+        "mlflow",
+        lambda s: _python(
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            s.mlflow.host,
+            "--port",
+            str(s.mlflow.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{s.state_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            (s.state_path / "mlartifacts").as_uri(),
+            "--serve-artifacts",
+        ),
+        lambda s: f"{mlflow_url(s)}/health",
+        startup_timeout_s=180.0,
+    ),
+    Service(
+        "receiver",
+        lambda s: _python("-m", "flows.receiver", "--port", str(s.prefect.alert_receiver_port)),
+        lambda s: f"{receiver_url(s)}/health",
+    ),
+    Service(
+        "worker",
+        lambda s: _python(
+            "-m", "prefect", "worker", "start", "--pool", s.prefect.work_pool, "--type", "process"
+        ),
+        lambda s: None,
+    ),
+    Service(
+        "api",
+        lambda s: _python("-m", "serving"),
+        lambda s: f"{api_url(s)}/health",
+        startup_timeout_s=180.0,
+    ),
+)
+SERVICE_NAMES = tuple(service.name for service in SERVICES)
+
+
+def pid_dir(settings: Settings) -> Path:
+    """Where PID files live."""
+    return settings.state_path / "pids"
+
+
+def log_dir(settings: Settings) -> Path:
+    """Where each process writes its output."""
+    return settings.state_path / "logs"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process start time in clock ticks (Linux), to tell our process from a recycled PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a PID file holds."""
+
+    name: str
+    pid: int
+    start_ticks: str | None
+    command: list[str]
+
+    def is_running(self) -> bool:
+        """Our process is still there (same PID and, where knowable, same start time)."""
+        if not _alive(self.pid):
+            return False
+        return self.start_ticks is None or _start_ticks(self.pid) == self.start_ticks
+
+
+def read_record(settings: Settings, name: str) -> Record | None:
+    """The PID file of a service, if any."""
+    path = pid_dir(settings) / f"{name}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return Record(data["name"], int(data["pid"]), data.get("start_ticks"), list(data["command"]))
+
+
+def _write_record(settings: Settings, record: Record) -> None:
+    path = pid_dir(settings) / f"{record.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record.__dict__))
+
+
+def _responds(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_ready(service: Service, settings: Settings, record: Record, log_path: Path) -> None:
+    url = service.health_url(settings)
+    deadline = time.monotonic() + service.startup_timeout_s
+    settle_until = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        if not record.is_running():
+            raise RuntimeError(
+                f"{service.name} exited during start-up; last log lines:\n{_log_tail(log_path)}"
+            )
+        if url is None:
+            if time.monotonic() >= settle_until:
+                return
+        elif _responds(url):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{service.name} not ready after {service.startup_timeout_s:.0f} s; see {log_path}")
+
+
+def _launch(service: Service, settings: Settings) -> tuple[str, Record | None]:
+    """Start one service unless it already runs, without waiting for it to be ready."""
+    record = read_record(settings, service.name)
+    if record is not None and record.is_running():
+        return "reused", record
+    url = service.health_url(settings)
+    if url is not None and _responds(url):
+        logger.info(
+            "%s already answers at %s (not started by this stack; down leaves it alone)", service.name, url
+        )
+        return "external", None
+    log_path = log_dir(settings) / f"{service.name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = service.command(settings)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            env=stack_environment(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: down stops it and its children together
+        )
+    record = Record(service.name, process.pid, _start_ticks(process.pid), command)
+    _write_record(settings, record)
+    logger.info("%s started (pid %d), log %s", service.name, process.pid, log_path)
+    return "started", record
+
+
+def start(services: Sequence[Service], settings: Settings) -> dict[str, str]:
+    """Start services together, then wait until each is ready. Returns "started", "reused" or "external".
+
+    A service that fails to become ready is stopped, and the error names it with the tail of its log.
+    """
+    launched = {service.name: _launch(service, settings) for service in services}
+    for service in services:
+        outcome, record = launched[service.name]
+        if record is None:
+            continue
+        try:
+            _wait_ready(service, settings, record, log_dir(settings) / f"{service.name}.log")
+        except Exception:
+            if outcome == "started":
+                stop(service.name, settings)
+            raise
+    return {name: outcome for name, (outcome, _) in launched.items()}
+
+
+def stop(name: str, settings: Settings, timeout_s: float = 20.0) -> str:
+    """Stop one service this stack started (by its recorded PID). Returns "stopped" or "not running"."""
+    record = read_record(settings, name)
+    path = pid_dir(settings) / f"{name}.json"
+    if record is None:
+        return "not running"
+    outcome = "not running"
+    if record.is_running():
+        # The service leads its own session, so its group id is its PID: its children go with it.
+        os.killpg(record.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while record.is_running() and time.monotonic() < deadline:
+            _reap(record.pid)
+            time.sleep(0.2)
+        if record.is_running():
+            os.killpg(record.pid, signal.SIGKILL)
+        _reap(record.pid)
+        outcome = "stopped"
+    path.unlink(missing_ok=True)
+    logger.info("%s: %s", name, outcome)
+    return outcome
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the process is our child (a same-process up/down, as in tests)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+# Services of one phase start together; a phase starts when the previous one is ready.
+PHASES: tuple[tuple[str, ...], ...] = (("prefect-server", "mlflow", "receiver"), ("worker", "api"))
+
+
+def up(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, str]:
+    """Start the named services phase by phase; what is already running is reused."""
+    settings.ensure_state_dir()
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    by_name = {service.name: service for service in SERVICES}
+    outcome: dict[str, str] = {}
+    for phase in PHASES:
+        outcome.update(start([by_name[name] for name in phase if name in names], settings))
+    return outcome
+
+
+def down(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, str]:
+    """Stop the named services that this stack started, in reverse order."""
+    return {name: stop(name, settings) for name in reversed(SERVICE_NAMES) if name in names}
+
+
+def status(settings: Settings) -> dict[str, str]:
+    """Each service: "running (pid N)", or "stopped"."""
+    result = {}
+    for name in SERVICE_NAMES:
+        record = read_record(settings, name)
+        result[name] = f"running (pid {record.pid})" if record and record.is_running() else "stopped"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description="Start or stop the local stack.")
+    parser.add_argument("action", choices=("up", "down", "status"))
+    parser.add_argument("services", nargs="*", help=f"any of {', '.join(SERVICE_NAMES)} (default: all)")
+    args = parser.parse_args(argv)
+    if unknown := set(args.services) - set(SERVICE_NAMES):
+        parser.error(f"unknown services: {', '.join(sorted(unknown))}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = Settings()
+    names = args.services or SERVICE_NAMES
+    actions = {"up": up, "down": down, "status": lambda s, _names: status(s)}
+    for name, what in actions[args.action](settings, names).items():
+        logger.info("%-15s %s", name, what)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

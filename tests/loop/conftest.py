@@ -1,0 +1,59 @@
+"""Fixtures of the loop tests: a stand-in project for prefect.yaml and settings on the test server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reggaeton.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Stand-ins with the agreed entrypoints, so the deployment file is tested on its own.
+STUB_FLOW = """
+from prefect import flow
+
+
+@flow(name="{name}")
+def {function}() -> str:
+    return "ok"
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A folder with the real prefect.yaml and stand-in flows at its entrypoints."""
+    root = tmp_path / "project"
+    (root / "flows").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "prefect.yaml", root / "prefect.yaml")
+    config = yaml.safe_load((root / "prefect.yaml").read_text())
+    for entry in config["deployments"]:
+        path, function = entry["entrypoint"].split(":")
+        (root / path).write_text(STUB_FLOW.format(name=entry["name"], function=function))
+    return root
+
+
+@pytest.fixture
+def loop_settings(tmp_path: Path, prefect_api_url: str) -> Settings:
+    """Settings on the session's Prefect server, with a pool name of their own."""
+    return Settings(
+        state_dir=tmp_path / "state",
+        prefect={"api_url": prefect_api_url, "work_pool": "reggaeton-pool-test"},
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A function returning a free loopback port."""
+    return _free_port

@@ -1,0 +1,95 @@
+"""The automations fire on a real Prefect server: a webhook notification reaches the local receiver,
+and a burst of duplicate `degraded` events gives one notification and one retrain run."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.events import Event as PrefectEvent
+from prefect.events.clients import get_events_client
+
+from flows import automations, deploy
+from flows.receiver import make_server, read_alerts
+from reggaeton.names import MODEL_NAME, Event
+from reggaeton.settings import Settings
+
+RESOURCE = {"prefect.resource.id": f"{Event.RESOURCE_PREFIX}.{MODEL_NAME}"}
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    path = tmp_path / "alerts.jsonl"
+    server = make_server(path)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port, path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _emit(settings: Settings, name: str, count: int = 1, **payload: Any) -> None:
+    async def send() -> None:
+        async with get_events_client() as client:
+            for _ in range(count):
+                await client.emit(PrefectEvent(event=name, resource=RESOURCE, payload=payload))
+
+    with automations.prefect_api(settings):
+        asyncio.run(send())
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return condition()
+
+
+def _retrain_runs(settings: Settings) -> int:
+    with automations.prefect_api(settings), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train-and-promote"]))
+        )
+    return len(runs)
+
+
+@pytest.mark.slow
+def test_events_notify_and_degraded_burst_retrains_once(
+    project: Path, tmp_path: Path, prefect_api_url: str, receiver: tuple[int, Path]
+) -> None:
+    port, alerts_path = receiver
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        prefect={"api_url": prefect_api_url, "work_pool": "reggaeton-pool-fire", "alert_receiver_port": port},
+    )
+    deploy.deploy(settings, project_dir=project)
+    runs_before = _retrain_runs(settings)
+
+    _emit(settings, Event.PROMOTED, version="2", previous="1")
+    assert _wait_for(lambda: len(read_alerts(alerts_path)) >= 1, 90), "no notification reached the receiver"
+    [promoted] = read_alerts(alerts_path)
+    assert promoted["subject"] == "[reggaeton] new champion promoted"
+    assert f"event: {Event.PROMOTED}" in promoted["body"]
+    assert "'version': '2'" in promoted["body"]
+
+    _emit(settings, Event.DEGRADED, count=3, metric="roc_auc", value=0.6, threshold=0.8, model_version="2")
+
+    def degraded_alerts() -> list[dict[str, Any]]:
+        return [a for a in read_alerts(alerts_path) if a["subject"].startswith("[reggaeton] model degraded")]
+
+    assert _wait_for(lambda: len(degraded_alerts()) >= 1, 90), "no degraded notification"
+    assert _wait_for(lambda: _retrain_runs(settings) > runs_before, 60), "the trigger started no retrain"
+    time.sleep(10)  # bounded wait: the duplicates must not fire again
+    assert len(degraded_alerts()) == 1
+    assert _retrain_runs(settings) == runs_before + 1

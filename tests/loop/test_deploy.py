@@ -1,0 +1,117 @@
+"""prefect.yaml + automations applied against a real Prefect server, twice: same state both times."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+
+from flows import automations, deploy
+from reggaeton.names import Event
+from reggaeton.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _snapshot(settings: Settings) -> dict[str, Any]:
+    """Everything deploy touches, without the ids and timestamps that may legitimately change."""
+    with automations.prefect_api(settings), get_client(sync_client=True) as client:
+        pool = client.read_work_pool(settings.prefect.work_pool)
+        deployments = {
+            d.name: {
+                "id": str(d.id),
+                "entrypoint": d.entrypoint,
+                "pool": d.work_pool_name,
+                "concurrency": (
+                    d.global_concurrency_limit.limit if d.global_concurrency_limit else None,
+                    d.concurrency_options.collision_strategy.value if d.concurrency_options else None,
+                ),
+                "schedules": sorted(
+                    s.schedule.model_dump_json(exclude={"anchor_date"}) for s in d.schedules if s.active
+                ),
+            }
+            for d in client.read_deployments()
+        }
+        autos = sorted(
+            (
+                a.name,
+                a.trigger.model_dump_json(exclude={"id"}),
+                len(a.actions),
+                a.actions[0].type,
+                str(getattr(a.actions[0], "deployment_id", None)),
+            )
+            for a in client.read_automations()
+        )
+    return {"pool": (pool.name, pool.type), "deployments": deployments, "automations": autos}
+
+
+@pytest.mark.slow
+def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None:
+    first_outcome = deploy.deploy(loop_settings, project_dir=project)
+    assert set(first_outcome.values()) <= {"created", "updated"}
+    first = _snapshot(loop_settings)
+
+    second_outcome = deploy.deploy(loop_settings, project_dir=project)
+    assert set(second_outcome.values()) == {"unchanged"}
+    assert _snapshot(loop_settings) == first
+
+    assert first["pool"] == ("reggaeton-pool-test", "process")
+    train = first["deployments"]["train-and-promote"]
+    assert train["pool"] == "reggaeton-pool-test"
+    assert train["concurrency"] == (1, "CANCEL_NEW")
+    assert any('"interval":604800.0' in s for s in train["schedules"])
+    monitor = first["deployments"]["monitor"]
+    assert any('"interval":300.0' in s for s in monitor["schedules"])
+
+    names = {a[0]: a for a in first["automations"]}
+    retrain = names["reggaeton-retrain-on-degraded"]
+    assert retrain[3] == "run-deployment"
+    assert retrain[4] == train["id"]
+    assert Event.DEGRADED in retrain[1] and '"within":600.0' in retrain[1]
+    for notice in automations.notices(loop_settings):
+        assert names[notice.name][3] == "send-notification"
+
+
+def test_notices_cover_every_event_of_the_contract() -> None:
+    covered = set().union(*(n.events for n in automations.notices(Settings())))
+    assert {Event.DEGRADED, Event.PROMOTED, Event.REJECTED, Event.RELOAD_FAILED} <= covered
+    assert automations.FLOW_RUN_FAILED in covered
+
+
+def test_degraded_notice_is_debounced_like_the_retrain() -> None:
+    [degraded] = [n for n in automations.notices(Settings()) if Event.DEGRADED in n.events]
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
+    assert degraded.debounce == timedelta(seconds=train["triggers"][0]["within"])
+
+
+def test_weekly_retrain_is_anchored_on_monday_0300_utc() -> None:
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
+    [weekly] = train["schedules"]
+    anchor = datetime.fromisoformat(weekly["anchor_date"])
+    assert weekly["interval"] == 7 * 24 * 3600
+    assert (anchor.weekday(), anchor.hour, anchor.minute, anchor.utcoffset()) == (0, 3, 0, timedelta(0))
+
+
+def test_prefect_yaml_agrees_with_settings() -> None:
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    pools = {d["work_pool"]["name"] for d in config["deployments"]}
+    assert pools == {Settings().prefect.work_pool}
+    assert {d["entrypoint"] for d in config["deployments"]} == {
+        "flows/promote.py:train_and_promote",
+        "flows/monitor.py:monitor",
+    }
+
+
+def test_train_and_promote_entrypoint_is_the_flow_of_that_name() -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
+    path, function = train["entrypoint"].split(":")
+    assert load_flow_from_entrypoint(f"{REPO_ROOT / path}:{function}").name == "train-and-promote"

@@ -1,0 +1,129 @@
+"""The closed loop end to end, with real processes on free loopback ports and the embedded defaults.
+
+Stack up (Prefect server + worker, MLflow server, API, alert receiver), deploy, first champion through
+the deployment, then drifted traffic: the monitor emits `degraded`, the webhook notification reaches
+the local receiver, the automation runs the retrain, the gate promotes a new version, and the API
+serves it; steady client traffic runs throughout with zero failed requests, and every answered
+prediction is in the prediction log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+from sqlalchemy import select
+
+from flows import demo, stack
+from flows.deploy import deploy
+from flows.receiver import read_alerts
+from reggaeton import prediction_log
+from reggaeton.schema import EXAMPLE_SONGS
+from reggaeton.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Traffic:
+    """Steady client traffic in a thread: every answer is recorded, every failure too."""
+
+    url: str
+    ids: list[str] = field(default_factory=list)
+    versions: set[str] = field(default_factory=set)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            for song in itertools.cycle(EXAMPLE_SONGS):
+                if self._stop.wait(0.2):
+                    return
+                try:
+                    response = client.post(f"{self.url}/predict", json=song)
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
+                    continue
+                for prediction in response.json()["predictions"]:
+                    self.ids.append(prediction["id"])
+                    self.versions.add(str(prediction["model_version"]))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@pytest.fixture
+def loop_stack(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Settings]:
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        prefect={
+            "port": free_port(),
+            "alert_receiver_port": free_port(),
+            "work_pool": "reggaeton-pool-e2e",
+        },
+        mlflow={"port": free_port()},
+        serving={"port": free_port(), "poll_interval_s": 1.0},
+        training={"n_trials": 4, "cv_folds": 3, "bootstrap_rounds": 200},
+        # The loop is under test, not the latency guardrail (noisy on a shared 2-core machine).
+        promotion={"bootstrap_rounds": 200, "latency_tolerance": 50.0},
+    )
+    settings = demo.stack_settings(settings)
+    try:
+        stack.up(settings)
+        yield settings
+    finally:
+        stack.down(settings)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_degraded_to_new_champion_served(loop_stack: Settings) -> None:
+    settings = loop_stack
+    deploy(settings, project_dir=REPO_ROOT)
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+    report = demo.DemoReport(started_at=datetime.now(UTC))
+    first = demo.ensure_champion(settings, client, report)
+    report.before = demo.version_info(client, settings, first)
+
+    traffic = Traffic(stack.api_url(settings))
+    thread = threading.Thread(target=traffic.run, daemon=True)
+    thread.start()
+    try:
+        demo.run_loop(settings, client, report)
+    finally:
+        traffic.stop()
+        thread.join(timeout=30)
+
+    # Retrained by the automation, promoted by the gate, served by the API.
+    assert report.retrain_state == "Completed"
+    assert report.after is not None and report.after.version != first
+    assert report.served_after == report.after.version
+    assert {first, report.after.version} <= traffic.versions
+
+    # The notifications reached the local webhook.
+    subjects = [alert["subject"] for alert in read_alerts(settings.alerts_path)]
+    assert any(s.startswith("[reggaeton] model degraded") for s in subjects), subjects
+    assert "[reggaeton] new champion promoted" in subjects, subjects
+
+    # Zero failed requests, and every answered prediction is in the log.
+    assert traffic.failures == []
+    assert len(traffic.ids) > 50
+    engine = prediction_log.make_engine(settings.prediction_log_url)
+
+    def logged() -> bool | None:
+        with engine.connect() as connection:
+            rows = {r[0] for r in connection.execute(select(prediction_log.predictions.c.id))}
+        return True if set(traffic.ids) <= rows else None
+
+    demo.wait_until("every answered prediction in the log", logged, timeout_s=30, every_s=1)
+    engine.dispose()

@@ -1,0 +1,91 @@
+"""The stack module starts processes with PID files, reuses them, and stops exactly what it started."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows import stack
+from flows.receiver import make_server
+from reggaeton.settings import Settings
+
+
+def _receiver_settings(tmp_path: Path, port: int) -> Settings:
+    return Settings(state_dir=tmp_path / "state", prefect={"alert_receiver_port": port})
+
+
+def test_up_reuse_down_by_pid(tmp_path: Path, free_port: Callable[[], int]) -> None:
+    settings = _receiver_settings(tmp_path, free_port())
+    try:
+        assert stack.up(settings, ["receiver"]) == {"receiver": "started"}
+        record = stack.read_record(settings, "receiver")
+        assert record is not None and record.is_running()
+        assert httpx.get(f"{stack.receiver_url(settings)}/health").status_code == 200
+        assert (settings.state_path / "logs" / "receiver.log").is_file()
+
+        # A second start reuses the same process.
+        assert stack.up(settings, ["receiver"]) == {"receiver": "reused"}
+        again = stack.read_record(settings, "receiver")
+        assert again is not None and again.pid == record.pid
+        assert stack.status(settings)["receiver"] == f"running (pid {record.pid})"
+    finally:
+        outcome = stack.down(settings, ["receiver"])
+    assert outcome == {"receiver": "stopped"}
+    assert not record.is_running()
+    assert stack.read_record(settings, "receiver") is None
+    assert stack.down(settings, ["receiver"]) == {"receiver": "not running"}
+
+
+def test_down_leaves_processes_it_did_not_start(tmp_path: Path, free_port: Callable[[], int]) -> None:
+    port = free_port()
+    settings = _receiver_settings(tmp_path, port)
+    server = make_server(tmp_path / "alerts.jsonl", port=port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert stack.up(settings, ["receiver"]) == {"receiver": "external"}
+        assert stack.down(settings, ["receiver"]) == {"receiver": "not running"}
+        assert httpx.get(f"{stack.receiver_url(settings)}/health").status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_stale_pid_file_is_not_trusted(tmp_path: Path, free_port: Callable[[], int]) -> None:
+    """A PID file whose process is gone (or whose PID was recycled) is neither reused nor killed."""
+    settings = _receiver_settings(tmp_path, free_port())
+    stale = stack.Record("receiver", os.getpid(), "not-my-start-time", ["python"])
+    stack._write_record(settings, stale)
+    assert not stale.is_running()
+    assert stack.down(settings, ["receiver"]) == {"receiver": "not running"}
+    assert stack.read_record(settings, "receiver") is None
+
+
+def test_stack_environment_points_every_part_at_one_state_and_servers(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    env = stack.stack_environment(settings)
+    assert env["REGGAETON_STATE_DIR"] == str(settings.state_path)
+    assert env["REGGAETON_MLFLOW__TRACKING_URI"] == "http://127.0.0.1:5000"
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert env["NML_DISABLE_USAGE_LOGGING"] == "1"
+
+
+def test_settings_round_trip_through_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child process rebuilds exactly the parent's settings from the environment the stack gives it."""
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        serving={"port": 18000, "admin_token": "s3cret"},
+        training={"n_trials": 3, "families": ("logistic_regression",)},
+        prefect={"alert_receiver_port": 18765, "work_pool": "other-pool"},
+    )
+    for key in [k for k in os.environ if k.startswith("REGGAETON_")]:
+        monkeypatch.delenv(key)
+    for key, value in stack.settings_environment(settings).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
