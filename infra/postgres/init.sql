@@ -1,0 +1,4 @@
+CREATE DATABASE prefect;
+CREATE DATABASE mlflow;
+CREATE DATABASE predictions;
+CREATE DATABASE optuna;

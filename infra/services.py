@@ -1,0 +1,261 @@
+"""The container stack as one table: the single source of truth for docker-compose.yml and the Pulumi program.
+
+Values are templates in docker-compose's interpolation syntax (``${NAME}``, ``${NAME:-default}``,
+``${NAME:?message}``): docker-compose fills them from ``.env``, the Pulumi program from its config
+(`VARIABLES` maps each name to a config key). ``tests/infra`` checks that the compose file and the Pulumi
+stack both declare exactly this table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+APP_IMAGE = "app"  # the project's own image (Dockerfile), tagged reggaeton-mlops:${IMAGE_TAG}
+POSTGRES_IMAGE = "postgres:15"
+IMAGE_REPOSITORY = "reggaeton-mlops"
+IMAGE_TAG = "${IMAGE_TAG:-latest}"
+NETWORK = "reggaeton"
+WORK_POOL = "reggaeton-pool"
+DATABASES = ("prefect", "mlflow", "predictions", "optuna")
+INIT_SQL_PATH = "/docker-entrypoint-initdb.d/10-databases.sql"
+
+Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A value the operator chooses: an ``.env`` entry for compose, a config key for Pulumi."""
+
+    config_key: str
+    default: str | None = None  # None: required
+    secret: bool = False
+
+
+# Defaults are repeated inline in the templates (compose needs them there); a test keeps them equal.
+VARIABLES: dict[str, Variable] = {
+    "POSTGRES_USER": Variable("dbUser", "reggaeton"),
+    "POSTGRES_PASSWORD": Variable("dbPassword", secret=True),
+    "ADMIN_TOKEN": Variable("adminToken", secret=True),
+    "IMAGE_TAG": Variable("imageTag", "latest"),
+    "MLFLOW_PORT": Variable("mlflowPort", "5000"),
+    "PREFECT_PORT": Variable("prefectPort", "4200"),
+    "API_PORT": Variable("apiPort", "8000"),
+    "TRAINING_TRIALS": Variable("trainingTrials", "20"),
+}
+
+
+@dataclass(frozen=True)
+class Port:
+    """A published port, always bound to 127.0.0.1."""
+
+    container: int
+    host: str  # template, e.g. "${API_PORT:-8000}"
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    """A Docker healthcheck (``CMD`` form)."""
+
+    test: tuple[str, ...]
+    interval_s: int = 5
+    timeout_s: int = 5
+    retries: int = 30
+    start_period_s: int = 10
+
+
+@dataclass(frozen=True)
+class Service:
+    """One container of the stack."""
+
+    name: str
+    image: str  # APP_IMAGE or a public image name
+    command: tuple[str, ...] | None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[Port, ...] = ()
+    healthcheck: Healthcheck | None = None
+    depends_on: Mapping[str, Condition] = field(default_factory=dict)
+    volumes: Mapping[str, str] = field(default_factory=dict)  # named volume -> mount path
+    memory_mb: int = 1024
+    one_shot: bool = False  # runs to completion once (restart "no"), everything else restarts
+
+
+def _pg(database: str, driver: str = "postgresql") -> str:
+    credentials = "${POSTGRES_USER:-reggaeton}:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
+    return f"{driver}://{credentials}@postgres:5432/{database}"
+
+
+def _http_check(url: str) -> Healthcheck:
+    return Healthcheck(("python", "-m", "infra.healthcheck", url))
+
+
+PREFECT_API = "http://prefect-server:4200/api"
+
+# Environment shared by every container that runs project code.
+APP_ENVIRONMENT: dict[str, str] = {
+    "REGGAETON_MODE": "production",
+    "REGGAETON_STATE_DIR": "/state",
+    "REGGAETON_MLFLOW__TRACKING_URI": "http://mlflow:5000",
+    "REGGAETON_TRAINING__OPTUNA_STORAGE": _pg("optuna"),
+    "REGGAETON_TRAINING__N_TRIALS": "${TRAINING_TRIALS:-20}",
+    "REGGAETON_TRAINING__N_JOBS": "1",
+    "REGGAETON_SERVING__PREDICTION_LOG_URL": _pg("predictions"),
+    "REGGAETON_SERVING__ADMIN_TOKEN": "${ADMIN_TOKEN:?set ADMIN_TOKEN}",
+    "REGGAETON_MONITORING__RESULTS_URL": _pg("predictions"),
+    "REGGAETON_PREFECT__API_URL": PREFECT_API,
+    "REGGAETON_PREFECT__WORK_POOL": WORK_POOL,
+    "PREFECT_API_URL": PREFECT_API,
+    # Flow runs prove they are alive this often; the loop's automation crashes runs silent for 3 beats.
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+}
+
+SERVICES: tuple[Service, ...] = (
+    Service(
+        name="postgres",
+        image=POSTGRES_IMAGE,
+        command=None,
+        environment={
+            "POSTGRES_USER": "${POSTGRES_USER:-reggaeton}",
+            "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}",
+        },
+        healthcheck=Healthcheck(("pg_isready", "-U", "${POSTGRES_USER:-reggaeton}", "-d", "postgres")),
+        volumes={"pgdata": "/var/lib/postgresql/data"},
+        memory_mb=512,
+    ),
+    Service(
+        name="mlflow",
+        image=APP_IMAGE,
+        command=(
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            _pg("mlflow"),
+            "--serve-artifacts",
+            "--artifacts-destination",
+            "/mlartifacts",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "5000",
+            "--workers",
+            "1",
+            "--allowed-hosts",
+            "mlflow,mlflow:*,localhost,localhost:*,127.0.0.1,127.0.0.1:*",
+        ),
+        environment={
+            # The job runner (GenAI features this stack does not use) forks ~7 processes of ~180 MB each.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
+        ports=(Port(5000, "${MLFLOW_PORT:-5000}"),),
+        healthcheck=_http_check("http://127.0.0.1:5000/health"),
+        depends_on={"postgres": "service_healthy"},
+        volumes={"mlartifacts": "/mlartifacts"},
+        memory_mb=1536,
+    ),
+    Service(
+        name="prefect-server",
+        image=APP_IMAGE,
+        command=("prefect", "server", "start", "--host", "0.0.0.0", "--port", "4200"),
+        environment={
+            "PREFECT_API_DATABASE_CONNECTION_URL": _pg("prefect", "postgresql+asyncpg"),
+            "PREFECT_UI_API_URL": "http://127.0.0.1:${PREFECT_PORT:-4200}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # The UI is copied out of site-packages at start; the image runs as a non-root user.
+            "PREFECT_UI_STATIC_DIRECTORY": "/home/app/.prefect/ui",
+        },
+        ports=(Port(4200, "${PREFECT_PORT:-4200}"),),
+        healthcheck=_http_check("http://127.0.0.1:4200/api/health"),
+        depends_on={"postgres": "service_healthy"},
+    ),
+    Service(
+        name="worker",
+        image=APP_IMAGE,
+        command=(
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            WORK_POOL,
+            "--type",
+            "process",
+            "--with-healthcheck",
+        ),
+        environment=APP_ENVIRONMENT,
+        healthcheck=_http_check("http://127.0.0.1:8080/health"),
+        depends_on={"prefect-server": "service_healthy", "mlflow": "service_healthy"},
+        memory_mb=2048,
+    ),
+    Service(
+        name="bootstrap",
+        image=APP_IMAGE,
+        # `python -m flows.deploy`, then train-and-promote on the worker while there is no champion.
+        command=("python", "-m", "infra.bootstrap"),
+        environment=APP_ENVIRONMENT,
+        depends_on={"prefect-server": "service_healthy", "mlflow": "service_healthy"},
+        memory_mb=2048,
+        one_shot=True,
+    ),
+    Service(
+        name="api",
+        image=APP_IMAGE,
+        command=("python", "-m", "serving"),
+        environment={
+            **APP_ENVIRONMENT,
+            "REGGAETON_SERVING__HOST": "0.0.0.0",
+            "REGGAETON_SERVING__PORT": "8000",
+            "REGGAETON_SERVING__MODEL_CACHE_DIR": "/state/model-cache",
+        },
+        ports=(Port(8000, "${API_PORT:-8000}"),),
+        healthcheck=_http_check("http://127.0.0.1:8000/health"),
+        depends_on={"bootstrap": "service_completed_successfully", "mlflow": "service_healthy"},
+        volumes={"model-cache": "/state/model-cache"},
+    ),
+)
+
+VOLUMES: tuple[str, ...] = tuple(dict.fromkeys(v for s in SERVICES for v in s.volumes))
+
+
+def init_sql(databases: tuple[str, ...] = DATABASES) -> str:
+    """The Postgres init script: one database per component (run once, on a fresh data volume)."""
+    return "".join(f"CREATE DATABASE {name};\n" for name in databases)
+
+
+_REFERENCE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
+
+
+def references(template: str) -> list[str]:
+    """Names of the variables a template uses."""
+    return [match["name"] for match in _REFERENCE.finditer(template)]
+
+
+def inline_defaults(template: str) -> dict[str, str]:
+    """The ``${NAME:-default}`` defaults a template states."""
+    return {m["name"]: m["arg"] for m in _REFERENCE.finditer(template) if m["op"] == ":-"}
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Fill a compose-style template from ``values``.
+
+    Raises:
+        KeyError: a required variable (no default) is missing.
+    """
+
+    def substitute(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        if values.get(name):
+            return values[name]
+        if op == ":-":
+            return arg
+        raise KeyError(f"{name} is required" + (f": {arg}" if arg else ""))
+
+    return _REFERENCE.sub(substitute, template)
+
+
+def service(name: str) -> Service:
+    """The service called ``name``."""
+    for candidate in SERVICES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)

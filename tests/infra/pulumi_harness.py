@@ -1,0 +1,132 @@
+"""Runs the Pulumi program under Pulumi's own mocks and records what it declares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import MockCallArgs, MockResourceArgs, Mocks
+
+PROJECT = "reggaeton"
+STACK = "dev"
+CONTAINER = "docker:index/container:Container"
+IMAGE = "docker:index/image:Image"
+REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+# How the engine receives a secret value (Pulumi's wire format for secrets).
+SECRET_SIGNATURE = "4dabf18193072939515e22adb298388d"
+
+
+def unwrap(value: Any) -> tuple[Any, bool]:
+    """A value as the program meant it, and whether it (or a part of it) reached the engine as a secret."""
+    if isinstance(value, dict) and SECRET_SIGNATURE in value:
+        return unwrap(value["value"])[0], True
+    if isinstance(value, dict):
+        pairs = {key: unwrap(item) for key, item in value.items()}
+        return {key: pair[0] for key, pair in pairs.items()}, any(pair[1] for pair in pairs.values())
+    if isinstance(value, list):
+        items = [unwrap(item) for item in value]
+        return [item[0] for item in items], any(item[1] for item in items)
+    return value, False
+
+
+class RecordingMocks(Mocks):
+    """A fake engine: every resource gets its inputs back as outputs, plus what the real provider computes."""
+
+    def __init__(self) -> None:
+        self.resources: list[MockResourceArgs] = []
+
+    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
+        self.resources.append(args)
+        outputs = dict(args.inputs)
+        if args.typ == REMOTE_IMAGE:
+            outputs["imageId"] = args.inputs["name"]
+        if args.typ == IMAGE:
+            outputs["repoDigest"] = f"{args.inputs['imageName']}@sha256:0"
+        return f"{args.name}-id", outputs
+
+    def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+    def of_type(self, typ: str) -> dict[str, dict[str, Any]]:
+        """Inputs of the resources of one type, by name, secrets unwrapped."""
+        return {r.name: unwrap(r.inputs)[0] for r in self.resources if r.typ == typ}
+
+    def secret_inputs(self, typ: str) -> dict[str, set[str]]:
+        """Which inputs of each resource of one type the engine received as secrets."""
+        return {
+            r.name: {key for key, value in r.inputs.items() if unwrap(value)[1]}
+            for r in self.resources
+            if r.typ == typ
+        }
+
+
+@dataclass
+class Run:
+    """What one run of the program declared."""
+
+    mocks: RecordingMocks
+    containers: dict[str, Any]
+    depends_on: dict[str, list[str]] = field(default_factory=dict)
+    secret: dict[str, dict[str, bool]] = field(default_factory=dict)
+
+
+def run_program(config: dict[str, str], secret_keys: list[str]) -> Run:
+    """Run ``infra.stack.main`` under mocks with this config (keys without the project prefix)."""
+    from infra import stack
+
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False)
+    pulumi.runtime.set_all_config(
+        {f"{PROJECT}:{key}": value for key, value in config.items()},
+        [f"{PROJECT}:{key}" for key in secret_keys],
+    )
+    run = Run(mocks=mocks, containers={})
+
+    def record_dependencies(args: pulumi.ResourceTransformationArgs) -> None:
+        if args.type_ == CONTAINER:
+            run.depends_on[args.name] = sorted(dep._name for dep in (args.opts.depends_on or []))  # type: ignore[union-attr]
+
+    @pulumi.runtime.test
+    def program() -> Any:
+        pulumi.runtime.register_stack_transformation(record_dependencies)  # type: ignore[arg-type]
+        run.containers = stack.main()
+
+        async def secrecy() -> None:
+            for name, container in run.containers.items():
+                run.secret[name] = {
+                    "envs": await container.envs.is_secret(),
+                    "command": await container.command.is_secret(),
+                }
+
+        return pulumi.Output.from_input(secrecy())
+
+    program()
+    return run
+
+
+def container_shape(run: Run, image_name: str) -> dict[str, dict[str, Any]]:
+    """The declared containers in the shape of ``infra.compose.compose_shape``."""
+    prefix = f"reggaeton-{STACK}-"
+    volume_names = {inputs["name"]: name for name, inputs in run.mocks.of_type(VOLUME).items()}
+    shape: dict[str, dict[str, Any]] = {}
+    for name, inputs in run.mocks.of_type(CONTAINER).items():
+        assert inputs["name"] == prefix + name
+        image = inputs["image"]
+        health = inputs.get("healthcheck")
+        shape[name] = {
+            "image": "app" if image == image_name else image,
+            "command": list(inputs["command"]) if inputs.get("command") else None,
+            "environment": sorted(env.split("=", 1)[0] for env in inputs.get("envs", [])),
+            "ports": sorted((p["ip"], p["external"], p["internal"]) for p in inputs.get("ports", [])),
+            "healthcheck": list(health["tests"][1:]) if health and health["tests"][0] != "NONE" else None,
+            "depends_on": run.depends_on.get(name, []),
+            "volumes": sorted(
+                f"{volume_names[v['volumeName']]}:{v['containerPath']}" for v in inputs.get("volumes", [])
+            ),
+            "memory_mb": inputs.get("memory"),
+            "one_shot": inputs.get("restart") == "no",
+        }
+    return shape
