@@ -423,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar shows the trials
     settings = Settings()
     # An explicit PREFECT_API_URL wins; otherwise the local stack's server from the settings.
     api_url = os.environ.get("PREFECT_API_URL") or settings.prefect_api_url
