@@ -137,7 +137,6 @@ def start_training_run(settings: Settings, dataset: Dataset, parts: Split, flow_
                 **{f"training.{k}": v for k, v in settings.training.model_dump().items()},
             }
         )
-        mlflow.set_tag(names.Tag.DATA_HASH, dataset.content_hash)
         return str(run.info.run_id)
 
 
