@@ -43,6 +43,10 @@ SKOPS_TRUSTED_TYPES = [
     "sklearn.utils._bunch.Bunch",
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    # A fitted SMOTE keeps its nearest-neighbour index (a KD or ball tree on larger data).
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
 ]
 
 

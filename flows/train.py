@@ -421,7 +421,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-folder", help="folder in the original CSV layout (default: synthetic sample)")
     parser.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Importing Prefect configures the root logger (WARNING); this entry point reports at INFO.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar shows the trials
     settings = Settings()
     # An explicit PREFECT_API_URL wins; otherwise the local stack's server from the settings.
