@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 from prefect import Task, flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from sqlalchemy.exc import OperationalError
 
 from flows import registry
 from reggaeton import names, tuning
@@ -49,8 +50,19 @@ TRAFFIC_SOURCE = "prediction-log"
 BASELINE_PREFIX = "baseline_"
 PR_CURVE_ARTIFACT = "plots/precision_recall.png"
 CALIBRATION_ARTIFACT = "plots/calibration.png"
-# Failures worth a retry: the tracking server or its database did not answer.
-TRANSIENT_ERRORS = (MlflowException, OSError, ConnectionError, TimeoutError)
+# MLflow error codes that mean "try again later".
+_TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """Whether a failure is worth a retry: the tracking server or its database did not answer."""
+    if isinstance(error, OSError | TimeoutError | OperationalError):
+        return True
+    if isinstance(error, MlflowException):
+        # MLflow's REST client wraps connection failures and timeouts in this message.
+        return error.error_code in _TRANSIENT_CODES or str(error.message).startswith("API request to")
+    return False
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -163,7 +175,9 @@ def trial_logger(
                     "cv_seconds": trial.user_attrs[tuning.FIT_SECONDS],
                 },
             )
-        except TRANSIENT_ERRORS:
+        except Exception as error:
+            if not is_transient_error(error):
+                raise
             # A lost trial record must not throw away the study; the parent run keeps the best trial.
             logger.warning("could not record trial %d of %s in MLflow", trial.number, study.study_name)
 
@@ -345,10 +359,8 @@ def _is_transient(_task: Any, _run: Any, state: Any) -> bool:
     """Retry only when the tracking server (or its database) did not answer."""
     try:
         state.result()
-    except TRANSIENT_ERRORS:
-        return True
-    except Exception:
-        return False
+    except Exception as error:
+        return is_transient_error(error)
     return False
 
 

@@ -12,6 +12,8 @@ from uuid import UUID
 import pandas as pd
 import pytest
 import skops.io
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from flows import registry
@@ -20,6 +22,7 @@ from flows.train import (
     PR_CURVE_ARTIFACT,
     TRAFFIC_SOURCE,
     TrainingResult,
+    is_transient_error,
     train,
     train_flow,
     training_data,
@@ -254,3 +257,13 @@ def test_every_fitted_pipeline_is_loadable_with_the_trusted_types(family: str, o
         pipeline = fit_pipeline(family, {**small, **option}, parts.train, seed=0)
         untrusted = set(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
         assert untrusted <= set(registry.SKOPS_TRUSTED_TYPES), (family, option)
+
+
+def test_only_unanswered_tracking_calls_are_retried() -> None:
+    assert is_transient_error(
+        MlflowException("API request to http://127.0.0.1:1/api failed with exception x")
+    )
+    assert is_transient_error(ConnectionRefusedError())
+    assert is_transient_error(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not is_transient_error(MlflowException("The saved sklearn model references untrusted types."))
+    assert not is_transient_error(SchemaError("data.csv", "no rows", rows=0))
