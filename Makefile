@@ -58,3 +58,12 @@ check: lint typecheck test ## Lint, types, then tests
 .PHONY: bench-train
 bench-train: install ## Time 50 Optuna trials on the original data (DATA=folder) and the MLflow logging overhead
 	$(BIN)/python benchmarks/bench_train.py $(if $(DATA),--data $(DATA))
+
+.PHONY: bench-monitor
+bench-monitor: install ## Monitor run vs NannyML alone at 100 k and 1 M logged predictions
+	$(BIN)/python benchmarks/bench_monitor.py
+
+.PHONY: bench-serve
+bench-serve: install ## Serving benchmark vs mlflow models serve and a bare endpoint (needs wrk)
+	@command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk (Debian/Ubuntu)"; exit 2; }
+	$(BIN)/python benchmarks/bench_serve.py

@@ -5,6 +5,7 @@ from typing import Final
 MODEL_NAME: Final = "reggaeton-classifier"
 CHAMPION: Final = "champion"
 CHALLENGER: Final = "challenger"
+PREVIOUS_CHAMPION: Final = "previous-champion"  # alias kept by promotion, used by rollback
 
 EXPERIMENT_TRAINING: Final = "reggaeton-training"
 EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
@@ -12,6 +13,8 @@ EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
 MODEL_ARTIFACT_NAME: Final = "model"
+# Prefect artifact key of the promotion decision table (lowercase letters, digits and dashes).
+PROMOTION_ARTIFACT_KEY: Final = "reggaeton-promotion"
 
 
 class Tag:
@@ -29,6 +32,9 @@ class Tag:
     DECIDED_BY: Final = "reggaeton.decided_by"
     DECIDED_AT: Final = "reggaeton.decided_at"
     PREVIOUS_CHAMPION: Final = "reggaeton.previous_champion"
+    DECISION_AGAINST: Final = "reggaeton.decision_against"  # champion version the gate compared with
+    DECISION_DATA: Final = "reggaeton.decision_data"  # content hash of the gate's evaluation data
+    DECISION_DETAIL: Final = "reggaeton.decision_detail"  # the decision's numbers as JSON
 
 
 class Event:

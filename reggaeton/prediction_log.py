@@ -7,6 +7,7 @@ label arrived later.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Final
 
 import pandas as pd
@@ -21,10 +22,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    and_,
     create_engine,
     event,
     inspect,
+    or_,
     select,
+    type_coerce,
 )
 
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
@@ -106,3 +110,82 @@ def labelled_traffic(engine: Engine) -> pd.DataFrame:
     with engine.connect() as connection:
         rows = connection.execute(query).all()
     return pd.DataFrame(rows, columns=names)
+
+
+# --- Reading a window of the log (monitoring) ---------------------------------------------------------
+
+LABEL: Final = "label"
+WINDOW_COLUMNS: Final[tuple[str, ...]] = (
+    PREDICTION_ID,
+    CREATED_AT,
+    *FEATURE_NAMES,
+    PROBABILITY,
+    PREDICTION,
+    LABEL,
+)
+_READ_BATCH = 100_000
+
+
+def read_window(
+    engine: Engine,
+    model_version: str,
+    *,
+    after: tuple[datetime, str] | None = None,
+    until: datetime | None = None,
+) -> pd.DataFrame:
+    """One model version's logged predictions in a time window, with the feedback label where known.
+
+    Rows come ordered by ``(created_at, id)`` so ``after`` (the last row already seen) is an exact
+    watermark even when several rows share a timestamp.
+
+    Args:
+        engine: The prediction log.
+        model_version: Only rows served by this version.
+        after: ``(created_at, id)`` of the last row already processed; rows strictly after it.
+        until: Only rows created at or before this instant.
+
+    Returns:
+        Columns ``WINDOW_COLUMNS``: ``created_at`` as UTC timestamps, ``label`` as float (NaN when no
+        feedback arrived).
+    """
+    created = predictions.c[CREATED_AT]
+    # SQLite stores timestamps as ISO text: parse them in one vectorised call instead of per row.
+    created_col = type_coerce(created, String) if engine.dialect.name == "sqlite" else created
+    query = (
+        select(
+            predictions.c[PREDICTION_ID],
+            created_col.label(CREATED_AT),
+            *(predictions.c[name] for name in FEATURE_NAMES),
+            predictions.c[PROBABILITY],
+            predictions.c[PREDICTION],
+            feedback.c["label"].label(LABEL),
+        )
+        .select_from(
+            predictions.outerjoin(feedback, feedback.c.prediction_id == predictions.c[PREDICTION_ID])
+        )
+        .where(predictions.c[MODEL_VERSION] == model_version)
+        .order_by(created, predictions.c[PREDICTION_ID])
+    )
+    if after is not None:
+        after_at, after_id = after
+        query = query.where(
+            or_(created > after_at, and_(created == after_at, predictions.c[PREDICTION_ID] > after_id))
+        )
+    if until is not None:
+        query = query.where(created <= until)
+    parts = []
+    with engine.connect() as connection:
+        result = connection.execution_options(stream_results=True).execute(query)
+        for rows in result.partitions(_READ_BATCH):
+            # Plain tuples: pandas probes each Row for namedtuple fields, which costs more than the read.
+            records = [tuple(row) for row in rows]
+            parts.append(pd.DataFrame.from_records(records, columns=list(WINDOW_COLUMNS), coerce_float=True))
+    if not parts:
+        frame = pd.DataFrame({name: pd.Series(dtype="float64") for name in WINDOW_COLUMNS})
+        frame[PREDICTION_ID] = frame[PREDICTION_ID].astype("object")
+    else:
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    frame[CREATED_AT] = pd.to_datetime(frame[CREATED_AT], utc=True, format="ISO8601")
+    frame[LABEL] = frame[LABEL].astype("float64")
+    frame[PREDICTION] = frame[PREDICTION].astype("int64")
+    return frame

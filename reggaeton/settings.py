@@ -101,6 +101,16 @@ class MonitoringSettings(_Section):
     f1_threshold: float | None = None
     consecutive_chunks: int = Field(default=2, ge=1)
     results_url: str | None = None  # default: SQLite file in the state folder
+    reference_chunks: int = Field(default=5, ge=2)  # reference chunks NannyML's thresholds come from
+    max_chunks: int = Field(default=200, ge=1)  # per run; larger windows get larger chunks
+    min_labelled: int = Field(default=50, ge=2)  # realized performance needs this many labels a chunk
+    min_labelled_positives: int = Field(default=5, ge=1)  # ... and this many of each class
+    # Univariate drift counts from this many drifting features: NannyML's reference-chunk thresholds
+    # flag up to 4 of the 7 features on stable traffic, a real shift moves 6-7 (see monitoring tests).
+    drift_min_features: int = Field(default=5, ge=1)
+    settle_s: float = Field(default=2.0, ge=0)  # leave the newest rows for the next run (writes in flight)
+    history_chunks: int = Field(default=20, ge=0)  # stored chunks shown again in the plot
+    nannyml_usage_logging: bool = False  # NannyML telemetry (off: nothing leaves the machine)
 
 
 class PrefectSettings(_Section):

@@ -1,0 +1,150 @@
+"""The ``monitor`` flow: NannyML on the champion's traffic since the last run, alerts as Prefect events."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows import registry
+from monitoring import events, pipeline, store
+from monitoring.policy import Alert
+from reggaeton import names, prediction_log
+from reggaeton.settings import Settings
+
+
+@dataclass(frozen=True)
+class MonitorSummary:
+    """What one monitor run did."""
+
+    model_version: str | None
+    rows_read: int = 0
+    chunks: int = 0
+    alerts: tuple[str, ...] = ()
+    mlflow_run_id: str | None = None
+
+
+@task(cache_policy=NO_CACHE)
+def champion_reference(settings: Settings) -> tuple[str, Any] | None:
+    """The champion's version and reference set, or None without a champion."""
+    client = registry.connect(settings)
+    version = registry.get_alias(client, settings.mlflow.model_name, names.CHAMPION)
+    if version is None:
+        return None
+    return str(version.version), registry.load_reference(client, version)
+
+
+@task(cache_policy=NO_CACHE)
+def read_window(settings: Settings, model_version: str) -> pipeline.Window:
+    """The version's traffic logged since the last run."""
+    log = prediction_log.make_engine(settings.prediction_log_url)
+    prediction_log.create_tables(log)
+    results = store.connect(settings.monitoring_results_url)
+    return pipeline.read_window(log, results, model_version, settings.monitoring.settle_s, datetime.now(UTC))
+
+
+@task(cache_policy=NO_CACHE)
+def analyse(reference: Any, window: pipeline.Window, settings: Settings) -> pipeline.Analysis:
+    """NannyML CBPE, drift and realized performance per chunk."""
+    return pipeline.analyse(reference, window, settings)
+
+
+@task(cache_policy=NO_CACHE)
+def decide(settings: Settings, window: pipeline.Window, analysis: pipeline.Analysis) -> list[Alert]:
+    """The alert policy on this run's chunks, continuing streaks from stored ones."""
+    results = store.connect(settings.monitoring_results_url)
+    history = store.recent_chunks(results, window.model_version, settings.monitoring.consecutive_chunks - 1)
+    return pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
+
+
+@task(cache_policy=NO_CACHE)
+def record(
+    settings: Settings, window: pipeline.Window, analysis: pipeline.Analysis, alerts: list[Alert]
+) -> MonitorSummary:
+    """Store results, render the plot, log the MLflow run, publish the Prefect artifact."""
+    client = registry.connect(settings)
+    experiment_id = registry.ensure_experiment(client, settings.mlflow.monitoring_experiment, settings)
+    run_id = pipeline.start_mlflow_run(client, experiment_id, window.model_version)
+    results = store.connect(settings.monitoring_results_url)
+    stored = pipeline.save(
+        results,
+        settings.mlflow.model_name,
+        window,
+        analysis,
+        alerts,
+        datetime.now(UTC),
+        run_id,
+        settings.monitoring.history_chunks,
+    )
+    with pipeline.temporary_folder() as folder:
+        rendered = pipeline.render(stored, pipeline.policy_from_settings(settings), Path(folder))
+        pipeline.log_to_mlflow(client, run_id, stored, analysis, rendered)
+        image = base64.b64encode(rendered.png.read_bytes()).decode()
+    create_markdown_artifact(
+        key="monitoring-report",
+        markdown=_artifact_markdown(stored.record, alerts, image),
+        description=f"Monitoring of {settings.mlflow.model_name} v{window.model_version}",
+    )
+    return MonitorSummary(
+        model_version=window.model_version,
+        rows_read=analysis.rows_read,
+        chunks=len(analysis.chunks),
+        alerts=tuple(str(alert.kind) for alert in alerts),
+        mlflow_run_id=run_id,
+    )
+
+
+def _artifact_markdown(run: store.RunRecord, alerts: list[Alert], png_base64: str) -> str:
+    lines = [
+        f"# {run.model_name} v{run.model_version}",
+        f"Rows read {run.rows_read}, analysed {run.rows_analysed} in {run.chunks} chunk(s) "
+        f"of {run.chunk_size}; MLflow run `{run.mlflow_run_id}` (artifacts `monitoring/`).",
+        "",
+        "| alert | source | metric | value | threshold |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {a.kind} | {a.source} | {a.metric} | {a.value if a.value is None else round(a.value, 4)} "
+            f"| {a.threshold} |"
+            for a in alerts
+        ),
+        "",
+        f"![estimated vs realized performance and drift](data:image/png;base64,{png_base64})",
+    ]
+    return "\n".join(lines)
+
+
+@task(cache_policy=NO_CACHE)
+def emit(settings: Settings, alerts: list[Alert]) -> int:
+    """Send ``degraded``/``drifted`` alerts as events to the configured Prefect server."""
+    return len(events.emit_alerts(alerts, settings.mlflow.model_name, settings.prefect_api_url))
+
+
+@flow(name="monitor")
+def monitor(settings: Settings | None = None) -> MonitorSummary:
+    """Monitor the champion: estimate, detect drift, store, plot, alert."""
+    settings = settings or Settings()
+    logger = get_run_logger()
+    champion = champion_reference(settings)
+    if champion is None:
+        logger.warning("no %s version: nothing to monitor", names.CHAMPION)
+        return MonitorSummary(model_version=None)
+    version, reference = champion
+    window = read_window(settings, version)
+    analysis = analyse(reference, window, settings)
+    alerts = decide(settings, window, analysis)
+    summary = record(settings, window, analysis, alerts)
+    emit(settings, alerts)
+    logger.info(
+        "monitored v%s: %d rows, %d chunks, alerts %s",
+        version,
+        summary.rows_read,
+        summary.chunks,
+        summary.alerts,
+    )
+    return summary

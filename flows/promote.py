@@ -1,0 +1,403 @@
+"""Champion/challenger promotion: the gate flow, the adapter that applies a decision, operator commands.
+
+The adapter moves the ``champion`` alias only on a promote (the alias move is the last registry write,
+so whoever sees the new champion sees its tags), keeps the previous champion findable (tag on the new
+champion and the ``previous-champion`` alias), tags both versions with the decision, emits
+``reggaeton.model.promoted`` / ``reggaeton.model.rejected`` and publishes a markdown artifact.
+Re-running the gate on the same pair and the same evaluation data changes nothing.
+
+Operator commands (each recorded with who and why, and announced with an event)::
+
+    python -m flows.promote train-and-promote --n-trials 20
+    python -m flows.promote gate --version 7
+    python -m flows.promote promote --version 5 --reason "hotfix for ticket 123"
+    python -m flows.promote rollback --reason "precision dropped after release"
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
+
+from flows import gate, registry, train
+from reggaeton import names
+from reggaeton.promotion import PROMOTED, REJECTED, Decision, decide, markdown_report
+from reggaeton.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Decision tag values besides the gate's own "promoted" / "rejected".
+RETAINED: Final = "retained"  # champion that kept its place against a challenger
+REPLACED: Final = "replaced"  # champion that a promotion replaced
+ROLLED_BACK: Final = "rolled_back"  # champion an operator rolled back (the gate never re-promotes it)
+RESTORED: Final = "restored"  # previous champion brought back by a rollback
+UNCHANGED: Final = "unchanged"  # outcome of a run that found the decision already made
+
+GATE: Final = "gate"
+MANUAL: Final = "manual"
+ROLLBACK: Final = "rollback"
+
+
+class PromotionError(RuntimeError):
+    """An operator command or a decision that cannot be applied (stale, invalid, nothing to roll back)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a gate run or an operator command did to the registry."""
+
+    action: str  # gate | manual | rollback
+    outcome: str  # promoted | rejected | unchanged
+    version: str  # the version decided about (the challenger, or the one restored)
+    champion: str | None  # the champion afterwards
+    reason: str
+    changed: bool
+
+
+def operator_name() -> str:
+    """Who runs a command: the login name, else $USER, else "unknown"."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "unknown")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _set_tags(client: MlflowClient, model_name: str, version: str, tags: Mapping[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+
+
+def _move_champion(client: MlflowClient, model_name: str, new: str, old: str | None) -> None:
+    """Point ``champion`` at ``new`` last, after the previous champion is recorded on it."""
+    if old is not None and old != new:
+        client.set_model_version_tag(model_name, new, names.Tag.PREVIOUS_CHAMPION, old)
+        client.set_registered_model_alias(model_name, names.PREVIOUS_CHAMPION, old)
+    client.set_registered_model_alias(model_name, names.CHAMPION, new)
+
+
+def _emit(event: str, model_name: str, version: str, payload: Mapping[str, Any]) -> None:
+    emitted = emit_event(
+        event=event,
+        resource={
+            "prefect.resource.id": f"{names.Event.RESOURCE_PREFIX}.{model_name}",
+            "prefect.resource.name": model_name,
+            "reggaeton.model.version": version,
+        },
+        payload=dict(payload),
+    )
+    if emitted is None:
+        logger.warning("event %s was not emitted (no Prefect API configured?)", event)
+
+
+def _publish(markdown: str, description: str) -> None:
+    create_markdown_artifact(markdown=markdown, key=names.PROMOTION_ARTIFACT_KEY, description=description)
+
+
+def already_decided(challenger: ModelVersion, champion: ModelVersion | None, evaluation: str) -> str | None:
+    """Why there is nothing to do for this pair and evaluation data (None: the gate must decide)."""
+    if champion is not None and str(champion.version) == str(challenger.version):
+        return f"version {challenger.version} is already the champion"
+    tags = challenger.tags or {}
+    decision = tags.get(names.Tag.DECISION)
+    if decision == ROLLED_BACK:
+        return f"version {challenger.version} was rolled back; promote it by hand if it should return"
+    against = str(champion.version) if champion is not None else "none"
+    if (
+        decision in (PROMOTED, REJECTED)
+        and tags.get(names.Tag.DECISION_AGAINST) == against
+        and tags.get(names.Tag.DECISION_DATA) == evaluation
+    ):
+        reason = tags.get(names.Tag.DECISION_REASON)
+        return f"already {decision} against champion {against} on the same data: {reason}"
+    return None
+
+
+def apply_decision(client: MlflowClient, model_name: str, decision: Decision, by: str) -> Outcome:
+    """Record a decision on both versions, move the alias on a promote, emit the event, publish the table.
+
+    Raises:
+        PromotionError: the champion moved since the decision was made (the decision is stale).
+    """
+    current = registry.get_alias(client, model_name, names.CHAMPION)
+    current_version = str(current.version) if current is not None else None
+    if current_version != decision.champion_version:
+        raise PromotionError(
+            f"champion is version {current_version}, but the decision was made against "
+            f"{decision.champion_version}; re-run the gate"
+        )
+    stamp = {names.Tag.DECIDED_BY: by, names.Tag.DECIDED_AT: _now()}
+    _set_tags(
+        client,
+        model_name,
+        decision.challenger_version,
+        {
+            names.Tag.DECISION: decision.outcome,
+            names.Tag.DECISION_REASON: decision.reason,
+            names.Tag.DECISION_AGAINST: decision.champion_version or "none",
+            names.Tag.DECISION_DATA: decision.evaluation,
+            names.Tag.DECISION_DETAIL: json.dumps(decision.to_dict(), separators=(",", ":")),
+            **stamp,
+        },
+    )
+    if decision.champion_version is not None:
+        verb = REPLACED if decision.promote else RETAINED
+        _set_tags(
+            client,
+            model_name,
+            decision.champion_version,
+            {
+                names.Tag.DECISION: verb,
+                names.Tag.DECISION_REASON: (
+                    f"challenger version {decision.challenger_version} {decision.outcome}: {decision.reason}"
+                ),
+                **stamp,
+            },
+        )
+    if decision.promote:
+        _move_champion(client, model_name, decision.challenger_version, decision.champion_version)
+    champion = decision.challenger_version if decision.promote else decision.champion_version
+    _emit(
+        names.Event.PROMOTED if decision.promote else names.Event.REJECTED,
+        model_name,
+        decision.challenger_version,
+        {"action": GATE, "decided_by": by, **decision.to_dict()},
+    )
+    _publish(markdown_report(decision), f"{decision.outcome}: version {decision.challenger_version}")
+    logger.info("version %s %s: %s", decision.challenger_version, decision.outcome, decision.reason)
+    return Outcome(GATE, decision.outcome, decision.challenger_version, champion, decision.reason, True)
+
+
+@task(cache_policy=NO_CACHE)
+def load_evaluation(
+    settings: Settings, client: MlflowClient, challenger: ModelVersion, holdout: pd.DataFrame | None
+) -> pd.DataFrame:
+    """The held-out rows plus labelled traffic the challenger has not seen."""
+    return gate.load_evaluation(settings, client, challenger, holdout)
+
+
+@task(cache_policy=NO_CACHE)
+def score(model_name: str, version: str, frame: pd.DataFrame) -> gate.ModelScores:
+    """Validity, probabilities and latency of one version on the evaluation data."""
+    return gate.score_version(model_name, version, frame)
+
+
+@task(cache_policy=NO_CACHE)
+def record(client: MlflowClient, model_name: str, decision: Decision, by: str) -> Outcome:
+    """Apply the decision to the registry and tell Prefect."""
+    return apply_decision(client, model_name, decision, by)
+
+
+def run_gate(
+    settings: Settings, version: str, holdout: pd.DataFrame | None = None, by: str = GATE
+) -> Outcome:
+    """Gate one registered version against the champion (tasks; call inside a flow).
+
+    Args:
+        settings: The settings (registry, prediction log, promotion policy).
+        version: The challenger's registered version.
+        holdout: Its held-out rows with the target; None reads its reference set.
+        by: Who decides, recorded on the versions.
+    """
+    version = str(version)
+    client = registry.connect(settings)
+    model_name = settings.mlflow.model_name
+    challenger = client.get_model_version(model_name, version)
+    champion = registry.get_alias(client, model_name, names.CHAMPION)
+    frame = load_evaluation(settings, client, challenger, holdout)
+    nothing_to_do = already_decided(challenger, champion, gate.evaluation_hash(frame))
+    if nothing_to_do is not None:
+        logger.info("nothing to do: %s", nothing_to_do)
+        current = str(champion.version) if champion is not None else None
+        return Outcome(GATE, UNCHANGED, version, current, nothing_to_do, False)
+    challenger_scores = score(model_name, version, frame)
+    champion_scores = score(model_name, str(champion.version), frame) if champion is not None else None
+    decision = decide(champion_scores, challenger_scores, settings.promotion)
+    return record(client, model_name, decision, by)
+
+
+@flow(name="promotion-gate")
+def promotion_gate(version: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Gate a registered version against the champion on its held-out rows plus unseen labelled traffic."""
+    settings = settings or Settings()
+    return asdict(run_gate(settings, version))
+
+
+@flow(name="train-and-promote")
+def train_and_promote(
+    data_folder: str | None = None, n_trials: int | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Train and register a challenger, then gate it against the champion on the same evaluation data."""
+    settings = train.with_overrides(settings or Settings(), data_folder, n_trials)
+    version = train.train_flow(settings=settings)
+    return asdict(run_gate(settings, str(version)))
+
+
+@flow(name="promote-version")
+def promote_version(
+    version: str, reason: str, by: str | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Operator command: make a version champion without the statistical gate (it must still be valid).
+
+    Raises:
+        PromotionError: the version does not load, predict on the examples or match the signature.
+    """
+    settings = settings or Settings()
+    by = by or operator_name()
+    client = registry.connect(settings)
+    model_name = settings.mlflow.model_name
+    current = registry.get_alias(client, model_name, names.CHAMPION)
+    old = str(current.version) if current is not None else None
+    if old == version:
+        return asdict(
+            Outcome(MANUAL, UNCHANGED, version, old, f"version {version} is already champion", False)
+        )
+    _, problems = gate.load_checked(model_name, version)
+    if problems:
+        raise PromotionError(f"refusing to promote version {version}: {'; '.join(problems)}")
+    why = f"manual promotion: {reason}"
+    stamp = {names.Tag.DECIDED_BY: by, names.Tag.DECIDED_AT: _now()}
+    _set_tags(
+        client, model_name, version, {names.Tag.DECISION: PROMOTED, names.Tag.DECISION_REASON: why, **stamp}
+    )
+    if old is not None:
+        replaced = {names.Tag.DECISION: REPLACED, names.Tag.DECISION_REASON: f"version {version} {why}"}
+        _set_tags(client, model_name, old, {**replaced, **stamp})
+    _move_champion(client, model_name, version, old)
+    payload = {"action": MANUAL, "version": version, "previous": old, "reason": reason, "decided_by": by}
+    _emit(names.Event.PROMOTED, model_name, version, payload)
+    _publish(_operator_report("Manual promotion", payload), f"manual promotion of version {version}")
+    return asdict(Outcome(MANUAL, PROMOTED, version, version, why, True))
+
+
+@flow(name="rollback-champion")
+def rollback(reason: str, by: str | None = None, settings: Settings | None = None) -> dict[str, Any]:
+    """Operator command: make the previous champion champion again.
+
+    Raises:
+        PromotionError: there is no champion, or it records no previous champion.
+    """
+    settings = settings or Settings()
+    by = by or operator_name()
+    client = registry.connect(settings)
+    model_name = settings.mlflow.model_name
+    current = registry.get_alias(client, model_name, names.CHAMPION)
+    if current is None:
+        raise PromotionError("there is no champion to roll back")
+    previous = (current.tags or {}).get(names.Tag.PREVIOUS_CHAMPION)
+    if previous is None:
+        raise PromotionError(f"champion version {current.version} records no previous champion")
+    restored = client.get_model_version(model_name, previous)
+    replaced = str(current.version)
+    why = f"rollback: {reason}"
+    stamp = {names.Tag.DECIDED_BY: by, names.Tag.DECIDED_AT: _now()}
+    _set_tags(
+        client,
+        model_name,
+        replaced,
+        {names.Tag.DECISION: ROLLED_BACK, names.Tag.DECISION_REASON: why, **stamp},
+    )
+    _set_tags(
+        client, model_name, previous, {names.Tag.DECISION: RESTORED, names.Tag.DECISION_REASON: why, **stamp}
+    )
+    client.set_registered_model_alias(model_name, names.CHAMPION, previous)
+    # The restored champion's own predecessor becomes the next rollback target.
+    older = (restored.tags or {}).get(names.Tag.PREVIOUS_CHAMPION)
+    if older is not None:
+        client.set_registered_model_alias(model_name, names.PREVIOUS_CHAMPION, older)
+    else:
+        client.delete_registered_model_alias(model_name, names.PREVIOUS_CHAMPION)
+    payload = {
+        "action": ROLLBACK,
+        "version": previous,
+        "previous": replaced,
+        "reason": reason,
+        "decided_by": by,
+    }
+    _emit(names.Event.PROMOTED, model_name, previous, payload)
+    _publish(_operator_report("Rollback", payload), f"rollback from version {replaced} to {previous}")
+    return asdict(Outcome(ROLLBACK, PROMOTED, previous, previous, why, True))
+
+
+def _operator_report(title: str, payload: Mapping[str, Any]) -> str:
+    rows = [f"| {key} | {value} |" for key, value in payload.items()]
+    return "\n".join([f"# {title}", "", "| field | value |", "|---|---|", *rows]) + "\n"
+
+
+@contextmanager
+def _prefect_api(settings: Settings) -> Iterator[None]:
+    """Talk to the configured Prefect server unless PREFECT_API_URL already says where it is.
+
+    Without an API URL, Prefect would start a throw-away server and the events would be lost.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        yield
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``train-and-promote``, ``gate``, ``promote`` and ``rollback``."""
+    parser = argparse.ArgumentParser(prog="python -m flows.promote", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    loop_cmd = commands.add_parser("train-and-promote", help="train a challenger, then gate it")
+    loop_cmd.add_argument("--data-folder", help="folder in the original CSV layout (default: synthetic)")
+    loop_cmd.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
+    gate_cmd = commands.add_parser("gate", help="gate a registered version against the champion")
+    gate_cmd.add_argument("--version", required=True)
+    promote_cmd = commands.add_parser("promote", help="make a version champion (operator override)")
+    promote_cmd.add_argument("--version", required=True)
+    promote_cmd.add_argument("--reason", required=True)
+    rollback_cmd = commands.add_parser("rollback", help="restore the previous champion")
+    rollback_cmd.add_argument("--reason", required=True)
+    for command in (promote_cmd, rollback_cmd):
+        command.add_argument("--by", default=None, help="who (default: the login name)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    try:
+        with _prefect_api(settings):
+            if args.command == "train-and-promote":
+                result = train_and_promote(args.data_folder, args.n_trials, settings)
+            elif args.command == "gate":
+                result = promotion_gate(args.version, settings)
+            elif args.command == "promote":
+                result = promote_version(args.version, args.reason, args.by, settings)
+            else:
+                result = rollback(args.reason, args.by, settings)
+    except PromotionError as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        # Deliver the events before the process ends (the worker would otherwise drain at exit).
+        EventsWorker.drain_all()
+    logger.info("%s", json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

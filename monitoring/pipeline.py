@@ -1,0 +1,255 @@
+"""The monitor run's steps as plain functions; ``flows/monitor.py`` wires them as Prefect tasks.
+
+read the log window -> estimate and detect drift -> decide alerts -> store -> plot -> MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from monitoring import estimation, report, store
+from monitoring.estimation import ChunkPlan, ChunkResult
+from monitoring.policy import Alert, Policy, Results, evaluate
+from reggaeton import prediction_log
+from reggaeton.prediction_log import CREATED_AT, PREDICTION_ID
+from reggaeton.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def policy_from_settings(settings: Settings) -> Policy:
+    """The alert policy the settings describe."""
+    section = settings.monitoring
+    thresholds = {"roc_auc": section.roc_auc_threshold}
+    if section.f1_threshold is not None:
+        thresholds["f1"] = section.f1_threshold
+    return Policy(
+        thresholds=thresholds,
+        consecutive_chunks=section.consecutive_chunks,
+        min_rows=section.min_rows,
+        min_labelled=section.min_labelled,
+        min_labelled_positives=section.min_labelled_positives,
+        drift_min_features=section.drift_min_features,
+    )
+
+
+@dataclass(frozen=True)
+class Window:
+    """The traffic of one model version logged since the last run."""
+
+    model_version: str
+    frame: pd.DataFrame
+    after: tuple[datetime, str] | None
+    until: datetime
+
+
+def read_window(log: Engine, results: Engine, model_version: str, settle_s: float, now: datetime) -> Window:
+    """Read the version's traffic after the stored watermark and up to ``now - settle_s``."""
+    after = store.last_watermark(results, model_version)
+    until = now.astimezone(UTC) - timedelta(seconds=settle_s)
+    frame = prediction_log.read_window(log, model_version, after=after, until=until)
+    logger.info("read %d logged predictions of version %s after %s", len(frame), model_version, after)
+    return Window(model_version=model_version, frame=frame, after=after, until=until)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What NannyML and the realized metrics found in one window."""
+
+    plan: ChunkPlan
+    chunks: list[ChunkResult]
+    rows_read: int
+    rows_analysed: int
+    watermark: tuple[datetime, str] | None  # last analysed row; None when nothing was analysed
+
+
+def plan_chunks(analysis_rows: int, reference_rows: int, settings: Settings) -> ChunkPlan:
+    """The chunking the settings ask for, sized to this reference and window."""
+    section = settings.monitoring
+    return estimation.plan_chunks(
+        analysis_rows,
+        reference_rows,
+        chunk_size=section.chunk_size,
+        chunk_period=section.chunk_period,
+        reference_chunks=section.reference_chunks,
+        max_chunks=section.max_chunks,
+    )
+
+
+def analyse(reference: pd.DataFrame, window: Window, settings: Settings) -> Analysis:
+    """Chunk the window, run NannyML, and compute realized performance where labels exist."""
+    section = settings.monitoring
+    frame = window.frame
+    plan = plan_chunks(len(frame), len(reference), settings)
+    # A window too small to judge is kept whole for the next run.
+    chunks = (
+        []
+        if len(frame) < section.min_rows
+        else estimation.estimate(reference, frame, plan, usage_logging=section.nannyml_usage_logging)
+    )
+    analysed = estimation.analysed_rows(chunks)
+    watermark = None
+    if analysed:
+        last = frame.iloc[analysed - 1]
+        watermark = (pd.Timestamp(last[CREATED_AT]).to_pydatetime(), str(last[PREDICTION_ID]))
+    return Analysis(
+        plan=plan, chunks=chunks, rows_read=len(frame), rows_analysed=analysed, watermark=watermark
+    )
+
+
+def decide(window: Window, analysis: Analysis, history: list[ChunkResult], policy: Policy) -> list[Alert]:
+    """Apply the alert policy to this run's chunks (continuing streaks from stored history)."""
+    frame = window.frame
+    start = pd.Timestamp(frame[CREATED_AT].iloc[0]).to_pydatetime() if len(frame) else None
+    end = pd.Timestamp(frame[CREATED_AT].iloc[-1]).to_pydatetime() if len(frame) else window.until
+    return evaluate(
+        Results(
+            model_version=window.model_version,
+            chunks=analysis.chunks,
+            history=history,
+            window_rows=analysis.rows_read,
+            window_start=start,
+            window_end=end,
+        ),
+        policy,
+    )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A saved run."""
+
+    record: store.RunRecord
+    chunks: pd.DataFrame = field(repr=False)
+
+
+def save(
+    results: Engine,
+    model_name: str,
+    window: Window,
+    analysis: Analysis,
+    alerts: list[Alert],
+    started_at: datetime,
+    mlflow_run_id: str | None,
+    history_chunks: int,
+) -> Stored:
+    """Store the run and return it with the version's recent chunks (for the plot)."""
+    frame = window.frame
+    record = store.RunRecord(
+        run_id=uuid.uuid4().hex,
+        model_name=model_name,
+        model_version=window.model_version,
+        started_at=started_at,
+        window_start=pd.Timestamp(frame[CREATED_AT].iloc[0]).to_pydatetime() if len(frame) else None,
+        window_end=analysis.chunks[-1].end if analysis.chunks else None,
+        rows_read=analysis.rows_read,
+        rows_analysed=analysis.rows_analysed,
+        chunks=len(analysis.chunks),
+        chunk_size=analysis.plan.chunk_size,
+        watermark=analysis.watermark,
+        alerts=",".join(sorted({str(alert.kind) for alert in alerts})),
+        mlflow_run_id=mlflow_run_id,
+    )
+    store.save_run(results, record, analysis.chunks)
+    recent = store.read_chunks(results, window.model_version)
+    return Stored(record=record, chunks=recent.tail(len(analysis.chunks) + history_chunks))
+
+
+def metrics_of(analysis: Analysis) -> dict[str, float]:
+    """Run-level numbers for MLflow: the last chunk's values and the run's extremes."""
+    metrics: dict[str, float] = {
+        "rows_read": float(analysis.rows_read),
+        "rows_analysed": float(analysis.rows_analysed),
+        "chunks": float(len(analysis.chunks)),
+    }
+    if not analysis.chunks:
+        return metrics
+    for metric in estimation.ESTIMATED_METRICS:
+        values = [c.estimated[metric].value for c in analysis.chunks if metric in c.estimated]
+        if values:
+            metrics[f"estimated_{metric}_min"] = min(values)
+            metrics[f"estimated_{metric}_last"] = values[-1]
+        realized = [c.realized[metric] for c in analysis.chunks if metric in c.realized]
+        if realized:
+            metrics[f"realized_{metric}_min"] = min(realized)
+    metrics["drifted_chunks"] = float(
+        sum(c.multivariate_drift or bool(c.drifted_features) for c in analysis.chunks)
+    )
+    errors = [c.reconstruction_error for c in analysis.chunks if c.reconstruction_error is not None]
+    if errors:
+        metrics["reconstruction_error_max"] = max(errors)
+    return metrics
+
+
+def chunk_metric_steps(analysis: Analysis, step_offset: int) -> list[tuple[str, float, int]]:
+    """Per-chunk metrics as (key, value, step) for MLflow's metric history."""
+    rows: list[tuple[str, float, int]] = []
+    for position, chunk in enumerate(analysis.chunks):
+        step = step_offset + position
+        for metric, estimate in chunk.estimated.items():
+            rows.append((f"chunk_estimated_{metric}", estimate.value, step))
+        for metric, value in chunk.realized.items():
+            rows.append((f"chunk_realized_{metric}", value, step))
+        if chunk.reconstruction_error is not None:
+            rows.append(("chunk_reconstruction_error", chunk.reconstruction_error, step))
+        rows.append(("chunk_drifted_features", float(len(chunk.drifted_features)), step))
+    return rows
+
+
+def render(stored: Stored, policy: Policy, folder: Path) -> report.Report:
+    """Plot the run's chunks with some history before them."""
+    title = (
+        f"{stored.record.model_name} v{stored.record.model_version}: estimated vs realized performance, drift"
+    )
+    return report.render(stored.chunks, policy.thresholds, title, folder)
+
+
+def start_mlflow_run(client: Any, experiment_id: str, model_version: str) -> str:
+    """Create the MLflow run that records this monitor run; return its id."""
+    run = client.create_run(experiment_id, run_name=f"monitor-v{model_version}")
+    return str(run.info.run_id)
+
+
+def log_to_mlflow(
+    client: Any, run_id: str, stored: Stored, analysis: Analysis, rendered: report.Report
+) -> None:
+    """Params, summary and per-chunk metrics, and the plot (PNG + HTML) on the monitoring run."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    record = stored.record
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    params = {
+        "model_name": record.model_name,
+        "model_version": record.model_version,
+        "chunk_size": str(analysis.plan.chunk_size),
+        "chunk_period": str(analysis.plan.chunk_period),
+        "reference_chunk_size": str(analysis.plan.reference_chunk_size),
+        "results_run_id": record.run_id,
+    }
+    metrics = [Metric(k, v, now_ms, 0) for k, v in metrics_of(analysis).items()]
+    metrics += [Metric(k, v, now_ms, step) for k, v, step in chunk_metric_steps(analysis, 0)]
+    tags = [RunTag("reggaeton.alerts", record.alerts or "none")]
+    for start in range(0, len(metrics), 1000):  # MLflow's per-call limit
+        client.log_batch(
+            run_id,
+            metrics=metrics[start : start + 1000],
+            params=[Param(k, v) for k, v in params.items()] if start == 0 else [],
+            tags=tags if start == 0 else [],
+        )
+    for path in (rendered.png, rendered.html):
+        client.log_artifact(run_id, str(path), artifact_path="monitoring")
+    client.set_terminated(run_id)
+
+
+def temporary_folder() -> tempfile.TemporaryDirectory[str]:
+    """A scratch folder for the rendered plot."""
+    return tempfile.TemporaryDirectory(prefix="reggaeton-monitor-")

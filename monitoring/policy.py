@@ -1,0 +1,242 @@
+"""The alert policy: a pure decision from chunk results to alerts (no I/O, no NannyML, no Prefect).
+
+- ``degraded``: an estimated (CBPE) or realized performance metric is below its threshold for
+  ``consecutive_chunks`` judged chunks in a row, the last of them new in this run.
+- ``drifted``: drift (multivariate, or at least ``drift_min_features`` drifting features) for
+  ``consecutive_chunks`` chunks in a row, and no ``degraded`` alert: a warning, not a retrain.
+- ``insufficient data``: a window or chunk too small to judge. It never counts as a breach, so a
+  thin window can delay an alert but never raise a false one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from monitoring.estimation import ChunkResult
+
+
+class AlertKind(enum.StrEnum):
+    """What an alert says."""
+
+    DEGRADED = "degraded"
+    DRIFTED = "drifted"
+    INSUFFICIENT_DATA = "insufficient data"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds and counts of the alert policy (built from ``MonitoringSettings``)."""
+
+    thresholds: Mapping[str, float]  # metric -> lowest acceptable value, e.g. {"roc_auc": 0.8}
+    consecutive_chunks: int = 2
+    min_rows: int = 200  # a chunk (or window) with fewer rows is not judged
+    min_labelled: int = 50  # realized performance needs this many labelled rows in the chunk ...
+    min_labelled_positives: int = 5  # ... with at least this many of each class
+    drift_min_features: int = 5
+
+
+@dataclass(frozen=True)
+class Results:
+    """The chunks of one run for one model version, plus earlier chunks that streaks may continue."""
+
+    model_version: str
+    chunks: Sequence[ChunkResult]
+    history: Sequence[ChunkResult] = ()
+    window_rows: int = 0  # rows read in the window (including a tail too small to be a chunk)
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One decision of the policy; ``payload()`` is what the Prefect event carries."""
+
+    kind: AlertKind
+    model_version: str
+    metric: str
+    value: float | None
+    threshold: float | None
+    window_start: datetime | None
+    window_end: datetime | None
+    source: str = ""  # "estimated", "realized", "drift" or "window"
+    chunks: int = 0
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """JSON-ready event payload: metric, value, threshold, model version and window."""
+        return {
+            "kind": str(self.kind),
+            "metric": self.metric,
+            "source": self.source,
+            "value": self.value,
+            "threshold": self.threshold,
+            "model_version": self.model_version,
+            "window": {
+                "start": self.window_start.isoformat() if self.window_start else None,
+                "end": self.window_end.isoformat() if self.window_end else None,
+                "chunks": self.chunks,
+            },
+            **({"details": dict(self.details)} if self.details else {}),
+        }
+
+
+def judged(chunk: ChunkResult, policy: Policy) -> bool:
+    """Whether a chunk has enough rows to be judged at all."""
+    return chunk.rows >= policy.min_rows
+
+
+def realized_judged(chunk: ChunkResult, policy: Policy) -> bool:
+    """Whether a chunk has enough labels of both classes to judge its realized performance."""
+    negatives = chunk.labelled - chunk.labelled_positives
+    return (
+        judged(chunk, policy)
+        and chunk.labelled >= policy.min_labelled
+        and min(chunk.labelled_positives, negatives) >= policy.min_labelled_positives
+    )
+
+
+def drifting(chunk: ChunkResult, policy: Policy) -> bool:
+    """Whether a chunk shows drift (multivariate, or enough univariate features)."""
+    return chunk.multivariate_drift or len(chunk.drifted_features) >= policy.drift_min_features
+
+
+def _streak(
+    chunks: Sequence[ChunkResult],
+    first_new: int,
+    value_of: Callable[[ChunkResult], float | None],
+    breached: Callable[[float], bool],
+    needed: int,
+) -> list[tuple[ChunkResult, float]] | None:
+    """The latest run of ``needed`` consecutive breaches ending in a new chunk, else None.
+
+    ``value_of`` returns None for a chunk that cannot be judged: it is skipped, neither breaking
+    nor extending a streak.
+    """
+    run: list[tuple[ChunkResult, float]] = []
+    found: list[tuple[ChunkResult, float]] | None = None
+    for position, chunk in enumerate(chunks):
+        value = value_of(chunk)
+        if value is None:
+            continue
+        run = [*run, (chunk, value)] if breached(value) else []
+        if len(run) >= needed and position >= first_new:
+            found = run[-needed:]
+    return found
+
+
+def _estimated_value(chunk: ChunkResult, metric: str, policy: Policy) -> float | None:
+    estimate = chunk.estimated.get(metric)
+    return estimate.value if estimate is not None and judged(chunk, policy) else None
+
+
+def _realized_value(chunk: ChunkResult, metric: str, policy: Policy) -> float | None:
+    return chunk.realized.get(metric) if realized_judged(chunk, policy) else None
+
+
+def _below(value: float, threshold: float) -> bool:
+    return value < threshold
+
+
+def _window(run: Sequence[tuple[ChunkResult, float]]) -> tuple[datetime | None, datetime | None]:
+    return run[0][0].start, run[-1][0].end
+
+
+def evaluate(results: Results, policy: Policy) -> list[Alert]:
+    """Decide the alerts of one run (see the module docstring)."""
+    version = results.model_version
+    alerts: list[Alert] = []
+    if not results.chunks:
+        if results.window_rows < policy.min_rows:
+            alerts.append(
+                Alert(
+                    AlertKind.INSUFFICIENT_DATA,
+                    version,
+                    metric="rows",
+                    value=float(results.window_rows),
+                    threshold=float(policy.min_rows),
+                    window_start=results.window_start,
+                    window_end=results.window_end,
+                    source="window",
+                )
+            )
+        return alerts
+    thin = [chunk for chunk in results.chunks if not judged(chunk, policy)]
+    if thin:
+        alerts.append(
+            Alert(
+                AlertKind.INSUFFICIENT_DATA,
+                version,
+                metric="rows",
+                value=float(min(chunk.rows for chunk in thin)),
+                threshold=float(policy.min_rows),
+                window_start=thin[0].start,
+                window_end=thin[-1].end,
+                source="chunk",
+                chunks=len(thin),
+            )
+        )
+
+    chunks = [*results.history, *results.chunks]
+    first_new = len(results.history)
+    needed = policy.consecutive_chunks
+    for metric, threshold in policy.thresholds.items():
+        sources: dict[str, Callable[[ChunkResult], float | None]] = {
+            "estimated": partial(_estimated_value, metric=metric, policy=policy),
+            "realized": partial(_realized_value, metric=metric, policy=policy),
+        }
+        for source, value_of in sources.items():
+            run = _streak(chunks, first_new, value_of, partial(_below, threshold=threshold), needed)
+            if run is None:
+                continue
+            start, end = _window(run)
+            alerts.append(
+                Alert(
+                    AlertKind.DEGRADED,
+                    version,
+                    metric=metric,
+                    value=run[-1][1],
+                    threshold=threshold,
+                    window_start=start,
+                    window_end=end,
+                    source=source,
+                    chunks=len(run),
+                )
+            )
+
+    if any(alert.kind is AlertKind.DEGRADED for alert in alerts):
+        return alerts
+
+    def drift_score(chunk: ChunkResult) -> float | None:
+        if not judged(chunk, policy):
+            return None
+        return 1.0 if drifting(chunk, policy) else 0.0
+
+    run = _streak(chunks, first_new, drift_score, lambda v: v > 0, needed)
+    if run is not None:
+        last = run[-1][0]
+        start, end = _window(run)
+        features = sorted({name for chunk, _ in run for name in chunk.drifted_features})
+        alerts.append(
+            Alert(
+                AlertKind.DRIFTED,
+                version,
+                metric="reconstruction_error" if last.multivariate_drift else "drifted_features",
+                value=last.reconstruction_error
+                if last.multivariate_drift
+                else float(len(last.drifted_features)),
+                threshold=last.reconstruction_threshold
+                if last.multivariate_drift
+                else float(policy.drift_min_features),
+                window_start=start,
+                window_end=end,
+                source="drift",
+                chunks=len(run),
+                details={"features": features},
+            )
+        )
+    return alerts

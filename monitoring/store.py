@@ -1,0 +1,251 @@
+"""The monitoring results store: one row per run (with the log watermark) and one row per chunk.
+
+SQLAlchemy Core on ``settings.monitoring_results_url`` (a SQLite file by default), so people can query
+it directly, e.g. ``SELECT * FROM monitoring_chunks WHERE model_version = '3' ORDER BY chunk_start``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import pandas as pd
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    insert,
+    select,
+)
+
+from monitoring.estimation import ESTIMATED_METRICS, ChunkResult, Estimate
+from reggaeton.prediction_log import make_engine
+
+metadata: Final = MetaData()
+
+runs: Final = Table(
+    "monitoring_runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("model_name", String(200), nullable=False),
+    Column("model_version", String(50), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("window_start", DateTime(timezone=True)),
+    Column("window_end", DateTime(timezone=True)),
+    Column("rows_read", Integer, nullable=False),
+    Column("rows_analysed", Integer, nullable=False),
+    Column("chunks", Integer, nullable=False),
+    Column("chunk_size", Integer),
+    # The last log row analysed: the next run reads strictly after (created_at, id).
+    Column("watermark_at", DateTime(timezone=True)),
+    Column("watermark_id", String(36)),
+    Column("alerts", String(500), nullable=False, default=""),
+    Column("mlflow_run_id", String(64)),
+    Index("ix_monitoring_runs_version_started", "model_version", "started_at"),
+)
+
+_ESTIMATE_COLUMNS = [
+    Column(f"estimated_{metric}{suffix}", Float)
+    for metric in ESTIMATED_METRICS
+    for suffix in ("", "_lower", "_upper")
+]
+
+chunks: Final = Table(
+    "monitoring_chunks",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("chunk_index", Integer, primary_key=True),
+    Column("model_version", String(50), nullable=False),
+    Column("chunk_start", DateTime(timezone=True)),
+    Column("chunk_end", DateTime(timezone=True)),
+    Column("rows", Integer, nullable=False),
+    Column("labelled", Integer, nullable=False),
+    Column("labelled_positives", Integer, nullable=False),
+    *_ESTIMATE_COLUMNS,
+    *(Column(f"realized_{metric}", Float) for metric in ESTIMATED_METRICS),
+    Column("reconstruction_error", Float),
+    Column("reconstruction_threshold", Float),
+    Column("multivariate_drift", Boolean, nullable=False),
+    Column("drifted_features", String(500), nullable=False),
+    Index("ix_monitoring_chunks_version_start", "model_version", "chunk_start"),
+)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One monitor run as stored."""
+
+    run_id: str
+    model_name: str
+    model_version: str
+    started_at: datetime
+    window_start: datetime | None
+    window_end: datetime | None
+    rows_read: int
+    rows_analysed: int
+    chunks: int
+    chunk_size: int | None
+    watermark: tuple[datetime, str] | None
+    alerts: str = ""
+    mlflow_run_id: str | None = None
+
+
+def connect(url: str) -> Engine:
+    """An engine on the results store with its tables created (idempotent)."""
+    engine = make_engine(url)
+    metadata.create_all(engine)
+    return engine
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def last_watermark(engine: Engine, model_version: str) -> tuple[datetime, str] | None:
+    """The watermark of the latest run for a version that analysed anything, else None."""
+    query = (
+        select(runs.c.watermark_at, runs.c.watermark_id)
+        .where(runs.c.model_version == model_version, runs.c.watermark_at.is_not(None))
+        .order_by(runs.c.watermark_at.desc(), runs.c.watermark_id.desc())
+        .limit(1)
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
+    if row is None:
+        return None
+    at = _utc(row.watermark_at)
+    assert at is not None
+    return at, str(row.watermark_id)
+
+
+def _chunk_row(run_id: str, version: str, chunk: ChunkResult) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "run_id": run_id,
+        "chunk_index": chunk.index,
+        "model_version": version,
+        "chunk_start": _utc(chunk.start),
+        "chunk_end": _utc(chunk.end),
+        "rows": chunk.rows,
+        "labelled": chunk.labelled,
+        "labelled_positives": chunk.labelled_positives,
+        "reconstruction_error": chunk.reconstruction_error,
+        "reconstruction_threshold": chunk.reconstruction_threshold,
+        "multivariate_drift": chunk.multivariate_drift,
+        "drifted_features": ",".join(chunk.drifted_features),
+    }
+    for metric in ESTIMATED_METRICS:
+        estimate = chunk.estimated.get(metric)
+        row[f"estimated_{metric}"] = estimate.value if estimate else None
+        row[f"estimated_{metric}_lower"] = estimate.lower if estimate else None
+        row[f"estimated_{metric}_upper"] = estimate.upper if estimate else None
+        row[f"realized_{metric}"] = chunk.realized.get(metric)
+    return row
+
+
+def save_run(engine: Engine, record: RunRecord, results: Sequence[ChunkResult]) -> None:
+    """Store a run and its chunks in one transaction."""
+    watermark_at, watermark_id = record.watermark if record.watermark else (None, None)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(runs).values(
+                run_id=record.run_id,
+                model_name=record.model_name,
+                model_version=record.model_version,
+                started_at=_utc(record.started_at),
+                window_start=_utc(record.window_start),
+                window_end=_utc(record.window_end),
+                rows_read=record.rows_read,
+                rows_analysed=record.rows_analysed,
+                chunks=record.chunks,
+                chunk_size=record.chunk_size,
+                watermark_at=_utc(watermark_at),
+                watermark_id=watermark_id,
+                alerts=record.alerts,
+                mlflow_run_id=record.mlflow_run_id,
+            )
+        )
+        if results:
+            connection.execute(
+                insert(chunks), [_chunk_row(record.run_id, record.model_version, c) for c in results]
+            )
+
+
+def _nan_to_none(value: Any) -> Any:
+    return None if value is None or pd.isna(value) else value
+
+
+def _chunk_from_row(row: Any) -> ChunkResult:
+    estimated = {}
+    realized = {}
+    for metric in ESTIMATED_METRICS:
+        value = _nan_to_none(row[f"estimated_{metric}"])
+        if value is not None:
+            estimated[metric] = Estimate(
+                float(value),
+                float(row[f"estimated_{metric}_lower"]),
+                float(row[f"estimated_{metric}_upper"]),
+            )
+        real = _nan_to_none(row[f"realized_{metric}"])
+        if real is not None:
+            realized[metric] = float(real)
+    features = str(row["drifted_features"])
+    return ChunkResult(
+        index=int(row["chunk_index"]),
+        start=_utc(row["chunk_start"]),
+        end=_utc(row["chunk_end"]),
+        rows=int(row["rows"]),
+        labelled=int(row["labelled"]),
+        labelled_positives=int(row["labelled_positives"]),
+        estimated=estimated,
+        realized=realized,
+        drifted_features=tuple(features.split(",")) if features else (),
+        reconstruction_error=_nan_to_none(row["reconstruction_error"]),
+        reconstruction_threshold=_nan_to_none(row["reconstruction_threshold"]),
+        multivariate_drift=bool(row["multivariate_drift"]),
+    )
+
+
+def recent_chunks(engine: Engine, model_version: str, limit: int) -> list[ChunkResult]:
+    """The latest ``limit`` stored chunks of a version, oldest first (history for streaks)."""
+    if limit <= 0:
+        return []
+    query = (
+        select(chunks)
+        .join(runs, runs.c.run_id == chunks.c.run_id)
+        .where(chunks.c.model_version == model_version)
+        .order_by(runs.c.started_at.desc(), chunks.c.chunk_index.desc())
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return [_chunk_from_row(row) for row in reversed(rows)]
+
+
+def read_chunks(engine: Engine, model_version: str | None = None) -> pd.DataFrame:
+    """All stored chunks (of one version), in time order, as a frame (for plots and people)."""
+    query = select(chunks, runs.c.started_at).join(runs, runs.c.run_id == chunks.c.run_id)
+    if model_version is not None:
+        query = query.where(chunks.c.model_version == model_version)
+    query = query.order_by(runs.c.started_at, chunks.c.chunk_index)
+    with engine.connect() as connection:
+        return pd.DataFrame(connection.execute(query).mappings().all())
+
+
+def read_runs(engine: Engine, model_version: str | None = None) -> pd.DataFrame:
+    """All stored runs (of one version), oldest first."""
+    query = select(runs).order_by(runs.c.started_at)
+    if model_version is not None:
+        query = query.where(runs.c.model_version == model_version)
+    with engine.connect() as connection:
+        return pd.DataFrame(connection.execute(query).mappings().all())

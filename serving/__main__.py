@@ -1,0 +1,39 @@
+"""``python -m serving``: run the prediction server with uvicorn (one worker per process)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import uvicorn
+
+from reggaeton.settings import Settings
+from serving.app import create_app
+
+
+def main() -> None:
+    """Read the settings, then serve on the configured host and port until stopped."""
+    settings = Settings()
+    logging.basicConfig(
+        level=os.environ.get("REGGAETON_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if settings.prefect.api_url and not os.environ.get("PREFECT_API_URL"):
+        # Events (reload_failed) go to the configured Prefect server, never to an ephemeral one.
+        os.environ["PREFECT_API_URL"] = settings.prefect.api_url
+    # One worker per process: uvicorn 0.54 with --workers >= 2 leaves TCP_NODELAY unset (Nagle adds ~40 ms
+    # per response). Scale with more processes or containers behind a balancer instead.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.serving.host,
+        port=settings.serving.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The app factory: ``create_app(settings)`` wires the model holder, refresher, log writer and routers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+
+from reggaeton.prediction_log import create_tables, make_engine
+from reggaeton.settings import Settings
+from serving.batching import MicroBatcher
+from serving.cache import ModelCache
+from serving.holder import ModelHolder, smoke_check
+from serving.log_writer import PredictionLogWriter
+from serving.metrics import ServingMetrics
+from serving.middleware import MetricsMiddleware
+from serving.refresher import Refresher
+from serving.routers import admin, feedback, predictions
+from serving.routers import status as status_routes
+from serving.schemas import song_json_schema
+from serving.service import PredictionService, Services
+from serving.source import RegistrySource
+from serving.threads import in_daemon_thread
+
+logger = logging.getLogger(__name__)
+
+# How long start-up waits for the registry when there is no cached model (then it starts not ready).
+STARTUP_REGISTRY_TIMEOUT_S = 60.0
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    names = [str(part) for part in loc if isinstance(part, str) and part != "body"]
+    return names[-1] if names else "body"
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    """422 naming the field first in every message; non-finite inputs are echoed as null, never a 500."""
+    assert isinstance(exc, RequestValidationError)
+    detail = []
+    for error in exc.errors():
+        loc = tuple(error.get("loc", ()))
+        item = {
+            "loc": list(loc),
+            "msg": f"{_field_name(loc)}: {error.get('msg', 'invalid')}",
+            "type": error.get("type"),
+        }
+        if "input" in error and not isinstance(error["input"], dict | list):
+            item["input"] = error["input"]
+        detail.append(item)
+    body = orjson.dumps({"detail": detail}, default=str)
+    return Response(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+
+
+async def _load_cached(services: Services, cache: ModelCache) -> None:
+    try:
+        cached = await in_daemon_thread(cache.load, services.settings.mlflow.model_name, name="cache-load")
+        if cached is not None:
+            smoke_check(cached)
+            services.refresher.install(cached)
+    except Exception:
+        logger.exception("cached model unusable; waiting for the registry")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the prediction server for these settings (nothing is loaded until the lifespan starts)."""
+    metrics = ServingMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log_url = settings.prediction_log_url
+        if log_url.startswith("sqlite:") or settings.serving.model_cache_dir is None:
+            settings.ensure_state_dir()
+        engine = make_engine(log_url)
+        await asyncio.to_thread(create_tables, engine)
+        log = PredictionLogWriter(
+            engine,
+            metrics,
+            capacity_rows=settings.serving.log_queue_size,
+            batch_rows=settings.serving.log_batch_size,
+            flush_interval_s=settings.serving.log_flush_interval_s,
+        )
+        holder = ModelHolder()
+        cache = ModelCache(settings.model_cache_dir)
+        refresher = Refresher(
+            holder, RegistrySource(settings), cache, metrics, settings.serving.poll_interval_s
+        )
+        batcher = MicroBatcher(settings.serving.micro_batch_max, metrics)
+        services = Services(
+            settings=settings,
+            holder=holder,
+            refresher=refresher,
+            predictions=PredictionService(holder, batcher, log, metrics),
+            log=log,
+            engine=engine,
+            metrics=metrics,
+        )
+        app.state.services = services
+        log.start()
+        await _load_cached(services, cache)
+        if holder.current is None:
+            # Nothing cached: wait (bounded) for the registry so the first requests find a model.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(refresher.check(), timeout=STARTUP_REGISTRY_TIMEOUT_S)
+        poller = asyncio.create_task(refresher.run(), name="champion-poller")
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            batcher.close()
+            await log.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Reggaeton classifier",
+        summary="Is this song reggaeton? Serves the registry's champion and logs every prediction.",
+        version="1.0",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    routers = [
+        predictions.build_router(settings.serving.max_batch),
+        feedback.router,
+        status_routes.router,
+        admin.router,
+    ]
+    for router in routers:
+        app.include_router(router)
+    routes = [getattr(route, "path", "") for router in routers for route in router.routes]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {})["Song"] = song_json_schema()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,101 @@
+"""Adaptive micro-batching: concurrent requests share one ``predict_proba`` call on a numpy array.
+
+One model thread scores one batch at a time while the event loop keeps parsing requests; whatever
+arrives during a model call becomes the next batch. Under light load a batch is one request (no
+added wait); under heavy load batches grow by themselves, up to ``max_rows``. A model call on many
+rows costs little more than on one, and the trees release the GIL, so HTTP work and model work overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.holder import ServedModel
+from serving.metrics import ServingMetrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending:
+    served: ServedModel
+    features: np.ndarray
+    future: asyncio.Future[np.ndarray]
+
+
+class MicroBatcher:
+    """Collects the rows of concurrent requests and scores them per model version in one call."""
+
+    def __init__(self, max_rows: int, metrics: ServingMetrics) -> None:
+        self._max_rows = max_rows
+        self._metrics = metrics
+        self._pending: list[_Pending] = []
+        self._scheduled = False
+        self._busy = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    async def probabilities(self, served: ServedModel, features: np.ndarray) -> np.ndarray:
+        """Positive-class probabilities of ``features`` from ``served``, batched with concurrent callers."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._pending.append(_Pending(served, features, future))
+        if not self._busy and not self._scheduled:
+            self._scheduled = True
+            # After the callbacks already queued on this loop turn, so their requests join the batch.
+            loop.call_soon(self._flush, loop)
+        return await future
+
+    def close(self) -> None:
+        """Stop the model thread (after the batch in flight)."""
+        self._executor.shutdown(wait=True)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        if self._busy or not self._pending:
+            return
+        served = self._pending[0].served
+        group: list[_Pending] = []
+        rest: list[_Pending] = []
+        rows = 0
+        for item in self._pending:
+            if item.future.done():  # the client went away
+                continue
+            if item.served is served and (not group or rows + len(item.features) <= self._max_rows):
+                group.append(item)
+                rows += len(item.features)
+            else:
+                rest.append(item)
+        self._pending = rest
+        if not group:
+            return
+        features = group[0].features if len(group) == 1 else np.concatenate([item.features for item in group])
+        self._busy = True
+        call = self._executor.submit(served.probabilities, features)
+        call.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finish, loop, done, group, rows))
+
+    def _finish(
+        self, loop: asyncio.AbstractEventLoop, call: Future[np.ndarray], group: list[_Pending], rows: int
+    ) -> None:
+        self._busy = False
+        try:
+            proba = call.result()
+        except Exception as exc:
+            logger.exception("version %s failed to score %d rows", group[0].served.version, rows)
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        else:
+            self._metrics.model_batch_rows.observe(rows)
+            start = 0
+            for item in group:
+                end = start + len(item.features)
+                if not item.future.done():
+                    item.future.set_result(proba[start:end])
+                start = end
+        if self._pending:
+            self._flush(loop)

@@ -1,0 +1,79 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can run several apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServingMetrics:
+    """Every metric the server exposes on ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "reggaeton_http_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "reggaeton_http_request_duration_seconds",
+            "Time from request start to the last response byte.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "reggaeton_predictions",
+            "Songs scored, by model version and label.",
+            ["model_version", "label"],
+            registry=r,
+        )
+        self.positive_rate = Gauge(
+            "reggaeton_predicted_positive_rate",
+            "Share of songs labelled reggaeton by the version being served, since it was loaded.",
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "reggaeton_model_version_info",
+            "1 for the version being served.",
+            ["model_version", "source"],
+            registry=r,
+        )
+        self.model_loaded_at = Gauge(
+            "reggaeton_model_loaded_timestamp_seconds", "When the served version was loaded.", registry=r
+        )
+        self.reloads = Counter(
+            "reggaeton_model_reloads",
+            "Registry checks by outcome (swapped, unchanged, refused, unavailable, no_champion).",
+            ["outcome"],
+            registry=r,
+        )
+        self.model_batch_rows = Histogram(
+            "reggaeton_model_batch_rows",
+            "Rows per model call (micro-batching).",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.log_queue_rows = Gauge(
+            "reggaeton_prediction_log_queue_rows", "Prediction rows waiting to be written.", registry=r
+        )
+        self.log_queue_full = Counter(
+            "reggaeton_prediction_log_queue_full",
+            "Requests that waited because the prediction log queue was full (backpressure, no loss).",
+            registry=r,
+        )
+        self.log_rows_written = Counter(
+            "reggaeton_prediction_log_rows_written", "Prediction rows written to the log.", registry=r
+        )
+        self.log_write_errors = Counter(
+            "reggaeton_prediction_log_write_errors", "Failed log writes (retried, rows kept).", registry=r
+        )
+
+    def set_served(self, version: str, source: str, loaded_at: float) -> None:
+        """Point the version gauge at a newly served version."""
+        self.model_version.clear()
+        self.model_version.labels(model_version=version, source=source).set(1)
+        self.model_loaded_at.set(loaded_at)
+        self.positive_rate.set(0)

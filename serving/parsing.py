@@ -1,0 +1,75 @@
+"""Turning a ``POST /predict`` body into a float array, with errors that name the offending field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from reggaeton.schema import FEATURE_NAMES
+from serving.schemas import SONG_ADAPTER, SONGS_ADAPTER
+
+
+def _invalid(
+    message: str, kind: str = "value_error", loc: Sequence[str | int] = ("body",)
+) -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": tuple(loc), "msg": message}])
+
+
+def _prefixed(error: ValidationError) -> RequestValidationError:
+    errors = error.errors(include_url=False, include_context=False)
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_songs(body: bytes, max_batch: int) -> np.ndarray:
+    """Validate one song (an object) or a list of songs against the schema; return an (n, 7) float array.
+
+    JSON ``NaN``/``Infinity`` literals are read as numbers and then refused as non-finite for their field.
+
+    Raises:
+        RequestValidationError: invalid JSON or a song that breaks the schema (-> 422 naming the field).
+        HTTPException: 413 for a list longer than ``max_batch``.
+    """
+    try:
+        payload: Any = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise _invalid(f"body is not valid JSON: {exc}"[:300], "json_invalid") from None
+    try:
+        if isinstance(payload, dict):
+            SONG_ADAPTER.validate_python(payload)
+            songs = [payload]
+        elif isinstance(payload, list):
+            if not payload:
+                raise _invalid("expected at least one song", "too_short")
+            if len(payload) > max_batch:
+                raise HTTPException(
+                    status.HTTP_413_CONTENT_TOO_LARGE,
+                    f"{len(payload)} songs in one request; at most {max_batch}",
+                )
+            SONGS_ADAPTER.validate_python(payload)
+            songs = payload
+        else:
+            raise _invalid("expected a song (JSON object) or a list of songs", "model_type")
+    except ValidationError as exc:
+        raise _prefixed(exc) from None
+    return np.array([[song[name] for name in FEATURE_NAMES] for song in songs], dtype=np.float64)

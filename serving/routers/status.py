@@ -1,0 +1,50 @@
+"""Liveness, readiness, the served model, and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.deps import ChampionDep, ServicesDep
+from serving.schemas import ModelResponse
+
+router = APIRouter(tags=["status"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "No model loaded yet."}})
+async def ready(services: ServicesDep, response: Response) -> dict[str, Any]:
+    """A model is loaded and requests can be served."""
+    served = services.holder.current
+    if served is None:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return {"ready": False, "model_version": None}
+    return {"ready": True, "model_version": served.version}
+
+
+@router.get("/model", responses={503: {"description": "No model loaded yet."}})
+async def model(served: ChampionDep) -> ModelResponse:
+    """The version being served: name, version, run, when it was loaded, metrics and threshold."""
+    return ModelResponse(
+        name=served.name,
+        version=served.version,
+        run_id=served.run_id,
+        source=served.source,
+        loaded_at=served.loaded_at,
+        threshold=served.threshold,
+        load_seconds=served.load_seconds,
+        metrics=dict(served.metrics),
+    )
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,86 @@
+"""The prediction service: score songs with the served model and hand the rows to the log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+from sqlalchemy import Engine
+
+from reggaeton.settings import Settings
+from serving.batching import MicroBatcher
+from serving.holder import ModelHolder, ServedModel
+from serving.log_writer import LogEntry, PredictionLogWriter
+from serving.metrics import ServingMetrics
+from serving.refresher import Refresher
+
+
+class NoModelError(RuntimeError):
+    """No model has been loaded yet (registry unreachable at start and no cache)."""
+
+
+@dataclass
+class PredictionService:
+    """Pure prediction plus injected side effects (batching, logging, metrics)."""
+
+    holder: ModelHolder
+    batcher: MicroBatcher
+    log: PredictionLogWriter
+    metrics: ServingMetrics
+
+    def __post_init__(self) -> None:
+        self._counts: dict[str, list[int]] = {}
+
+    async def predict(self, features: np.ndarray) -> list[dict[str, Any]]:
+        """Predictions for an (n, 7) array, in order; logged before they are returned.
+
+        Raises:
+            NoModelError: before the first model is loaded.
+        """
+        served = self.holder.current  # read once: the whole request uses this version
+        if served is None:
+            raise NoModelError("no model loaded yet")
+        proba = await self.batcher.probabilities(served, features)
+        labels = (proba >= served.threshold).astype(np.int64)
+        ids = [str(uuid4()) for _ in range(len(proba))]
+        await self.log.submit(
+            LogEntry(ids, datetime.now(UTC), served.name, served.version, features, proba, labels)
+        )
+        self._count(served, labels)
+        version = served.version
+        return [
+            {"id": pid, "probability": p, "label": label, "model_version": version}
+            for pid, p, label in zip(ids, proba.tolist(), labels.tolist(), strict=True)
+        ]
+
+    def _count(self, served: ServedModel, labels: np.ndarray) -> None:
+        positives = int(labels.sum())
+        total = len(labels)
+        counts = self._counts.get(served.version)
+        if counts is None:
+            counts = self._counts.setdefault(served.version, [0, 0])
+        counts[0] += positives
+        counts[1] += total
+        if positives:
+            self.metrics.predictions.labels(model_version=served.version, label="1").inc(positives)
+        if total - positives:
+            self.metrics.predictions.labels(model_version=served.version, label="0").inc(total - positives)
+        current = self.holder.current
+        if current is not None and current.version == served.version:
+            self.metrics.positive_rate.set(counts[0] / counts[1])
+
+
+@dataclass
+class Services:
+    """Everything the routes need, built in the lifespan and reached through dependencies."""
+
+    settings: Settings
+    holder: ModelHolder
+    refresher: Refresher
+    predictions: PredictionService
+    log: PredictionLogWriter
+    engine: Engine
+    metrics: ServingMetrics

@@ -1,0 +1,80 @@
+"""The registry side of hot reload: resolve the champion alias and load a version (blocking calls).
+
+MLflow is imported only here and only when first used, so a server starting from its local cache
+does not pay for importing it on the way to its first prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from reggaeton import names
+from reggaeton.settings import Settings
+from serving.holder import ModelCheckError, ServedModel
+
+logger = logging.getLogger(__name__)
+
+
+class RegistrySource:
+    """Reads ``models:/<name>@champion`` via ``flows.registry``; every method blocks (use a thread)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: Any = None
+
+    @property
+    def model_name(self) -> str:
+        """The registered model followed."""
+        return self._settings.mlflow.model_name
+
+    def _connected(self) -> Any:
+        if self._client is None:
+            from flows import registry
+
+            self._client = registry.connect(self._settings)
+        return self._client
+
+    def champion(self) -> Any:
+        """The ModelVersion the champion alias points to, or None when there is none."""
+        from flows import registry
+
+        return registry.get_alias(self._connected(), self.model_name, names.CHAMPION)
+
+    def load(self, version: Any) -> ServedModel:
+        """Load a registered version into a :class:`ServedModel` (not yet smoke-checked).
+
+        Raises:
+            ModelCheckError: when the version carries no usable threshold tag.
+        """
+        from flows import registry
+
+        self._connected()
+        raw = version.tags.get(names.Tag.THRESHOLD)
+        try:
+            threshold = float(raw)
+        except (TypeError, ValueError):
+            raise ModelCheckError(
+                f"version {version.version} has no usable {names.Tag.THRESHOLD} tag (got {raw!r})"
+            ) from None
+        metrics = {}
+        for key, value in version.tags.items():
+            if key.startswith(names.Tag.METRIC_PREFIX):
+                try:
+                    metrics[key.removeprefix(names.Tag.METRIC_PREFIX)] = float(value)
+                except ValueError:
+                    logger.warning(
+                        "version %s: metric tag %s=%r is not a number", version.version, key, value
+                    )
+        model = registry.load_pipeline(self.model_name, str(version.version))
+        return ServedModel(
+            name=self.model_name,
+            version=str(version.version),
+            run_id=version.run_id,
+            model=model,
+            threshold=threshold,
+            loaded_at=datetime.now().astimezone(),
+            source="registry",
+            metrics=metrics,
+        )

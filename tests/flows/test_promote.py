@@ -1,0 +1,321 @@
+"""Promotion against a real SQLite MLflow registry and a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.events.worker import EventsWorker
+
+from flows import gate, promote, registry
+from reggaeton import names, prediction_log
+from reggaeton.data import Split, features_array, split, synthetic_dataset
+from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
+from reggaeton.promotion import PROMOTED, REJECTED
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.settings import MLflowSettings, PromotionSettings, Settings
+
+# Logistic regression: the one family the registry's skops trust list loads today.
+GOOD = {"C": 1.0}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MLflow store for the module (creating one costs seconds); each test has its own model name."""
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture
+def gate_settings(store: Path, request: pytest.FixtureRequest) -> Settings:
+    # A linear model on the small synthetic sample reaches PR-AUC ~0.2: floors set below it.
+    policy = PromotionSettings(bootstrap_rounds=200, min_pr_auc=0.1)
+    model_name = f"reggaeton-{request.node.name.removeprefix('test_')[:60]}"
+    return Settings(state_dir=store, promotion=policy, mlflow=MLflowSettings(model_name=model_name))
+
+
+@pytest.fixture(scope="module")
+def data() -> Split:
+    return split(synthetic_dataset(2000, seed=3), 0.4, seed=3)
+
+
+def _register(settings: Settings, data: Split, pipeline: Any, shuffle_labels: bool = False) -> str:
+    """Fit, log with its reference set and register a version, like the training flow does."""
+    client = registry.connect(settings)
+    y = data.train[TARGET].to_numpy()
+    if shuffle_labels:  # a valid model that learned nothing
+        y = np.random.default_rng(0).permutation(y)
+    pipeline.fit(features_array(data.train), y)
+    proba = pipeline.predict_proba(features_array(data.holdout))[:, 1]
+    experiment_id = registry.ensure_experiment(client, names.EXPERIMENT_TRAINING, settings)
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = registry.log_model(pipeline, data.holdout, threshold=0.5)
+        registry.log_reference(registry.reference_frame(data.holdout, proba, 0.5))
+    model_name = settings.mlflow.model_name
+    version = registry.register(client, info, model_name, {names.Tag.THRESHOLD: 0.5})
+    client.set_registered_model_alias(model_name, names.CHALLENGER, version.version)
+    return str(version.version)
+
+
+def _good(settings: Settings, data: Split, seed: int = 0) -> str:
+    return _register(settings, data, build_pipeline(LOGISTIC_REGRESSION, GOOD, seed=seed))
+
+
+def _useless(settings: Settings, data: Split) -> str:
+    return _register(settings, data, build_pipeline(LOGISTIC_REGRESSION, GOOD, seed=0), shuffle_labels=True)
+
+
+def _corrupt(settings: Settings, version: str) -> None:
+    """Overwrite a registered version's serialized model with garbage (a damaged artifact store)."""
+    client = registry.connect(settings)
+    location = client.get_model_version_download_uri(settings.mlflow.model_name, version)
+    files = list(Path(urlparse(location).path).rglob("*.skops"))
+    assert files, f"no serialized model under {location}"
+    for path in files:
+        path.write_bytes(b"not a model")
+
+
+def _champion(settings: Settings) -> str | None:
+    version = registry.get_alias(registry.connect(settings), settings.mlflow.model_name, names.CHAMPION)
+    return None if version is None else str(version.version)
+
+
+def _tags(settings: Settings, version: str) -> dict[str, str]:
+    return dict(registry.connect(settings).get_model_version(settings.mlflow.model_name, version).tags)
+
+
+def _events(settings: Settings, name: str, version: str, expected: int = 1) -> list[Any]:
+    """Events of one name about one version, waiting (bounded) for the server to store them."""
+    EventsWorker.drain_all()
+    resource = f"{names.Event.RESOURCE_PREFIX}.{settings.mlflow.model_name}"
+    flt = EventFilter(
+        occurred=EventOccurredFilter(since=datetime.now(UTC) - timedelta(hours=1)),
+        event=EventNameFilter(name=[name]),
+        resource=EventResourceFilter(id=[resource]),
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            found = [
+                e
+                for e in client.read_events(filter=flt, limit=50).events
+                if e.resource.get("reggaeton.model.version") == version
+            ]
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _artifacts() -> list[Any]:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[names.PROMOTION_ARTIFACT_KEY]))
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api_url")
+def test_first_gate_makes_a_champion_and_a_rerun_changes_nothing(
+    gate_settings: Settings, data: Split
+) -> None:
+    artifacts_before = len(_artifacts())
+    version = _good(gate_settings, data)
+
+    first = promote.promotion_gate(version, gate_settings)
+
+    assert first["outcome"] == PROMOTED and first["changed"]
+    assert first["reason"].startswith("no champion yet")
+    assert _champion(gate_settings) == version
+    tags = _tags(gate_settings, version)
+    assert tags[names.Tag.DECISION] == PROMOTED
+    assert tags[names.Tag.DECISION_AGAINST] == "none"
+    detail = json.loads(tags[names.Tag.DECISION_DETAIL])
+    assert detail["challenger_metrics"]["pr_auc"] >= gate_settings.promotion.min_pr_auc
+    assert len(_events(gate_settings, names.Event.PROMOTED, version)) == 1
+    artifacts = _artifacts()
+    assert len(artifacts) == artifacts_before + 1
+    assert "| PR-AUC |" in artifacts[0].data and f"version {version}" in artifacts[0].data
+
+    second = promote.promotion_gate(version, gate_settings)
+
+    assert second["outcome"] == promote.UNCHANGED and not second["changed"]
+    assert _tags(gate_settings, version) == tags
+    assert len(_artifacts()) == artifacts_before + 1
+    assert len(_events(gate_settings, names.Event.PROMOTED, version, expected=2)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api_url")
+def test_identical_challenger_is_rejected_and_the_alias_stays(gate_settings: Settings, data: Split) -> None:
+    champion = _good(gate_settings, data)
+    promote.promotion_gate(champion, gate_settings)
+    twin = _good(gate_settings, data)
+
+    outcome = promote.promotion_gate(twin, gate_settings)
+
+    assert outcome["outcome"] == REJECTED
+    assert outcome["reason"].startswith("not better beyond noise")
+    assert _champion(gate_settings) == champion
+    assert _tags(gate_settings, twin)[names.Tag.DECISION] == REJECTED
+    assert _tags(gate_settings, twin)[names.Tag.DECISION_AGAINST] == champion
+    assert _tags(gate_settings, champion)[names.Tag.DECISION] == promote.RETAINED
+    events = _events(gate_settings, names.Event.REJECTED, twin)
+    assert len(events) == 1 and events[0].payload["champion_version"] == champion
+
+    tags = _tags(gate_settings, twin)
+    again = promote.promotion_gate(twin, gate_settings)
+    assert again["outcome"] == promote.UNCHANGED and _tags(gate_settings, twin) == tags
+    assert len(_events(gate_settings, names.Event.REJECTED, twin, expected=2)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api_url")
+def test_better_challenger_replaces_the_champion_and_rollback_restores_it(
+    gate_settings: Settings, data: Split
+) -> None:
+    weak = _useless(gate_settings, data)
+    # Below the floors for the gate, so an operator installs it.
+    assert promote.promotion_gate(weak, gate_settings)["outcome"] == REJECTED
+    assert _champion(gate_settings) is None
+    manual = promote.promote_version(weak, "bootstrap the registry", by="alice", settings=gate_settings)
+    assert manual["outcome"] == PROMOTED and _champion(gate_settings) == weak
+    assert _tags(gate_settings, weak)[names.Tag.DECIDED_BY] == "alice"
+
+    strong = _good(gate_settings, data)
+    outcome = promote.promotion_gate(strong, gate_settings)
+
+    assert outcome["outcome"] == PROMOTED and outcome["reason"].startswith("better beyond noise")
+    assert _champion(gate_settings) == strong
+    assert _tags(gate_settings, strong)[names.Tag.PREVIOUS_CHAMPION] == weak
+    client = registry.connect(gate_settings)
+    previous = client.get_model_version_by_alias(gate_settings.mlflow.model_name, names.PREVIOUS_CHAMPION)
+    assert str(previous.version) == weak
+    assert _tags(gate_settings, weak)[names.Tag.DECISION] == promote.REPLACED
+
+    back = promote.rollback("precision dropped", by="bob", settings=gate_settings)
+
+    assert back["version"] == weak and _champion(gate_settings) == weak
+    strong_tags, weak_tags = _tags(gate_settings, strong), _tags(gate_settings, weak)
+    assert strong_tags[names.Tag.DECISION] == promote.ROLLED_BACK
+    assert (
+        strong_tags[names.Tag.DECIDED_BY] == "bob"
+        and "precision dropped" in strong_tags[names.Tag.DECISION_REASON]
+    )
+    assert weak_tags[names.Tag.DECISION] == promote.RESTORED
+    assert registry.get_alias(client, gate_settings.mlflow.model_name, names.PREVIOUS_CHAMPION) is None
+    # The gate does not undo an operator's rollback.
+    assert promote.promotion_gate(strong, gate_settings)["outcome"] == promote.UNCHANGED
+    assert _champion(gate_settings) == weak
+    with pytest.raises(promote.PromotionError, match="no previous champion"):
+        promote.rollback("again", by="bob", settings=gate_settings)
+
+    promoted = _events(gate_settings, names.Event.PROMOTED, weak, expected=2)
+    assert {e.payload["action"] for e in promoted} == {promote.MANUAL, promote.ROLLBACK}
+    assert {e.payload["decided_by"] for e in promoted} == {"alice", "bob"}
+    assert len(_events(gate_settings, names.Event.PROMOTED, strong)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api_url")
+def test_broken_challenger_is_rejected_and_cannot_be_forced(gate_settings: Settings, data: Split) -> None:
+    champion = _good(gate_settings, data)
+    promote.promotion_gate(champion, gate_settings)
+    broken = _good(gate_settings, data)
+    _corrupt(gate_settings, broken)
+
+    outcome = promote.promotion_gate(broken, gate_settings)
+
+    assert outcome["outcome"] == REJECTED
+    assert outcome["reason"].startswith("invalid challenger: failed to load")
+    assert _champion(gate_settings) == champion
+    with pytest.raises(promote.PromotionError, match="refusing to promote"):
+        promote.promote_version(broken, "try anyway", by="carol", settings=gate_settings)
+    assert _champion(gate_settings) == champion
+
+
+def test_evaluation_adds_labelled_traffic_the_challenger_has_not_seen(
+    settings: Settings, data: Split
+) -> None:
+    gate_settings = settings  # its own prediction log
+    version = _good(gate_settings, data)
+    client = registry.connect(gate_settings)
+    challenger = client.get_model_version(names.MODEL_NAME, version)
+    trained_at = datetime.fromtimestamp(client.get_run(str(challenger.run_id)).info.start_time / 1000, UTC)
+    engine = prediction_log.make_engine(gate_settings.prediction_log_url)
+    prediction_log.create_tables(engine)
+    rows = data.holdout.head(6)
+    predicted = [trained_at - timedelta(hours=1)] * 2 + [trained_at + timedelta(hours=1)] * 4
+    with engine.begin() as connection:
+        for (_, row), when in zip(rows.iterrows(), predicted, strict=True):
+            pid = str(uuid.uuid4())
+            features = {name: float(row[name]) for name in FEATURE_NAMES}
+            connection.execute(
+                prediction_log.predictions.insert().values(
+                    id=pid,
+                    created_at=when,
+                    model_name=names.MODEL_NAME,
+                    model_version=version,
+                    **features,
+                    **{PROBABILITY: 0.5, PREDICTION: 1},
+                )
+            )
+            connection.execute(
+                prediction_log.feedback.insert().values(
+                    prediction_id=pid, label=int(row[TARGET]), received_at=when + timedelta(minutes=5)
+                )
+            )
+    engine.dispose()
+
+    traffic = prediction_log.labelled_traffic(prediction_log.make_engine(gate_settings.prediction_log_url))
+    assert len(traffic) == 6 and list(traffic[TARGET]) == list(rows[TARGET])
+
+    frame = gate.load_evaluation(gate_settings, client, challenger, None)
+
+    assert (frame[gate.ORIGIN] == gate.HOLDOUT).sum() == len(data.holdout)
+    assert (frame[gate.ORIGIN] == gate.TRAFFIC).sum() == 4  # predicted after the challenger was trained
+    no_feedback_training = gate_settings.model_copy(
+        update={"data": gate_settings.data.model_copy(update={"include_feedback": False})}
+    )
+    assert (
+        gate.load_evaluation(no_feedback_training, client, challenger, None)[gate.ORIGIN] == "traffic"
+    ).sum() == 6
+
+
+def test_labelled_traffic_is_empty_without_a_log(settings: Settings) -> None:
+    settings.ensure_state_dir()
+    traffic = prediction_log.labelled_traffic(prediction_log.make_engine(settings.prediction_log_url))
+    assert traffic.empty and [*FEATURE_NAMES, TARGET] == [
+        c for c in traffic.columns if c in (*FEATURE_NAMES, TARGET)
+    ]
+    assert isinstance(traffic, pd.DataFrame)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api_url")
+def test_operator_commands_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: Split
+) -> None:
+    monkeypatch.setenv("REGGAETON_STATE_DIR", str(tmp_path / "state"))
+    settings = Settings()
+    version = _good(settings, data)
+
+    assert promote.main(["rollback", "--reason", "nothing to roll back yet"]) == 1
+    assert promote.main(["promote", "--version", version, "--reason", "first model", "--by", "dana"]) == 0
+
+    assert _champion(settings) == version
+    tags = _tags(settings, version)
+    assert (
+        tags[names.Tag.DECIDED_BY] == "dana"
+        and tags[names.Tag.DECISION_REASON] == "manual promotion: first model"
+    )

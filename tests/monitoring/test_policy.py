@@ -1,0 +1,105 @@
+"""The alert policy is a pure function of chunk results: every rule on hand-built chunks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from monitoring.estimation import ChunkResult, Estimate
+from monitoring.policy import AlertKind, Policy, Results, evaluate
+
+POLICY = Policy(
+    thresholds={"roc_auc": 0.8}, consecutive_chunks=2, min_rows=200, min_labelled=50, drift_min_features=2
+)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def chunk(
+    index: int,
+    estimated: float = 0.95,
+    *,
+    rows: int = 500,
+    realized: float | None = None,
+    labelled: int = 0,
+    positives: int = 0,
+    drifted: tuple[str, ...] = (),
+    multivariate: bool = False,
+) -> ChunkResult:
+    return ChunkResult(
+        index=index,
+        start=T0 + timedelta(hours=index),
+        end=T0 + timedelta(hours=index, minutes=59),
+        rows=rows,
+        labelled=labelled,
+        labelled_positives=positives,
+        estimated={"roc_auc": Estimate(estimated, estimated - 0.05, min(1.0, estimated + 0.05))},
+        realized={} if realized is None else {"roc_auc": realized},
+        drifted_features=drifted,
+        reconstruction_error=1.5 if multivariate else 1.2,
+        reconstruction_threshold=1.4,
+        multivariate_drift=multivariate,
+    )
+
+
+def kinds(alerts: list) -> list[AlertKind]:
+    return [alert.kind for alert in alerts]
+
+
+def test_healthy_chunks_raise_nothing() -> None:
+    assert evaluate(Results("1", [chunk(i) for i in range(10)]), POLICY) == []
+
+
+def test_one_low_chunk_is_not_enough_two_in_a_row_are() -> None:
+    assert evaluate(Results("1", [chunk(0, 0.7), chunk(1), chunk(2, 0.7)]), POLICY) == []
+    alerts = evaluate(Results("1", [chunk(0), chunk(1, 0.75), chunk(2, 0.7)]), POLICY)
+    assert kinds(alerts) == [AlertKind.DEGRADED]
+    alert = alerts[0]
+    assert (alert.metric, alert.source, alert.value, alert.threshold) == ("roc_auc", "estimated", 0.7, 0.8)
+    assert alert.window_start == chunk(1).start and alert.window_end == chunk(2).end
+    payload = alert.payload()
+    assert payload["model_version"] == "1" and payload["window"]["chunks"] == 2
+
+
+def test_streak_continues_from_history_but_only_new_chunks_fire() -> None:
+    continued = evaluate(Results("1", [chunk(1, 0.7)], history=[chunk(0, 0.7)]), POLICY)
+    assert kinds(continued) == [AlertKind.DEGRADED]
+    # A streak entirely in the history was already reported by an earlier run.
+    assert evaluate(Results("1", [chunk(2)], history=[chunk(0, 0.7), chunk(1, 0.7)]), POLICY) == []
+
+
+def test_realized_needs_enough_labels_of_both_classes() -> None:
+    few = [chunk(i, realized=0.5, labelled=40, positives=10) for i in range(3)]
+    assert evaluate(Results("1", few), POLICY) == []
+    one_class = [chunk(i, realized=0.5, labelled=200, positives=2) for i in range(3)]
+    assert evaluate(Results("1", one_class), POLICY) == []
+    enough = [chunk(i, realized=0.6, labelled=200, positives=30) for i in range(2)]
+    alerts = evaluate(Results("1", enough), POLICY)
+    assert [(a.kind, a.source) for a in alerts] == [(AlertKind.DEGRADED, "realized")]
+
+
+def test_small_window_is_insufficient_data_never_an_alarm() -> None:
+    alerts = evaluate(Results("1", [], window_rows=120), POLICY)
+    assert kinds(alerts) == [AlertKind.INSUFFICIENT_DATA]
+    assert (alerts[0].value, alerts[0].threshold) == (120.0, 200.0)
+    # Thin chunks (period chunking) with terrible numbers are reported as thin, not as degraded.
+    thin = [chunk(i, 0.3, rows=50, drifted=("tempo", "energy")) for i in range(4)]
+    assert kinds(evaluate(Results("1", thin), POLICY)) == [AlertKind.INSUFFICIENT_DATA]
+
+
+def test_thin_chunks_neither_break_nor_extend_a_streak() -> None:
+    chunks = [chunk(0, 0.7), chunk(1, 0.99, rows=10), chunk(2, 0.7)]
+    assert AlertKind.DEGRADED in kinds(evaluate(Results("1", chunks), POLICY))
+
+
+def test_drift_without_performance_drop_is_drifted() -> None:
+    chunks = [chunk(0, drifted=("tempo", "energy")), chunk(1, multivariate=True)]
+    alerts = evaluate(Results("1", chunks), POLICY)
+    assert kinds(alerts) == [AlertKind.DRIFTED]
+    assert alerts[0].metric == "reconstruction_error" and alerts[0].value == 1.5
+    assert alerts[0].details["features"] == ["energy", "tempo"]
+    # One drifting feature is below drift_min_features.
+    assert evaluate(Results("1", [chunk(i, drifted=("tempo",)) for i in range(3)]), POLICY) == []
+
+
+def test_drift_with_performance_drop_is_degraded_only() -> None:
+    chunks = [chunk(i, 0.6, multivariate=True) for i in range(2)]
+    assert kinds(evaluate(Results("1", chunks), POLICY)) == [AlertKind.DEGRADED]

@@ -1,0 +1,195 @@
+"""Every endpoint and the bad-input matrix, against a real uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+import pytest
+from serving_support import Registry, Server
+from sqlalchemy import func, select
+
+from reggaeton.prediction_log import make_engine, predictions
+from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, INVALID_EXAMPLE_SONG
+
+SONG = EXAMPLE_SONGS[0]
+
+
+def test_predict_one_song(served: Server, registry_versions: Registry) -> None:
+    with served.client() as client:
+        response = client.post("/predict", json=SONG)
+    assert response.status_code == 200, response.text
+    (prediction,) = response.json()["predictions"]
+    assert prediction["model_version"] == registry_versions.good[0]
+    assert 0.0 <= prediction["probability"] <= 1.0
+    assert prediction["label"] == int(prediction["probability"] >= 0.5)
+    assert len(prediction["id"]) == 36
+
+
+def test_predict_a_list_keeps_order_and_matches_single_calls(served: Server) -> None:
+    with served.client() as client:
+        batch = client.post("/predict", json=list(EXAMPLE_SONGS)).json()["predictions"]
+        singles = [client.post("/predict", json=song).json()["predictions"][0] for song in EXAMPLE_SONGS]
+    assert [p["probability"] for p in batch] == pytest.approx([p["probability"] for p in singles])
+    assert len({p["id"] for p in batch + singles}) == len(batch) + len(singles)
+
+
+def _error_fields(response: httpx.Response) -> set[str]:
+    return {error["msg"].split(":", 1)[0] for error in response.json()["detail"]}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (INVALID_EXAMPLE_SONG, "loudness"),  # the challenge's own example: 125.513 dB
+        ({k: v for k, v in SONG.items() if k != "tempo"}, "tempo"),  # missing
+        ({**SONG, "genre": "reggaeton"}, "genre"),  # extra
+        ({**SONG, "energy": "loud"}, "energy"),  # non-numeric
+        ({**SONG, "energy": "0.5"}, "energy"),  # a number in a string is not a number
+        ({**SONG, "valence": True}, "valence"),  # booleans are not numbers
+        ({**SONG, "valence": None}, "valence"),  # null
+        ({**SONG, "danceability": 1.5}, "danceability"),  # above range
+        ({**SONG, "speechiness": -0.1}, "speechiness"),  # below range
+        ({**SONG, "tempo": 0}, "tempo"),  # the lower bound is open
+        ({**SONG, "acousticness": [0.1]}, "acousticness"),  # wrong type
+        ([SONG, {**SONG, "loudness": 3.0}], "loudness"),  # one bad song in a list
+    ],
+)
+def test_bad_song_gets_422_naming_the_field(served: Server, body: Any, field: str) -> None:
+    with served.client() as client:
+        response = client.post("/predict", json=body)
+    assert response.status_code == 422, response.text
+    assert field in _error_fields(response)
+
+
+@pytest.mark.parametrize(
+    ("literal", "field"),
+    [("NaN", "energy"), ("Infinity", "energy"), ("-Infinity", "loudness"), ("1e999", "tempo")],
+)
+def test_json_nan_and_infinity_literals_get_422(served: Server, literal: str, field: str) -> None:
+    fields = ", ".join(f'"{k}": {literal if k == field else v}' for k, v in SONG.items())
+    with served.client() as client:
+        response = client.post(
+            "/predict", content="{" + fields + "}", headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 422, response.text
+    assert _error_fields(response) == {field}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{", b"not json", b"[]", b"42", b'"song"', b"null", b"[[[[[]]]]]", b"[" * 100_00 + b"]" * 100_00],
+)
+def test_malformed_bodies_get_4xx_never_500(served: Server, content: bytes) -> None:
+    with served.client() as client:
+        response = client.post("/predict", content=content, headers={"content-type": "application/json"})
+    assert response.status_code in (413, 422), response.text
+
+
+def test_oversize_batch_and_body_get_413(served: Server) -> None:
+    with served.client() as client:
+        too_many = client.post("/predict", json=[SONG] * 17)  # max_batch=16 in this fixture
+        too_big = client.post(
+            "/predict", content=b" " * 5000 + b"{}", headers={"content-type": "application/json"}
+        )
+
+        def chunks() -> Any:
+            for _ in range(10):
+                yield b" " * 1000
+
+        streamed = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert too_many.status_code == 413
+    assert too_big.status_code == 413
+    assert streamed.status_code == 413
+
+
+def test_health_ready_model(served: Server, registry_versions: Registry) -> None:
+    with served.client() as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/ready").json() == {"ready": True, "model_version": registry_versions.good[0]}
+        model = client.get("/model").json()
+    assert model["name"] == "reggaeton-classifier"
+    assert model["version"] == registry_versions.good[0]
+    assert model["threshold"] == 0.5
+    assert model["metrics"] == {"pr_auc": 0.9}
+    assert model["source"] == "registry"
+    assert model["run_id"]
+    assert model["features"] == list(FEATURE_NAMES)
+
+
+def test_metrics_count_requests_and_predictions(served: Server) -> None:
+    with served.client() as client:
+        client.post("/predict", json=SONG)
+        client.post("/predict", json=INVALID_EXAMPLE_SONG)
+        text = client.get("/metrics").text
+    assert 'reggaeton_http_requests_total{route="/predict",status="200"}' in text
+    assert 'reggaeton_http_requests_total{route="/predict",status="422"}' in text
+    assert "reggaeton_http_request_duration_seconds_bucket" in text
+    assert "reggaeton_model_version_info{model_version=" in text
+    assert "reggaeton_predicted_positive_rate" in text
+    assert 'reggaeton_model_reloads_total{outcome="swapped"} 1.0' in text
+    assert "reggaeton_prediction_log_queue_rows" in text
+    assert "reggaeton_prediction_log_queue_full_total 0.0" in text
+
+
+def test_openapi_has_the_challenge_examples(served: Server) -> None:
+    with served.client() as client:
+        spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["examples"]["one song"]["value"] == SONG
+    assert set(spec["components"]["schemas"]["Song"]["properties"]) == set(FEATURE_NAMES)
+    assert spec["components"]["schemas"]["Song"]["properties"]["loudness"]["maximum"] == 0
+
+
+def test_feedback_needs_admin_token(served: Server) -> None:
+    with served.client() as client:
+        pid = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
+        missing = client.post("/feedback", json={"prediction_id": pid, "label": 1})
+        wrong = client.post(
+            "/feedback",
+            json={"prediction_id": pid, "label": 1},
+            headers={"Authorization": "Bearer nope-ñ".encode()},
+        )
+        reload_ = client.post("/admin/reload")
+    assert missing.status_code == wrong.status_code == reload_.status_code == 401
+
+
+def test_feedback_records_once_and_repeats_idempotently(served: Server) -> None:
+    with served.client(headers=served.admin_headers()) as client:
+        pid = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
+        first = client.post("/feedback", json={"prediction_id": pid, "label": 1})
+        again = client.post("/feedback", json={"prediction_id": pid, "label": 1})
+        other = client.post("/feedback", json={"prediction_id": pid, "label": 0})
+        unknown = client.post("/feedback", json={"prediction_id": "no-such-id", "label": 1})
+        bad = client.post("/feedback", json={"prediction_id": pid, "label": 2})
+    assert first.status_code == 200 and first.json()["created"] is True
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert other.status_code == 409
+    assert unknown.status_code == 404
+    assert bad.status_code == 422 and "label" in _error_fields(bad)
+
+
+def test_admin_reload_reports_unchanged(served: Server, registry_versions: Registry) -> None:
+    with served.client(headers=served.admin_headers()) as client:
+        result = client.post("/admin/reload").json()
+    assert result == {"outcome": "unchanged", "version": registry_versions.good[0], "detail": None}
+
+
+def test_predictions_are_logged(served: Server) -> None:
+    with served.client(headers=served.admin_headers()) as client:
+        ids = [p["id"] for p in client.post("/predict", json=list(EXAMPLE_SONGS)).json()["predictions"]]
+        # Feedback waits for the log to be flushed, so afterwards the rows are visible.
+        client.post("/feedback", json={"prediction_id": ids[0], "label": 0})
+    engine = make_engine(served.settings.prediction_log_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(select(predictions).where(predictions.c.id.in_(ids))).mappings().all()
+            total = connection.execute(select(func.count()).select_from(predictions)).scalar_one()
+    finally:
+        engine.dispose()
+    assert {row["id"] for row in rows} == set(ids)
+    by_id = {row["id"]: row for row in rows}
+    assert by_id[ids[1]]["loudness"] == EXAMPLE_SONGS[1]["loudness"]
+    assert all(math.isfinite(row["probability"]) for row in rows)
+    assert total > len(ids)

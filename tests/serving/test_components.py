@@ -1,0 +1,123 @@
+"""The server's parts without HTTP: micro-batching, the log writer's backpressure, the model cache."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sqlalchemy import func, select
+
+from reggaeton.prediction_log import create_tables, make_engine, predictions
+from serving.batching import MicroBatcher
+from serving.cache import ModelCache
+from serving.holder import ModelCheckError, ServedModel, examples_array, smoke_check
+from serving.log_writer import LogEntry, PredictionLogWriter
+from serving.metrics import ServingMetrics
+
+
+class _CountingModel:
+    """A fitted logistic regression that records the size of every predict_proba call."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        features = rng.random((60, 7))
+        self._model = LogisticRegression().fit(features, (features[:, 0] > 0.5).astype(int))
+        self.calls: list[int] = []
+
+    def predict_proba(self, features: np.ndarray) -> Any:
+        self.calls.append(len(features))
+        return self._model.predict_proba(features)
+
+
+def _served(model: Any, version: str = "1", threshold: float = 0.5) -> ServedModel:
+    return ServedModel("m", version, None, model, threshold, datetime.now(UTC), "registry")
+
+
+def test_concurrent_requests_share_one_model_call() -> None:
+    model = _CountingModel()
+    served = _served(model)
+    rows = [np.random.default_rng(i).random((1 + i % 3, 7)) for i in range(20)]
+
+    async def run() -> list[np.ndarray]:
+        batcher = MicroBatcher(max_rows=1000, metrics=ServingMetrics())
+        return await asyncio.gather(*(batcher.probabilities(served, r) for r in rows))
+
+    results = asyncio.run(run())
+    assert model.calls == [sum(len(r) for r in rows)]
+    for features, proba in zip(rows, results, strict=True):
+        np.testing.assert_allclose(proba, model._model.predict_proba(features)[:, 1])
+
+
+def test_batches_respect_max_rows_and_model_versions() -> None:
+    old, new = _CountingModel(), _CountingModel()
+    served = [_served(new, "2"), _served(old, "1")]  # a swap between requests: two versions in flight
+    row = np.full((1, 7), 0.5)
+
+    async def run() -> None:
+        batcher = MicroBatcher(max_rows=4, metrics=ServingMetrics())
+        calls = [batcher.probabilities(served[i % 2], row) for i in range(10)]
+        await asyncio.gather(*calls)
+
+    asyncio.run(run())
+    assert sorted(old.calls + new.calls) == [1, 1, 4, 4]
+
+
+def test_full_log_queue_waits_and_loses_nothing(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    create_tables(engine)
+    metrics = ServingMetrics()
+    entries = 200
+
+    async def run() -> None:
+        writer = PredictionLogWriter(engine, metrics, capacity_rows=3, batch_rows=2, flush_interval_s=0.05)
+        writer.start()
+        now = datetime.now(UTC)
+
+        async def submit(i: int) -> None:
+            ids = [f"{i}-a", f"{i}-b"]
+            features = np.full((2, 7), 0.5)
+            await writer.submit(
+                LogEntry(ids, now, "m", "1", features, np.array([0.1, 0.9]), np.array([0, 1]))
+            )
+
+        await asyncio.gather(*(submit(i) for i in range(entries)))
+        await writer.close()
+
+    asyncio.run(run())
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(predictions)).scalar_one() == 2 * entries
+    assert metrics.log_queue_full._value.get() > 0
+    assert metrics.log_rows_written._value.get() == 2 * entries
+    engine.dispose()
+
+
+def test_smoke_check_refuses_nan_and_bad_threshold() -> None:
+    model = _CountingModel()
+    smoke_check(_served(model))
+    with pytest.raises(ModelCheckError, match="threshold"):
+        smoke_check(_served(model, threshold=1.5))
+
+    class NaNModel:
+        def predict_proba(self, features: np.ndarray) -> np.ndarray:
+            return np.full((len(features), 2), np.nan)
+
+    with pytest.raises(ModelCheckError, match="finite"):
+        smoke_check(_served(NaNModel()))
+
+
+def test_cache_round_trip_and_other_model_ignored(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "cache")
+    assert cache.load("m") is None
+    model = _CountingModel()
+    cache.save(_served(model, version="7"))
+    loaded = cache.load("m")
+    assert loaded is not None and loaded.version == "7" and loaded.source == "cache"
+    np.testing.assert_allclose(
+        loaded.probabilities(examples_array()), _served(model).probabilities(examples_array())
+    )
+    assert cache.load("another-model") is None
