@@ -71,6 +71,10 @@ test: install ## Run the whole test suite (the README's test command)
 .PHONY: check
 check: lint typecheck test ## Lint, types, then tests
 
+.PHONY: bench-train
+bench-train: install ## Time 50 Optuna trials on the original data (DATA=folder) and the MLflow logging overhead
+	$(BIN)/python benchmarks/bench_train.py $(if $(DATA),--data $(DATA))
+
 .PHONY: bench-monitor
 bench-monitor: install ## Monitor run vs NannyML alone at 100 k and 1 M logged predictions
 	$(BIN)/python benchmarks/bench_monitor.py

@@ -7,6 +7,7 @@ the reference set at ``names.REFERENCE_ARTIFACT``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import tempfile
 import time
@@ -42,9 +43,10 @@ SKOPS_TRUSTED_TYPES = [
     "sklearn.utils._bunch.Bunch",
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    # SMOTE's fitted nearest-neighbour index (the baseline pipeline).
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    # A fitted SMOTE keeps its nearest-neighbour index (a KD or ball tree on larger data).
     "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
 ]
 
 
@@ -65,6 +67,16 @@ def ensure_experiment(client: MlflowClient, name: str, settings: Settings) -> st
     # A tracking server decides artifact locations itself; a database store needs one.
     location = None if settings.tracking_uri.startswith("http") else f"{settings.artifact_root}/{name}"
     return str(client.create_experiment(name, artifact_location=location))
+
+
+# What a logged pipeline needs to load. Declared, because MLflow's inference loads the model in a
+# subprocess (seconds per logged model) only to find these same packages.
+MODEL_REQUIREMENTS = ("scikit-learn", "imbalanced-learn", "skops", "numpy")
+
+
+def pip_requirements() -> list[str]:
+    """The model's requirements pinned to the versions installed here (the ones it was trained with)."""
+    return [f"{package}=={importlib.metadata.version(package)}" for package in MODEL_REQUIREMENTS]
 
 
 # MLflow's SQL stores keep at most 36 characters of a dataset digest.
@@ -125,6 +137,7 @@ def log_model(pipeline: Any, example: pd.DataFrame, threshold: float) -> ModelIn
         pyfunc_predict_fn="predict_proba",
         metadata={"threshold": threshold, "features": list(FEATURE_NAMES)},
         skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        pip_requirements=pip_requirements(),
     )
 
 

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 from prefect import Task, flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from sqlalchemy.exc import OperationalError
 
 from flows import registry
 from reggaeton import names, tuning
@@ -49,8 +50,19 @@ TRAFFIC_SOURCE = "prediction-log"
 BASELINE_PREFIX = "baseline_"
 PR_CURVE_ARTIFACT = "plots/precision_recall.png"
 CALIBRATION_ARTIFACT = "plots/calibration.png"
-# Failures worth a retry: the tracking server or its database did not answer.
-TRANSIENT_ERRORS = (MlflowException, OSError, ConnectionError, TimeoutError)
+# MLflow error codes that mean "try again later".
+_TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """Whether a failure is worth a retry: the tracking server or its database did not answer."""
+    if isinstance(error, OSError | TimeoutError | OperationalError):
+        return True
+    if isinstance(error, MlflowException):
+        # MLflow's REST client wraps connection failures and timeouts in this message.
+        return error.error_code in _TRANSIENT_CODES or str(error.message).startswith("API request to")
+    return False
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -137,7 +149,6 @@ def start_training_run(settings: Settings, dataset: Dataset, parts: Split, flow_
                 **{f"training.{k}": v for k, v in settings.training.model_dump().items()},
             }
         )
-        mlflow.set_tag(names.Tag.DATA_HASH, dataset.content_hash)
         return str(run.info.run_id)
 
 
@@ -164,7 +175,9 @@ def trial_logger(
                     "cv_seconds": trial.user_attrs[tuning.FIT_SECONDS],
                 },
             )
-        except TRANSIENT_ERRORS:
+        except Exception as error:
+            if not is_transient_error(error):
+                raise
             # A lost trial record must not throw away the study; the parent run keeps the best trial.
             logger.warning("could not record trial %d of %s in MLflow", trial.number, study.study_name)
 
@@ -346,10 +359,8 @@ def _is_transient(_task: Any, _run: Any, state: Any) -> bool:
     """Retry only when the tracking server (or its database) did not answer."""
     try:
         state.result()
-    except TRANSIENT_ERRORS:
-        return True
-    except Exception:
-        return False
+    except Exception as error:
+        return is_transient_error(error)
     return False
 
 
@@ -422,7 +433,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-folder", help="folder in the original CSV layout (default: synthetic sample)")
     parser.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Importing Prefect configures the root logger (WARNING); this entry point reports at INFO.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar shows the trials
     settings = Settings()
     # An explicit PREFECT_API_URL wins; otherwise the local stack's server from the settings.
     api_url = os.environ.get("PREFECT_API_URL") or settings.prefect_api_url

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import numpy as np
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import RepeatedStratifiedKFold
@@ -166,7 +167,7 @@ def trial_family_and_params(trial: FrozenTrial) -> tuple[str, dict[str, Any]]:
     return str(trial.params[FAMILY_PARAM]), dict(trial.user_attrs[PARAMS])
 
 
-def create_study(storage: str, study_name: str, seed: int) -> optuna.Study:
+def create_study(storage: str | BaseStorage, study_name: str, seed: int) -> optuna.Study:
     """A maximising TPE study in persistent storage (resumed when it already exists)."""
     return optuna.create_study(
         storage=storage,
@@ -181,7 +182,7 @@ def tune(
     X: np.ndarray,
     y: np.ndarray,
     *,
-    storage: str,
+    storage: str | BaseStorage,
     study_name: str,
     families: Sequence[str],
     n_trials: int,
@@ -202,7 +203,8 @@ def tune(
     Args:
         X: Training features in schema order.
         y: Binary target.
-        storage: Optuna RDB storage URL (a shared Postgres URL lets several workers tune one study).
+        storage: Optuna RDB storage URL (a shared Postgres URL lets several workers tune one study),
+            or a storage object.
         study_name: Name of the study in that storage.
         families: Model families to search over.
         n_trials: Trials to run in this call.
@@ -213,7 +215,9 @@ def tune(
         timeout_s: Stop starting trials after this many seconds.
         callbacks: Called after each finished trial, in the trial's thread (e.g. an MLflow logger).
         progress_bar: Show Optuna's progress bar on the terminal.
-        enqueue: Trial parameters (study names) to evaluate first, in order (replaying a study).
+        enqueue: Trial parameters (study names) to evaluate first, in order (replaying a study). With
+            ``n_jobs > 1`` use an in-memory storage: on SQLite two threads can claim the same
+            enqueued trial (no row locks), and Optuna then fails with "Cannot tell a COMPLETE trial".
     """
     unknown = [f for f in families if f not in SEARCH_SPACES]
     if unknown:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from uuid import UUID
 
 import pandas as pd
 import pytest
+import skops.io
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from flows import registry
@@ -16,14 +22,24 @@ from flows.train import (
     PR_CURVE_ARTIFACT,
     TRAFFIC_SOURCE,
     TrainingResult,
+    is_transient_error,
     train,
     train_flow,
     training_data,
 )
 from reggaeton import names
-from reggaeton.data import OTHER_FILE, REGGAETON_FILE, load_folder
+from reggaeton.data import OTHER_FILE, REGGAETON_FILE, load_folder, split
+from reggaeton.model import (
+    BASELINE,
+    HIST_GRADIENT_BOOSTING,
+    IMBALANCE,
+    IMBALANCE_CHOICES,
+    RANDOM_FOREST,
+)
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET, SchemaError, validate_frame
 from reggaeton.settings import DataSettings, Settings, TrainingSettings
+from reggaeton.training import fit_pipeline
+from reggaeton.tuning import SEARCH_SPACES
 
 
 def _settings(state: Path, folder: Path, **training: object) -> Settings:
@@ -206,3 +222,48 @@ def test_train_flow_leaves_a_documented_challenger(
     pipeline = registry.load_pipeline(names.MODEL_NAME, challenger.version)
     proba = pipeline.predict_proba(reference[list(FEATURE_NAMES)].to_numpy())[:, 1]
     assert proba == pytest.approx(reference[PROBABILITY].to_numpy())
+
+
+@pytest.mark.slow
+def test_command_line_runs_the_flow_against_the_prefect_server(
+    prefect_api_url: str, original_data: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api_url,
+        "REGGAETON_STATE_DIR": str(state),
+        "REGGAETON_DATA__INCLUDE_FEEDBACK": "false",
+        "REGGAETON_TRAINING__CV_FOLDS": "3",
+        "REGGAETON_TRAINING__N_JOBS": "1",
+        "REGGAETON_TRAINING__BOOTSTRAP_ROUNDS": "100",
+    }
+    command = [sys.executable, "-m", "flows.train", "--data-folder", str(original_data), "--n-trials", "2"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "challenger version: 1" in completed.stderr
+    client = registry.connect(Settings(state_dir=state))
+    challenger = registry.get_alias(client, names.MODEL_NAME, names.CHALLENGER)
+    assert challenger is not None and str(challenger.version) == "1"
+
+
+@pytest.mark.parametrize("family", [*sorted(SEARCH_SPACES), BASELINE])
+def test_every_fitted_pipeline_is_loadable_with_the_trusted_types(family: str, original_data: Path) -> None:
+    # Real data size matters: a fitted SMOTE keeps a KD-tree index only above a few hundred rows.
+    parts = split(load_folder(original_data), 0.25, seed=0)
+    small = {HIST_GRADIENT_BOOSTING: {"max_iter": 10}, RANDOM_FOREST: {"n_estimators": 5}}.get(family, {})
+    options = [{}] if family == BASELINE else [{IMBALANCE: choice} for choice in IMBALANCE_CHOICES]
+    for option in options:
+        pipeline = fit_pipeline(family, {**small, **option}, parts.train, seed=0)
+        untrusted = set(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
+        assert untrusted <= set(registry.SKOPS_TRUSTED_TYPES), (family, option)
+
+
+def test_only_unanswered_tracking_calls_are_retried() -> None:
+    assert is_transient_error(
+        MlflowException("API request to http://127.0.0.1:1/api failed with exception x")
+    )
+    assert is_transient_error(ConnectionRefusedError())
+    assert is_transient_error(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not is_transient_error(MlflowException("The saved sklearn model references untrusted types."))
+    assert not is_transient_error(SchemaError("data.csv", "no rows", rows=0))
