@@ -51,8 +51,9 @@ def _snapshot(settings: Settings) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None:
+    # The session's Prefect server is shared: earlier tests may have applied some of these already.
     first_outcome = deploy.deploy(loop_settings, project_dir=project)
-    assert set(first_outcome.values()) <= {"created", "updated"}
+    assert set(first_outcome.values()) <= {"created", "updated", "unchanged"}
     first = _snapshot(loop_settings)
 
     second_outcome = deploy.deploy(loop_settings, project_dir=project)

@@ -35,12 +35,12 @@ def train_and_promote() -> str:
 
 
 def _runs(settings: Settings) -> list[FlowRun]:
+    """Runs of the retrain deployment started by a person or an automation (not its weekly schedule)."""
     with automations.prefect_api(settings), get_client(sync_client=True) as client:
-        return list(
-            client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train-and-promote"]))
-            )
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train-and-promote"]))
         )
+    return [run for run in runs if not run.auto_scheduled]
 
 
 def _state(settings: Settings, flow_run_id: UUID) -> str | None:
@@ -83,7 +83,12 @@ def test_worker_killed_mid_retrain_the_retrain_runs_again(
             lambda: next((r for r in _runs(settings) if r.id != first.id), None),
             timeout_s=120,
         )
-        final = demo.wait_for_final(settings, rerun.id, timeout_s=300)
+        # The killed run's deployment concurrency slot is a lease the flow engine renews for 300 s at a
+        # time; the rerun may wait in AwaitingConcurrencySlot until that lease expires.
+        try:
+            final = demo.wait_for_final(settings, rerun.id, timeout_s=600)
+        except TimeoutError as exc:
+            raise AssertionError(f"rerun stuck in state {_state(settings, rerun.id)}") from exc
         assert final.state is not None and final.state.is_completed()
         time.sleep(5)
         assert len(_runs(settings)) == 2  # one rerun, not a loop of them
