@@ -152,6 +152,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "REGGAETON_SERVING__ADMIN_TOKEN must be set outside local mode (the default is a placeholder)"
             )
+        ports = {
+            "mlflow.port": self.mlflow.port,
+            "serving.port": self.serving.port,
+            "prefect.port": self.prefect.port,
+            "prefect.alert_receiver_port": self.prefect.alert_receiver_port,
+        }
+        for name, port in ports.items():
+            clashes = [other for other, value in ports.items() if value == port and other != name]
+            if clashes:
+                # The local stack would take the first service to answer there for the other one.
+                raise ValueError(f"{name} and {clashes[0]} are both {port}: each local service needs its own")
         return self
 
     # Resolved locations: the defaults all live in one state folder.

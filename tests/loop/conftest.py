@@ -47,13 +47,22 @@ def loop_settings(tmp_path: Path, prefect_api_url: str) -> Settings:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def free_port() -> Callable[[], int]:
-    """A function returning a free loopback port."""
-    return _free_port
+    """A function returning a free loopback port, never the same one twice in a test.
+
+    The kernel may hand out a just-closed ephemeral port again; two services of one stack on one port
+    would each take the other for itself.
+    """
+    given: set[int] = set()
+
+    def pick() -> int:
+        while True:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port not in given:
+                given.add(port)
+                return port
+
+    return pick
