@@ -9,12 +9,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException
+from monitoring_support import fit_champion
+from sklearn.metrics import roc_auc_score
 
 from monitoring import simulate
 from monitoring.api_client import PredictionApi
+from reggaeton import synthetic
+from reggaeton.data import features_array
+from reggaeton.model import RANDOM_FOREST, build_pipeline
 from reggaeton.schema import FEATURE_NAMES, TARGET, validate_frame
 from reggaeton.synthetic import REGGAETON_PRIOR
 
@@ -39,6 +45,24 @@ def test_drift_adds_a_reggaeton_sub_genre_with_other_tempo_acousticness_energy()
     assert abs(new["tempo"].median() - old["tempo"].median()) > 5
     with pytest.raises(ValueError, match="unknown scenario"):
         simulate.traffic("chaos", 10, seed=0)
+
+
+def test_drift_hurts_the_champion_and_a_retrain_on_its_labels_fixes_it() -> None:
+    """The loop's premise: the sub-genre is the champion's blind spot, yet learnable from feedback."""
+    champion, _, _ = fit_champion()
+    labelled = pd.concat([synthetic.generate(2300, 3), simulate.traffic("drift", 3000, seed=11)])
+    retrained = build_pipeline(RANDOM_FOREST, {"n_estimators": 100, "min_samples_leaf": 3}, seed=0)
+    retrained.fit(features_array(labelled), labelled[TARGET])
+    stable = simulate.traffic("stable", 4000, seed=12)
+    drift = simulate.traffic("drift", 4000, seed=12)
+
+    def auc(model: Any, songs: pd.DataFrame) -> float:
+        return float(roc_auc_score(songs[TARGET], model.predict_proba(features_array(songs))[:, 1]))
+
+    usual, before, after = auc(champion, stable), auc(champion, drift), auc(retrained, drift)
+    print(f"ROC-AUC: champion {usual:.3f} stable, {before:.3f} drift; retrained {after:.3f} drift")
+    assert usual > 0.9 and before < 0.8  # degraded by the policy's default threshold
+    assert after > 0.9 and after - before > 0.15
 
 
 class ContractApi:
