@@ -32,6 +32,16 @@ logger = logging.getLogger(__name__)
 ESTIMATED_METRICS: tuple[str, ...] = ("roc_auc", "f1")
 UNIVARIATE_METHODS: tuple[str, ...] = ("kolmogorov_smirnov", "jensen_shannon")
 MULTIVARIATE = "reconstruction_error"
+# Kolmogorov-Smirnov on a binned reference CDF instead of scipy's exact two-sample test: NannyML only
+# uses the statistic, and the exact test's p-value made KS 75 % of the monitor's compute (7 s of 9 s
+# on 1 M rows). 10,000 bins over a reference of a few thousand rows moves the statistic by < 0.001
+# against thresholds near 0.06. NannyML 0.13 reads the method's options from the top level of
+# `computation_params` but only when the method's name is also a key, hence both.
+KS_COMPUTATION: dict[str, Any] = {
+    "kolmogorov_smirnov": {"calculation_method": "estimated", "n_bins": 10_000},
+    "calculation_method": "estimated",
+    "n_bins": 10_000,
+}
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,7 @@ def run_nannyml(
         column_names=features,
         continuous_methods=list(UNIVARIATE_METHODS),
         chunker=reference_chunker,
+        computation_params=KS_COMPUTATION,
     )
     multivariate = nml.DataReconstructionDriftCalculator(column_names=features, chunker=reference_chunker)
     # The reference has no timestamps: only the analysis chunker (by period) reads them.
