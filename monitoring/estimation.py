@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reggaeton.prediction_log import CREATED_AT, LABEL
+from reggaeton.prediction_log import CREATED_AT, LABEL, PREDICTION_ID
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ class ChunkResult:
     reconstruction_error: float | None = None
     reconstruction_threshold: float | None = None
     multivariate_drift: bool = False
+    # The chunk's first and last log rows (with start/end): late labels are matched to it later.
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ def chunk_results(analysis: pd.DataFrame, raw: NannyMLResults) -> list[ChunkResu
     proba = analysis[PROBABILITY].to_numpy(dtype=np.float64)
     predicted = analysis[PREDICTION].to_numpy(dtype=np.int64)
     created = analysis[CREATED_AT]
+    ids = analysis[PREDICTION_ID] if PREDICTION_ID in analysis.columns else None
     cbpe, uni, multi = raw.cbpe, raw.univariate, raw.multivariate
     results = []
     for i in range(len(cbpe)):
@@ -247,6 +251,8 @@ def chunk_results(analysis: pd.DataFrame, raw: NannyMLResults) -> list[ChunkResu
                 reconstruction_error=float(multi[(MULTIVARIATE, "value")].iloc[i]),
                 reconstruction_threshold=None if pd.isna(threshold) else float(threshold),
                 multivariate_drift=bool(multi[(MULTIVARIATE, "alert")].iloc[i]),
+                first_id=None if ids is None else str(ids.iloc[start]),
+                last_id=None if ids is None else str(ids.iloc[end]),
             )
         )
     return results
