@@ -17,6 +17,7 @@ from reggaeton.prediction_log import create_tables, make_engine
 from reggaeton.settings import Settings
 from serving.batching import MicroBatcher
 from serving.cache import ModelCache
+from serving.fast_path import PredictFastPath
 from serving.holder import ModelHolder, smoke_check
 from serving.log_writer import PredictionLogWriter
 from serving.metrics import ServingMetrics
@@ -135,7 +136,8 @@ def create_app(settings: Settings) -> FastAPI:
     for router in routers:
         app.include_router(router)
     routes = [getattr(route, "path", "") for router in routers for route in router.routes]
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    app.add_middleware(PredictFastPath)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)  # outside: counts both paths
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
