@@ -22,7 +22,7 @@ uv:
 
 $(BIN)/python: requirements-dev.lock pyproject.toml | uv
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	$(UV) pip sync --quiet --python $(BIN)/python requirements-dev.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(BIN)/python requirements-dev.lock
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	@touch $(BIN)/python
 

@@ -127,7 +127,7 @@ def child_monitor(folder: Path) -> dict[str, float]:
     lap("read")
     analysis = pipeline.analyse(reference, window, settings)
     lap("analyse")
-    history = store.recent_chunks(results, VERSION, settings.monitoring.consecutive_chunks - 1)
+    history = pipeline.read_history(log, results, VERSION, settings)
     alerts = pipeline.decide(window, analysis, history, policy)
     run_id = pipeline.start_mlflow_run(client, experiment_id, VERSION)
     stored = pipeline.save(

@@ -57,9 +57,10 @@ def analyse(reference: Any, window: pipeline.Window, settings: Settings) -> pipe
 
 @task(cache_policy=NO_CACHE)
 def decide(settings: Settings, window: pipeline.Window, analysis: pipeline.Analysis) -> list[Alert]:
-    """The alert policy on this run's chunks, continuing streaks from stored ones."""
+    """The alert policy on this run's chunks, continuing streaks from stored ones (late labels counted)."""
     results = store.connect(settings.monitoring_results_url)
-    history = store.recent_chunks(results, window.model_version, settings.monitoring.consecutive_chunks - 1)
+    log = prediction_log.make_engine(settings.prediction_log_url)
+    history = pipeline.read_history(log, results, window.model_version, settings)
     return pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reggaeton.prediction_log import CREATED_AT, LABEL
+from reggaeton.prediction_log import CREATED_AT, LABEL, PREDICTION_ID
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,16 @@ logger = logging.getLogger(__name__)
 ESTIMATED_METRICS: tuple[str, ...] = ("roc_auc", "f1")
 UNIVARIATE_METHODS: tuple[str, ...] = ("kolmogorov_smirnov", "jensen_shannon")
 MULTIVARIATE = "reconstruction_error"
+# Kolmogorov-Smirnov on a binned reference CDF instead of scipy's exact two-sample test: NannyML only
+# uses the statistic, and the exact test's p-value made KS 75 % of the monitor's compute (7 s of 9 s
+# on 1 M rows). 10,000 bins over a reference of a few thousand rows moves the statistic by < 0.001
+# against thresholds near 0.06. NannyML 0.13 reads the method's options from the top level of
+# `computation_params` but only when the method's name is also a key, hence both.
+KS_COMPUTATION: dict[str, Any] = {
+    "kolmogorov_smirnov": {"calculation_method": "estimated", "n_bins": 10_000},
+    "calculation_method": "estimated",
+    "n_bins": 10_000,
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,9 @@ class ChunkResult:
     reconstruction_error: float | None = None
     reconstruction_threshold: float | None = None
     multivariate_drift: bool = False
+    # The chunk's first and last log rows (with start/end): late labels are matched to it later.
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,7 @@ def run_nannyml(
         column_names=features,
         continuous_methods=list(UNIVARIATE_METHODS),
         chunker=reference_chunker,
+        computation_params=KS_COMPUTATION,
     )
     multivariate = nml.DataReconstructionDriftCalculator(column_names=features, chunker=reference_chunker)
     # The reference has no timestamps: only the analysis chunker (by period) reads them.
@@ -202,6 +216,7 @@ def chunk_results(analysis: pd.DataFrame, raw: NannyMLResults) -> list[ChunkResu
     proba = analysis[PROBABILITY].to_numpy(dtype=np.float64)
     predicted = analysis[PREDICTION].to_numpy(dtype=np.int64)
     created = analysis[CREATED_AT]
+    ids = analysis[PREDICTION_ID] if PREDICTION_ID in analysis.columns else None
     cbpe, uni, multi = raw.cbpe, raw.univariate, raw.multivariate
     results = []
     for i in range(len(cbpe)):
@@ -236,6 +251,8 @@ def chunk_results(analysis: pd.DataFrame, raw: NannyMLResults) -> list[ChunkResu
                 reconstruction_error=float(multi[(MULTIVARIATE, "value")].iloc[i]),
                 reconstruction_threshold=None if pd.isna(threshold) else float(threshold),
                 multivariate_drift=bool(multi[(MULTIVARIATE, "alert")].iloc[i]),
+                first_id=None if ids is None else str(ids.iloc[start]),
+                last_id=None if ids is None else str(ids.iloc[end]),
             )
         )
     return results

@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
@@ -21,6 +22,7 @@ from monitoring.estimation import ChunkPlan, ChunkResult
 from monitoring.policy import Alert, Policy, Results, evaluate
 from reggaeton import prediction_log
 from reggaeton.prediction_log import CREATED_AT, PREDICTION_ID
+from reggaeton.schema import PREDICTION, PROBABILITY
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -106,7 +108,70 @@ def analyse(reference: pd.DataFrame, window: Window, settings: Settings) -> Anal
     )
 
 
-def decide(window: Window, analysis: Analysis, history: list[ChunkResult], policy: Policy) -> list[Alert]:
+@dataclass(frozen=True)
+class History:
+    """Stored chunks of the version (oldest first), with late labels counted, for the policy's streaks."""
+
+    chunks: list[ChunkResult]
+    relabelled_from: int | None = None  # position of the first chunk whose late labels changed it
+
+
+def late_labels(log: Engine, results: Engine, model_version: str, limit: int) -> History:
+    """The latest ``limit`` stored chunks, with the labels that arrived since each was judged.
+
+    A chunk's realized metrics are computed when it is analysed; feedback keeps arriving afterwards.
+    Chunks that gained labels get their label counts and realized metrics recomputed and stored again.
+    """
+    stored = store.recent_stored(results, model_version, limit)
+    known = [s for s in stored if s.chunk.start and s.chunk.end and s.chunk.first_id and s.chunk.last_id]
+    if not known:  # nothing stored yet, or chunks from a store older than the first/last ids
+        return History([s.chunk for s in stored])
+    first = min(known, key=lambda s: (s.chunk.start, s.chunk.first_id)).chunk
+    last = max(known, key=lambda s: (s.chunk.end, s.chunk.last_id)).chunk
+    assert first.start is not None and last.end is not None
+    frame = prediction_log.read_window(log, model_version, after=(first.start, ""), until=last.end)
+    at = frame[CREATED_AT]
+    ids = frame[PREDICTION_ID].astype(str)
+    labels = frame[prediction_log.LABEL].to_numpy(dtype="float64")
+    proba = frame[PROBABILITY].to_numpy(dtype="float64")
+    predicted = frame[PREDICTION].to_numpy(dtype="int64")
+    changed: list[store.StoredChunk] = []
+    chunks = []
+    relabelled_from = None
+    for position, item in enumerate(stored):
+        chunk = item.chunk
+        if chunk.start and chunk.end and chunk.first_id and chunk.last_id:
+            start, end = pd.Timestamp(chunk.start), pd.Timestamp(chunk.end)
+            inside = (
+                ((at > start) | ((at == start) & (ids >= chunk.first_id)))
+                & ((at < end) | ((at == end) & (ids <= chunk.last_id)))
+            ).to_numpy()
+            chunk_labels = labels[inside]
+            labelled = int((~np.isnan(chunk_labels)).sum())
+            if labelled > chunk.labelled:
+                chunk = replace(
+                    chunk,
+                    labelled=labelled,
+                    labelled_positives=int(np.nansum(chunk_labels)),
+                    realized=estimation.realized_metrics(chunk_labels, proba[inside], predicted[inside]),
+                )
+                changed.append(store.StoredChunk(item.run_id, chunk))
+                relabelled_from = position if relabelled_from is None else relabelled_from
+        chunks.append(chunk)
+    store.update_labels(results, changed)
+    if changed:
+        logger.info("late labels for %d stored chunk(s) of version %s", len(changed), model_version)
+    return History(chunks, relabelled_from)
+
+
+def read_history(log: Engine, results: Engine, model_version: str, settings: Settings) -> History:
+    """The stored chunks the policy continues streaks from, with their late labels counted."""
+    section = settings.monitoring
+    limit = max(section.relabel_chunks, section.consecutive_chunks - 1)
+    return late_labels(log, results, model_version, limit)
+
+
+def decide(window: Window, analysis: Analysis, history: History, policy: Policy) -> list[Alert]:
     """Apply the alert policy to this run's chunks (continuing streaks from stored history)."""
     frame = window.frame
     start = pd.Timestamp(frame[CREATED_AT].iloc[0]).to_pydatetime() if len(frame) else None
@@ -115,7 +180,8 @@ def decide(window: Window, analysis: Analysis, history: list[ChunkResult], polic
         Results(
             model_version=window.model_version,
             chunks=analysis.chunks,
-            history=history,
+            history=history.chunks,
+            relabelled_from=history.relabelled_from,
             window_rows=analysis.rows_read,
             window_start=start,
             window_end=end,

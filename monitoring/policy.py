@@ -1,7 +1,8 @@
 """The alert policy: a pure decision from chunk results to alerts (no I/O, no NannyML, no Prefect).
 
 - ``degraded``: an estimated (CBPE) or realized performance metric is below its threshold for
-  ``consecutive_chunks`` judged chunks in a row, the last of them new in this run.
+  ``consecutive_chunks`` judged chunks in a row, the last of them new in this run (for realized
+  performance, also a stored chunk whose late labels arrived since it was judged).
 - ``drifted``: drift (multivariate, or at least ``drift_min_features`` drifting features) for
   ``consecutive_chunks`` chunks in a row, and no ``degraded`` alert: a warning, not a retrain.
 - ``insufficient data``: a window or chunk too small to judge. It never counts as a breach, so a
@@ -50,6 +51,9 @@ class Results:
     window_rows: int = 0  # rows read in the window (including a tail too small to be a chunk)
     window_start: datetime | None = None
     window_end: datetime | None = None
+    # Position in ``history`` of the first chunk whose labels arrived since it was judged: realized
+    # performance there is news, so a realized streak ending there alerts too. None: no late labels.
+    relabelled_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,8 @@ def evaluate(results: Results, policy: Policy) -> list[Alert]:
                     source="window",
                 )
             )
-        return alerts
+        if results.relabelled_from is None:
+            return alerts
     thin = [chunk for chunk in results.chunks if not judged(chunk, policy)]
     if thin:
         alerts.append(
@@ -183,14 +188,15 @@ def evaluate(results: Results, policy: Policy) -> list[Alert]:
 
     chunks = [*results.history, *results.chunks]
     first_new = len(results.history)
+    relabelled = first_new if results.relabelled_from is None else min(results.relabelled_from, first_new)
     needed = policy.consecutive_chunks
     for metric, threshold in policy.thresholds.items():
-        sources: dict[str, Callable[[ChunkResult], float | None]] = {
-            "estimated": partial(_estimated_value, metric=metric, policy=policy),
-            "realized": partial(_realized_value, metric=metric, policy=policy),
+        sources: dict[str, tuple[Callable[[ChunkResult], float | None], int]] = {
+            "estimated": (partial(_estimated_value, metric=metric, policy=policy), first_new),
+            "realized": (partial(_realized_value, metric=metric, policy=policy), relabelled),
         }
-        for source, value_of in sources.items():
-            run = _streak(chunks, first_new, value_of, partial(_below, threshold=threshold), needed)
+        for source, (value_of, news_from) in sources.items():
+            run = _streak(chunks, news_from, value_of, partial(_below, threshold=threshold), needed)
             if run is None:
                 continue
             start, end = _window(run)

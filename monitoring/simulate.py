@@ -218,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request: thousands of them
     if args.count < 1 or args.batch < 1 or not 0 <= args.feedback_fraction <= 1 or args.max_seconds <= 0:
         parser.error("--count and --batch must be >= 1, --feedback-fraction in [0, 1], --max-seconds > 0")
     songs = traffic(args.scenario, args.count, args.seed, drift_share=args.drift_share)

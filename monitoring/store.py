@@ -24,7 +24,10 @@ from sqlalchemy import (
     String,
     Table,
     insert,
+    inspect,
     select,
+    text,
+    update,
 )
 
 from monitoring.estimation import ESTIMATED_METRICS, ChunkResult, Estimate
@@ -76,8 +79,13 @@ chunks: Final = Table(
     Column("reconstruction_threshold", Float),
     Column("multivariate_drift", Boolean, nullable=False),
     Column("drifted_features", String(500), nullable=False),
+    # The chunk's first and last prediction ids, so late labels can be matched to it exactly.
+    Column("first_id", String(36)),
+    Column("last_id", String(36)),
     Index("ix_monitoring_chunks_version_start", "model_version", "chunk_start"),
 )
+# Columns added after the first release: `connect` adds them to an older store.
+_ADDED_COLUMNS: Final = ("first_id", "last_id")
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,26 @@ class RunRecord:
     mlflow_run_id: str | None = None
 
 
+@dataclass(frozen=True)
+class StoredChunk:
+    """A stored chunk with the key of its row."""
+
+    run_id: str
+    chunk: ChunkResult
+
+
 def connect(url: str) -> Engine:
-    """An engine on the results store with its tables created (idempotent)."""
+    """An engine on the results store with its tables created, or brought up to date (idempotent)."""
     engine = make_engine(url)
     metadata.create_all(engine)
+    present = {column["name"] for column in inspect(engine).get_columns(chunks.name)}
+    missing = [name for name in _ADDED_COLUMNS if name not in present]
+    if missing:
+        with engine.begin() as connection:
+            for name in missing:
+                column = chunks.c[name]
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.execute(text(f"ALTER TABLE {chunks.name} ADD COLUMN {name} {kind}"))
     return engine
 
 
@@ -143,6 +167,8 @@ def _chunk_row(run_id: str, version: str, chunk: ChunkResult) -> dict[str, Any]:
         "reconstruction_threshold": chunk.reconstruction_threshold,
         "multivariate_drift": chunk.multivariate_drift,
         "drifted_features": ",".join(chunk.drifted_features),
+        "first_id": chunk.first_id,
+        "last_id": chunk.last_id,
     }
     for metric in ESTIMATED_METRICS:
         estimate = chunk.estimated.get(metric)
@@ -213,11 +239,13 @@ def _chunk_from_row(row: Any) -> ChunkResult:
         reconstruction_error=_nan_to_none(row["reconstruction_error"]),
         reconstruction_threshold=_nan_to_none(row["reconstruction_threshold"]),
         multivariate_drift=bool(row["multivariate_drift"]),
+        first_id=_nan_to_none(row["first_id"]),
+        last_id=_nan_to_none(row["last_id"]),
     )
 
 
-def recent_chunks(engine: Engine, model_version: str, limit: int) -> list[ChunkResult]:
-    """The latest ``limit`` stored chunks of a version, oldest first (history for streaks)."""
+def recent_stored(engine: Engine, model_version: str, limit: int) -> list[StoredChunk]:
+    """The latest ``limit`` stored chunks of a version with their keys, oldest first."""
     if limit <= 0:
         return []
     query = (
@@ -229,7 +257,30 @@ def recent_chunks(engine: Engine, model_version: str, limit: int) -> list[ChunkR
     )
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
-    return [_chunk_from_row(row) for row in reversed(rows)]
+    return [StoredChunk(str(row["run_id"]), _chunk_from_row(row)) for row in reversed(rows)]
+
+
+def recent_chunks(engine: Engine, model_version: str, limit: int) -> list[ChunkResult]:
+    """The latest ``limit`` stored chunks of a version, oldest first (history for streaks)."""
+    return [stored.chunk for stored in recent_stored(engine, model_version, limit)]
+
+
+def update_labels(engine: Engine, updated: Sequence[StoredChunk]) -> None:
+    """Store the label counts and realized metrics of chunks whose late labels arrived."""
+    if not updated:
+        return
+    with engine.begin() as connection:
+        for stored in updated:
+            chunk = stored.chunk
+            connection.execute(
+                update(chunks)
+                .where(chunks.c.run_id == stored.run_id, chunks.c.chunk_index == chunk.index)
+                .values(
+                    labelled=chunk.labelled,
+                    labelled_positives=chunk.labelled_positives,
+                    **{f"realized_{metric}": chunk.realized.get(metric) for metric in ESTIMATED_METRICS},
+                )
+            )
 
 
 def read_chunks(engine: Engine, model_version: str | None = None) -> pd.DataFrame:

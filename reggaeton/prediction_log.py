@@ -7,9 +7,10 @@ label arrived later.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import (
     Column,
@@ -124,6 +125,7 @@ WINDOW_COLUMNS: Final[tuple[str, ...]] = (
     LABEL,
 )
 _READ_BATCH = 100_000
+_CLOCK_MARGIN: Final = timedelta(hours=1)
 
 
 def read_window(
@@ -151,41 +153,54 @@ def read_window(
     created = predictions.c[CREATED_AT]
     # SQLite stores timestamps as ISO text: parse them in one vectorised call instead of per row.
     created_col = type_coerce(created, String) if engine.dialect.name == "sqlite" else created
-    query = (
+    rows_query = (
         select(
             predictions.c[PREDICTION_ID],
             created_col.label(CREATED_AT),
             *(predictions.c[name] for name in FEATURE_NAMES),
             predictions.c[PROBABILITY],
             predictions.c[PREDICTION],
-            feedback.c["label"].label(LABEL),
-        )
-        .select_from(
-            predictions.outerjoin(feedback, feedback.c.prediction_id == predictions.c[PREDICTION_ID])
         )
         .where(predictions.c[MODEL_VERSION] == model_version)
         .order_by(created, predictions.c[PREDICTION_ID])
     )
     if after is not None:
         after_at, after_id = after
-        query = query.where(
+        rows_query = rows_query.where(
             or_(created > after_at, and_(created == after_at, predictions.c[PREDICTION_ID] > after_id))
         )
     if until is not None:
-        query = query.where(created <= until)
+        rows_query = rows_query.where(created <= until)
+    # Labels in a query of their own, without a join: joining a million rows to feedback costs an index
+    # probe per row. A label arrives after its prediction, so labels received before the window (less
+    # a margin for clocks of several API replicas) cannot belong to it; the rest are placed by id.
+    labels_query = select(feedback.c.prediction_id, feedback.c.label)
+    if after is not None:
+        labels_query = labels_query.where(feedback.c.received_at >= after_at - _CLOCK_MARGIN)
+    columns = [name for name in WINDOW_COLUMNS if name != LABEL]
     parts = []
     with engine.connect() as connection:
-        result = connection.execution_options(stream_results=True).execute(query)
-        for rows in result.partitions(_READ_BATCH):
-            # Plain tuples: pandas probes each Row for namedtuple fields, which costs more than the read.
-            records = [tuple(row) for row in rows]
-            parts.append(pd.DataFrame.from_records(records, columns=list(WINDOW_COLUMNS), coerce_float=True))
+        result = connection.execute(rows_query)
+        # The driver's plain tuples: SQLAlchemy's per-row processing costs more than the read itself,
+        # and these columns need none (timestamps are parsed below, in one call). Without
+        # `stream_results` SQLAlchemy buffers no row ahead, so the driver's cursor has them all (SQLite's
+        # cursor steps through the file as it is fetched; a Postgres client cursor holds the result).
+        while rows := result.cursor.fetchmany(_READ_BATCH):
+            parts.append(pd.DataFrame.from_records(rows, columns=columns, coerce_float=True))
+        result.close()
+        labelled = connection.execute(labels_query).all()
     if not parts:
-        frame = pd.DataFrame({name: pd.Series(dtype="float64") for name in WINDOW_COLUMNS})
+        frame = pd.DataFrame({name: pd.Series(dtype="float64") for name in columns})
         frame[PREDICTION_ID] = frame[PREDICTION_ID].astype("object")
     else:
         frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    label = np.full(len(frame), np.nan)
+    if labelled and len(frame):
+        ids, values = zip(*labelled, strict=True)
+        positions = pd.Index(frame[PREDICTION_ID]).get_indexer(list(ids))
+        found = positions >= 0
+        label[positions[found]] = np.asarray(values, dtype=np.float64)[found]
+    frame[LABEL] = label
     frame[CREATED_AT] = pd.to_datetime(frame[CREATED_AT], utc=True, format="ISO8601")
-    frame[LABEL] = frame[LABEL].astype("float64")
     frame[PREDICTION] = frame[PREDICTION].astype("int64")
     return frame

@@ -113,6 +113,7 @@ class MonitoringSettings(_Section):
     drift_min_features: int = Field(default=5, ge=1)
     settle_s: float = Field(default=2.0, ge=0)  # leave the newest rows for the next run (writes in flight)
     history_chunks: int = Field(default=20, ge=0)  # stored chunks shown again in the plot
+    relabel_chunks: int = Field(default=10, ge=0)  # latest stored chunks whose late labels are counted
     nannyml_usage_logging: bool = False  # NannyML telemetry (off: nothing leaves the machine)
 
 

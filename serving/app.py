@@ -127,7 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     routers = [
-        predictions.build_router(settings.serving.max_batch),
+        predictions.build_router(settings.serving.max_batch, settings.serving.api_key is not None),
         feedback.router,
         status_routes.router,
         admin.router,

@@ -17,10 +17,15 @@ _api_key_scheme = APIKeyHeader(
 )
 
 
-async def get_services(request: Request) -> Services:
-    """The app's services (set up by the lifespan)."""
+def services_of(request: Request) -> Services:
+    """The app's services (set up by the lifespan); for hot paths that skip dependency injection."""
     services: Services = request.app.state.services
     return services
+
+
+async def get_services(request: Request) -> Services:
+    """The app's services, as a dependency."""
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -66,5 +71,3 @@ async def require_api_key(
     if api_key is None or not _same_secret(api_key, expected.get_secret_value()):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "API key required (X-API-Key header)")
 
-
-ApiKeyDep = Annotated[None, Depends(require_api_key)]

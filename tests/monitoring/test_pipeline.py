@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from monitoring_support import Champion, TrafficWriter
 from sklearn.metrics import f1_score, roc_auc_score
+from sqlalchemy import select
 
 from monitoring import estimation, pipeline, simulate, store
 from monitoring.estimation import ChunkPlan
 from monitoring.policy import Alert, AlertKind
 from reggaeton import prediction_log
+from reggaeton.schema import TARGET
 from reggaeton.settings import Settings
 
 
@@ -22,7 +24,7 @@ def run_once(settings: Settings, traffic: TrafficWriter) -> tuple[pipeline.Analy
     version = traffic.champion.version
     window = pipeline.read_window(traffic.engine, results, version, 0.0, datetime.now(UTC))
     analysis = pipeline.analyse(traffic.champion.reference, window, settings)
-    history = store.recent_chunks(results, version, settings.monitoring.consecutive_chunks - 1)
+    history = pipeline.read_history(traffic.engine, results, version, settings)
     alerts = pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
     pipeline.save(results, "m", window, analysis, alerts, datetime.now(UTC), None, 0)
     return analysis, alerts
@@ -118,6 +120,51 @@ def test_drift_raises_degraded_within_three_windows(settings: Settings, traffic:
     assert degraded, "no degraded alert within 3 drift windows"
     print(f"degraded after {window} drift window(s): {[(a.source, a.metric, a.value) for a in degraded]}")
     assert all(a.value is not None and a.value < a.threshold for a in degraded if a.threshold is not None)
+
+
+def test_labels_arriving_after_their_chunks_were_judged_raise_degraded(
+    settings: Settings, traffic: TrafficWriter
+) -> None:
+    """The drift is invisible to CBPE; its labels come after the monitor judged the chunks."""
+    traffic.write("stable", 1000)
+    run_once(settings, traffic)
+    traffic.write("drift", 1000, feedback_fraction=0.0)
+    _, alerts = run_once(settings, traffic)
+    assert AlertKind.DEGRADED not in [a.kind for a in alerts]  # no labels yet, CBPE sees no drop
+
+    songs = simulate.traffic("drift", 1000, seed=1000 + traffic.windows)  # what write() logged, in order
+    with traffic.engine.begin() as connection:
+        ids = [
+            row[0]
+            for row in connection.execute(
+                select(prediction_log.predictions.c.id)
+                .order_by(prediction_log.predictions.c.created_at.desc())
+                .limit(1000)
+            )
+        ][::-1]
+        late = np.flatnonzero(np.random.default_rng(0).random(1000) < 0.4)
+        connection.execute(
+            prediction_log.feedback.insert(),
+            [
+                {
+                    "prediction_id": ids[i],
+                    "label": int(songs[TARGET].iloc[i]),
+                    "received_at": datetime.now(UTC),
+                }
+                for i in late
+            ],
+        )
+    analysis, alerts = run_once(settings, traffic)
+    assert analysis.chunks == []  # nothing new was logged: only the labels are new
+    degraded = [a for a in alerts if a.kind is AlertKind.DEGRADED]
+    assert degraded and {a.source for a in degraded} == {"realized"}, alerts
+    stored = store.read_chunks(store.connect(settings.monitoring_results_url), traffic.champion.version)
+    drift_chunks = stored.tail(2)
+    assert drift_chunks["labelled"].sum() == len(late)
+    assert (drift_chunks["realized_roc_auc"] < settings.monitoring.roc_auc_threshold).all()
+
+    _, again = run_once(settings, traffic)  # the same labels are not news twice
+    assert AlertKind.DEGRADED not in [a.kind for a in again]
 
 
 def test_cbpe_estimate_tracks_realized_roc_auc_with_all_labels(champion: Champion) -> None:

@@ -76,6 +76,18 @@ def test_realized_needs_enough_labels_of_both_classes() -> None:
     assert [(a.kind, a.source) for a in alerts] == [(AlertKind.DEGRADED, "realized")]
 
 
+def test_late_labels_on_stored_chunks_are_news_for_realized_performance_only() -> None:
+    relabelled = [chunk(i, 0.7, realized=0.6, labelled=200, positives=30) for i in range(2)]
+    stale = Results("1", [], history=relabelled, window_rows=0)
+    assert kinds(evaluate(stale, POLICY)) == [AlertKind.INSUFFICIENT_DATA]  # already judged: not news
+    fresh = evaluate(Results("1", [], history=relabelled, window_rows=0, relabelled_from=1), POLICY)
+    assert [(a.kind, a.source) for a in fresh] == [
+        (AlertKind.INSUFFICIENT_DATA, "window"),
+        (AlertKind.DEGRADED, "realized"),  # the estimated breach was judged before: no repeat
+    ]
+    assert fresh[1].window_start == relabelled[0].start and fresh[1].chunks == 2
+
+
 def test_small_window_is_insufficient_data_never_an_alarm() -> None:
     alerts = evaluate(Results("1", [], window_rows=120), POLICY)
     assert kinds(alerts) == [AlertKind.INSUFFICIENT_DATA]

@@ -7,12 +7,15 @@ from pathlib import Path
 
 from reggaeton.prediction_log import (
     CREATED_AT,
+    LABEL,
     PREDICTION_ID,
+    WINDOW_COLUMNS,
     create_tables,
     feedback,
     labelled_traffic,
     make_engine,
     predictions,
+    read_window,
 )
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 
@@ -49,4 +52,38 @@ def test_only_predictions_with_feedback_come_back_oldest_first(tmp_path: Path) -
     assert (
         traffic.loc[traffic[PREDICTION_ID] == "p1", "danceability"].item() == EXAMPLE_SONGS[1]["danceability"]
     )
+    engine.dispose()
+
+
+def test_window_carries_each_rows_label_and_nothing_from_other_versions(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    create_tables(engine)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        {
+            PREDICTION_ID: f"p{i}",
+            CREATED_AT: start + timedelta(minutes=i),
+            "model_name": "reggaeton-classifier",
+            "model_version": "2" if i == 4 else "1",
+            **EXAMPLE_SONGS[i % 2],
+            PROBABILITY: 0.1 * i,
+            PREDICTION: int(i % 2 == 0),
+        }
+        for i in range(6)
+    ]
+    labels = [  # p0 labelled but before the watermark; p4 is another version's
+        {"prediction_id": pid, "label": label, "received_at": start + timedelta(hours=2)}
+        for pid, label in (("p0", 1), ("p2", 1), ("p3", 0), ("p4", 1))
+    ]
+    with engine.begin() as connection:
+        connection.execute(predictions.insert(), rows)
+        connection.execute(feedback.insert(), labels)
+
+    window = read_window(engine, "1", after=(start, "p0"), until=start + timedelta(minutes=5))
+    assert list(window[PREDICTION_ID]) == ["p1", "p2", "p3", "p5"]
+    assert window[LABEL].tolist()[1:3] == [1.0, 0.0]
+    assert window[LABEL].isna().tolist() == [True, False, False, True]
+    assert str(window[CREATED_AT].dt.tz) == "UTC" and window[PREDICTION].dtype == "int64"
+    assert read_window(engine, "9").empty  # an unknown version: an empty frame with the columns
+    assert list(read_window(engine, "9").columns) == list(WINDOW_COLUMNS)
     engine.dispose()

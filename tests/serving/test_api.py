@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from serving_support import Registry, Server
+from serving_support import Registry, Server, make_settings, run_server
 from sqlalchemy import func, select
 
 from reggaeton.prediction_log import make_engine, predictions
@@ -193,3 +194,22 @@ def test_predictions_are_logged(served: Server) -> None:
     assert by_id[ids[1]]["loudness"] == EXAMPLE_SONGS[1]["loudness"]
     assert all(math.isfinite(row["probability"]) for row in rows)
     assert total > len(ids)
+
+
+def test_api_key_guards_predict_when_configured(
+    tmp_path: Path, registry_versions: Registry, served: Server
+) -> None:
+    settings = make_settings(tmp_path / "state", registry_versions.settings, api_key="client-key-1")
+    with run_server(settings) as keyed, keyed.client() as client:
+        missing = client.post("/predict", json=SONG)
+        wrong = client.post("/predict", json=SONG, headers={"X-API-Key": "client-key-2"})
+        right = client.post("/predict", json=SONG, headers={"X-API-Key": "client-key-1"})
+        spec = client.get("/openapi.json").json()
+    assert missing.status_code == wrong.status_code == 401
+    assert "X-API-Key" in missing.json()["detail"]
+    assert right.status_code == 200 and right.json()["predictions"][0]["model_version"]
+    assert spec["paths"]["/predict"]["post"]["security"] == [{"APIKeyHeader": []}]
+    # Without a key configured the endpoint is open and its docs ask for none.
+    with served.client() as client:
+        assert client.post("/predict", json=SONG).status_code == 200
+        assert "security" not in client.get("/openapi.json").json()["paths"]["/predict"]["post"]
