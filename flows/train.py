@@ -351,6 +351,60 @@ def resume_request(settings: Settings, request_id: str) -> str | None:
     return version
 
 
+def _result(
+    version: str,
+    run_id: str,
+    dataset: Dataset,
+    parts: Split,
+    tuned: tuning.TuningResult,
+    candidates: Candidates,
+) -> TrainingResult:
+    best = candidates.tuned
+    return TrainingResult(
+        version=version,
+        run_id=run_id,
+        family=tuned.family,
+        params=tuned.params,
+        threshold=best.threshold,
+        metrics=metric_record(best),
+        baseline_metrics=metric_record(candidates.baseline),
+        data_hash=dataset.content_hash,
+        data_source=dataset.source,
+        holdout=registry.reference_frame(parts.holdout, best.proba, best.threshold),
+    )
+
+
+def train(
+    settings: Settings,
+    extra_training_frame: pd.DataFrame | None = None,
+    *,
+    flow_run_id: str = "none",
+    progress_bar: bool = False,
+) -> TrainingResult:
+    """Train, evaluate and register a challenger without Prefect (the flow runs the same steps as tasks).
+
+    Args:
+        settings: The system's settings.
+        extra_training_frame: Labelled rows to add to the data (features + target); when None, the
+            prediction log's labelled traffic is used if ``data.include_feedback`` is on.
+        flow_run_id: Recorded on the run and the version (the calling flow run, if any).
+        progress_bar: Show Optuna's progress bar.
+    """
+    dataset = training_data(settings, extra_training_frame)
+    parts = split_data(settings, dataset)
+    run_id = start_training_run(settings, dataset, parts, flow_run_id)
+    try:
+        tuned = tune_candidates(settings, parts, run_id, progress_bar)
+        candidates = fit_and_evaluate(settings, parts, tuned)
+        log_evaluation(settings, run_id, parts, candidates)
+        version = register_challenger(settings, run_id, parts, dataset, candidates.tuned, flow_run_id)
+    except BaseException:
+        end_training_run(settings, run_id, failed=True)
+        raise
+    end_training_run(settings, run_id)
+    return _result(version, run_id, dataset, parts, tuned, candidates)
+
+
 # ---------------------------------------------------------------- Prefect tasks and flow
 
 

@@ -70,4 +70,3 @@ async def require_api_key(
         return
     if api_key is None or not _same_secret(api_key, expected.get_secret_value()):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "API key required (X-API-Key header)")
-
