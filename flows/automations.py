@@ -49,6 +49,11 @@ FLOW_RUN_FINAL = frozenset(
 HEARTBEAT_S = 30
 ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
 RETRAIN_DEPLOYMENT = "train-and-promote"
+# Rendered by the Prefect server from the crashed flow run the triggering event names.
+RERUN_REQUEST_TEMPLATE = {
+    "__prefect_kind": "jinja",
+    "template": "{{ flow_run.parameters.get('request_id') or flow_run.id }}",
+}
 
 # Slack's incoming webhooks take {"text": ...}; the local receiver reads the same shape.
 WEBHOOK_JSON: dict[str, Any] = {"text": "{{subject}}\n{{body}}"}
@@ -185,7 +190,15 @@ def rerun_crashed_automation(deployment_id: UUID, settings: Settings) -> Automat
             threshold=1,
             within=timedelta(seconds=settings.prefect.debounce_s),
         ),
-        actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+        # The rerun serves the same retrain request as the crashed run (its own, or the one it was
+        # itself rerunning): train-and-promote then gates a version the crashed run already registered.
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=deployment_id,
+                parameters={"request_id": RERUN_REQUEST_TEMPLATE},
+            )
+        ],
     )
 
 

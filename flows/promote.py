@@ -35,6 +35,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
+from prefect.runtime import flow_run
 
 from flows import gate, registry, train
 from reggaeton import names
@@ -123,6 +124,10 @@ def already_decided(challenger: ModelVersion, champion: ModelVersion | None, eva
     if decision == ROLLED_BACK:
         return f"version {challenger.version} was rolled back; promote it by hand if it should return"
     against = str(champion.version) if champion is not None else "none"
+    if decision == PROMOTED and tags.get(names.Tag.DECISION_AGAINST) == against:
+        # Promoted against the current champion, yet not champion: the run recording the decision
+        # stopped between the tags and the alias move (apply_decision moves it last). Finish it.
+        return None
     if (
         decision in (PROMOTED, REJECTED)
         and tags.get(names.Tag.DECISION_AGAINST) == against
@@ -245,12 +250,27 @@ def promotion_gate(version: str, settings: Settings | None = None) -> dict[str, 
 
 @flow(name="train-and-promote")
 def train_and_promote(
-    data_folder: str | None = None, n_trials: int | None = None, settings: Settings | None = None
+    data_folder: str | None = None,
+    n_trials: int | None = None,
+    settings: Settings | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Train and register a challenger, then gate it against the champion on the same evaluation data."""
+    """Train and register a challenger, then gate it against the champion on the same evaluation data.
+
+    Args:
+        data_folder: Folder in the original CSV layout (default: the settings' data source).
+        n_trials: Optuna trials (default: from the settings).
+        settings: The settings (default: from the environment).
+        request_id: The retrain request this run serves. A rerun of a crashed run passes the crashed
+            run's request (the rerun automation does), so a version that run registered is gated, not
+            trained and registered a second time. Default: this flow run's id, a new request.
+    """
     settings = train.with_overrides(settings or Settings(), data_folder, n_trials)
-    version = train.train_flow(settings=settings)
-    return asdict(run_gate(settings, str(version)))
+    request = request_id or str(flow_run.id)
+    version = train.resume_task(settings, request)
+    if version is None:
+        version = str(train.train_flow(settings=settings, request_id=request))
+    return asdict(run_gate(settings, version))
 
 
 @flow(name="promote-version")

@@ -163,10 +163,14 @@ def log_reference(reference: pd.DataFrame) -> str:
 def register(
     client: MlflowClient, model_info: ModelInfo, model_name: str, tags: Mapping[str, Any]
 ) -> ModelVersion:
-    """Register a logged model as a new version of ``model_name`` with string tags."""
-    version = mlflow.register_model(model_info.model_uri, model_name)
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version.version, key, str(value))
+    """Register a logged model as a new version of ``model_name`` with string tags.
+
+    The tags are part of the one call that creates the version: a process killed mid-registration
+    leaves either no version or a fully tagged one, which is what lets a rerun find it.
+    """
+    version = mlflow.register_model(
+        model_info.model_uri, model_name, tags={key: str(value) for key, value in tags.items()}
+    )
     return client.get_model_version(model_name, version.version)
 
 

@@ -127,7 +127,13 @@ def split_data(settings: Settings, dataset: Dataset) -> Split:
     return split(dataset, settings.data.holdout_fraction, settings.data.seed)
 
 
-def start_training_run(settings: Settings, dataset: Dataset, parts: Split, flow_run_id: str) -> str:
+def _request_tags(request_id: str | None) -> dict[str, str]:
+    return {} if request_id is None else {names.Tag.RETRAIN_REQUEST: request_id}
+
+
+def start_training_run(
+    settings: Settings, dataset: Dataset, parts: Split, flow_run_id: str, request_id: str | None = None
+) -> str:
     """Open the parent MLflow run: data input, data and training settings as params; return its id."""
     client = registry.connect(settings)
     experiment_id = registry.ensure_experiment(client, settings.mlflow.training_experiment, settings)
@@ -135,6 +141,7 @@ def start_training_run(settings: Settings, dataset: Dataset, parts: Split, flow_
         names.Tag.FLOW_RUN_ID: flow_run_id,
         names.Tag.DATA_HASH: dataset.content_hash,
         names.Tag.DATA_SOURCE: dataset.source,
+        **_request_tags(request_id),
     }
     with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
         registry.log_dataset(dataset)
@@ -267,7 +274,13 @@ def log_evaluation(settings: Settings, run_id: str, parts: Split, candidates: Ca
 
 
 def register_challenger(
-    settings: Settings, run_id: str, parts: Split, dataset: Dataset, tuned: Evaluation, flow_run_id: str
+    settings: Settings,
+    run_id: str,
+    parts: Split,
+    dataset: Dataset,
+    tuned: Evaluation,
+    flow_run_id: str,
+    request_id: str | None = None,
 ) -> str:
     """Log the tuned pipeline and its reference set, register a version and point ``challenger`` at it."""
     client = registry.connect(settings)
@@ -282,6 +295,7 @@ def register_challenger(
         names.Tag.THRESHOLD: tuned.threshold,
         names.Tag.MODEL_FAMILY: tuned.name,
         names.Tag.REFERENCE_URI: reference_uri,
+        **_request_tags(request_id),
         **{f"{names.Tag.METRIC_PREFIX}{key}": value for key, value in metric_record(tuned).items()},
     }
     version = registry.register(client, model_info, settings.mlflow.model_name, tags)
@@ -296,6 +310,45 @@ def end_training_run(settings: Settings, run_id: str, failed: bool = False) -> N
     """Mark the parent run finished (or failed)."""
     status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
     registry.connect(settings).set_terminated(run_id, status)
+
+
+def resume_request(settings: Settings, request_id: str) -> str | None:
+    """What earlier attempts of a retrain request left behind, tidied; the version one registered.
+
+    A flow run killed mid-training (its worker stopped, the machine rebooted) leaves a training run
+    that looks finished (each step closes the run it reopens) and may already have registered its
+    version; the rerun of that request shares its request id. Training runs of the request that
+    registered nothing and did not fail are marked killed. When a version exists, ``challenger``
+    points at it again and its number is returned: the rerun gates it rather than registering a
+    second version for the same request.
+    """
+    client = registry.connect(settings)
+    model_name = settings.mlflow.model_name
+    registered = sorted(
+        (
+            version
+            for version in client.search_model_versions(f"name='{model_name}'")
+            if (version.tags or {}).get(names.Tag.RETRAIN_REQUEST) == request_id
+        ),
+        key=lambda version: int(version.version),
+    )
+    experiment = client.get_experiment_by_name(settings.mlflow.training_experiment)
+    if experiment is not None:
+        attempts = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{names.Tag.RETRAIN_REQUEST}` = '{request_id}'"
+        )
+        kept = {version.run_id for version in registered}
+        done = {RunStatus.to_string(RunStatus.FAILED), RunStatus.to_string(RunStatus.KILLED)}
+        for run in attempts:
+            if run.info.run_id not in kept and run.info.status not in done:
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+                logger.info("training run %s of an interrupted attempt marked killed", run.info.run_id)
+    if not registered:
+        return None
+    version = str(registered[0].version)
+    client.set_registered_model_alias(model_name, names.CHALLENGER, version)
+    logger.info("retrain request %s already registered version %s: gating it again", request_id, version)
+    return version
 
 
 def _result(
@@ -386,6 +439,7 @@ evaluate_task = _task(fit_and_evaluate, "fit-and-evaluate")
 log_evaluation_task = _mlflow_task(log_evaluation, "log-evaluation")
 register_task = _mlflow_task(register_challenger, "register-challenger")
 end_run_task = _mlflow_task(end_training_run, "end-mlflow-run")
+resume_task = _mlflow_task(resume_request, "resume-request")
 
 
 def with_overrides(
@@ -405,19 +459,25 @@ def with_overrides(
 
 @flow(name="train")
 def train_flow(
-    data_folder: str | None = None, n_trials: int | None = None, settings: Settings | None = None
+    data_folder: str | None = None,
+    n_trials: int | None = None,
+    settings: Settings | None = None,
+    request_id: str | None = None,
 ) -> int:
-    """Tune, fit, evaluate and register a challenger version; return its version number."""
+    """Tune, fit, evaluate and register a challenger version; return its version number.
+
+    ``request_id`` (the retrain request, see ``resume_request``) is recorded on the run and the version.
+    """
     settings = with_overrides(settings or Settings(), data_folder, n_trials)
     flow_run_id = str(flow_run.id)
     dataset = load_data_task(settings)
     parts = split_task(settings, dataset)
-    run_id = start_run_task(settings, dataset, parts, flow_run_id)
+    run_id = start_run_task(settings, dataset, parts, flow_run_id, request_id)
     try:
         tuned = tune_task(settings, parts, run_id, progress_bar=True)
         candidates = evaluate_task(settings, parts, tuned)
         log_evaluation_task(settings, run_id, parts, candidates)
-        version = register_task(settings, run_id, parts, dataset, candidates.tuned, flow_run_id)
+        version = register_task(settings, run_id, parts, dataset, candidates.tuned, flow_run_id, request_id)
     except BaseException:
         end_run_task(settings, run_id, failed=True)
         raise

@@ -21,6 +21,9 @@ class Tag:
     """Tag keys set on registered model versions and runs."""
 
     FLOW_RUN_ID: Final = "reggaeton.flow_run_id"
+    # The retrain request a run or version serves: its first flow run's id, shared by the reruns of
+    # that run after a crash, so a rerun finds what an earlier attempt already registered.
+    RETRAIN_REQUEST: Final = "reggaeton.retrain_request"
     DATA_HASH: Final = "reggaeton.data_hash"
     DATA_SOURCE: Final = "reggaeton.data_source"
     THRESHOLD: Final = "reggaeton.threshold"

@@ -1,20 +1,34 @@
-"""Faults the loop survives: a worker killed in the middle of a retrain, then restarted."""
+"""Faults the loop survives, with real processes on free loopback ports.
+
+A worker killed in the middle of a retrain (a stand-in flow, then the real one killed before and after
+registering its version: one version per retrain request), and the MLflow server restarted while the
+real `train-and-promote` deployment is training.
+"""
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import UUID
 
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.client.schemas.objects import FlowRun
 
-from flows import automations, demo, stack
+from flows import demo, stack
+from flows.automations import prefect_api
 from flows.deploy import deploy
+from flows.promote import PROMOTED
+from reggaeton import names
 from reggaeton.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The first run blocks (long enough to be killed); the rerun finishes at once.
 SLOW_FIRST_RUN = """
@@ -25,7 +39,7 @@ from prefect import flow
 
 
 @flow(name="train-and-promote")
-def train_and_promote() -> str:
+def train_and_promote(request_id: str | None = None) -> str:
     marker = Path(__file__).with_name("first-run-started")
     if not marker.exists():
         marker.write_text("started")
@@ -34,26 +48,70 @@ def train_and_promote() -> str:
 """
 
 
-def _runs(settings: Settings) -> list[FlowRun]:
+def _retrain_runs(settings: Settings) -> list[FlowRun]:
     """Runs of the retrain deployment started by a person or an automation (not its weekly schedule)."""
-    with automations.prefect_api(settings), get_client(sync_client=True) as client:
+    with prefect_api(settings), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train-and-promote"]))
         )
-    return [run for run in runs if not run.auto_scheduled]
+    return sorted((run for run in runs if not run.auto_scheduled), key=lambda run: run.created or 0)
 
 
 def _state(settings: Settings, flow_run_id: UUID) -> str | None:
-    with automations.prefect_api(settings), get_client(sync_client=True) as client:
+    with prefect_api(settings), get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
     return run.state.name if run.state else None
 
 
+def _start_retrain(settings: Settings) -> FlowRun:
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        return client.create_flow_run_from_deployment(demo.deployment_id(settings, "train-and-promote"))
+
+
+def _kill_worker(settings: Settings, run: FlowRun) -> None:
+    """Stop the worker with its flow run process, restart it, and wait for that run to be Crashed.
+
+    On the stack's own Prefect server, as in production: a silent run is marked Crashed.
+    """
+    assert stack.stop("worker", settings) == "stopped"
+    assert stack.up(settings, ["worker"]) == {"worker": "started"}
+    seen: set[str | None] = set()
+
+    def crashed() -> bool | None:
+        seen.add(state := _state(settings, run.id))
+        return True if state == "Crashed" else None
+
+    try:
+        demo.wait_until(f"run {run.name} to be marked Crashed", crashed, timeout_s=420, every_s=3)
+    except TimeoutError as exc:
+        raise AssertionError(f"states of {run.name} seen: {seen}") from exc
+
+
+def _rerun(settings: Settings, known: int) -> FlowRun:
+    """The automation's rerun: the retrain run after the ``known`` ones."""
+    return demo.wait_until(
+        "the automation's rerun",
+        lambda: runs[known] if len(runs := _retrain_runs(settings)) > known else None,
+        timeout_s=120,
+    )
+
+
+def _wait_completed(settings: Settings, run: FlowRun) -> None:
+    # A killed run's deployment concurrency slot is a lease the flow engine renews for 300 s at a
+    # time; the rerun may wait in AwaitingConcurrencySlot until that lease expires.
+    try:
+        final = demo.wait_for_final(settings, run.id, timeout_s=900)
+    except TimeoutError as exc:
+        raise AssertionError(f"run {run.name} stuck in state {_state(settings, run.id)}") from exc
+    assert final.state is not None and final.state.is_completed(), final.state
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_worker_killed_mid_retrain_the_retrain_runs_again(
     project: Path, tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
-    """On the stack's own Prefect server, as in production: silent runs are marked Crashed, then rerun."""
+    """A stand-in flow: the rerun is created, serves the same request, and completes."""
     (project / "flows" / "promote.py").write_text(SLOW_FIRST_RUN)
     marker = project / "flows" / "first-run-started"
     settings = Settings(state_dir=tmp_path / "state", prefect={"port": free_port()})
@@ -61,36 +119,162 @@ def test_worker_killed_mid_retrain_the_retrain_runs_again(
         stack.up(settings, ["prefect-server"])
         deploy(settings, project_dir=project)
         stack.up(settings, ["worker"])
-        with automations.prefect_api(settings), get_client(sync_client=True) as client:
-            first = client.create_flow_run_from_deployment(demo.deployment_id(settings, "train-and-promote"))
+        first = _start_retrain(settings)
         demo.wait_until("the first run to start", lambda: marker.exists() or None, timeout_s=180)
-
-        assert stack.stop("worker", settings) == "stopped"  # the worker and its flow run process
-        assert stack.up(settings, ["worker"]) == {"worker": "started"}
-
-        seen: set[str | None] = set()
-
-        def crashed() -> bool | None:
-            seen.add(state := _state(settings, first.id))
-            return True if state == "Crashed" else None
-
-        try:
-            demo.wait_until("the killed run to be marked Crashed", crashed, timeout_s=420, every_s=3)
-        except TimeoutError as exc:
-            raise AssertionError(f"states seen: {seen}") from exc
-        rerun = demo.wait_until(
-            "a rerun of the retrain",
-            lambda: next((r for r in _runs(settings) if r.id != first.id), None),
-            timeout_s=120,
-        )
-        # The killed run's deployment concurrency slot is a lease the flow engine renews for 300 s at a
-        # time; the rerun may wait in AwaitingConcurrencySlot until that lease expires.
-        try:
-            final = demo.wait_for_final(settings, rerun.id, timeout_s=600)
-        except TimeoutError as exc:
-            raise AssertionError(f"rerun stuck in state {_state(settings, rerun.id)}") from exc
-        assert final.state is not None and final.state.is_completed()
+        _kill_worker(settings, first)
+        rerun = _rerun(settings, 1)
+        _wait_completed(settings, rerun)
+        assert rerun.parameters == {"request_id": str(first.id)}  # the same retrain request
         time.sleep(5)
-        assert len(_runs(settings)) == 2  # one rerun, not a loop of them
+        assert len(_retrain_runs(settings)) == 2  # one rerun, not a loop of them
     finally:
         stack.down(settings)
+
+
+# --- the real flow -------------------------------------------------------------------------------------
+N_TRIALS = 3
+# urllib3, under MLflow's REST client, logs each retry of a request the server did not answer.
+CONNECTION_RETRY = re.compile(r"Retrying \(.*\) after connection broken by .*(refused|NewConnectionError)")
+
+
+def _small_stack_settings(tmp_path: Path, free_port: Callable[[], int], **prefect: object) -> Settings:
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        prefect={"port": free_port(), "alert_receiver_port": free_port(), **prefect},
+        mlflow={"port": free_port()},
+        training={
+            "n_trials": N_TRIALS,
+            "cv_folds": 3,
+            "bootstrap_rounds": 200,
+            "families": ("hist_gradient_boosting",),
+        },
+        promotion={"bootstrap_rounds": 200, "latency_tolerance": 50.0},
+    )
+    return demo.stack_settings(settings)
+
+
+@pytest.fixture
+def real_stack(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Settings]:
+    """Prefect server, worker and MLflow server, deployed; stopped (by PID) whatever happens.
+
+    Every crash of a retrain is rerun (no debounce window), so one request can crash twice.
+    """
+    settings = _small_stack_settings(tmp_path, free_port, debounce_s=0)
+    try:
+        stack.up(settings, ["prefect-server", "mlflow"])
+        deploy(settings, project_dir=REPO_ROOT)
+        stack.up(settings, ["worker"])
+        yield settings
+    finally:
+        stack.down(settings)
+
+
+def _client(settings: Settings) -> MlflowClient:
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+
+
+def _training_runs(settings: Settings) -> list[Run]:
+    """Parent runs of the training experiment (trial runs excluded)."""
+    client = _client(settings)
+    experiment = client.get_experiment_by_name(settings.mlflow.training_experiment)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [run for run in runs if MLFLOW_PARENT_RUN_ID not in run.data.tags]
+
+
+def _trial_runs(settings: Settings, parent_run_id: str) -> list[Run]:
+    client = _client(settings)
+    experiment = client.get_experiment_by_name(settings.mlflow.training_experiment)
+    assert experiment is not None
+    return client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
+    )
+
+
+def _versions(settings: Settings) -> list[str]:
+    found = _client(settings).search_model_versions(f"name='{settings.mlflow.model_name}'")
+    return sorted(str(version.version) for version in found)
+
+
+def _connection_retries(settings: Settings) -> list[str]:
+    log = stack.log_dir(settings) / "worker.log"  # the worker streams its flow runs' output here
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return [line for line in text.splitlines() if CONNECTION_RETRY.search(line)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_mlflow_restarted_during_training_the_retrain_completes(real_stack: Settings) -> None:
+    """The flow rides out the outage, nothing lost: every trial recorded, one version, promoted.
+
+    What absorbs it is MLflow's own REST client: urllib3 retries an unanswered request up to 7 times
+    with exponential back-off (about four minutes in all), so an outage of a restart's length never
+    reaches Prefect's task retries, which take over only for longer outages. The retry asserted on is
+    therefore the client's, logged by urllib3 in the flow run's output.
+    """
+    settings = real_stack
+    run = _start_retrain(settings)
+    # A deterministic point: the training run exists in MLflow, and every later step needs the server.
+    demo.wait_until("the training run in MLflow", lambda: _training_runs(settings) or None, 300, 1.0)
+
+    assert stack.stop("mlflow", settings) == "stopped"
+    # Down until the flow has really failed to reach it (bounded), then back on the same store.
+    demo.wait_until(
+        "a tracking call refused while MLflow is down",
+        lambda: _connection_retries(settings) or None,
+        timeout_s=300,
+        every_s=1.0,
+    )
+    assert stack.up(settings, ["mlflow"]) == {"mlflow": "started"}
+
+    _wait_completed(settings, run)
+    # One training run, every trial recorded despite the outage, one version, and it is champion.
+    (training,) = _training_runs(settings)
+    assert training.info.status == "FINISHED"
+    assert len(_trial_runs(settings, training.info.run_id)) == N_TRIALS
+    assert _versions(settings) == ["1"]
+    assert demo.champion_version(_client(settings), settings) == "1"
+    version = _client(settings).get_model_version(settings.mlflow.model_name, "1")
+    assert version.tags[names.Tag.DECISION] == PROMOTED
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_worker_killed_before_and_after_registration_one_version_per_request(
+    real_stack: Settings,
+) -> None:
+    """Killed mid-training, the rerun trains; killed after registering, the rerun gates that version."""
+    settings = real_stack
+    first = _start_retrain(settings)
+
+    # Kill 1: training under way (its MLflow run exists), nothing registered yet.
+    demo.wait_until("the training run in MLflow", lambda: _training_runs(settings) or None, 300, 1.0)
+    _kill_worker(settings, first)
+    assert _versions(settings) == []
+    second = _rerun(settings, 1)
+
+    # Kill 2: the rerun has registered its version; the gate has not finished.
+    # The rerun may first wait up to 300 s for the killed run's concurrency lease to lapse.
+    demo.wait_until("the rerun's version", lambda: _versions(settings) or None, 900, 0.5)
+    assert _state(settings, second.id) == "Running", "the rerun finished before it could be killed"
+    _kill_worker(settings, second)
+    third = _rerun(settings, 2)
+    _wait_completed(settings, third)
+
+    time.sleep(5)  # a further rerun would show up by now
+    runs = _retrain_runs(settings)
+    assert [run.id for run in runs] == [first.id, second.id, third.id]
+    request = str(first.id)
+    assert [run.parameters.get("request_id") for run in runs] == [None, request, request]
+    # One version for the one request, promoted by the third run's gate.
+    assert _versions(settings) == ["1"]
+    client = _client(settings)
+    version = client.get_model_version(settings.mlflow.model_name, "1")
+    assert version.tags[names.Tag.RETRAIN_REQUEST] == request
+    assert version.tags[names.Tag.DECISION] == PROMOTED
+    assert demo.champion_version(client, settings) == "1"
+    # Two trainings (the third run trained nothing); the interrupted one is not shown as finished.
+    statuses = {run.info.run_id: run.info.status for run in _training_runs(settings)}
+    assert statuses.pop(version.run_id) == "FINISHED"
+    assert len(statuses) == 1 and set(statuses.values()) <= {"KILLED", "FAILED"}, statuses
