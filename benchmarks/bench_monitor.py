@@ -53,12 +53,13 @@ def _peak_mb() -> float:
 
 def setup(folder: Path, rows: int) -> None:
     """Fit a champion, write the 2,000-row reference and ``rows`` logged predictions."""
+    from flows import registry
     from monitoring import simulate
     from reggaeton import prediction_log
     from reggaeton.data import features_array, split, synthetic_dataset
     from reggaeton.metrics import best_f1_threshold
     from reggaeton.model import RANDOM_FOREST, build_pipeline
-    from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+    from reggaeton.schema import TARGET
 
     settings = _settings(folder)
     settings.ensure_state_dir()
@@ -68,11 +69,7 @@ def setup(folder: Path, rows: int) -> None:
     pipeline.fit(features_array(data.train), data.train[TARGET])
     proba = pipeline.predict_proba(features_array(data.holdout))[:, 1]
     threshold = best_f1_threshold(data.holdout[TARGET].to_numpy(), proba)
-    reference = data.holdout[list(FEATURE_NAMES)].copy()
-    reference[PROBABILITY] = proba
-    reference[PREDICTION] = (proba >= threshold).astype("int64")
-    reference[TARGET] = data.holdout[TARGET].to_numpy()
-    reference.to_parquet(folder / "reference.parquet")
+    registry.reference_frame(data.holdout, proba, threshold).to_parquet(folder / "reference.parquet")
 
     engine = prediction_log.make_engine(settings.prediction_log_url)
     prediction_log.create_tables(engine)
@@ -86,13 +83,9 @@ def setup(folder: Path, rows: int) -> None:
         feedback_fraction=0.2,
         seed=5,
     )
-    engine.dispose()
     # The exact frame the monitor will read, for NannyML alone.
-    prediction_log.read_window(prediction_log.make_engine(settings.prediction_log_url), VERSION).to_parquet(
-        folder / "window.parquet"
-    )
-    from flows import registry
-
+    prediction_log.read_window(engine, VERSION).to_parquet(folder / "window.parquet")
+    engine.dispose()
     client = registry.connect(settings)
     registry.ensure_experiment(client, settings.mlflow.monitoring_experiment, settings)
 

@@ -124,12 +124,11 @@ def already_decided(challenger: ModelVersion, champion: ModelVersion | None, eva
     if decision == ROLLED_BACK:
         return f"version {challenger.version} was rolled back; promote it by hand if it should return"
     against = str(champion.version) if champion is not None else "none"
-    if decision == PROMOTED and tags.get(names.Tag.DECISION_AGAINST) == against:
-        # Promoted against the current champion, yet not champion: the run recording the decision
-        # stopped between the tags and the alias move (apply_decision moves it last). Finish it.
-        return None
+    # Only a rejection is settled by its tags: a version tagged promoted against the current champion
+    # yet not champion was stopped between the tags and the alias move (apply_decision moves it
+    # last), so the gate decides it again and finishes the promotion.
     if (
-        decision in (PROMOTED, REJECTED)
+        decision == REJECTED
         and tags.get(names.Tag.DECISION_AGAINST) == against
         and tags.get(names.Tag.DECISION_DATA) == evaluation
     ):

@@ -324,14 +324,10 @@ def resume_request(settings: Settings, request_id: str) -> str | None:
     """
     client = registry.connect(settings)
     model_name = settings.mlflow.model_name
-    registered = sorted(
-        (
-            version
-            for version in client.search_model_versions(f"name='{model_name}'")
-            if (version.tags or {}).get(names.Tag.RETRAIN_REQUEST) == request_id
-        ),
-        key=lambda version: int(version.version),
+    found = client.search_model_versions(
+        f"name='{model_name}' and tags.`{names.Tag.RETRAIN_REQUEST}` = '{request_id}'"
     )
+    registered = sorted(found, key=lambda version: int(version.version))
     experiment = client.get_experiment_by_name(settings.mlflow.training_experiment)
     if experiment is not None:
         attempts = client.search_runs(

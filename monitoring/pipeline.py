@@ -53,6 +53,11 @@ class Window:
     after: tuple[datetime, str] | None
     until: datetime
 
+    @property
+    def first_at(self) -> datetime | None:
+        """When the window's first row was logged (None for an empty window)."""
+        return pd.Timestamp(self.frame[CREATED_AT].iloc[0]).to_pydatetime() if len(self.frame) else None
+
 
 def read_window(log: Engine, results: Engine, model_version: str, settle_s: float, now: datetime) -> Window:
     """Read the version's traffic after the stored watermark and up to ``now - settle_s``."""
@@ -116,6 +121,11 @@ class History:
     relabelled_from: int | None = None  # position of the first chunk whose late labels changed it
 
 
+def _locatable(chunk: ChunkResult) -> bool:
+    """Whether a stored chunk's rows can be found again in the log (stores before first/last ids cannot)."""
+    return bool(chunk.start and chunk.end and chunk.first_id and chunk.last_id)
+
+
 def late_labels(log: Engine, results: Engine, model_version: str, limit: int) -> History:
     """The latest ``limit`` stored chunks, with the labels that arrived since each was judged.
 
@@ -123,7 +133,7 @@ def late_labels(log: Engine, results: Engine, model_version: str, limit: int) ->
     Chunks that gained labels get their label counts and realized metrics recomputed and stored again.
     """
     stored = store.recent_stored(results, model_version, limit)
-    known = [s for s in stored if s.chunk.start and s.chunk.end and s.chunk.first_id and s.chunk.last_id]
+    known = [s for s in stored if _locatable(s.chunk)]
     if not known:  # nothing stored yet, or chunks from a store older than the first/last ids
         return History([s.chunk for s in stored])
     first = min(known, key=lambda s: (s.chunk.start, s.chunk.first_id)).chunk
@@ -140,7 +150,8 @@ def late_labels(log: Engine, results: Engine, model_version: str, limit: int) ->
     relabelled_from = None
     for position, item in enumerate(stored):
         chunk = item.chunk
-        if chunk.start and chunk.end and chunk.first_id and chunk.last_id:
+        if _locatable(chunk):
+            assert chunk.start is not None and chunk.end is not None
             start, end = pd.Timestamp(chunk.start), pd.Timestamp(chunk.end)
             inside = (
                 ((at > start) | ((at == start) & (ids >= chunk.first_id)))
@@ -174,7 +185,7 @@ def read_history(log: Engine, results: Engine, model_version: str, settings: Set
 def decide(window: Window, analysis: Analysis, history: History, policy: Policy) -> list[Alert]:
     """Apply the alert policy to this run's chunks (continuing streaks from stored history)."""
     frame = window.frame
-    start = pd.Timestamp(frame[CREATED_AT].iloc[0]).to_pydatetime() if len(frame) else None
+    start = window.first_at
     end = pd.Timestamp(frame[CREATED_AT].iloc[-1]).to_pydatetime() if len(frame) else window.until
     return evaluate(
         Results(
@@ -209,13 +220,12 @@ def save(
     history_chunks: int,
 ) -> Stored:
     """Store the run and return it with the version's recent chunks (for the plot)."""
-    frame = window.frame
     record = store.RunRecord(
         run_id=uuid.uuid4().hex,
         model_name=model_name,
         model_version=window.model_version,
         started_at=started_at,
-        window_start=pd.Timestamp(frame[CREATED_AT].iloc[0]).to_pydatetime() if len(frame) else None,
+        window_start=window.first_at,
         window_end=analysis.chunks[-1].end if analysis.chunks else None,
         rows_read=analysis.rows_read,
         rows_analysed=analysis.rows_analysed,
@@ -226,8 +236,8 @@ def save(
         mlflow_run_id=mlflow_run_id,
     )
     store.save_run(results, record, analysis.chunks)
-    recent = store.read_chunks(results, window.model_version)
-    return Stored(record=record, chunks=recent.tail(len(analysis.chunks) + history_chunks))
+    recent = store.read_chunks(results, window.model_version, limit=len(analysis.chunks) + history_chunks)
+    return Stored(record=record, chunks=recent)
 
 
 def metrics_of(analysis: Analysis) -> dict[str, float]:

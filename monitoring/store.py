@@ -260,11 +260,6 @@ def recent_stored(engine: Engine, model_version: str, limit: int) -> list[Stored
     return [StoredChunk(str(row["run_id"]), _chunk_from_row(row)) for row in reversed(rows)]
 
 
-def recent_chunks(engine: Engine, model_version: str, limit: int) -> list[ChunkResult]:
-    """The latest ``limit`` stored chunks of a version, oldest first (history for streaks)."""
-    return [stored.chunk for stored in recent_stored(engine, model_version, limit)]
-
-
 def update_labels(engine: Engine, updated: Sequence[StoredChunk]) -> None:
     """Store the label counts and realized metrics of chunks whose late labels arrived."""
     if not updated:
@@ -283,14 +278,17 @@ def update_labels(engine: Engine, updated: Sequence[StoredChunk]) -> None:
             )
 
 
-def read_chunks(engine: Engine, model_version: str | None = None) -> pd.DataFrame:
-    """All stored chunks (of one version), in time order, as a frame (for plots and people)."""
+def read_chunks(engine: Engine, model_version: str | None = None, limit: int | None = None) -> pd.DataFrame:
+    """The stored chunks (of one version; the latest ``limit``), in time order, as a frame."""
     query = select(chunks, runs.c.started_at).join(runs, runs.c.run_id == chunks.c.run_id)
     if model_version is not None:
         query = query.where(chunks.c.model_version == model_version)
-    query = query.order_by(runs.c.started_at, chunks.c.chunk_index)
+    query = query.order_by(runs.c.started_at.desc(), chunks.c.chunk_index.desc())
+    if limit is not None:
+        query = query.limit(limit)
     with engine.connect() as connection:
-        return pd.DataFrame(connection.execute(query).mappings().all())
+        rows = connection.execute(query).mappings().all()
+    return pd.DataFrame(list(reversed(rows)))
 
 
 def read_runs(engine: Engine, model_version: str | None = None) -> pd.DataFrame:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -19,11 +18,6 @@ class Feature:
     maximum: float
     description: str
     exclusive_min: bool = False
-
-    def contains(self, value: float) -> bool:
-        """Whether a finite value lies in the valid range."""
-        low_ok = value > self.minimum if self.exclusive_min else value >= self.minimum
-        return low_ok and value <= self.maximum
 
     def range_text(self) -> str:
         """The range in words, for error messages."""
@@ -82,19 +76,6 @@ class SchemaError(ValueError):
         where = f" column '{column}'" if column else ""
         count = f" ({rows} row{'s' if rows != 1 else ''})" if rows is not None else ""
         super().__init__(f"{source}:{where} {message}{count}")
-
-
-def validate_value(name: str, value: Any) -> float:
-    """Check one feature value; return it as float or raise ValueError naming the problem."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number")
-    feature = FEATURES_BY_NAME[name]
-    if not feature.contains(number):
-        raise ValueError(f"{name}={number:g} is outside the valid range {feature.range_text()}")
-    return number
 
 
 def validate_frame(frame: pd.DataFrame, source: str, *, require_target: bool = False) -> pd.DataFrame:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.parsing import parse_songs
+from serving.parsing import parse_songs, response_body
 from serving.service import NoModelError
 
 PATH = "/predict"
@@ -92,7 +91,7 @@ class PredictFastPath:
         except NoModelError:  # nothing was scored or logged: the route answers 503
             await self.app(scope, _replaying(received, receive), send)
             return
-        body = orjson.dumps({"predictions": predictions})
+        body = response_body(predictions)
         await send(
             {
                 "type": "http.response.start",

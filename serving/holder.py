@@ -9,8 +9,10 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES
+from reggaeton.data import features_array
+from reggaeton.schema import EXAMPLE_SONGS
 
 
 class ModelCheckError(RuntimeError):
@@ -38,7 +40,7 @@ class ServedModel:
 
 def examples_array() -> np.ndarray:
     """The challenge's example songs as a float array in schema order."""
-    return np.array([[song[name] for name in FEATURE_NAMES] for song in EXAMPLE_SONGS], dtype=np.float64)
+    return features_array(pd.DataFrame(list(EXAMPLE_SONGS)))
 
 
 def smoke_check(served: ServedModel) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -73,3 +74,8 @@ def parse_songs(body: bytes, max_batch: int) -> np.ndarray:
     except ValidationError as exc:
         raise _prefixed(exc) from None
     return np.array([[song[name] for name in FEATURE_NAMES] for song in songs], dtype=np.float64)
+
+
+def response_body(predictions: list[dict[str, Any]]) -> bytes:
+    """The ``POST /predict`` answer, serialised (both the route and the fast path send exactly this)."""
+    return orjson.dumps({"predictions": predictions})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import gc
 import logging
@@ -50,7 +49,6 @@ class Refresher:
         self._metrics = metrics
         self._poll_interval_s = poll_interval_s
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
         self._refused: dict[str, str] = {}
         self._cache_lock = threading.Lock()
 
@@ -123,10 +121,6 @@ class Refresher:
         except Exception:
             logger.exception("could not cache version %s", served.version)
 
-    def request_check(self) -> None:
-        """Wake the poller now instead of at the next interval."""
-        self._wake.set()
-
     async def run(self) -> None:
         """Poll forever (cancel to stop)."""
         while True:
@@ -134,6 +128,4 @@ class Refresher:
                 await self.check()
             except Exception:  # never let the poller die; the next round tries again
                 logger.exception("registry check failed")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
+            await asyncio.sleep(self._poll_interval_s)

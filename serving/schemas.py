@@ -8,6 +8,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, FEATURES, Feature
+from serving.refresher import Outcome
 
 
 def _feature_field(feature: Feature) -> Any:
@@ -110,6 +111,6 @@ class ModelResponse(BaseModel):
 class ReloadResponse(BaseModel):
     """The outcome of one registry check."""
 
-    outcome: Literal["swapped", "unchanged", "refused", "unavailable", "no_champion"]
+    outcome: Outcome
     version: str | None
     detail: str | None = None

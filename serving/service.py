@@ -23,6 +23,16 @@ class NoModelError(RuntimeError):
 
 
 @dataclass
+class _VersionCounts:
+    """Predictions of one version so far, and its two Prometheus counters."""
+
+    positive_counter: Any
+    negative_counter: Any
+    positives: int = 0
+    total: int = 0
+
+
+@dataclass
 class PredictionService:
     """Pure prediction plus injected side effects (batching, logging, metrics)."""
 
@@ -32,7 +42,7 @@ class PredictionService:
     metrics: ServingMetrics
 
     def __post_init__(self) -> None:
-        self._counts: dict[str, list[int]] = {}
+        self._counts: dict[str, _VersionCounts] = {}
 
     async def predict(self, features: np.ndarray) -> list[dict[str, Any]]:
         """Predictions for an (n, 7) array, in order; logged before they are returned.
@@ -60,17 +70,20 @@ class PredictionService:
         positives = int(labels.sum())
         total = len(labels)
         counts = self._counts.get(served.version)
-        if counts is None:
-            counts = self._counts.setdefault(served.version, [0, 0])
-        counts[0] += positives
-        counts[1] += total
+        if counts is None:  # the metric children once per version: `labels()` takes a lock per call
+            counts = self._counts[served.version] = _VersionCounts(
+                self.metrics.predictions.labels(model_version=served.version, label="1"),
+                self.metrics.predictions.labels(model_version=served.version, label="0"),
+            )
+        counts.positives += positives
+        counts.total += total
         if positives:
-            self.metrics.predictions.labels(model_version=served.version, label="1").inc(positives)
+            counts.positive_counter.inc(positives)
         if total - positives:
-            self.metrics.predictions.labels(model_version=served.version, label="0").inc(total - positives)
+            counts.negative_counter.inc(total - positives)
         current = self.holder.current
         if current is not None and current.version == served.version:
-            self.metrics.positive_rate.set(counts[0] / counts[1])
+            self.metrics.positive_rate.set(counts.positives / counts.total)
 
 
 @dataclass

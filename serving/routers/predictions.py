@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from serving.deps import require_api_key, services_of
-from serving.parsing import parse_songs, read_body
+from serving.parsing import parse_songs, read_body, response_body
 from serving.schemas import PredictionResponse, request_body_schema
 from serving.service import NoModelError
 
@@ -42,6 +41,6 @@ def build_router(max_batch: int, api_key_required: bool) -> APIRouter:
             predictions = await services.predictions.predict(features)
         except NoModelError as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
-        return Response(orjson.dumps({"predictions": predictions}), media_type="application/json")
+        return Response(response_body(predictions), media_type="application/json")
 
     return router
