@@ -56,6 +56,8 @@ class MicroBatcher:
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
+        # Callers that went away (client disconnected) are dropped before the batch's version is chosen.
+        self._pending = [item for item in self._pending if not item.future.done()]
         if self._busy or not self._pending:
             return
         served = self._pending[0].served
@@ -63,16 +65,12 @@ class MicroBatcher:
         rest: list[_Pending] = []
         rows = 0
         for item in self._pending:
-            if item.future.done():  # the client went away
-                continue
             if item.served is served and (not group or rows + len(item.features) <= self._max_rows):
                 group.append(item)
                 rows += len(item.features)
             else:
                 rest.append(item)
         self._pending = rest
-        if not group:
-            return
         features = group[0].features if len(group) == 1 else np.concatenate([item.features for item in group])
         self._busy = True
         call = self._executor.submit(served.probabilities, features)

@@ -67,6 +67,22 @@ def test_batches_respect_max_rows_and_model_versions() -> None:
     assert sorted(old.calls + new.calls) == [1, 1, 4, 4]
 
 
+def test_a_caller_gone_first_in_line_does_not_strand_the_others() -> None:
+    old, new = _CountingModel(), _CountingModel()
+    row = np.full((1, 7), 0.5)
+
+    async def run() -> np.ndarray:
+        batcher = MicroBatcher(max_rows=4, metrics=ServingMetrics())
+        gone = asyncio.create_task(batcher.probabilities(_served(old, "1"), row))
+        waiting = asyncio.create_task(batcher.probabilities(_served(new, "2"), row))
+        await asyncio.sleep(0)  # both queued, the flush not run yet
+        gone.cancel()  # the first in line goes away (a client disconnect during a version swap)
+        return await asyncio.wait_for(waiting, timeout=10)
+
+    assert asyncio.run(run()).shape == (1,)
+    assert old.calls == [] and new.calls == [1]
+
+
 def test_full_log_queue_waits_and_loses_nothing(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
     create_tables(engine)
