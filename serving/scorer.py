@@ -74,7 +74,9 @@ def choose_scorer(model: Any, check_rows: np.ndarray) -> Scorer:
             return fallback
         expected = fallback.probabilities(check_rows)
         got = rebuilt(check_rows)
-        if got.shape == expected.shape and np.allclose(got, expected, rtol=0.0, atol=TOLERANCE, equal_nan=True):
+        if got.shape == expected.shape and np.allclose(
+            got, expected, rtol=0.0, atol=TOLERANCE, equal_nan=True
+        ):
             return Scorer(rebuilt, REBUILT)
         worst = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
         logger.warning(
