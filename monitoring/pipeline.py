@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +44,31 @@ def policy_from_settings(settings: Settings) -> Policy:
         min_labelled_positives=section.min_labelled_positives,
         drift_min_features=section.drift_min_features,
     )
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The two databases of one monitor run, opened once for the whole run."""
+
+    log: Engine  # the prediction log: read only, its tables are serving's to create
+    results: Engine  # the monitoring results store
+
+
+@contextmanager
+def open_stores(settings: Settings) -> Iterator[Stores]:
+    """Open the prediction log and the results store (created or brought up to date) for one run.
+
+    Both engines are disposed when the run ends, whether it succeeded or not.
+    """
+    log = prediction_log.make_engine(settings.prediction_log_url)
+    try:
+        results = store.connect(settings.monitoring_results_url)
+        try:
+            yield Stores(log=log, results=results)
+        finally:
+            results.dispose()
+    finally:
+        log.dispose()
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ from reggaeton.settings import Settings
 
 
 def run_once(settings: Settings, traffic: TrafficWriter) -> tuple[pipeline.Analysis, list[Alert]]:
-    """What the flow does, minus MLflow and Prefect: read, analyse, decide, store."""
-    results = store.connect(settings.monitoring_results_url)
+    """What the flow does, minus MLflow and Prefect: open the stores, read, analyse, decide, store."""
     version = traffic.champion.version
-    window = pipeline.read_window(traffic.engine, results, version, 0.0, datetime.now(UTC))
-    analysis = pipeline.analyse(traffic.champion.reference, window, settings)
-    history = pipeline.read_history(traffic.engine, results, version, settings)
-    alerts = pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
-    pipeline.save(results, "m", window, analysis, alerts, datetime.now(UTC), None, 0)
+    with pipeline.open_stores(settings) as stores:
+        window = pipeline.read_window(stores.log, stores.results, version, 0.0, datetime.now(UTC))
+        analysis = pipeline.analyse(traffic.champion.reference, window, settings)
+        history = pipeline.read_history(stores.log, stores.results, version, settings)
+        alerts = pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
+        pipeline.save(stores.results, "m", window, analysis, alerts, datetime.now(UTC), None, 0)
     return analysis, alerts
 
 
@@ -68,6 +68,22 @@ def test_log_window_reads_after_the_watermark(settings: Settings, traffic: Traff
     rest = prediction_log.read_window(traffic.engine, traffic.champion.version, after=mark)
     assert rest["id"].tolist() == window["id"].iloc[300:].tolist()
     assert prediction_log.read_window(traffic.engine, "no-such-version").empty
+
+
+def test_a_run_opens_its_stores_once_and_disposes_them_even_when_a_step_fails(
+    settings: Settings, traffic: TrafficWriter
+) -> None:
+    traffic.write("stable", 300)
+    with pytest.raises(RuntimeError, match="a step failed"), pipeline.open_stores(settings) as stores:
+        window = pipeline.read_window(
+            stores.log, stores.results, traffic.champion.version, 0.0, datetime.now(UTC)
+        )
+        assert len(window.frame) == 300
+        # Pooled connections stay open while the run goes on ...
+        assert stores.log.pool.checkedin() == 1 and stores.results.pool.checkedin() == 1
+        raise RuntimeError("a step failed")
+    # ... and are closed once it ends.
+    assert stores.log.pool.checkedin() == 0 and stores.results.pool.checkedin() == 0
 
 
 def test_tail_smaller_than_a_chunk_waits_for_the_next_run(settings: Settings, traffic: TrafficWriter) -> None:
