@@ -179,16 +179,20 @@ def read_window(
         labels_query = labels_query.where(feedback.c.received_at >= after_at - _CLOCK_MARGIN)
     columns = [name for name in WINDOW_COLUMNS if name != LABEL]
     parts = []
-    with engine.connect() as connection:
-        result = connection.execute(rows_query)
-        # The driver's plain tuples: SQLAlchemy's per-row processing costs more than the read itself,
-        # and these columns need none (timestamps are parsed below, in one call). Without
-        # `stream_results` SQLAlchemy buffers no row ahead, so the driver's cursor has them all (SQLite's
-        # cursor steps through the file as it is fetched; a Postgres client cursor holds the result).
-        while rows := result.cursor.fetchmany(_READ_BATCH):
-            parts.append(pd.DataFrame.from_records(rows, columns=columns, coerce_float=True))
-        result.close()
-        labelled = connection.execute(labels_query).all()
+    labelled: list[Any] = []
+    # A log serving has not written to yet has no tables: an empty window (creating them is serving's job).
+    if {predictions.name, feedback.name} <= set(inspect(engine).get_table_names()):
+        with engine.connect() as connection:
+            result = connection.execute(rows_query)
+            # The driver's plain tuples: SQLAlchemy's per-row processing costs more than the read itself,
+            # and these columns need none (timestamps are parsed below, in one call). Without
+            # `stream_results` SQLAlchemy buffers no row ahead, so the driver's cursor has them all
+            # (SQLite's cursor steps through the file as it is fetched; a Postgres client cursor holds
+            # the result).
+            while rows := result.cursor.fetchmany(_READ_BATCH):
+                parts.append(pd.DataFrame.from_records(rows, columns=columns, coerce_float=True))
+            result.close()
+            labelled = list(connection.execute(labels_query))
     if not parts:
         frame = pd.DataFrame({name: pd.Series(dtype="float64") for name in columns})
         frame[PREDICTION_ID] = frame[PREDICTION_ID].astype("object")

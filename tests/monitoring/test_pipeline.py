@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from monitoring_support import Champion, TrafficWriter
 from sklearn.metrics import f1_score, roc_auc_score
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from monitoring import estimation, pipeline, simulate, store
 from monitoring.estimation import ChunkPlan
@@ -18,12 +18,12 @@ from reggaeton.schema import TARGET
 from reggaeton.settings import Settings
 
 
-def run_once(settings: Settings, traffic: TrafficWriter) -> tuple[pipeline.Analysis, list[Alert]]:
+def run_once(settings: Settings, champion: Champion) -> tuple[pipeline.Analysis, list[Alert]]:
     """What the flow does, minus MLflow and Prefect: open the stores, read, analyse, decide, store."""
-    version = traffic.champion.version
+    version = champion.version
     with pipeline.open_stores(settings) as stores:
         window = pipeline.read_window(stores.log, stores.results, version, 0.0, datetime.now(UTC))
-        analysis = pipeline.analyse(traffic.champion.reference, window, settings)
+        analysis = pipeline.analyse(champion.reference, window, settings)
         history = pipeline.read_history(stores.log, stores.results, version, settings)
         alerts = pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
         pipeline.save(stores.results, "m", window, analysis, alerts, datetime.now(UTC), None, 0)
@@ -86,22 +86,36 @@ def test_a_run_opens_its_stores_once_and_disposes_them_even_when_a_step_fails(
     assert stores.log.pool.checkedin() == 0 and stores.results.pool.checkedin() == 0
 
 
+def test_a_run_on_a_log_without_tables_reads_nothing_and_leaves_the_log_to_serving(
+    settings: Settings, champion: Champion
+) -> None:
+    settings.ensure_state_dir()  # a fresh install: serving has not started, the log has no tables yet
+    analysis, alerts = run_once(settings, champion)
+    assert (analysis.rows_read, analysis.chunks) == (0, [])
+    assert [a.kind for a in alerts] == [AlertKind.INSUFFICIENT_DATA]
+    log = prediction_log.make_engine(settings.prediction_log_url)
+    assert inspect(log).get_table_names() == []
+    empty = prediction_log.read_window(log, champion.version)
+    assert empty.empty and list(empty.columns) == list(prediction_log.WINDOW_COLUMNS)
+    log.dispose()
+
+
 def test_tail_smaller_than_a_chunk_waits_for_the_next_run(settings: Settings, traffic: TrafficWriter) -> None:
     traffic.write("stable", 1300)
-    analysis, _ = run_once(settings, traffic)
+    analysis, _ = run_once(settings, traffic.champion)
     assert (analysis.rows_read, analysis.rows_analysed, len(analysis.chunks)) == (1300, 1000, 2)
     traffic.write("stable", 200)
-    analysis, _ = run_once(settings, traffic)
+    analysis, _ = run_once(settings, traffic.champion)
     assert (analysis.rows_read, analysis.rows_analysed) == (500, 500)
 
 
 def test_window_below_minimum_is_insufficient_data(settings: Settings, traffic: TrafficWriter) -> None:
     traffic.write("stable", 150)
-    analysis, alerts = run_once(settings, traffic)
+    analysis, alerts = run_once(settings, traffic.champion)
     assert analysis.chunks == [] and [a.kind for a in alerts] == [AlertKind.INSUFFICIENT_DATA]
     # Nothing was analysed, so the rows are read again (with newer ones) by the next run.
     traffic.write("stable", 900)
-    analysis, alerts = run_once(settings, traffic)
+    analysis, alerts = run_once(settings, traffic.champion)
     assert analysis.rows_read == 1050 and len(analysis.chunks) == 2
     assert AlertKind.DEGRADED not in [a.kind for a in alerts]
 
@@ -113,7 +127,7 @@ def test_stable_traffic_over_many_windows_raises_no_degraded(
     kinds = []
     for _ in range(8):
         traffic.write("stable", 1000)
-        _, alerts = run_once(settings, traffic)
+        _, alerts = run_once(settings, traffic.champion)
         kinds += [alert.kind for alert in alerts]
     assert AlertKind.DEGRADED not in kinds
     stored = store.read_chunks(store.connect(settings.monitoring_results_url))
@@ -125,11 +139,11 @@ def test_drift_raises_degraded_within_three_windows(settings: Settings, traffic:
     """Default policy (ROC-AUC >= 0.8, 2 chunks in a row), 30 % of labels arriving."""
     for _ in range(2):
         traffic.write("stable", 1000)
-        _, alerts = run_once(settings, traffic)
+        _, alerts = run_once(settings, traffic.champion)
         assert AlertKind.DEGRADED not in [a.kind for a in alerts]
     for window in range(1, 4):  # noqa: B007 (reported below)
         traffic.write("drift", 1000)
-        _, alerts = run_once(settings, traffic)
+        _, alerts = run_once(settings, traffic.champion)
         degraded = [a for a in alerts if a.kind is AlertKind.DEGRADED]
         if degraded:
             break
@@ -143,9 +157,9 @@ def test_labels_arriving_after_their_chunks_were_judged_raise_degraded(
 ) -> None:
     """The drift is invisible to CBPE; its labels come after the monitor judged the chunks."""
     traffic.write("stable", 1000)
-    run_once(settings, traffic)
+    run_once(settings, traffic.champion)
     traffic.write("drift", 1000, feedback_fraction=0.0)
-    _, alerts = run_once(settings, traffic)
+    _, alerts = run_once(settings, traffic.champion)
     assert AlertKind.DEGRADED not in [a.kind for a in alerts]  # no labels yet, CBPE sees no drop
 
     songs = simulate.traffic("drift", 1000, seed=1000 + traffic.windows)  # what write() logged, in order
@@ -170,7 +184,7 @@ def test_labels_arriving_after_their_chunks_were_judged_raise_degraded(
                 for i in late
             ],
         )
-    analysis, alerts = run_once(settings, traffic)
+    analysis, alerts = run_once(settings, traffic.champion)
     assert analysis.chunks == []  # nothing new was logged: only the labels are new
     degraded = [a for a in alerts if a.kind is AlertKind.DEGRADED]
     assert degraded and {a.source for a in degraded} == {"realized"}, alerts
@@ -179,7 +193,7 @@ def test_labels_arriving_after_their_chunks_were_judged_raise_degraded(
     assert drift_chunks["labelled"].sum() == len(late)
     assert (drift_chunks["realized_roc_auc"] < settings.monitoring.roc_auc_threshold).all()
 
-    _, again = run_once(settings, traffic)  # the same labels are not news twice
+    _, again = run_once(settings, traffic.champion)  # the same labels are not news twice
     assert AlertKind.DEGRADED not in [a.kind for a in again]
 
 
@@ -208,7 +222,7 @@ def test_chunking_by_period_flags_a_thin_last_period(settings: Settings, traffic
     )
     traffic.next_at = datetime(2026, 1, 1, tzinfo=UTC)
     traffic.write("stable", 3700)  # one song a second: a full hour, then 100 songs
-    analysis, alerts = run_once(settings, traffic)
+    analysis, alerts = run_once(settings, traffic.champion)
     assert [c.rows for c in analysis.chunks] == [3600, 100]
     assert analysis.chunks[0].start == datetime(2026, 1, 1, tzinfo=UTC)
     assert [(a.kind, a.value) for a in alerts] == [(AlertKind.INSUFFICIENT_DATA, 100.0)]
