@@ -166,7 +166,9 @@ def late_labels(log: Engine, results: Engine, model_version: str, limit: int) ->
     first = min(known, key=lambda s: (s.chunk.start, s.chunk.first_id)).chunk
     last = max(known, key=lambda s: (s.chunk.end, s.chunk.last_id)).chunk
     assert first.start is not None and last.end is not None
-    frame = prediction_log.read_window(log, model_version, after=(first.start, ""), until=last.end)
+    frame = prediction_log.read_window(
+        log, model_version, after=(first.start, ""), until=last.end, features=False
+    )
     at = frame[CREATED_AT]
     ids = frame[PREDICTION_ID].astype(str)
     labels = frame[prediction_log.LABEL].to_numpy(dtype="float64")

@@ -134,6 +134,7 @@ def read_window(
     *,
     after: tuple[datetime, str] | None = None,
     until: datetime | None = None,
+    features: bool = True,
 ) -> pd.DataFrame:
     """One model version's logged predictions in a time window, with the feedback label where known.
 
@@ -145,10 +146,11 @@ def read_window(
         model_version: Only rows served by this version.
         after: ``(created_at, id)`` of the last row already processed; rows strictly after it.
         until: Only rows created at or before this instant.
+        features: Read the feature columns too (False: the rest only, for realized performance).
 
     Returns:
-        Columns ``WINDOW_COLUMNS``: ``created_at`` as UTC timestamps, ``label`` as float (NaN when no
-        feedback arrived).
+        Columns ``WINDOW_COLUMNS`` (without the features when ``features`` is False): ``created_at``
+        as UTC timestamps, ``label`` as float (NaN when no feedback arrived).
     """
     created = predictions.c[CREATED_AT]
     # SQLite stores timestamps as ISO text: parse them in one vectorised call instead of per row.
@@ -157,7 +159,7 @@ def read_window(
         select(
             predictions.c[PREDICTION_ID],
             created_col.label(CREATED_AT),
-            *(predictions.c[name] for name in FEATURE_NAMES),
+            *(predictions.c[name] for name in FEATURE_NAMES if features),
             predictions.c[PROBABILITY],
             predictions.c[PREDICTION],
         )
@@ -177,7 +179,7 @@ def read_window(
     labels_query = select(feedback.c.prediction_id, feedback.c.label)
     if after is not None:
         labels_query = labels_query.where(feedback.c.received_at >= after_at - _CLOCK_MARGIN)
-    columns = [name for name in WINDOW_COLUMNS if name != LABEL]
+    columns = [name for name in WINDOW_COLUMNS if name != LABEL and (features or name not in FEATURE_NAMES)]
     parts = []
     labelled: list[Any] = []
     # A log serving has not written to yet has no tables: an empty window (creating them is serving's job).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 import pytest
 from monitoring_support import Champion, TrafficWriter
 from sklearn.metrics import f1_score, roc_auc_score
@@ -14,7 +15,7 @@ from monitoring import estimation, pipeline, simulate, store
 from monitoring.estimation import ChunkPlan
 from monitoring.policy import Alert, AlertKind
 from reggaeton import prediction_log
-from reggaeton.schema import TARGET
+from reggaeton.schema import FEATURE_NAMES, TARGET
 from reggaeton.settings import Settings
 
 
@@ -84,6 +85,19 @@ def test_a_run_opens_its_stores_once_and_disposes_them_even_when_a_step_fails(
         raise RuntimeError("a step failed")
     # ... and are closed once it ends.
     assert stores.log.pool.checkedin() == 0 and stores.results.pool.checkedin() == 0
+
+
+def test_a_window_read_without_features_keeps_the_rows_and_the_other_columns(
+    settings: Settings, traffic: TrafficWriter
+) -> None:
+    traffic.write("stable", 400, feedback_fraction=0.5)
+    whole = prediction_log.read_window(traffic.engine, traffic.champion.version)
+    narrow = prediction_log.read_window(traffic.engine, traffic.champion.version, features=False)
+    kept = [name for name in prediction_log.WINDOW_COLUMNS if name not in FEATURE_NAMES]
+    assert list(narrow.columns) == kept == ["id", "created_at", "probability", "prediction", "label"]
+    pd.testing.assert_frame_equal(narrow, whole[kept])
+    empty = prediction_log.read_window(traffic.engine, "no-such-version", features=False)
+    assert empty.empty and list(empty.columns) == kept
 
 
 def test_a_run_on_a_log_without_tables_reads_nothing_and_leaves_the_log_to_serving(
