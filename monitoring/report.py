@@ -33,9 +33,11 @@ def _figure(chunks: pd.DataFrame, thresholds: Mapping[str, float], title: str) -
 
     figure = Figure(figsize=(11, 7), layout="constrained")
     perf, drift = figure.subplots(2, 1, sharex=True)
+    # Dates on the axis when every chunk has one; an empty store has none (and matplotlib cannot fill
+    # between empty dates).
     x = (
         pd.to_datetime(chunks["chunk_start"], utc=True)
-        if chunks["chunk_start"].notna().all()
+        if len(chunks) and chunks["chunk_start"].notna().all()
         else chunks.index
     )
     for metric, colour in (("roc_auc", "tab:blue"), ("f1", "tab:green")):
