@@ -61,8 +61,9 @@ format: install ## Apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 .PHONY: typecheck
-typecheck: install ## mypy on the packages
+typecheck: install ## mypy on the packages and the benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks
 
 .PHONY: test
 test: install ## Run the whole test suite (the README's test command)

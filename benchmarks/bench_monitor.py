@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,14 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 VERSION = "1"
 
 
-def _settings(folder: Path) -> Any:
+def _settings(folder: Path, results_url: str | None = None) -> Any:
     from reggaeton.settings import Settings
 
     # One MLflow store for all sizes (creating its schema is slow); one log per size.
     shared = folder.parent / "mlflow"
     return Settings(
         state_dir=folder / "state",
-        monitoring={"settle_s": 0.0},
+        monitoring={"settle_s": 0.0, "results_url": results_url},
         mlflow={
             "tracking_uri": f"sqlite:///{shared / 'mlflow.db'}",
             "artifact_root": (shared / "art").as_uri(),
@@ -95,15 +96,12 @@ def child_monitor(folder: Path) -> dict[str, float]:
     import pandas as pd
 
     from flows import registry
-    from monitoring import pipeline, store
-    from reggaeton import prediction_log
+    from monitoring import pipeline
 
-    settings = _settings(folder)
+    settings = _settings(folder, results_url=f"sqlite:///{folder / f'results-{time.time_ns()}.db'}")
     reference = pd.read_parquet(folder / "reference.parquet")
     client = registry.connect(settings)
     experiment_id = registry.ensure_experiment(client, settings.mlflow.monitoring_experiment, settings)
-    results_url = f"sqlite:///{folder / f'results-{time.time_ns()}.db'}"
-    log = prediction_log.make_engine(settings.prediction_log_url)
     policy = pipeline.policy_from_settings(settings)
     laps: dict[str, float] = {}
     started = time.perf_counter()
@@ -115,26 +113,26 @@ def child_monitor(folder: Path) -> dict[str, float]:
         laps[name] = now - mark
         mark = now
 
-    results = store.connect(results_url)
-    window = pipeline.read_window(log, results, VERSION, 0.0, datetime.now(UTC))
-    lap("read")
-    analysis = pipeline.analyse(reference, window, settings)
-    lap("analyse")
-    history = pipeline.read_history(log, results, VERSION, settings)
-    alerts = pipeline.decide(window, analysis, history, policy)
-    run_id = pipeline.start_mlflow_run(client, experiment_id, VERSION)
-    stored = pipeline.save(
-        results,
-        "bench",
-        window,
-        analysis,
-        alerts,
-        datetime.now(UTC),
-        run_id,
-        settings.monitoring.history_chunks,
-    )
+    with pipeline.open_stores(settings) as stores:
+        window = pipeline.read_window(stores.log, stores.results, VERSION, 0.0, datetime.now(UTC))
+        lap("read")
+        analysis = pipeline.analyse(reference, window, settings)
+        lap("analyse")
+        history = pipeline.read_history(stores.log, stores.results, VERSION, settings)
+        alerts = pipeline.decide(window, analysis, history, policy)
+        run_id = pipeline.start_mlflow_run(client, experiment_id, VERSION)
+        stored = pipeline.save(
+            stores.results,
+            "bench",
+            window,
+            analysis,
+            alerts,
+            datetime.now(UTC),
+            run_id,
+            settings.monitoring.history_chunks,
+        )
     lap("store")
-    with tempfile.TemporaryDirectory() as tmp:
+    with pipeline.temporary_folder() as tmp:
         rendered = pipeline.render(stored, policy, Path(tmp))
         lap("plot")
         pipeline.log_to_mlflow(client, run_id, stored, analysis, rendered)
@@ -180,6 +178,20 @@ def _median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
+@dataclass(frozen=True)
+class SizeResult:
+    """Medians of the monitor run and of NannyML alone at one log size."""
+
+    size: int
+    chunks: float
+    chunk_size: float
+    monitor_s: float
+    monitor_mb: float
+    nannyml_s: float
+    nannyml_mb: float
+    laps: dict[str, float]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark the monitor run against NannyML alone.")
     parser.add_argument("--sizes", default="100000,1000000")
@@ -197,7 +209,7 @@ def main() -> int:
         return 0
 
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows_out = []
+    rows_out: list[SizeResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
         for size in sizes:
             folder = Path(tmp) / str(size)
@@ -212,16 +224,16 @@ def main() -> int:
                 nannyml_runs.append(_run_child("nannyml", folder))
             laps = {k: _median(monitor_runs, k) for k in monitor_runs[0] if k.startswith("lap_")}
             rows_out.append(
-                {
-                    "size": size,
-                    "chunks": monitor_runs[0]["chunks"],
-                    "chunk_size": monitor_runs[0]["chunk_size"],
-                    "monitor_s": _median(monitor_runs, "wall"),
-                    "monitor_mb": _median(monitor_runs, "peak_mb"),
-                    "nannyml_s": _median(nannyml_runs, "wall"),
-                    "nannyml_mb": _median(nannyml_runs, "peak_mb"),
-                    "laps": laps,
-                }
+                SizeResult(
+                    size=size,
+                    chunks=monitor_runs[0]["chunks"],
+                    chunk_size=monitor_runs[0]["chunk_size"],
+                    monitor_s=_median(monitor_runs, "wall"),
+                    monitor_mb=_median(monitor_runs, "peak_mb"),
+                    nannyml_s=_median(nannyml_runs, "wall"),
+                    nannyml_mb=_median(nannyml_runs, "peak_mb"),
+                    laps=laps,
+                )
             )
     out = sys.stdout.write
     out(f"\nmedians of {args.repeats}, each in a fresh process; peak = max RSS of that process\n")
@@ -230,28 +242,28 @@ def main() -> int:
         f"{'monitor MB':>11} {'NannyML MB':>11} {'ratio':>6}\n"
     )
     for row in rows_out:
-        time_ratio = row["monitor_s"] / row["nannyml_s"]
-        memory_ratio = row["monitor_mb"] / row["nannyml_mb"]
+        time_ratio = row.monitor_s / row.nannyml_s
+        memory_ratio = row.monitor_mb / row.nannyml_mb
         out(
-            f"{row['size']:>10,} {row['chunks']:>7.0f} {row['chunk_size']:>6.0f} {row['monitor_s']:>10.2f} "
-            f"{row['nannyml_s']:>10.2f} {time_ratio:>6.2f} {row['monitor_mb']:>11.0f} "
-            f"{row['nannyml_mb']:>11.0f} {memory_ratio:>6.2f}\n"
+            f"{row.size:>10,} {row.chunks:>7.0f} {row.chunk_size:>6.0f} {row.monitor_s:>10.2f} "
+            f"{row.nannyml_s:>10.2f} {time_ratio:>6.2f} {row.monitor_mb:>11.0f} "
+            f"{row.nannyml_mb:>11.0f} {memory_ratio:>6.2f}\n"
         )
-        out("    monitor laps: " + ", ".join(f"{k[4:]} {v:.2f} s" for k, v in row["laps"].items()) + "\n")
+        out("    monitor laps: " + ", ".join(f"{k[4:]} {v:.2f} s" for k, v in row.laps.items()) + "\n")
     if len(rows_out) > 1:
         first, last = rows_out[0], rows_out[-1]
-        rows_ratio = last["size"] / first["size"]
-        growth = last["monitor_s"] / first["monitor_s"]
+        rows_ratio = last.size / first.size
+        growth = last.monitor_s / first.monitor_s
         out(
-            f"growth {first['size']:,} -> {last['size']:,} rows (x{rows_ratio:.0f}): "
+            f"growth {first.size:,} -> {last.size:,} rows (x{rows_ratio:.0f}): "
             f"monitor time x{growth:.2f}, "
-            f"NannyML time x{last['nannyml_s'] / first['nannyml_s']:.2f}, "
-            f"monitor memory x{last['monitor_mb'] / first['monitor_mb']:.2f}\n"
+            f"NannyML time x{last.nannyml_s / first.nannyml_s:.2f}, "
+            f"monitor memory x{last.monitor_mb / first.monitor_mb:.2f}\n"
         )
         out(
-            f"targets at {last['size']:,} rows: wall {last['monitor_s']:.1f} s (<= 15), "
-            f"peak {last['monitor_mb']:.0f} MB (<= 1500), "
-            f"ratio to NannyML {last['monitor_s'] / last['nannyml_s']:.2f} (<= 3), "
+            f"targets at {last.size:,} rows: wall {last.monitor_s:.1f} s (<= 15), "
+            f"peak {last.monitor_mb:.0f} MB (<= 1500), "
+            f"ratio to NannyML {last.monitor_s / last.nannyml_s:.2f} (<= 3), "
             f"growth x{growth:.2f} (<= x{rows_ratio:.0f})\n"
         )
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +44,31 @@ def policy_from_settings(settings: Settings) -> Policy:
         min_labelled_positives=section.min_labelled_positives,
         drift_min_features=section.drift_min_features,
     )
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The two databases of one monitor run, opened once for the whole run."""
+
+    log: Engine  # the prediction log: read only, its tables are serving's to create
+    results: Engine  # the monitoring results store
+
+
+@contextmanager
+def open_stores(settings: Settings) -> Iterator[Stores]:
+    """Open the prediction log and the results store (created or brought up to date) for one run.
+
+    Both engines are disposed when the run ends, whether it succeeded or not.
+    """
+    log = prediction_log.make_engine(settings.prediction_log_url)
+    try:
+        results = store.connect(settings.monitoring_results_url)
+        try:
+            yield Stores(log=log, results=results)
+        finally:
+            results.dispose()
+    finally:
+        log.dispose()
 
 
 @dataclass(frozen=True)
@@ -139,7 +166,9 @@ def late_labels(log: Engine, results: Engine, model_version: str, limit: int) ->
     first = min(known, key=lambda s: (s.chunk.start, s.chunk.first_id)).chunk
     last = max(known, key=lambda s: (s.chunk.end, s.chunk.last_id)).chunk
     assert first.start is not None and last.end is not None
-    frame = prediction_log.read_window(log, model_version, after=(first.start, ""), until=last.end)
+    frame = prediction_log.read_window(
+        log, model_version, after=(first.start, ""), until=last.end, features=False
+    )
     at = frame[CREATED_AT]
     ids = frame[PREDICTION_ID].astype(str)
     labels = frame[prediction_log.LABEL].to_numpy(dtype="float64")

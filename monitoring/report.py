@@ -10,11 +10,36 @@ import html
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import cycle
 from pathlib import Path
 
 import pandas as pd
 
+from monitoring.estimation import ESTIMATED_METRICS
+from monitoring.store import (
+    CHUNK_START,
+    DRIFTED_FEATURES,
+    LABELLED,
+    LOWER,
+    RECONSTRUCTION_ERROR,
+    RECONSTRUCTION_THRESHOLD,
+    ROWS,
+    UPPER,
+    estimated_column,
+    realized_column,
+)
+from monitoring.store import chunks as chunks_table
+
 _MAX_TABLE_ROWS = 200
+_METRIC_COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:brown")
+_TABLE_COLUMNS = (
+    CHUNK_START,
+    ROWS,
+    LABELLED,
+    *(name for metric in ESTIMATED_METRICS for name in (estimated_column(metric), realized_column(metric))),
+    RECONSTRUCTION_ERROR,
+    DRIFTED_FEATURES,
+)
 
 
 @dataclass(frozen=True)
@@ -33,24 +58,26 @@ def _figure(chunks: pd.DataFrame, thresholds: Mapping[str, float], title: str) -
 
     figure = Figure(figsize=(11, 7), layout="constrained")
     perf, drift = figure.subplots(2, 1, sharex=True)
+    # Dates on the axis when every chunk has one; an empty store has none (and matplotlib cannot fill
+    # between empty dates).
     x = (
-        pd.to_datetime(chunks["chunk_start"], utc=True)
-        if chunks["chunk_start"].notna().all()
+        pd.to_datetime(chunks[CHUNK_START], utc=True)
+        if len(chunks) and chunks[CHUNK_START].notna().all()
         else chunks.index
     )
-    for metric, colour in (("roc_auc", "tab:blue"), ("f1", "tab:green")):
-        estimated = chunks[f"estimated_{metric}"].astype(float)
+    for metric, colour in zip(ESTIMATED_METRICS, cycle(_METRIC_COLOURS)):
+        estimated = chunks[estimated_column(metric)].astype(float)
         perf.plot(x, estimated, color=colour, label=f"estimated {metric} (CBPE)")
         perf.fill_between(
             x,
-            chunks[f"estimated_{metric}_lower"].astype(float),
-            chunks[f"estimated_{metric}_upper"].astype(float),
+            chunks[estimated_column(metric, LOWER)].astype(float),
+            chunks[estimated_column(metric, UPPER)].astype(float),
             color=colour,
             alpha=0.15,
         )
         perf.plot(
             x,
-            chunks[f"realized_{metric}"].astype(float),
+            chunks[realized_column(metric)].astype(float),
             linestyle="none",
             marker="o",
             markersize=4,
@@ -67,11 +94,11 @@ def _figure(chunks: pd.DataFrame, thresholds: Mapping[str, float], title: str) -
     perf.set_title(title)
 
     drift.plot(
-        x, chunks["reconstruction_error"].astype(float), color="tab:red", label="PCA reconstruction error"
+        x, chunks[RECONSTRUCTION_ERROR].astype(float), color="tab:red", label="PCA reconstruction error"
     )
     drift.plot(
         x,
-        chunks["reconstruction_threshold"].astype(float),
+        chunks[RECONSTRUCTION_THRESHOLD].astype(float),
         color="tab:red",
         linestyle="--",
         linewidth=1,
@@ -79,7 +106,7 @@ def _figure(chunks: pd.DataFrame, thresholds: Mapping[str, float], title: str) -
     )
     drift.set_ylabel("reconstruction error")
     counts = drift.twinx()
-    drifted = chunks["drifted_features"].fillna("").map(lambda s: len(s.split(",")) if s else 0)
+    drifted = chunks[DRIFTED_FEATURES].fillna("").map(lambda s: len(s.split(",")) if s else 0)
     counts.bar(x, drifted, alpha=0.25, color="tab:purple", width=_bar_width(x), label="drifting features")
     counts.set_ylabel("drifting features (KS or JS)")
     counts.set_ylim(0, 7.5)
@@ -99,22 +126,11 @@ def _bar_width(x: object) -> float:
 
 def _table(chunks: pd.DataFrame) -> str:
     shown = chunks.tail(_MAX_TABLE_ROWS)
-    columns = [
-        "chunk_start",
-        "rows",
-        "labelled",
-        "estimated_roc_auc",
-        "realized_roc_auc",
-        "estimated_f1",
-        "realized_f1",
-        "reconstruction_error",
-        "drifted_features",
-    ]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _TABLE_COLUMNS)
     body = []
     for _, row in shown.iterrows():
         cells = []
-        for column in columns:
+        for column in _TABLE_COLUMNS:
             value = row.get(column)
             text = "" if value is None or (not isinstance(value, str) and pd.isna(value)) else value
             text = f"{text:.3f}" if isinstance(text, float) else str(text)
@@ -129,25 +145,8 @@ def render(
     """Render stored chunks (``store.read_chunks``) to ``<stem>.png`` and ``<stem>.html`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     png, page = folder / f"{stem}.png", folder / f"{stem}.html"
-    if chunks.empty:
-        chunks = pd.DataFrame(
-            columns=[
-                "chunk_start",
-                "reconstruction_error",
-                "reconstruction_threshold",
-                "drifted_features",
-                *(
-                    f"{k}_{m}{s}"
-                    for k in ("estimated",)
-                    for m in ("roc_auc", "f1")
-                    for s in ("", "_lower", "_upper")
-                ),
-                "realized_roc_auc",
-                "realized_f1",
-                "rows",
-                "labelled",
-            ]
-        )
+    if chunks.empty:  # `store.read_chunks` found none: no columns either
+        chunks = pd.DataFrame(columns=[column.name for column in chunks_table.columns])
     figure = _figure(chunks.reset_index(drop=True), thresholds, title)
     figure.savefig(png, dpi=90)  # type: ignore[attr-defined]
     svg = io.StringIO()

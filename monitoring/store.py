@@ -35,6 +35,27 @@ from reggaeton.prediction_log import make_engine
 
 metadata: Final = MetaData()
 
+# Chunk columns read elsewhere (the plot, people's queries): named once, here.
+CHUNK_START: Final = "chunk_start"
+ROWS: Final = "rows"
+LABELLED: Final = "labelled"
+RECONSTRUCTION_ERROR: Final = "reconstruction_error"
+RECONSTRUCTION_THRESHOLD: Final = "reconstruction_threshold"
+DRIFTED_FEATURES: Final = "drifted_features"
+LOWER: Final = "lower"  # the bounds of a CBPE estimate
+UPPER: Final = "upper"
+
+
+def estimated_column(metric: str, bound: str | None = None) -> str:
+    """The chunk column of a metric's CBPE estimate, or of its ``LOWER`` or ``UPPER`` bound."""
+    return f"estimated_{metric}_{bound}" if bound else f"estimated_{metric}"
+
+
+def realized_column(metric: str) -> str:
+    """The chunk column of a metric's realized value (computed where labels arrived)."""
+    return f"realized_{metric}"
+
+
 runs: Final = Table(
     "monitoring_runs",
     metadata,
@@ -57,9 +78,9 @@ runs: Final = Table(
 )
 
 _ESTIMATE_COLUMNS = [
-    Column(f"estimated_{metric}{suffix}", Float)
+    Column(estimated_column(metric, bound), Float)
     for metric in ESTIMATED_METRICS
-    for suffix in ("", "_lower", "_upper")
+    for bound in (None, LOWER, UPPER)
 ]
 
 chunks: Final = Table(
@@ -68,21 +89,21 @@ chunks: Final = Table(
     Column("run_id", String(64), primary_key=True),
     Column("chunk_index", Integer, primary_key=True),
     Column("model_version", String(50), nullable=False),
-    Column("chunk_start", DateTime(timezone=True)),
+    Column(CHUNK_START, DateTime(timezone=True)),
     Column("chunk_end", DateTime(timezone=True)),
-    Column("rows", Integer, nullable=False),
-    Column("labelled", Integer, nullable=False),
+    Column(ROWS, Integer, nullable=False),
+    Column(LABELLED, Integer, nullable=False),
     Column("labelled_positives", Integer, nullable=False),
     *_ESTIMATE_COLUMNS,
-    *(Column(f"realized_{metric}", Float) for metric in ESTIMATED_METRICS),
-    Column("reconstruction_error", Float),
-    Column("reconstruction_threshold", Float),
+    *(Column(realized_column(metric), Float) for metric in ESTIMATED_METRICS),
+    Column(RECONSTRUCTION_ERROR, Float),
+    Column(RECONSTRUCTION_THRESHOLD, Float),
     Column("multivariate_drift", Boolean, nullable=False),
-    Column("drifted_features", String(500), nullable=False),
+    Column(DRIFTED_FEATURES, String(500), nullable=False),
     # The chunk's first and last prediction ids, so late labels can be matched to it exactly.
     Column("first_id", String(36)),
     Column("last_id", String(36)),
-    Index("ix_monitoring_chunks_version_start", "model_version", "chunk_start"),
+    Index("ix_monitoring_chunks_version_start", "model_version", CHUNK_START),
 )
 # Columns added after the first release: `connect` adds them to an older store.
 _ADDED_COLUMNS: Final = ("first_id", "last_id")
@@ -158,24 +179,24 @@ def _chunk_row(run_id: str, version: str, chunk: ChunkResult) -> dict[str, Any]:
         "run_id": run_id,
         "chunk_index": chunk.index,
         "model_version": version,
-        "chunk_start": _utc(chunk.start),
+        CHUNK_START: _utc(chunk.start),
         "chunk_end": _utc(chunk.end),
-        "rows": chunk.rows,
-        "labelled": chunk.labelled,
+        ROWS: chunk.rows,
+        LABELLED: chunk.labelled,
         "labelled_positives": chunk.labelled_positives,
-        "reconstruction_error": chunk.reconstruction_error,
-        "reconstruction_threshold": chunk.reconstruction_threshold,
+        RECONSTRUCTION_ERROR: chunk.reconstruction_error,
+        RECONSTRUCTION_THRESHOLD: chunk.reconstruction_threshold,
         "multivariate_drift": chunk.multivariate_drift,
-        "drifted_features": ",".join(chunk.drifted_features),
+        DRIFTED_FEATURES: ",".join(chunk.drifted_features),
         "first_id": chunk.first_id,
         "last_id": chunk.last_id,
     }
     for metric in ESTIMATED_METRICS:
         estimate = chunk.estimated.get(metric)
-        row[f"estimated_{metric}"] = estimate.value if estimate else None
-        row[f"estimated_{metric}_lower"] = estimate.lower if estimate else None
-        row[f"estimated_{metric}_upper"] = estimate.upper if estimate else None
-        row[f"realized_{metric}"] = chunk.realized.get(metric)
+        row[estimated_column(metric)] = estimate.value if estimate else None
+        row[estimated_column(metric, LOWER)] = estimate.lower if estimate else None
+        row[estimated_column(metric, UPPER)] = estimate.upper if estimate else None
+        row[realized_column(metric)] = chunk.realized.get(metric)
     return row
 
 
@@ -215,29 +236,29 @@ def _chunk_from_row(row: Any) -> ChunkResult:
     estimated = {}
     realized = {}
     for metric in ESTIMATED_METRICS:
-        value = _nan_to_none(row[f"estimated_{metric}"])
+        value = _nan_to_none(row[estimated_column(metric)])
         if value is not None:
             estimated[metric] = Estimate(
                 float(value),
-                float(row[f"estimated_{metric}_lower"]),
-                float(row[f"estimated_{metric}_upper"]),
+                float(row[estimated_column(metric, LOWER)]),
+                float(row[estimated_column(metric, UPPER)]),
             )
-        real = _nan_to_none(row[f"realized_{metric}"])
+        real = _nan_to_none(row[realized_column(metric)])
         if real is not None:
             realized[metric] = float(real)
-    features = str(row["drifted_features"])
+    features = str(row[DRIFTED_FEATURES])
     return ChunkResult(
         index=int(row["chunk_index"]),
-        start=_utc(row["chunk_start"]),
+        start=_utc(row[CHUNK_START]),
         end=_utc(row["chunk_end"]),
-        rows=int(row["rows"]),
-        labelled=int(row["labelled"]),
+        rows=int(row[ROWS]),
+        labelled=int(row[LABELLED]),
         labelled_positives=int(row["labelled_positives"]),
         estimated=estimated,
         realized=realized,
         drifted_features=tuple(features.split(",")) if features else (),
-        reconstruction_error=_nan_to_none(row["reconstruction_error"]),
-        reconstruction_threshold=_nan_to_none(row["reconstruction_threshold"]),
+        reconstruction_error=_nan_to_none(row[RECONSTRUCTION_ERROR]),
+        reconstruction_threshold=_nan_to_none(row[RECONSTRUCTION_THRESHOLD]),
         multivariate_drift=bool(row["multivariate_drift"]),
         first_id=_nan_to_none(row["first_id"]),
         last_id=_nan_to_none(row["last_id"]),
@@ -273,7 +294,7 @@ def update_labels(engine: Engine, updated: Sequence[StoredChunk]) -> None:
                 .values(
                     labelled=chunk.labelled,
                     labelled_positives=chunk.labelled_positives,
-                    **{f"realized_{metric}": chunk.realized.get(metric) for metric in ESTIMATED_METRICS},
+                    **{realized_column(metric): chunk.realized.get(metric) for metric in ESTIMATED_METRICS},
                 )
             )
 

@@ -135,6 +135,7 @@ def read_window(
     *,
     after: tuple[datetime, str] | None = None,
     until: datetime | None = None,
+    features: bool = True,
 ) -> pd.DataFrame:
     """One model version's logged predictions in a time window, with the feedback label where known.
 
@@ -146,10 +147,11 @@ def read_window(
         model_version: Only rows served by this version.
         after: ``(created_at, id)`` of the last row already processed; rows strictly after it.
         until: Only rows created at or before this instant.
+        features: Read the feature columns too (False: the rest only, for realized performance).
 
     Returns:
-        Columns ``WINDOW_COLUMNS``: ``created_at`` as UTC timestamps, ``label`` as float (NaN when no
-        feedback arrived).
+        Columns ``WINDOW_COLUMNS`` (without the features when ``features`` is False): ``created_at``
+        as UTC timestamps, ``label`` as float (NaN when no feedback arrived).
     """
     created = predictions.c[CREATED_AT]
     # SQLite stores timestamps as ISO text: parse them in one vectorised call instead of per row.
@@ -158,7 +160,7 @@ def read_window(
         select(
             predictions.c[PREDICTION_ID],
             created_col.label(CREATED_AT),
-            *(predictions.c[name] for name in FEATURE_NAMES),
+            *(predictions.c[name] for name in FEATURE_NAMES if features),
             predictions.c[PROBABILITY],
             predictions.c[PREDICTION],
         )
@@ -178,18 +180,22 @@ def read_window(
     labels_query = select(feedback.c.prediction_id, feedback.c.label)
     if after is not None:
         labels_query = labels_query.where(feedback.c.received_at >= after_at - _CLOCK_MARGIN)
-    columns = [name for name in WINDOW_COLUMNS if name != LABEL]
+    columns = [name for name in WINDOW_COLUMNS if name != LABEL and (features or name not in FEATURE_NAMES)]
     parts = []
-    with engine.connect() as connection:
-        result = connection.execute(rows_query)
-        # The driver's plain tuples: SQLAlchemy's per-row processing costs more than the read itself,
-        # and these columns need none (timestamps are parsed below, in one call). Without
-        # `stream_results` SQLAlchemy buffers no row ahead, so the driver's cursor has them all (SQLite's
-        # cursor steps through the file as it is fetched; a Postgres client cursor holds the result).
-        while rows := result.cursor.fetchmany(_READ_BATCH):
-            parts.append(pd.DataFrame.from_records(rows, columns=columns, coerce_float=True))
-        result.close()
-        labelled = connection.execute(labels_query).all()
+    labelled: list[Any] = []
+    # A log serving has not written to yet has no tables: an empty window (creating them is serving's job).
+    if {predictions.name, feedback.name} <= set(inspect(engine).get_table_names()):
+        with engine.connect() as connection:
+            result = connection.execute(rows_query)
+            # The driver's plain tuples: SQLAlchemy's per-row processing costs more than the read itself,
+            # and these columns need none (timestamps are parsed below, in one call). Without
+            # `stream_results` SQLAlchemy buffers no row ahead, so the driver's cursor has them all
+            # (SQLite's cursor steps through the file as it is fetched; a Postgres client cursor holds
+            # the result).
+            while rows := result.cursor.fetchmany(_READ_BATCH):
+                parts.append(pd.DataFrame.from_records(rows, columns=columns, coerce_float=True))
+            result.close()
+            labelled = list(connection.execute(labels_query))
     if not parts:
         frame = pd.DataFrame({name: pd.Series(dtype="float64") for name in columns})
         frame[PREDICTION_ID] = frame[PREDICTION_ID].astype("object")

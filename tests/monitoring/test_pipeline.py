@@ -5,28 +5,29 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 import pytest
 from monitoring_support import Champion, TrafficWriter
 from sklearn.metrics import f1_score, roc_auc_score
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from monitoring import estimation, pipeline, simulate, store
 from monitoring.estimation import ChunkPlan
 from monitoring.policy import Alert, AlertKind
 from reggaeton import prediction_log
-from reggaeton.schema import TARGET
+from reggaeton.schema import FEATURE_NAMES, TARGET
 from reggaeton.settings import Settings
 
 
-def run_once(settings: Settings, traffic: TrafficWriter) -> tuple[pipeline.Analysis, list[Alert]]:
-    """What the flow does, minus MLflow and Prefect: read, analyse, decide, store."""
-    results = store.connect(settings.monitoring_results_url)
-    version = traffic.champion.version
-    window = pipeline.read_window(traffic.engine, results, version, 0.0, datetime.now(UTC))
-    analysis = pipeline.analyse(traffic.champion.reference, window, settings)
-    history = pipeline.read_history(traffic.engine, results, version, settings)
-    alerts = pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
-    pipeline.save(results, "m", window, analysis, alerts, datetime.now(UTC), None, 0)
+def run_once(settings: Settings, champion: Champion) -> tuple[pipeline.Analysis, list[Alert]]:
+    """What the flow does, minus MLflow and Prefect: open the stores, read, analyse, decide, store."""
+    version = champion.version
+    with pipeline.open_stores(settings) as stores:
+        window = pipeline.read_window(stores.log, stores.results, version, 0.0, datetime.now(UTC))
+        analysis = pipeline.analyse(champion.reference, window, settings)
+        history = pipeline.read_history(stores.log, stores.results, version, settings)
+        alerts = pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
+        pipeline.save(stores.results, "m", window, analysis, alerts, datetime.now(UTC), None, 0)
     return analysis, alerts
 
 
@@ -70,22 +71,65 @@ def test_log_window_reads_after_the_watermark(settings: Settings, traffic: Traff
     assert prediction_log.read_window(traffic.engine, "no-such-version").empty
 
 
+def test_a_run_opens_its_stores_once_and_disposes_them_even_when_a_step_fails(
+    settings: Settings, traffic: TrafficWriter
+) -> None:
+    traffic.write("stable", 300)
+    with pytest.raises(RuntimeError, match="a step failed"), pipeline.open_stores(settings) as stores:
+        window = pipeline.read_window(
+            stores.log, stores.results, traffic.champion.version, 0.0, datetime.now(UTC)
+        )
+        assert len(window.frame) == 300
+        # Pooled connections stay open while the run goes on ...
+        assert stores.log.pool.checkedin() == 1 and stores.results.pool.checkedin() == 1
+        raise RuntimeError("a step failed")
+    # ... and are closed once it ends.
+    assert stores.log.pool.checkedin() == 0 and stores.results.pool.checkedin() == 0
+
+
+def test_a_window_read_without_features_keeps_the_rows_and_the_other_columns(
+    settings: Settings, traffic: TrafficWriter
+) -> None:
+    traffic.write("stable", 400, feedback_fraction=0.5)
+    whole = prediction_log.read_window(traffic.engine, traffic.champion.version)
+    narrow = prediction_log.read_window(traffic.engine, traffic.champion.version, features=False)
+    kept = [name for name in prediction_log.WINDOW_COLUMNS if name not in FEATURE_NAMES]
+    assert list(narrow.columns) == kept == ["id", "created_at", "probability", "prediction", "label"]
+    pd.testing.assert_frame_equal(narrow, whole[kept])
+    empty = prediction_log.read_window(traffic.engine, "no-such-version", features=False)
+    assert empty.empty and list(empty.columns) == kept
+
+
+def test_a_run_on_a_log_without_tables_reads_nothing_and_leaves_the_log_to_serving(
+    settings: Settings, champion: Champion
+) -> None:
+    settings.ensure_state_dir()  # a fresh install: serving has not started, the log has no tables yet
+    analysis, alerts = run_once(settings, champion)
+    assert (analysis.rows_read, analysis.chunks) == (0, [])
+    assert [a.kind for a in alerts] == [AlertKind.INSUFFICIENT_DATA]
+    log = prediction_log.make_engine(settings.prediction_log_url)
+    assert inspect(log).get_table_names() == []
+    empty = prediction_log.read_window(log, champion.version)
+    assert empty.empty and list(empty.columns) == list(prediction_log.WINDOW_COLUMNS)
+    log.dispose()
+
+
 def test_tail_smaller_than_a_chunk_waits_for_the_next_run(settings: Settings, traffic: TrafficWriter) -> None:
     traffic.write("stable", 1300)
-    analysis, _ = run_once(settings, traffic)
+    analysis, _ = run_once(settings, traffic.champion)
     assert (analysis.rows_read, analysis.rows_analysed, len(analysis.chunks)) == (1300, 1000, 2)
     traffic.write("stable", 200)
-    analysis, _ = run_once(settings, traffic)
+    analysis, _ = run_once(settings, traffic.champion)
     assert (analysis.rows_read, analysis.rows_analysed) == (500, 500)
 
 
 def test_window_below_minimum_is_insufficient_data(settings: Settings, traffic: TrafficWriter) -> None:
     traffic.write("stable", 150)
-    analysis, alerts = run_once(settings, traffic)
+    analysis, alerts = run_once(settings, traffic.champion)
     assert analysis.chunks == [] and [a.kind for a in alerts] == [AlertKind.INSUFFICIENT_DATA]
     # Nothing was analysed, so the rows are read again (with newer ones) by the next run.
     traffic.write("stable", 900)
-    analysis, alerts = run_once(settings, traffic)
+    analysis, alerts = run_once(settings, traffic.champion)
     assert analysis.rows_read == 1050 and len(analysis.chunks) == 2
     assert AlertKind.DEGRADED not in [a.kind for a in alerts]
 
@@ -97,7 +141,7 @@ def test_stable_traffic_over_many_windows_raises_no_degraded(
     kinds = []
     for _ in range(8):
         traffic.write("stable", 1000)
-        _, alerts = run_once(settings, traffic)
+        _, alerts = run_once(settings, traffic.champion)
         kinds += [alert.kind for alert in alerts]
     assert AlertKind.DEGRADED not in kinds
     stored = store.read_chunks(store.connect(settings.monitoring_results_url))
@@ -109,11 +153,11 @@ def test_drift_raises_degraded_within_three_windows(settings: Settings, traffic:
     """Default policy (ROC-AUC >= 0.8, 2 chunks in a row), 30 % of labels arriving."""
     for _ in range(2):
         traffic.write("stable", 1000)
-        _, alerts = run_once(settings, traffic)
+        _, alerts = run_once(settings, traffic.champion)
         assert AlertKind.DEGRADED not in [a.kind for a in alerts]
     for window in range(1, 4):  # noqa: B007 (reported below)
         traffic.write("drift", 1000)
-        _, alerts = run_once(settings, traffic)
+        _, alerts = run_once(settings, traffic.champion)
         degraded = [a for a in alerts if a.kind is AlertKind.DEGRADED]
         if degraded:
             break
@@ -127,9 +171,9 @@ def test_labels_arriving_after_their_chunks_were_judged_raise_degraded(
 ) -> None:
     """The drift is invisible to CBPE; its labels come after the monitor judged the chunks."""
     traffic.write("stable", 1000)
-    run_once(settings, traffic)
+    run_once(settings, traffic.champion)
     traffic.write("drift", 1000, feedback_fraction=0.0)
-    _, alerts = run_once(settings, traffic)
+    _, alerts = run_once(settings, traffic.champion)
     assert AlertKind.DEGRADED not in [a.kind for a in alerts]  # no labels yet, CBPE sees no drop
 
     songs = simulate.traffic("drift", 1000, seed=1000 + traffic.windows)  # what write() logged, in order
@@ -154,7 +198,7 @@ def test_labels_arriving_after_their_chunks_were_judged_raise_degraded(
                 for i in late
             ],
         )
-    analysis, alerts = run_once(settings, traffic)
+    analysis, alerts = run_once(settings, traffic.champion)
     assert analysis.chunks == []  # nothing new was logged: only the labels are new
     degraded = [a for a in alerts if a.kind is AlertKind.DEGRADED]
     assert degraded and {a.source for a in degraded} == {"realized"}, alerts
@@ -163,7 +207,7 @@ def test_labels_arriving_after_their_chunks_were_judged_raise_degraded(
     assert drift_chunks["labelled"].sum() == len(late)
     assert (drift_chunks["realized_roc_auc"] < settings.monitoring.roc_auc_threshold).all()
 
-    _, again = run_once(settings, traffic)  # the same labels are not news twice
+    _, again = run_once(settings, traffic.champion)  # the same labels are not news twice
     assert AlertKind.DEGRADED not in [a.kind for a in again]
 
 
@@ -192,7 +236,7 @@ def test_chunking_by_period_flags_a_thin_last_period(settings: Settings, traffic
     )
     traffic.next_at = datetime(2026, 1, 1, tzinfo=UTC)
     traffic.write("stable", 3700)  # one song a second: a full hour, then 100 songs
-    analysis, alerts = run_once(settings, traffic)
+    analysis, alerts = run_once(settings, traffic.champion)
     assert [c.rows for c in analysis.chunks] == [3600, 100]
     assert analysis.chunks[0].start == datetime(2026, 1, 1, tzinfo=UTC)
     assert [(a.kind, a.value) for a in alerts] == [(AlertKind.INSUFFICIENT_DATA, 100.0)]
