@@ -370,11 +370,63 @@ def _result(
     )
 
 
+@dataclass(frozen=True)
+class Steps:
+    """The training steps, as plain functions (``train``) or as Prefect tasks (``train_flow``)."""
+
+    load_data: Callable[[Settings, pd.DataFrame | None], Dataset]
+    split: Callable[[Settings, Dataset], Split]
+    start_run: Callable[[Settings, Dataset, Split, str, str | None], str]
+    tune: Callable[[Settings, Split, str, bool], tuning.TuningResult]
+    evaluate: Callable[[Settings, Split, tuning.TuningResult], Candidates]
+    log_evaluation: Callable[[Settings, str, Split, Candidates], None]
+    register: Callable[[Settings, str, Split, Dataset, Evaluation, str, str | None], str]
+    end_run: Callable[[Settings, str, bool], None]
+
+
+PLAIN_STEPS = Steps(
+    load_data=training_data,
+    split=split_data,
+    start_run=start_training_run,
+    tune=tune_candidates,
+    evaluate=fit_and_evaluate,
+    log_evaluation=log_evaluation,
+    register=register_challenger,
+    end_run=end_training_run,
+)
+
+
+def run_steps(
+    steps: Steps,
+    settings: Settings,
+    extra_training_frame: pd.DataFrame | None,
+    *,
+    flow_run_id: str,
+    request_id: str | None,
+    progress_bar: bool,
+) -> TrainingResult:
+    """Data -> split -> parent run -> tuning -> fit and evaluate -> register; the run is closed either way."""
+    dataset = steps.load_data(settings, extra_training_frame)
+    parts = steps.split(settings, dataset)
+    run_id = steps.start_run(settings, dataset, parts, flow_run_id, request_id)
+    try:
+        tuned = steps.tune(settings, parts, run_id, progress_bar)
+        candidates = steps.evaluate(settings, parts, tuned)
+        steps.log_evaluation(settings, run_id, parts, candidates)
+        version = steps.register(settings, run_id, parts, dataset, candidates.tuned, flow_run_id, request_id)
+    except BaseException:
+        steps.end_run(settings, run_id, True)
+        raise
+    steps.end_run(settings, run_id, False)
+    return _result(version, run_id, dataset, parts, tuned, candidates)
+
+
 def train(
     settings: Settings,
     extra_training_frame: pd.DataFrame | None = None,
     *,
     flow_run_id: str = "none",
+    request_id: str | None = None,
     progress_bar: bool = False,
 ) -> TrainingResult:
     """Train, evaluate and register a challenger without Prefect (the flow runs the same steps as tasks).
@@ -384,21 +436,18 @@ def train(
         extra_training_frame: Labelled rows to add to the data (features + target); when None, the
             prediction log's labelled traffic is used if ``data.include_feedback`` is on.
         flow_run_id: Recorded on the run and the version (the calling flow run, if any).
+        request_id: The retrain request this run serves (see ``resume_request``), recorded on the run
+            and the version.
         progress_bar: Show Optuna's progress bar.
     """
-    dataset = training_data(settings, extra_training_frame)
-    parts = split_data(settings, dataset)
-    run_id = start_training_run(settings, dataset, parts, flow_run_id)
-    try:
-        tuned = tune_candidates(settings, parts, run_id, progress_bar)
-        candidates = fit_and_evaluate(settings, parts, tuned)
-        log_evaluation(settings, run_id, parts, candidates)
-        version = register_challenger(settings, run_id, parts, dataset, candidates.tuned, flow_run_id)
-    except BaseException:
-        end_training_run(settings, run_id, failed=True)
-        raise
-    end_training_run(settings, run_id)
-    return _result(version, run_id, dataset, parts, tuned, candidates)
+    return run_steps(
+        PLAIN_STEPS,
+        settings,
+        extra_training_frame,
+        flow_run_id=flow_run_id,
+        request_id=request_id,
+        progress_bar=progress_bar,
+    )
 
 
 # ---------------------------------------------------------------- Prefect tasks and flow
@@ -427,14 +476,16 @@ def _task(fn: Callable[P, R], name: str) -> Task[P, R]:
     return task(name=name, cache_policy=NO_CACHE)(fn)
 
 
-load_data_task = _task(training_data, "load-data")
-split_task = _task(split_data, "split-data")
-start_run_task = _mlflow_task(start_training_run, "start-mlflow-run")
-tune_task = _task(tune_candidates, "tune")
-evaluate_task = _task(fit_and_evaluate, "fit-and-evaluate")
-log_evaluation_task = _mlflow_task(log_evaluation, "log-evaluation")
-register_task = _mlflow_task(register_challenger, "register-challenger")
-end_run_task = _mlflow_task(end_training_run, "end-mlflow-run")
+TASK_STEPS = Steps(
+    load_data=_task(training_data, "load-data"),
+    split=_task(split_data, "split-data"),
+    start_run=_mlflow_task(start_training_run, "start-mlflow-run"),
+    tune=_task(tune_candidates, "tune"),
+    evaluate=_task(fit_and_evaluate, "fit-and-evaluate"),
+    log_evaluation=_mlflow_task(log_evaluation, "log-evaluation"),
+    register=_mlflow_task(register_challenger, "register-challenger"),
+    end_run=_mlflow_task(end_training_run, "end-mlflow-run"),
+)
 resume_task = _mlflow_task(resume_request, "resume-request")
 
 
@@ -465,20 +516,10 @@ def train_flow(
     ``request_id`` (the retrain request, see ``resume_request``) is recorded on the run and the version.
     """
     settings = with_overrides(settings or Settings(), data_folder, n_trials)
-    flow_run_id = str(flow_run.id)
-    dataset = load_data_task(settings)
-    parts = split_task(settings, dataset)
-    run_id = start_run_task(settings, dataset, parts, flow_run_id, request_id)
-    try:
-        tuned = tune_task(settings, parts, run_id, progress_bar=True)
-        candidates = evaluate_task(settings, parts, tuned)
-        log_evaluation_task(settings, run_id, parts, candidates)
-        version = register_task(settings, run_id, parts, dataset, candidates.tuned, flow_run_id, request_id)
-    except BaseException:
-        end_run_task(settings, run_id, failed=True)
-        raise
-    end_run_task(settings, run_id)
-    return int(version)
+    result = run_steps(
+        TASK_STEPS, settings, None, flow_run_id=str(flow_run.id), request_id=request_id, progress_bar=True
+    )
+    return int(result.version)
 
 
 def main(argv: list[str] | None = None) -> None:
