@@ -18,7 +18,7 @@ import mlflow
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunInfo, RunStatus
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial
 from prefect import Task, flow, task
@@ -132,10 +132,14 @@ def _request_tags(request_id: str | None) -> dict[str, str]:
 
 
 def start_training_run(
-    settings: Settings, dataset: Dataset, parts: Split, flow_run_id: str, request_id: str | None = None
-) -> str:
-    """Open the parent MLflow run: data input, data and training settings as params; return its id."""
-    client = registry.connect(settings)
+    client: MlflowClient,
+    settings: Settings,
+    dataset: Dataset,
+    parts: Split,
+    flow_run_id: str,
+    request_id: str | None = None,
+) -> RunInfo:
+    """Open the parent MLflow run: data input, data and training settings as params; return its info."""
     experiment_id = registry.ensure_experiment(client, settings.mlflow.training_experiment, settings)
     tags = {
         names.Tag.FLOW_RUN_ID: flow_run_id,
@@ -156,7 +160,7 @@ def start_training_run(
                 **{f"training.{k}": v for k, v in settings.training.model_dump().items()},
             }
         )
-        return str(run.info.run_id)
+        return run.info
 
 
 def trial_logger(
@@ -192,11 +196,14 @@ def trial_logger(
 
 
 def tune_candidates(
-    settings: Settings, parts: Split, run_id: str, progress_bar: bool = True
+    client: MlflowClient,
+    settings: Settings,
+    parts: Split,
+    run_id: str,
+    experiment_id: str,
+    progress_bar: bool = True,
 ) -> tuning.TuningResult:
     """Run the Optuna study on the training part, one nested run per trial; best params on the parent."""
-    client = registry.connect(settings)
-    experiment_id = client.get_run(run_id).info.experiment_id
     training = settings.training
     settings.ensure_state_dir()
     result = tuning.tune(
@@ -247,8 +254,10 @@ def fit_and_evaluate(settings: Settings, parts: Split, tuned: tuning.TuningResul
 
 
 def log_evaluation(settings: Settings, run_id: str, parts: Split, candidates: Candidates) -> None:
-    """Held-out metrics of both models (with intervals), their paired PR-AUC difference, and the plots."""
-    registry.connect(settings)
+    """Held-out metrics of both models (with intervals), their paired PR-AUC difference, and the plots.
+
+    Logs through MLflow's fluent API, on the tracking store ``registry.connect`` configured.
+    """
     y_true = parts.holdout[TARGET].to_numpy()
     gain = paired_bootstrap_difference(
         y_true,
@@ -274,6 +283,7 @@ def log_evaluation(settings: Settings, run_id: str, parts: Split, candidates: Ca
 
 
 def register_challenger(
+    client: MlflowClient,
     settings: Settings,
     run_id: str,
     parts: Split,
@@ -283,7 +293,6 @@ def register_challenger(
     request_id: str | None = None,
 ) -> str:
     """Log the tuned pipeline and its reference set, register a version and point ``challenger`` at it."""
-    client = registry.connect(settings)
     reference = registry.reference_frame(parts.holdout, tuned.proba, tuned.threshold)
     with mlflow.start_run(run_id=run_id):
         model_info = registry.log_model(tuned.pipeline, parts.holdout, tuned.threshold)
@@ -306,10 +315,10 @@ def register_challenger(
     return str(version.version)
 
 
-def end_training_run(settings: Settings, run_id: str, failed: bool = False) -> None:
+def end_training_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
     """Mark the parent run finished (or failed)."""
     status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
-    registry.connect(settings).set_terminated(run_id, status)
+    client.set_terminated(run_id, status)
 
 
 def resume_request(settings: Settings, request_id: str) -> str | None:
@@ -376,12 +385,12 @@ class Steps:
 
     load_data: Callable[[Settings, pd.DataFrame | None], Dataset]
     split: Callable[[Settings, Dataset], Split]
-    start_run: Callable[[Settings, Dataset, Split, str, str | None], str]
-    tune: Callable[[Settings, Split, str, bool], tuning.TuningResult]
+    start_run: Callable[[MlflowClient, Settings, Dataset, Split, str, str | None], RunInfo]
+    tune: Callable[[MlflowClient, Settings, Split, str, str, bool], tuning.TuningResult]
     evaluate: Callable[[Settings, Split, tuning.TuningResult], Candidates]
     log_evaluation: Callable[[Settings, str, Split, Candidates], None]
-    register: Callable[[Settings, str, Split, Dataset, Evaluation, str, str | None], str]
-    end_run: Callable[[Settings, str, bool], None]
+    register: Callable[[MlflowClient, Settings, str, Split, Dataset, Evaluation, str, str | None], str]
+    end_run: Callable[[MlflowClient, str, bool], None]
 
 
 PLAIN_STEPS = Steps(
@@ -408,16 +417,20 @@ def run_steps(
     """Data -> split -> parent run -> tuning -> fit and evaluate -> register; the run is closed either way."""
     dataset = steps.load_data(settings, extra_training_frame)
     parts = steps.split(settings, dataset)
-    run_id = steps.start_run(settings, dataset, parts, flow_run_id, request_id)
+    client = registry.connect(settings)  # also points MLflow's fluent API at the store, for every step
+    run = steps.start_run(client, settings, dataset, parts, flow_run_id, request_id)
+    run_id = run.run_id
     try:
-        tuned = steps.tune(settings, parts, run_id, progress_bar)
+        tuned = steps.tune(client, settings, parts, run_id, run.experiment_id, progress_bar)
         candidates = steps.evaluate(settings, parts, tuned)
         steps.log_evaluation(settings, run_id, parts, candidates)
-        version = steps.register(settings, run_id, parts, dataset, candidates.tuned, flow_run_id, request_id)
+        version = steps.register(
+            client, settings, run_id, parts, dataset, candidates.tuned, flow_run_id, request_id
+        )
     except BaseException:
-        steps.end_run(settings, run_id, True)
+        steps.end_run(client, run_id, True)
         raise
-    steps.end_run(settings, run_id, False)
+    steps.end_run(client, run_id, False)
     return _result(version, run_id, dataset, parts, tuned, candidates)
 
 
