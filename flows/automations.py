@@ -8,8 +8,6 @@ payload ``{"text": ...}``) pointed at ``settings.alert_webhook_url``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -27,8 +25,8 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.client.schemas.objects import StateType
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.prefect_server import prefect_api
 from reggaeton.names import Event
 from reggaeton.settings import Settings
 
@@ -200,13 +198,6 @@ def rerun_crashed_automation(deployment_id: UUID, settings: Settings) -> Automat
             )
         ],
     )
-
-
-@contextmanager
-def prefect_api(settings: Settings) -> Iterator[None]:
-    """Point every Prefect client in this block at the configured server (never an ephemeral one)."""
-    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
-        yield
 
 
 def ensure_notification_block(settings: Settings) -> UUID:

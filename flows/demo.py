@@ -32,8 +32,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 
 from flows import stack
-from flows.automations import prefect_api
 from flows.deploy import deploy
+from flows.prefect_server import prefect_api
 from flows.receiver import read_alerts
 from reggaeton import names
 from reggaeton.settings import Settings

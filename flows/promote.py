@@ -21,8 +21,7 @@ import getpass
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -38,6 +37,7 @@ from prefect.events.worker import EventsWorker
 from prefect.runtime import flow_run
 
 from flows import gate, registry, train
+from flows.prefect_server import prefect_api
 from reggaeton import names
 from reggaeton.promotion import PROMOTED, REJECTED, Decision, decide, markdown_report
 from reggaeton.settings import Settings
@@ -363,21 +363,6 @@ def _operator_report(title: str, payload: Mapping[str, Any]) -> str:
     return "\n".join([f"# {title}", "", "| field | value |", "|---|---|", *rows]) + "\n"
 
 
-@contextmanager
-def _prefect_api(settings: Settings) -> Iterator[None]:
-    """Talk to the configured Prefect server unless PREFECT_API_URL already says where it is.
-
-    Without an API URL, Prefect would start a throw-away server and the events would be lost.
-    """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
-        yield
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``train-and-promote``, ``gate``, ``promote`` and ``rollback``."""
     parser = argparse.ArgumentParser(prog="python -m flows.promote", description=__doc__.splitlines()[0])
@@ -399,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     try:
-        with _prefect_api(settings):
+        with prefect_api(settings, keep_configured=True):
             if args.command == "train-and-promote":
                 result = train_and_promote(args.data_folder, args.n_trials, settings)
             elif args.command == "gate":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from prefect.runtime import flow_run
 from sqlalchemy.exc import OperationalError
 
 from flows import registry
+from flows.prefect_server import prefect_api
 from reggaeton import names, tuning
 from reggaeton.data import Dataset, Split, features_array, load_dataset, split, with_extra_rows
 from reggaeton.metrics import SCORE_METRICS, paired_bootstrap_difference
@@ -537,8 +537,6 @@ def train_flow(
 
 def main(argv: list[str] | None = None) -> None:
     """Run the train flow against the local stack (the Prefect server from the settings)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-folder", help="folder in the original CSV layout (default: synthetic sample)")
     parser.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
@@ -550,8 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar shows the trials
     settings = Settings()
     # An explicit PREFECT_API_URL wins; otherwise the local stack's server from the settings.
-    api_url = os.environ.get("PREFECT_API_URL") or settings.prefect_api_url
-    with temporary_settings({PREFECT_API_URL: api_url}):
+    with prefect_api(settings, keep_configured=True):
         version = train_flow(data_folder=args.data_folder, n_trials=args.n_trials, settings=settings)
     logger.info("challenger version: %s", version)
 

@@ -11,6 +11,7 @@ import yaml
 from prefect.client.orchestration import get_client
 
 from flows import automations, deploy
+from flows.prefect_server import prefect_api
 from reggaeton.names import Event
 from reggaeton.settings import Settings
 
@@ -19,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _snapshot(settings: Settings) -> dict[str, Any]:
     """Everything deploy touches, without the ids and timestamps that may legitimately change."""
-    with automations.prefect_api(settings), get_client(sync_client=True) as client:
+    with prefect_api(settings), get_client(sync_client=True) as client:
         pool = client.read_work_pool(settings.prefect.work_pool)
         deployments = {
             d.name: {
