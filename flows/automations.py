@@ -23,11 +23,10 @@ from prefect.automations import (
 )
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.client.schemas.objects import StateType
 
-from flows.prefect_server import prefect_api
-from reggaeton.names import Event
+from flows.prefect_server import find_deployment, prefect_api
+from reggaeton.names import TRAIN_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ FLOW_RUN_FINAL = frozenset(
 # silent for ZOMBIE_AFTER_S (its worker was killed with it, the machine rebooted) is marked Crashed.
 HEARTBEAT_S = 30
 ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
-RETRAIN_DEPLOYMENT = "train-and-promote"
 # Rendered by the Prefect server from the crashed flow run the triggering event names.
 RERUN_REQUEST_TEMPLATE = {
     "__prefect_kind": "jinja",
@@ -230,15 +228,11 @@ def apply_automations(settings: Settings) -> dict[str, str]:
     wanted.append(zombie_automation())
     outcome: dict[str, str] = {}
     with prefect_api(settings), get_client(sync_client=True) as client:
-        retrain = client.read_deployments(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[RETRAIN_DEPLOYMENT]))
-        )
-        if retrain:
-            wanted.append(rerun_crashed_automation(retrain[0].id, settings))
+        retrain = find_deployment(client, TRAIN_DEPLOYMENT)
+        if retrain is not None:
+            wanted.append(rerun_crashed_automation(retrain, settings))
         else:
-            logger.warning(
-                "no %s deployment yet: the crashed-run automation waits for it", RETRAIN_DEPLOYMENT
-            )
+            logger.warning("no %s deployment yet: the crashed-run automation waits for it", TRAIN_DEPLOYMENT)
         for automation in wanted:
             existing = client.read_automations_by_name(automation.name)
             if not existing:

@@ -1,10 +1,13 @@
-"""Which Prefect server this package's clients, flows and events talk to."""
+"""Which Prefect server this package's clients, flows and events talk to; deployments on it by name."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from uuid import UUID
 
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from reggaeton.settings import Settings
@@ -26,3 +29,11 @@ def prefect_api(settings: Settings, *, keep_configured: bool = False) -> Iterato
     url = (PREFECT_API_URL.value() if keep_configured else None) or settings.prefect_api_url
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield
+
+
+def find_deployment(client: SyncPrefectClient, name: str) -> UUID | None:
+    """The id of the deployment called ``name``, or None when there is none."""
+    found = client.read_deployments(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
+    )
+    return found[0].id if found else None

@@ -74,6 +74,8 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
     assert retrain[3] == "run-deployment"
     assert retrain[4] == train["id"]
     assert Event.DEGRADED in retrain[1] and '"within":600.0' in retrain[1]
+    rerun = names["reggaeton-rerun-crashed-retrain"]  # found the retrain deployment by its name
+    assert rerun[3] == "run-deployment" and rerun[4] == train["id"]
     for notice in automations.notices(loop_settings):
         assert names[notice.name][3] == "send-notification"
 
