@@ -31,7 +31,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 
-from flows import stack
+from flows import registry, stack
 from flows.deploy import deploy
 from flows.prefect_server import find_deployment, prefect_api
 from flows.receiver import read_alerts
@@ -106,17 +106,20 @@ def version_info(client: MlflowClient, settings: Settings, version: str) -> Vers
 
 
 def champion_version(client: MlflowClient, settings: Settings) -> str | None:
-    """The version the champion alias points at, or None."""
+    """The version the champion alias points at, or None (also while MLflow answers with an error)."""
     try:
-        return str(client.get_model_version_by_alias(settings.mlflow.model_name, names.CHAMPION).version)
+        champion = registry.get_alias(client, settings.mlflow.model_name, names.CHAMPION)
     except MlflowException:
         return None
+    return str(champion.version) if champion is not None else None
 
 
 def latest_version(client: MlflowClient, settings: Settings) -> str | None:
     """The newest registered version, or None."""
-    versions = client.search_model_versions(f"name='{settings.mlflow.model_name}'")
-    return str(max(int(v.version) for v in versions)) if versions else None
+    newest = client.search_model_versions(
+        f"name='{settings.mlflow.model_name}'", max_results=1, order_by=["version_number DESC"]
+    )
+    return str(newest[0].version) if newest else None
 
 
 # --- API ------------------------------------------------------------------------------------------------
