@@ -25,13 +25,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from sqlalchemy.exc import OperationalError
 
-from flows import registry
+from flows import registry, traffic
 from flows.prefect_server import prefect_api
 from reggaeton import names, tuning
 from reggaeton.data import Dataset, Split, features_array, load_dataset, split, with_extra_rows
 from reggaeton.metrics import SCORE_METRICS, paired_bootstrap_difference
 from reggaeton.model import BASELINE
-from reggaeton.prediction_log import labelled_traffic, make_engine
 from reggaeton.schema import TARGET
 from reggaeton.settings import Settings
 from reggaeton.training import (
@@ -95,28 +94,18 @@ class Candidates:
 # ---------------------------------------------------------------- steps (plain functions)
 
 
-def read_labelled_traffic(settings: Settings) -> pd.DataFrame | None:
-    """Labelled production traffic when ``data.include_feedback`` is on and a prediction log exists."""
-    if not settings.data.include_feedback:
-        return None
-    url = settings.prediction_log_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        return None
-    engine = make_engine(url)
-    try:
-        return labelled_traffic(engine)
-    finally:
-        engine.dispose()
-
-
 def training_data(settings: Settings, extra_training_frame: pd.DataFrame | None = None) -> Dataset:
     """The configured data source plus labelled traffic (given, or read from the prediction log).
+
+    The prediction log is read only when ``data.include_feedback`` is on.
 
     Raises:
         SchemaError: bad data, naming the file, column and row count.
     """
     base = load_dataset(settings.data.folder, settings.data.synthetic_rows, settings.data.seed)
-    extra = extra_training_frame if extra_training_frame is not None else read_labelled_traffic(settings)
+    extra = extra_training_frame
+    if extra is None and settings.data.include_feedback:
+        extra = traffic.read_labelled_traffic(settings)
     dataset = with_extra_rows(base, extra, TRAFFIC_SOURCE)
     logger.info("training data: %s", dataset.summary())
     return dataset
