@@ -15,9 +15,8 @@ from fastapi.openapi.utils import get_openapi
 
 from reggaeton.prediction_log import create_tables, make_engine
 from reggaeton.settings import Settings
-from serving.batching import MicroBatcher
 from serving.cache import ModelCache
-from serving.fast_path import PredictFastPath
+from serving.fast_path import PredictFastPath, ServingApp
 from serving.holder import ModelHolder, smoke_check
 from serving.log_writer import PredictionLogWriter
 from serving.metrics import ServingMetrics
@@ -92,12 +91,11 @@ def create_app(settings: Settings) -> FastAPI:
         refresher = Refresher(
             holder, RegistrySource(settings), cache, metrics, settings.serving.poll_interval_s
         )
-        batcher = MicroBatcher(settings.serving.micro_batch_max, metrics)
         services = Services(
             settings=settings,
             holder=holder,
             refresher=refresher,
-            predictions=PredictionService(holder, batcher, log, metrics),
+            predictions=PredictionService(holder, log, metrics, settings.serving.micro_batch_max),
             log=log,
             engine=engine,
             metrics=metrics,
@@ -116,11 +114,11 @@ def create_app(settings: Settings) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            batcher.close()
+            services.predictions.close()
             await log.close()
             engine.dispose()
 
-    app = FastAPI(
+    app = ServingApp(
         title="Reggaeton classifier",
         summary="Is this song reggaeton? Serves the registry's champion and logs every prediction.",
         version="1.0",
@@ -136,8 +134,8 @@ def create_app(settings: Settings) -> FastAPI:
     for router in routers:
         app.include_router(router)
     routes = [getattr(route, "path", "") for router in routers for route in router.routes]
-    app.add_middleware(PredictFastPath)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)  # outside: counts both paths
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    app.fast_path = PredictFastPath(app, app.framework, metrics)  # records its own requests' metrics
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -1,17 +1,22 @@
-"""Adaptive micro-batching: concurrent requests share one ``predict_proba`` call on a numpy array.
+"""Adaptive micro-batching: concurrent requests share one model call and one round of bookkeeping.
 
 One model thread scores one batch at a time while the event loop keeps parsing requests; whatever
 arrives during a model call becomes the next batch. Under light load a batch is one request (no
 added wait); under heavy load batches grow by themselves, up to ``max_rows``. A model call on many
 rows costs little more than on one, and the trees release the GIL, so HTTP work and model work overlap.
+
+What follows the model call (labels, ids, the log entry, the counters) is also done once per batch,
+by ``complete`` on the event loop, which returns one result per row; each caller gets its rows' slice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,29 +25,33 @@ from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
 
+# (version, its rows in caller order, their probabilities) -> one result per row, in the same order.
+Complete = Callable[[ServedModel, np.ndarray, np.ndarray], Sequence[Any]]
+
 
 @dataclass(slots=True)
 class _Pending:
     served: ServedModel
     features: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Sequence[Any]]
 
 
 class MicroBatcher:
     """Collects the rows of concurrent requests and scores them per model version in one call."""
 
-    def __init__(self, max_rows: int, metrics: ServingMetrics) -> None:
+    def __init__(self, max_rows: int, metrics: ServingMetrics, complete: Complete) -> None:
         self._max_rows = max_rows
         self._metrics = metrics
+        self._complete = complete
         self._pending: list[_Pending] = []
         self._scheduled = False
         self._busy = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
-    async def probabilities(self, served: ServedModel, features: np.ndarray) -> np.ndarray:
-        """Positive-class probabilities of ``features`` from ``served``, batched with concurrent callers."""
+    async def score(self, served: ServedModel, features: np.ndarray) -> Sequence[Any]:
+        """``complete``'s results for the rows of ``features`` scored by ``served``, batched with others."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
+        future: asyncio.Future[Sequence[Any]] = loop.create_future()
         self._pending.append(_Pending(served, features, future))
         if not self._busy and not self._scheduled:
             self._scheduled = True
@@ -74,26 +83,36 @@ class MicroBatcher:
         features = group[0].features if len(group) == 1 else np.concatenate([item.features for item in group])
         self._busy = True
         call = self._executor.submit(served.probabilities, features)
-        call.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finish, loop, done, group, rows))
+        call.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._finish, loop, done, group, features)
+        )
 
     def _finish(
-        self, loop: asyncio.AbstractEventLoop, call: Future[np.ndarray], group: list[_Pending], rows: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        call: Future[np.ndarray],
+        group: list[_Pending],
+        features: np.ndarray,
     ) -> None:
         self._busy = False
         try:
-            proba = call.result()
+            results = self._complete(group[0].served, features, call.result())
         except Exception as exc:
-            logger.exception("version %s failed to score %d rows", group[0].served.version, rows)
+            logger.exception("version %s failed to score %d rows", group[0].served.version, len(features))
             for item in group:
                 if not item.future.done():
                     item.future.set_exception(exc)
         else:
-            self._metrics.model_batch_rows.observe(rows)
-            start = 0
-            for item in group:
-                end = start + len(item.features)
-                if not item.future.done():
-                    item.future.set_result(proba[start:end])
-                start = end
+            self._metrics.model_batch_rows.observe(len(features))
+            if len(group) == 1:
+                if not group[0].future.done():
+                    group[0].future.set_result(results)
+            else:
+                start = 0
+                for item in group:
+                    end = start + len(item.features)
+                    if not item.future.done():
+                        item.future.set_result(results[start:end])
+                    start = end
         if self._pending:
             self._flush(loop)

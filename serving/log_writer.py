@@ -30,7 +30,7 @@ _MAX_RETRY_DELAY_S = 5.0
 
 @dataclass(slots=True)
 class LogEntry:
-    """The rows of one request: ids, features, probabilities and labels, same length and order."""
+    """The rows of one model batch: ids, features, probabilities and labels, same length and order."""
 
     ids: list[str]
     created_at: datetime
@@ -86,28 +86,41 @@ class PredictionLogWriter:
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prediction-log")
         self._task: asyncio.Task[None] | None = None
+        metrics.log_queue_rows.set_function(lambda: self._queued_rows)  # read at scrape time
 
     def start(self) -> None:
         """Start the writer task on the running loop."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log-writer")
 
-    async def submit(self, entry: LogEntry) -> None:
-        """Queue one request's rows; waits only when the queue is full (backpressure)."""
+    @property
+    def full(self) -> bool:
+        """The queue holds ``capacity_rows`` or more: new requests must wait (:meth:`room`)."""
+        return self._queued_rows >= self._capacity
+
+    async def room(self) -> None:
+        """Wait while the queue is full (backpressure, counted); called before a request is scored.
+
+        Rows of requests already admitted are always taken (:meth:`put`), so the queue can exceed its
+        capacity by the rows in flight, and a prediction is never answered without being queued.
+        """
+        if not self.full:
+            return
+        self._metrics.log_queue_full.inc()
+        self._batch_ready.set()  # write now rather than at the next flush interval
+        while self.full:
+            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._room.append(room)
+            await room
+
+    def put(self, entry: LogEntry) -> None:
+        """Queue the rows of one batch of predictions (on the event loop; never waits, never drops)."""
         if self._closing:
             raise RuntimeError("the prediction log is closed")
         size = len(entry.ids)
-        if self._queued_rows and self._queued_rows + size > self._capacity:
-            self._metrics.log_queue_full.inc()
-            self._batch_ready.set()  # write now rather than at the next flush interval
-            while self._queued_rows and self._queued_rows + size > self._capacity:
-                room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._room.append(room)
-                await room
         self._buffer.append(entry)
         self._queued_rows += size
         self._buffered_rows += size
         self._submitted += 1
-        self._metrics.log_queue_rows.set(self._queued_rows)
         self._data.set()
         if self._buffered_rows >= self._batch_rows:
             self._batch_ready.set()
@@ -152,7 +165,6 @@ class PredictionLogWriter:
             self._written += len(entries)
             self._queued_rows -= rows
             self._metrics.log_rows_written.inc(rows)
-            self._metrics.log_queue_rows.set(self._queued_rows)
             self._wake_waiters()
 
     def _take(self) -> tuple[list[LogEntry], int]:
@@ -183,7 +195,7 @@ class PredictionLogWriter:
             connection.execute(predictions.insert(), rows)
 
     def _wake_waiters(self) -> None:
-        while self._room and (self._queued_rows < self._capacity):
+        while self._room and not self.full:
             room = self._room.popleft()
             if not room.done():
                 room.set_result(None)

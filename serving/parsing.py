@@ -76,6 +76,6 @@ def parse_songs(body: bytes, max_batch: int) -> np.ndarray:
     return np.array([[song[name] for name in FEATURE_NAMES] for song in songs], dtype=np.float64)
 
 
-def response_body(predictions: list[dict[str, Any]]) -> bytes:
+def response_body(predictions: Sequence[dict[str, Any]]) -> bytes:
     """The ``POST /predict`` answer, serialised (both the route and the fast path send exactly this)."""
     return orjson.dumps({"predictions": predictions})

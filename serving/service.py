@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,20 +33,23 @@ class _VersionCounts:
     total: int = 0
 
 
-@dataclass
 class PredictionService:
-    """Pure prediction plus injected side effects (batching, logging, metrics)."""
+    """Pure prediction plus injected side effects (batching, logging, metrics).
 
-    holder: ModelHolder
-    batcher: MicroBatcher
-    log: PredictionLogWriter
-    metrics: ServingMetrics
+    A request waits for room in the prediction log, then for its batch; the batch's bookkeeping
+    (labels, ids, one log entry, the counters) runs once, in :meth:`_complete`, before any of its
+    requests is answered.
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(self, holder: ModelHolder, log: PredictionLogWriter, metrics: ServingMetrics, max_rows: int):
+        self.holder = holder
+        self.log = log
+        self.metrics = metrics
+        self.batcher = MicroBatcher(max_rows, metrics, self._complete)
         self._counts: dict[str, _VersionCounts] = {}
 
-    async def predict(self, features: np.ndarray) -> list[dict[str, Any]]:
-        """Predictions for an (n, 7) array, in order; logged before they are returned.
+    async def predict(self, features: np.ndarray) -> Sequence[dict[str, Any]]:
+        """Predictions for an (n, 7) array, in order; queued in the log before they are returned.
 
         Raises:
             NoModelError: before the first model is loaded.
@@ -53,22 +57,26 @@ class PredictionService:
         served = self.holder.current  # read once: the whole request uses this version
         if served is None:
             raise NoModelError("no model loaded yet")
-        proba = await self.batcher.probabilities(served, features)
+        if self.log.full:
+            await self.log.room()
+        return await self.batcher.score(served, features)
+
+    def close(self) -> None:
+        """Stop the model thread (after the batch in flight)."""
+        self.batcher.close()
+
+    def _complete(self, served: ServedModel, features: np.ndarray, proba: np.ndarray) -> list[dict[str, Any]]:
         labels = (proba >= served.threshold).astype(np.int64)
         ids = [str(uuid4()) for _ in range(len(proba))]
-        await self.log.submit(
-            LogEntry(ids, datetime.now(UTC), served.name, served.version, features, proba, labels)
-        )
-        self._count(served, labels)
+        self.log.put(LogEntry(ids, datetime.now(UTC), served.name, served.version, features, proba, labels))
+        self._count(served, int(np.count_nonzero(labels)), len(labels))
         version = served.version
         return [
             {"id": pid, "probability": p, "label": label, "model_version": version}
             for pid, p, label in zip(ids, proba.tolist(), labels.tolist(), strict=True)
         ]
 
-    def _count(self, served: ServedModel, labels: np.ndarray) -> None:
-        positives = int(labels.sum())
-        total = len(labels)
+    def _count(self, served: ServedModel, positives: int, total: int) -> None:
         counts = self._counts.get(served.version)
         if counts is None:  # the metric children once per version: `labels()` takes a lock per call
             counts = self._counts[served.version] = _VersionCounts(

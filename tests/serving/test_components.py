@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,19 @@ def _served(model: Any, version: str = "1", threshold: float = 0.5) -> ServedMod
     return ServedModel("m", version, None, model, threshold, datetime.now(UTC), "registry")
 
 
+def _probabilities(_: ServedModel, __: np.ndarray, proba: np.ndarray) -> list[float]:
+    """The batch's ``complete`` step reduced to handing back the probabilities."""
+    return list(proba.tolist())
+
+
 def test_concurrent_requests_share_one_model_call() -> None:
     model = _CountingModel()
     served = _served(model)
     rows = [np.random.default_rng(i).random((1 + i % 3, 7)) for i in range(20)]
 
-    async def run() -> list[np.ndarray]:
-        batcher = MicroBatcher(max_rows=1000, metrics=ServingMetrics())
-        return await asyncio.gather(*(batcher.probabilities(served, r) for r in rows))
+    async def run() -> list[Sequence[float]]:
+        batcher = MicroBatcher(1000, ServingMetrics(), _probabilities)
+        return await asyncio.gather(*(batcher.score(served, r) for r in rows))
 
     results = asyncio.run(run())
     assert model.calls == [sum(len(r) for r in rows)]
@@ -59,8 +65,8 @@ def test_batches_respect_max_rows_and_model_versions() -> None:
     row = np.full((1, 7), 0.5)
 
     async def run() -> None:
-        batcher = MicroBatcher(max_rows=4, metrics=ServingMetrics())
-        calls = [batcher.probabilities(served[i % 2], row) for i in range(10)]
+        batcher = MicroBatcher(4, ServingMetrics(), _probabilities)
+        calls = [batcher.score(served[i % 2], row) for i in range(10)]
         await asyncio.gather(*calls)
 
     asyncio.run(run())
@@ -71,15 +77,15 @@ def test_a_caller_gone_first_in_line_does_not_strand_the_others() -> None:
     old, new = _CountingModel(), _CountingModel()
     row = np.full((1, 7), 0.5)
 
-    async def run() -> np.ndarray:
-        batcher = MicroBatcher(max_rows=4, metrics=ServingMetrics())
-        gone = asyncio.create_task(batcher.probabilities(_served(old, "1"), row))
-        waiting = asyncio.create_task(batcher.probabilities(_served(new, "2"), row))
+    async def run() -> Sequence[float]:
+        batcher = MicroBatcher(4, ServingMetrics(), _probabilities)
+        gone = asyncio.create_task(batcher.score(_served(old, "1"), row))
+        waiting = asyncio.create_task(batcher.score(_served(new, "2"), row))
         await asyncio.sleep(0)  # both queued, the flush not run yet
         gone.cancel()  # the first in line goes away (a client disconnect during a version swap)
         return await asyncio.wait_for(waiting, timeout=10)
 
-    assert asyncio.run(run()).shape == (1,)
+    assert len(asyncio.run(run())) == 1
     assert old.calls == [] and new.calls == [1]
 
 
@@ -97,9 +103,8 @@ def test_full_log_queue_waits_and_loses_nothing(tmp_path: Path) -> None:
         async def submit(i: int) -> None:
             ids = [f"{i}-a", f"{i}-b"]
             features = np.full((2, 7), 0.5)
-            await writer.submit(
-                LogEntry(ids, now, "m", "1", features, np.array([0.1, 0.9]), np.array([0, 1]))
-            )
+            await writer.room()
+            writer.put(LogEntry(ids, now, "m", "1", features, np.array([0.1, 0.9]), np.array([0, 1])))
 
         await asyncio.gather(*(submit(i) for i in range(entries)))
         await writer.close()
