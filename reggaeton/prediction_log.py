@@ -38,6 +38,7 @@ metadata: Final = MetaData()
 
 PREDICTION_ID: Final = "id"
 CREATED_AT: Final = "created_at"
+MODEL_NAME: Final = "model_name"
 MODEL_VERSION: Final = "model_version"
 
 predictions: Final = Table(
@@ -45,7 +46,7 @@ predictions: Final = Table(
     metadata,
     Column(PREDICTION_ID, String(36), primary_key=True),
     Column(CREATED_AT, DateTime(timezone=True), nullable=False),
-    Column("model_name", String(200), nullable=False),
+    Column(MODEL_NAME, String(200), nullable=False),
     Column(MODEL_VERSION, String(50), nullable=False),
     *(Column(name, Float, nullable=False) for name in FEATURE_NAMES),
     Column(PROBABILITY, Float, nullable=False),

@@ -13,6 +13,7 @@ import pandas as pd
 
 from reggaeton.data import features_array
 from reggaeton.schema import EXAMPLE_SONGS
+from serving.scorer import Scorer, choose_scorer, verification_rows
 
 
 class ModelCheckError(RuntimeError):
@@ -32,10 +33,23 @@ class ServedModel:
     source: str  # "registry" or "cache"
     metrics: Mapping[str, float] = field(default_factory=dict)
     load_seconds: float = 0.0  # registry lookup + load + smoke check
+    # How the model is called (serving/scorer.py): chosen when built, carried over by dataclasses.replace.
+    scorer: Scorer | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.scorer is None:
+            object.__setattr__(self, "scorer", choose_scorer(self.model, verification_rows(examples_array())))
+
+    @property
+    def scorer_kind(self) -> str:
+        """``scorer.REBUILT`` or ``scorer.PIPELINE``."""
+        assert self.scorer is not None  # set in __post_init__
+        return self.scorer.kind
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Positive-class probabilities for a float array of songs in schema order."""
-        return np.asarray(self.model.predict_proba(features)[:, 1], dtype=np.float64)
+        assert self.scorer is not None  # set in __post_init__
+        return self.scorer.probabilities(features)
 
 
 def examples_array() -> np.ndarray:

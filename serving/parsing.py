@@ -52,9 +52,14 @@ def parse_songs(body: bytes, max_batch: int) -> np.ndarray:
         HTTPException: 413 for a list longer than ``max_batch``.
     """
     try:
-        payload: Any = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise _invalid(f"body is not valid JSON: {exc}"[:300], "json_invalid") from None
+        payload: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson takes a strict subset of what the json module takes (no NaN literal, UTF-8 only, 64-bit
+        # integers); the json module decides the rest and words the error.
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise _invalid(f"body is not valid JSON: {exc}"[:300], "json_invalid") from None
     try:
         if isinstance(payload, dict):
             SONG_ADAPTER.validate_python(payload)

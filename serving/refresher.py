@@ -59,7 +59,13 @@ class Refresher:
         # collection over them would stall every request. (The replaced model is freed by refcount.)
         gc.freeze()
         self._metrics.set_served(served.version, served.source, served.loaded_at.timestamp())
-        logger.info("serving %s version %s (from %s)", served.name, served.version, served.source)
+        logger.info(
+            "serving %s version %s (from %s, scorer %s)",
+            served.name,
+            served.version,
+            served.source,
+            served.scorer_kind,
+        )
 
     async def check(self, *, force: bool = False) -> ReloadResult:
         """Resolve the champion once and swap to it if it is new and good.

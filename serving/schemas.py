@@ -104,6 +104,10 @@ class ModelResponse(BaseModel):
     loaded_at: datetime
     threshold: float
     load_seconds: float = Field(description="Registry lookup, load and smoke check of this version.")
+    scorer: str = Field(
+        description="'rebuilt' (the pipeline's steps as numpy operations, verified to reproduce it) or "
+        "'pipeline' (the pipeline's own predict_proba)."
+    )
     metrics: dict[str, float]
     features: list[str] = list(FEATURE_NAMES)
 

@@ -40,6 +40,7 @@ async def model(served: ChampionDep) -> ModelResponse:
         loaded_at=served.loaded_at,
         threshold=served.threshold,
         load_seconds=served.load_seconds,
+        scorer=served.scorer_kind,
         metrics=dict(served.metrics),
     )
 

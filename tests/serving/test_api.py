@@ -117,6 +117,7 @@ def test_health_ready_model(served: Server, registry_versions: Registry) -> None
     assert model["threshold"] == 0.5
     assert model["metrics"] == {"pr_auc": 0.9}
     assert model["source"] == "registry"
+    assert model["scorer"] == "rebuilt"  # scaler + logistic regression: rebuilt and verified at load
     assert model["run_id"]
     assert model["features"] == list(FEATURE_NAMES)
 

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 
 from reggaeton.prediction_log import create_tables, make_engine, predictions
+from reggaeton.schema import FEATURE_NAMES
 from serving.batching import MicroBatcher
 from serving.cache import ModelCache
 from serving.holder import ModelCheckError, ServedModel, examples_array, smoke_check
@@ -115,6 +116,37 @@ def test_full_log_queue_waits_and_loses_nothing(tmp_path: Path) -> None:
     assert metrics.log_queue_full._value.get() > 0
     assert metrics.log_rows_written._value.get() == 2 * entries
     engine.dispose()
+
+
+@pytest.mark.parametrize("paramstyle", ["qmark", "named"])
+def test_log_rows_round_trip_with_positional_and_named_parameters(tmp_path: Path, paramstyle: str) -> None:
+    # The writer runs a pre-compiled INSERT on the driver: check both parameter styles a dialect may use.
+    engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}", paramstyle=paramstyle)
+    create_tables(engine)
+    created = datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=UTC)
+    features = np.random.default_rng(1).random((3, 7))
+    entry = LogEntry(
+        ["a", "b", "c"], created, "m", "7", features, np.array([0.1, 0.5, 0.9]), np.array([0, 1, 1])
+    )
+
+    async def run() -> None:
+        writer = PredictionLogWriter(
+            engine, ServingMetrics(), capacity_rows=10, batch_rows=10, flush_interval_s=0.01
+        )
+        writer.start()
+        writer.put(entry)
+        await writer.close()
+
+    asyncio.run(run())
+    with engine.connect() as connection:
+        rows = connection.execute(select(predictions).order_by(predictions.c.id)).mappings().all()
+    engine.dispose()
+    assert [row["id"] for row in rows] == ["a", "b", "c"]
+    assert {(row["model_name"], row["model_version"]) for row in rows} == {("m", "7")}
+    assert [row["created_at"].replace(tzinfo=UTC) for row in rows] == [created] * 3
+    np.testing.assert_array_equal([[row[name] for name in FEATURE_NAMES] for row in rows], features)
+    assert [row["probability"] for row in rows] == [0.1, 0.5, 0.9]
+    assert [row["prediction"] for row in rows] == [0, 1, 1]
 
 
 def test_smoke_check_refuses_nan_and_bad_threshold() -> None:
