@@ -8,8 +8,6 @@ payload ``{"text": ...}``) pointed at ``settings.alert_webhook_url``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -25,11 +23,10 @@ from prefect.automations import (
 )
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.client.schemas.objects import StateType
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from reggaeton.names import Event
+from flows.prefect_server import find_deployment, prefect_api
+from reggaeton.names import TRAIN_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +45,6 @@ FLOW_RUN_FINAL = frozenset(
 # silent for ZOMBIE_AFTER_S (its worker was killed with it, the machine rebooted) is marked Crashed.
 HEARTBEAT_S = 30
 ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
-RETRAIN_DEPLOYMENT = "train-and-promote"
 # Rendered by the Prefect server from the crashed flow run the triggering event names.
 RERUN_REQUEST_TEMPLATE = {
     "__prefect_kind": "jinja",
@@ -202,13 +198,6 @@ def rerun_crashed_automation(deployment_id: UUID, settings: Settings) -> Automat
     )
 
 
-@contextmanager
-def prefect_api(settings: Settings) -> Iterator[None]:
-    """Point every Prefect client in this block at the configured server (never an ephemeral one)."""
-    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
-        yield
-
-
 def ensure_notification_block(settings: Settings) -> UUID:
     """Create or update the webhook notification block; its id is stable across runs."""
     block = CustomWebhookNotificationBlock(
@@ -239,15 +228,11 @@ def apply_automations(settings: Settings) -> dict[str, str]:
     wanted.append(zombie_automation())
     outcome: dict[str, str] = {}
     with prefect_api(settings), get_client(sync_client=True) as client:
-        retrain = client.read_deployments(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[RETRAIN_DEPLOYMENT]))
-        )
-        if retrain:
-            wanted.append(rerun_crashed_automation(retrain[0].id, settings))
+        retrain = find_deployment(client, TRAIN_DEPLOYMENT)
+        if retrain is not None:
+            wanted.append(rerun_crashed_automation(retrain, settings))
         else:
-            logger.warning(
-                "no %s deployment yet: the crashed-run automation waits for it", RETRAIN_DEPLOYMENT
-            )
+            logger.warning("no %s deployment yet: the crashed-run automation waits for it", TRAIN_DEPLOYMENT)
         for automation in wanted:
             existing = client.read_automations_by_name(automation.name)
             if not existing:

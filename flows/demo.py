@@ -31,16 +31,15 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 
-from flows import stack
-from flows.automations import prefect_api
+from flows import registry, stack
 from flows.deploy import deploy
+from flows.prefect_server import find_deployment, prefect_api
 from flows.receiver import read_alerts
 from reggaeton import names
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TRAIN_DEPLOYMENT = "train-and-promote"
 MONITOR_DEPLOYMENT = "monitor"
 T = TypeVar("T")
 
@@ -107,17 +106,20 @@ def version_info(client: MlflowClient, settings: Settings, version: str) -> Vers
 
 
 def champion_version(client: MlflowClient, settings: Settings) -> str | None:
-    """The version the champion alias points at, or None."""
+    """The version the champion alias points at, or None (also while MLflow answers with an error)."""
     try:
-        return str(client.get_model_version_by_alias(settings.mlflow.model_name, names.CHAMPION).version)
+        champion = registry.get_alias(client, settings.mlflow.model_name, names.CHAMPION)
     except MlflowException:
         return None
+    return str(champion.version) if champion is not None else None
 
 
 def latest_version(client: MlflowClient, settings: Settings) -> str | None:
     """The newest registered version, or None."""
-    versions = client.search_model_versions(f"name='{settings.mlflow.model_name}'")
-    return str(max(int(v.version) for v in versions)) if versions else None
+    newest = client.search_model_versions(
+        f"name='{settings.mlflow.model_name}'", max_results=1, order_by=["version_number DESC"]
+    )
+    return str(newest[0].version) if newest else None
 
 
 # --- API ------------------------------------------------------------------------------------------------
@@ -137,12 +139,10 @@ def served_version(settings: Settings) -> str | None:
 def deployment_id(settings: Settings, name: str) -> UUID:
     """The id of a deployment by its name."""
     with prefect_api(settings), get_client(sync_client=True) as client:
-        found = client.read_deployments(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
-        )
-    if not found:
+        found = find_deployment(client, name)
+    if found is None:
         raise LookupError(f"deployment {name!r} not found: run `python -m flows.deploy`")
-    return found[0].id
+    return found
 
 
 def run_deployment_and_wait(settings: Settings, name: str, timeout_s: float) -> FlowRun:
@@ -191,7 +191,7 @@ def ensure_champion(settings: Settings, client: MlflowClient, report: DemoReport
     current = champion_version(client, settings)
     if current is None:
         began = time.monotonic()
-        run = run_deployment_and_wait(settings, TRAIN_DEPLOYMENT, timeout_s=900)
+        run = run_deployment_and_wait(settings, names.TRAIN_DEPLOYMENT, timeout_s=900)
         report.timings["first champion"] = time.monotonic() - began
         if run.state is None or not run.state.is_completed():
             raise RuntimeError(f"the first training run ended {run.state}: see the Prefect UI")
@@ -232,7 +232,9 @@ def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> No
 
     def first_retrain() -> FlowRun | None:
         # Not the weekly schedule's run, should the demo meet one (Monday 03:00 UTC).
-        runs = [run for run in runs_since(settings, TRAIN_DEPLOYMENT, loop_began) if not run.auto_scheduled]
+        runs = [
+            run for run in runs_since(settings, names.TRAIN_DEPLOYMENT, loop_began) if not run.auto_scheduled
+        ]
         return runs[-1] if runs else None
 
     retrain = wait_until("the retrain the degraded event triggers", first_retrain, timeout_s=180)

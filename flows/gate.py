@@ -18,6 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.types import DataType
 
 from flows import registry
+from flows.traffic import read_labelled_traffic
 from reggaeton import prediction_log
 from reggaeton.data import features_array, frame_hash
 from reggaeton.promotion import ModelScores
@@ -82,11 +83,7 @@ def load_evaluation(
     """
     if holdout is None:
         holdout = registry.load_reference(client, challenger)
-    engine = prediction_log.make_engine(settings.prediction_log_url)
-    try:
-        traffic = prediction_log.labelled_traffic(engine)
-    finally:
-        engine.dispose()
+    traffic = read_labelled_traffic(settings)
     trained_until = None
     if settings.data.include_feedback and challenger.run_id:
         start_ms = client.get_run(challenger.run_id).info.start_time

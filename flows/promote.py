@@ -21,8 +21,7 @@ import getpass
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -38,6 +37,7 @@ from prefect.events.worker import EventsWorker
 from prefect.runtime import flow_run
 
 from flows import gate, registry, train
+from flows.prefect_server import prefect_api
 from reggaeton import names
 from reggaeton.promotion import PROMOTED, REJECTED, Decision, decide, markdown_report
 from reggaeton.settings import Settings
@@ -84,7 +84,22 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _set_tags(client: MlflowClient, model_name: str, version: str, tags: Mapping[str, str]) -> None:
+def _stamp(by: str) -> dict[str, str]:
+    """Who decided and when, the same on every version one decision touches."""
+    return {names.Tag.DECIDED_BY: by, names.Tag.DECIDED_AT: _now()}
+
+
+def _tag_decision(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    decision: str,
+    reason: str,
+    stamp: Mapping[str, str],
+    details: Mapping[str, str] | None = None,
+) -> None:
+    """Record a decision on a version: what, why, its details, then who and when."""
+    tags = {names.Tag.DECISION: decision, names.Tag.DECISION_REASON: reason, **(details or {}), **stamp}
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
 
@@ -150,33 +165,28 @@ def apply_decision(client: MlflowClient, model_name: str, decision: Decision, by
             f"champion is version {current_version}, but the decision was made against "
             f"{decision.champion_version}; re-run the gate"
         )
-    stamp = {names.Tag.DECIDED_BY: by, names.Tag.DECIDED_AT: _now()}
-    _set_tags(
+    stamp = _stamp(by)
+    _tag_decision(
         client,
         model_name,
         decision.challenger_version,
+        decision.outcome,
+        decision.reason,
+        stamp,
         {
-            names.Tag.DECISION: decision.outcome,
-            names.Tag.DECISION_REASON: decision.reason,
             names.Tag.DECISION_AGAINST: decision.champion_version or "none",
             names.Tag.DECISION_DATA: decision.evaluation,
             names.Tag.DECISION_DETAIL: json.dumps(decision.to_dict(), separators=(",", ":")),
-            **stamp,
         },
     )
     if decision.champion_version is not None:
-        verb = REPLACED if decision.promote else RETAINED
-        _set_tags(
+        _tag_decision(
             client,
             model_name,
             decision.champion_version,
-            {
-                names.Tag.DECISION: verb,
-                names.Tag.DECISION_REASON: (
-                    f"challenger version {decision.challenger_version} {decision.outcome}: {decision.reason}"
-                ),
-                **stamp,
-            },
+            REPLACED if decision.promote else RETAINED,
+            f"challenger version {decision.challenger_version} {decision.outcome}: {decision.reason}",
+            stamp,
         )
     if decision.promote:
         _move_champion(client, model_name, decision.challenger_version, decision.champion_version)
@@ -295,13 +305,10 @@ def promote_version(
     if problems:
         raise PromotionError(f"refusing to promote version {version}: {'; '.join(problems)}")
     why = f"manual promotion: {reason}"
-    stamp = {names.Tag.DECIDED_BY: by, names.Tag.DECIDED_AT: _now()}
-    _set_tags(
-        client, model_name, version, {names.Tag.DECISION: PROMOTED, names.Tag.DECISION_REASON: why, **stamp}
-    )
+    stamp = _stamp(by)
+    _tag_decision(client, model_name, version, PROMOTED, why, stamp)
     if old is not None:
-        replaced = {names.Tag.DECISION: REPLACED, names.Tag.DECISION_REASON: f"version {version} {why}"}
-        _set_tags(client, model_name, old, {**replaced, **stamp})
+        _tag_decision(client, model_name, old, REPLACED, f"version {version} {why}", stamp)
     _move_champion(client, model_name, version, old)
     payload = {"action": MANUAL, "version": version, "previous": old, "reason": reason, "decided_by": by}
     _emit(names.Event.PROMOTED, model_name, version, payload)
@@ -329,16 +336,9 @@ def rollback(reason: str, by: str | None = None, settings: Settings | None = Non
     restored = client.get_model_version(model_name, previous)
     replaced = str(current.version)
     why = f"rollback: {reason}"
-    stamp = {names.Tag.DECIDED_BY: by, names.Tag.DECIDED_AT: _now()}
-    _set_tags(
-        client,
-        model_name,
-        replaced,
-        {names.Tag.DECISION: ROLLED_BACK, names.Tag.DECISION_REASON: why, **stamp},
-    )
-    _set_tags(
-        client, model_name, previous, {names.Tag.DECISION: RESTORED, names.Tag.DECISION_REASON: why, **stamp}
-    )
+    stamp = _stamp(by)
+    _tag_decision(client, model_name, replaced, ROLLED_BACK, why, stamp)
+    _tag_decision(client, model_name, previous, RESTORED, why, stamp)
     client.set_registered_model_alias(model_name, names.CHAMPION, previous)
     # The restored champion's own predecessor becomes the next rollback target.
     older = (restored.tags or {}).get(names.Tag.PREVIOUS_CHAMPION)
@@ -363,21 +363,6 @@ def _operator_report(title: str, payload: Mapping[str, Any]) -> str:
     return "\n".join([f"# {title}", "", "| field | value |", "|---|---|", *rows]) + "\n"
 
 
-@contextmanager
-def _prefect_api(settings: Settings) -> Iterator[None]:
-    """Talk to the configured Prefect server unless PREFECT_API_URL already says where it is.
-
-    Without an API URL, Prefect would start a throw-away server and the events would be lost.
-    """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
-        yield
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``train-and-promote``, ``gate``, ``promote`` and ``rollback``."""
     parser = argparse.ArgumentParser(prog="python -m flows.promote", description=__doc__.splitlines()[0])
@@ -399,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     try:
-        with _prefect_api(settings):
+        with prefect_api(settings, keep_configured=True):
             if args.command == "train-and-promote":
                 result = train_and_promote(args.data_folder, args.n_trials, settings)
             elif args.command == "gate":

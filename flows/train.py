@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import mlflow
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunInfo, RunStatus
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial
 from prefect import Task, flow, task
@@ -26,12 +25,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from sqlalchemy.exc import OperationalError
 
-from flows import registry
+from flows import registry, traffic
+from flows.prefect_server import prefect_api
 from reggaeton import names, tuning
 from reggaeton.data import Dataset, Split, features_array, load_dataset, split, with_extra_rows
 from reggaeton.metrics import SCORE_METRICS, paired_bootstrap_difference
 from reggaeton.model import BASELINE
-from reggaeton.prediction_log import labelled_traffic, make_engine
 from reggaeton.schema import TARGET
 from reggaeton.settings import Settings
 from reggaeton.training import (
@@ -95,28 +94,18 @@ class Candidates:
 # ---------------------------------------------------------------- steps (plain functions)
 
 
-def read_labelled_traffic(settings: Settings) -> pd.DataFrame | None:
-    """Labelled production traffic when ``data.include_feedback`` is on and a prediction log exists."""
-    if not settings.data.include_feedback:
-        return None
-    url = settings.prediction_log_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        return None
-    engine = make_engine(url)
-    try:
-        return labelled_traffic(engine)
-    finally:
-        engine.dispose()
-
-
 def training_data(settings: Settings, extra_training_frame: pd.DataFrame | None = None) -> Dataset:
     """The configured data source plus labelled traffic (given, or read from the prediction log).
+
+    The prediction log is read only when ``data.include_feedback`` is on.
 
     Raises:
         SchemaError: bad data, naming the file, column and row count.
     """
     base = load_dataset(settings.data.folder, settings.data.synthetic_rows, settings.data.seed)
-    extra = extra_training_frame if extra_training_frame is not None else read_labelled_traffic(settings)
+    extra = extra_training_frame
+    if extra is None and settings.data.include_feedback:
+        extra = traffic.read_labelled_traffic(settings)
     dataset = with_extra_rows(base, extra, TRAFFIC_SOURCE)
     logger.info("training data: %s", dataset.summary())
     return dataset
@@ -132,10 +121,14 @@ def _request_tags(request_id: str | None) -> dict[str, str]:
 
 
 def start_training_run(
-    settings: Settings, dataset: Dataset, parts: Split, flow_run_id: str, request_id: str | None = None
-) -> str:
-    """Open the parent MLflow run: data input, data and training settings as params; return its id."""
-    client = registry.connect(settings)
+    client: MlflowClient,
+    settings: Settings,
+    dataset: Dataset,
+    parts: Split,
+    flow_run_id: str,
+    request_id: str | None = None,
+) -> RunInfo:
+    """Open the parent MLflow run: data input, data and training settings as params; return its info."""
     experiment_id = registry.ensure_experiment(client, settings.mlflow.training_experiment, settings)
     tags = {
         names.Tag.FLOW_RUN_ID: flow_run_id,
@@ -156,7 +149,7 @@ def start_training_run(
                 **{f"training.{k}": v for k, v in settings.training.model_dump().items()},
             }
         )
-        return str(run.info.run_id)
+        return run.info
 
 
 def trial_logger(
@@ -192,11 +185,14 @@ def trial_logger(
 
 
 def tune_candidates(
-    settings: Settings, parts: Split, run_id: str, progress_bar: bool = True
+    client: MlflowClient,
+    settings: Settings,
+    parts: Split,
+    run_id: str,
+    experiment_id: str,
+    progress_bar: bool = True,
 ) -> tuning.TuningResult:
     """Run the Optuna study on the training part, one nested run per trial; best params on the parent."""
-    client = registry.connect(settings)
-    experiment_id = client.get_run(run_id).info.experiment_id
     training = settings.training
     settings.ensure_state_dir()
     result = tuning.tune(
@@ -247,8 +243,10 @@ def fit_and_evaluate(settings: Settings, parts: Split, tuned: tuning.TuningResul
 
 
 def log_evaluation(settings: Settings, run_id: str, parts: Split, candidates: Candidates) -> None:
-    """Held-out metrics of both models (with intervals), their paired PR-AUC difference, and the plots."""
-    registry.connect(settings)
+    """Held-out metrics of both models (with intervals), their paired PR-AUC difference, and the plots.
+
+    Logs through MLflow's fluent API, on the tracking store ``registry.connect`` configured.
+    """
     y_true = parts.holdout[TARGET].to_numpy()
     gain = paired_bootstrap_difference(
         y_true,
@@ -274,6 +272,7 @@ def log_evaluation(settings: Settings, run_id: str, parts: Split, candidates: Ca
 
 
 def register_challenger(
+    client: MlflowClient,
     settings: Settings,
     run_id: str,
     parts: Split,
@@ -283,7 +282,6 @@ def register_challenger(
     request_id: str | None = None,
 ) -> str:
     """Log the tuned pipeline and its reference set, register a version and point ``challenger`` at it."""
-    client = registry.connect(settings)
     reference = registry.reference_frame(parts.holdout, tuned.proba, tuned.threshold)
     with mlflow.start_run(run_id=run_id):
         model_info = registry.log_model(tuned.pipeline, parts.holdout, tuned.threshold)
@@ -306,10 +304,10 @@ def register_challenger(
     return str(version.version)
 
 
-def end_training_run(settings: Settings, run_id: str, failed: bool = False) -> None:
+def end_training_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
     """Mark the parent run finished (or failed)."""
     status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
-    registry.connect(settings).set_terminated(run_id, status)
+    client.set_terminated(run_id, status)
 
 
 def resume_request(settings: Settings, request_id: str) -> str | None:
@@ -370,11 +368,67 @@ def _result(
     )
 
 
+@dataclass(frozen=True)
+class Steps:
+    """The training steps, as plain functions (``train``) or as Prefect tasks (``train_flow``)."""
+
+    load_data: Callable[[Settings, pd.DataFrame | None], Dataset]
+    split: Callable[[Settings, Dataset], Split]
+    start_run: Callable[[MlflowClient, Settings, Dataset, Split, str, str | None], RunInfo]
+    tune: Callable[[MlflowClient, Settings, Split, str, str, bool], tuning.TuningResult]
+    evaluate: Callable[[Settings, Split, tuning.TuningResult], Candidates]
+    log_evaluation: Callable[[Settings, str, Split, Candidates], None]
+    register: Callable[[MlflowClient, Settings, str, Split, Dataset, Evaluation, str, str | None], str]
+    end_run: Callable[[MlflowClient, str, bool], None]
+
+
+PLAIN_STEPS = Steps(
+    load_data=training_data,
+    split=split_data,
+    start_run=start_training_run,
+    tune=tune_candidates,
+    evaluate=fit_and_evaluate,
+    log_evaluation=log_evaluation,
+    register=register_challenger,
+    end_run=end_training_run,
+)
+
+
+def run_steps(
+    steps: Steps,
+    settings: Settings,
+    extra_training_frame: pd.DataFrame | None,
+    *,
+    flow_run_id: str,
+    request_id: str | None,
+    progress_bar: bool,
+) -> TrainingResult:
+    """Data -> split -> parent run -> tuning -> fit and evaluate -> register; the run is closed either way."""
+    dataset = steps.load_data(settings, extra_training_frame)
+    parts = steps.split(settings, dataset)
+    client = registry.connect(settings)  # also points MLflow's fluent API at the store, for every step
+    run = steps.start_run(client, settings, dataset, parts, flow_run_id, request_id)
+    run_id = run.run_id
+    try:
+        tuned = steps.tune(client, settings, parts, run_id, run.experiment_id, progress_bar)
+        candidates = steps.evaluate(settings, parts, tuned)
+        steps.log_evaluation(settings, run_id, parts, candidates)
+        version = steps.register(
+            client, settings, run_id, parts, dataset, candidates.tuned, flow_run_id, request_id
+        )
+    except BaseException:
+        steps.end_run(client, run_id, True)
+        raise
+    steps.end_run(client, run_id, False)
+    return _result(version, run_id, dataset, parts, tuned, candidates)
+
+
 def train(
     settings: Settings,
     extra_training_frame: pd.DataFrame | None = None,
     *,
     flow_run_id: str = "none",
+    request_id: str | None = None,
     progress_bar: bool = False,
 ) -> TrainingResult:
     """Train, evaluate and register a challenger without Prefect (the flow runs the same steps as tasks).
@@ -384,21 +438,18 @@ def train(
         extra_training_frame: Labelled rows to add to the data (features + target); when None, the
             prediction log's labelled traffic is used if ``data.include_feedback`` is on.
         flow_run_id: Recorded on the run and the version (the calling flow run, if any).
+        request_id: The retrain request this run serves (see ``resume_request``), recorded on the run
+            and the version.
         progress_bar: Show Optuna's progress bar.
     """
-    dataset = training_data(settings, extra_training_frame)
-    parts = split_data(settings, dataset)
-    run_id = start_training_run(settings, dataset, parts, flow_run_id)
-    try:
-        tuned = tune_candidates(settings, parts, run_id, progress_bar)
-        candidates = fit_and_evaluate(settings, parts, tuned)
-        log_evaluation(settings, run_id, parts, candidates)
-        version = register_challenger(settings, run_id, parts, dataset, candidates.tuned, flow_run_id)
-    except BaseException:
-        end_training_run(settings, run_id, failed=True)
-        raise
-    end_training_run(settings, run_id)
-    return _result(version, run_id, dataset, parts, tuned, candidates)
+    return run_steps(
+        PLAIN_STEPS,
+        settings,
+        extra_training_frame,
+        flow_run_id=flow_run_id,
+        request_id=request_id,
+        progress_bar=progress_bar,
+    )
 
 
 # ---------------------------------------------------------------- Prefect tasks and flow
@@ -427,14 +478,16 @@ def _task(fn: Callable[P, R], name: str) -> Task[P, R]:
     return task(name=name, cache_policy=NO_CACHE)(fn)
 
 
-load_data_task = _task(training_data, "load-data")
-split_task = _task(split_data, "split-data")
-start_run_task = _mlflow_task(start_training_run, "start-mlflow-run")
-tune_task = _task(tune_candidates, "tune")
-evaluate_task = _task(fit_and_evaluate, "fit-and-evaluate")
-log_evaluation_task = _mlflow_task(log_evaluation, "log-evaluation")
-register_task = _mlflow_task(register_challenger, "register-challenger")
-end_run_task = _mlflow_task(end_training_run, "end-mlflow-run")
+TASK_STEPS = Steps(
+    load_data=_task(training_data, "load-data"),
+    split=_task(split_data, "split-data"),
+    start_run=_mlflow_task(start_training_run, "start-mlflow-run"),
+    tune=_task(tune_candidates, "tune"),
+    evaluate=_task(fit_and_evaluate, "fit-and-evaluate"),
+    log_evaluation=_mlflow_task(log_evaluation, "log-evaluation"),
+    register=_mlflow_task(register_challenger, "register-challenger"),
+    end_run=_mlflow_task(end_training_run, "end-mlflow-run"),
+)
 resume_task = _mlflow_task(resume_request, "resume-request")
 
 
@@ -465,26 +518,14 @@ def train_flow(
     ``request_id`` (the retrain request, see ``resume_request``) is recorded on the run and the version.
     """
     settings = with_overrides(settings or Settings(), data_folder, n_trials)
-    flow_run_id = str(flow_run.id)
-    dataset = load_data_task(settings)
-    parts = split_task(settings, dataset)
-    run_id = start_run_task(settings, dataset, parts, flow_run_id, request_id)
-    try:
-        tuned = tune_task(settings, parts, run_id, progress_bar=True)
-        candidates = evaluate_task(settings, parts, tuned)
-        log_evaluation_task(settings, run_id, parts, candidates)
-        version = register_task(settings, run_id, parts, dataset, candidates.tuned, flow_run_id, request_id)
-    except BaseException:
-        end_run_task(settings, run_id, failed=True)
-        raise
-    end_run_task(settings, run_id)
-    return int(version)
+    result = run_steps(
+        TASK_STEPS, settings, None, flow_run_id=str(flow_run.id), request_id=request_id, progress_bar=True
+    )
+    return int(result.version)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the train flow against the local stack (the Prefect server from the settings)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-folder", help="folder in the original CSV layout (default: synthetic sample)")
     parser.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
@@ -496,8 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar shows the trials
     settings = Settings()
     # An explicit PREFECT_API_URL wins; otherwise the local stack's server from the settings.
-    api_url = os.environ.get("PREFECT_API_URL") or settings.prefect_api_url
-    with temporary_settings({PREFECT_API_URL: api_url}):
+    with prefect_api(settings, keep_configured=True):
         version = train_flow(data_folder=args.data_folder, n_trials=args.n_trials, settings=settings)
     logger.info("challenger version: %s", version)
 

@@ -20,7 +20,6 @@ from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TRAIN_DEPLOYMENT = "train-and-promote"  # a deployment of prefect.yaml
 TRAIN_TIMEOUT_S = 3600
 
 
@@ -32,7 +31,7 @@ def has_champion(settings: Settings) -> bool:
 
 
 def run_training(
-    settings: Settings, deployment: str = TRAIN_DEPLOYMENT, timeout_s: float = TRAIN_TIMEOUT_S
+    settings: Settings, deployment: str = names.TRAIN_DEPLOYMENT, timeout_s: float = TRAIN_TIMEOUT_S
 ) -> None:
     """Run ``deployment`` on the work pool and wait for it.
 
@@ -40,18 +39,17 @@ def run_training(
         RuntimeError: the deployment is missing, or its run did not complete.
     """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
+    from flows.prefect_server import find_deployment
+
     with get_client(sync_client=True) as client:
-        found = client.read_deployments(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
-        )
-    if not found:
+        found = find_deployment(client, deployment)
+    if found is None:
         raise RuntimeError(f"no deployment named {deployment!r}: did `python -m flows.deploy` run?")
     logger.info("running %s on the worker", deployment)
-    flow_run = cast(FlowRun, run_deployment(found[0].id, timeout=timeout_s, poll_interval=5))
+    flow_run = cast(FlowRun, run_deployment(found, timeout=timeout_s, poll_interval=5))
     if flow_run.state is None or not flow_run.state.is_completed():
         raise RuntimeError(f"{deployment} run {flow_run.id} ended {flow_run.state}")
     logger.info("%s run %s completed", deployment, flow_run.id)
@@ -60,7 +58,7 @@ def run_training(
 def main(argv: list[str] | None = None) -> int:
     """Deploy, then train the first champion unless one exists."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--deployment", default=TRAIN_DEPLOYMENT, help="the training deployment to run")
+    parser.add_argument("--deployment", default=names.TRAIN_DEPLOYMENT, help="the training deployment to run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()

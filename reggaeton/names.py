@@ -10,6 +10,9 @@ PREVIOUS_CHAMPION: Final = "previous-champion"  # alias kept by promotion, used 
 EXPERIMENT_TRAINING: Final = "reggaeton-training"
 EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
 
+# The prefect.yaml deployment that trains a challenger and gates it (retrain trigger, bootstrap, demo).
+TRAIN_DEPLOYMENT: Final = "train-and-promote"
+
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
 MODEL_ARTIFACT_NAME: Final = "model"

@@ -34,6 +34,7 @@ from reggaeton.model import (
     HIST_GRADIENT_BOOSTING,
     IMBALANCE,
     IMBALANCE_CHOICES,
+    LOGISTIC_REGRESSION,
     RANDOM_FOREST,
 )
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET, SchemaError, validate_frame
@@ -78,6 +79,21 @@ def test_same_seed_and_data_give_the_same_hash_and_metrics(
     assert again.threshold == trained.threshold
     assert again.metrics == trained.metrics
     assert again.baseline_metrics == trained.baseline_metrics
+
+
+def test_train_records_its_retrain_request_on_the_run_and_the_version(tmp_path: Path) -> None:
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        data=DataSettings(synthetic_rows=600, include_feedback=False),
+        training=TrainingSettings(
+            n_trials=1, cv_folds=2, n_jobs=1, bootstrap_rounds=100, families=(LOGISTIC_REGRESSION,)
+        ),
+    )
+    result = train(settings, request_id="request-7")
+    client = registry.connect(settings)
+    version = client.get_model_version(names.MODEL_NAME, result.version)
+    assert version.tags[names.Tag.RETRAIN_REQUEST] == "request-7"
+    assert client.get_run(result.run_id).data.tags[names.Tag.RETRAIN_REQUEST] == "request-7"
 
 
 def _copy(original: Path, target: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infra import bootstrap
+from reggaeton import names
 from reggaeton.settings import Settings
 
 
@@ -26,4 +27,4 @@ def test_the_training_deployment_is_declared_in_prefect_yaml() -> None:
     if not prefect_file.is_file():
         pytest.skip("prefect.yaml (the loop's deployments) is not in this checkout yet")
     declared = [d["name"] for d in yaml.safe_load(prefect_file.read_text())["deployments"]]
-    assert bootstrap.TRAIN_DEPLOYMENT in declared
+    assert names.TRAIN_DEPLOYMENT in declared

@@ -16,7 +16,8 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.events import Event as PrefectEvent
 from prefect.events.clients import get_events_client
 
-from flows import automations, deploy
+from flows import deploy
+from flows.prefect_server import prefect_api
 from flows.receiver import make_server, read_alerts
 from reggaeton.names import MODEL_NAME, Event
 from reggaeton.settings import Settings
@@ -43,7 +44,7 @@ def _emit(settings: Settings, name: str, count: int = 1, **payload: Any) -> None
             for _ in range(count):
                 await client.emit(PrefectEvent(event=name, resource=RESOURCE, payload=payload))
 
-    with automations.prefect_api(settings):
+    with prefect_api(settings):
         asyncio.run(send())
 
 
@@ -57,7 +58,7 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
 
 
 def _retrain_runs(settings: Settings) -> int:
-    with automations.prefect_api(settings), get_client(sync_client=True) as client:
+    with prefect_api(settings), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train-and-promote"]))
         )

@@ -11,6 +11,7 @@ import yaml
 from prefect.client.orchestration import get_client
 
 from flows import automations, deploy
+from flows.prefect_server import prefect_api
 from reggaeton.names import Event
 from reggaeton.settings import Settings
 
@@ -19,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _snapshot(settings: Settings) -> dict[str, Any]:
     """Everything deploy touches, without the ids and timestamps that may legitimately change."""
-    with automations.prefect_api(settings), get_client(sync_client=True) as client:
+    with prefect_api(settings), get_client(sync_client=True) as client:
         pool = client.read_work_pool(settings.prefect.work_pool)
         deployments = {
             d.name: {
@@ -73,6 +74,8 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
     assert retrain[3] == "run-deployment"
     assert retrain[4] == train["id"]
     assert Event.DEGRADED in retrain[1] and '"within":600.0' in retrain[1]
+    rerun = names["reggaeton-rerun-crashed-retrain"]  # found the retrain deployment by its name
+    assert rerun[3] == "run-deployment" and rerun[4] == train["id"]
     for notice in automations.notices(loop_settings):
         assert names[notice.name][3] == "send-notification"
 

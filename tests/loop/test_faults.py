@@ -22,8 +22,8 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.client.schemas.objects import FlowRun
 
 from flows import demo, stack
-from flows.automations import prefect_api
 from flows.deploy import deploy
+from flows.prefect_server import prefect_api
 from flows.promote import PROMOTED
 from reggaeton import names
 from reggaeton.settings import Settings

@@ -1,0 +1,29 @@
+"""Labelled production traffic from the prediction log, for training data and the gate's evaluation data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from reggaeton.prediction_log import labelled_traffic, make_engine
+from reggaeton.settings import Settings
+
+# SQLAlchemy's URL of an empty in-memory SQLite database.
+_EMPTY_LOG = "sqlite://"
+
+
+def read_labelled_traffic(settings: Settings) -> pd.DataFrame:
+    """Logged predictions whose true label arrived (``prediction_log.labelled_traffic``), oldest first.
+
+    Empty, with the same columns, when there is no log yet; a SQLite log that does not exist is not
+    created (connecting would make an empty file).
+    """
+    url = settings.prediction_log_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        url = _EMPTY_LOG
+    engine = make_engine(url)
+    try:
+        return labelled_traffic(engine)
+    finally:
+        engine.dispose()

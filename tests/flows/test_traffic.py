@@ -1,0 +1,26 @@
+"""Reading labelled traffic before the prediction log exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows.traffic import read_labelled_traffic
+from reggaeton import prediction_log
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.settings import Settings
+
+
+def test_no_log_yet_reads_as_no_traffic_and_creates_no_file(settings: Settings) -> None:
+    log_file = Path(settings.prediction_log_url.removeprefix("sqlite:///"))
+    traffic = read_labelled_traffic(settings)
+    assert traffic.empty
+    assert list(traffic.columns) == [
+        prediction_log.PREDICTION_ID,
+        prediction_log.CREATED_AT,
+        prediction_log.MODEL_VERSION,
+        *FEATURE_NAMES,
+        PROBABILITY,
+        PREDICTION,
+        TARGET,
+    ]
+    assert not log_file.exists()
