@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import registry
 from monitoring import events, pipeline, store
 from monitoring.policy import Alert
-from reggaeton import names, prediction_log
+from reggaeton import names
 from reggaeton.settings import Settings
 
 
@@ -41,12 +41,11 @@ def champion_reference(settings: Settings) -> tuple[str, Any] | None:
 
 
 @task(cache_policy=NO_CACHE)
-def read_window(settings: Settings, model_version: str) -> pipeline.Window:
+def read_window(settings: Settings, stores: pipeline.Stores, model_version: str) -> pipeline.Window:
     """The version's traffic logged since the last run."""
-    log = prediction_log.make_engine(settings.prediction_log_url)
-    prediction_log.create_tables(log)
-    results = store.connect(settings.monitoring_results_url)
-    return pipeline.read_window(log, results, model_version, settings.monitoring.settle_s, datetime.now(UTC))
+    return pipeline.read_window(
+        stores.log, stores.results, model_version, settings.monitoring.settle_s, datetime.now(UTC)
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -56,25 +55,28 @@ def analyse(reference: Any, window: pipeline.Window, settings: Settings) -> pipe
 
 
 @task(cache_policy=NO_CACHE)
-def decide(settings: Settings, window: pipeline.Window, analysis: pipeline.Analysis) -> list[Alert]:
+def decide(
+    settings: Settings, stores: pipeline.Stores, window: pipeline.Window, analysis: pipeline.Analysis
+) -> list[Alert]:
     """The alert policy on this run's chunks, continuing streaks from stored ones (late labels counted)."""
-    results = store.connect(settings.monitoring_results_url)
-    log = prediction_log.make_engine(settings.prediction_log_url)
-    history = pipeline.read_history(log, results, window.model_version, settings)
+    history = pipeline.read_history(stores.log, stores.results, window.model_version, settings)
     return pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
 
 
 @task(cache_policy=NO_CACHE)
 def record(
-    settings: Settings, window: pipeline.Window, analysis: pipeline.Analysis, alerts: list[Alert]
+    settings: Settings,
+    stores: pipeline.Stores,
+    window: pipeline.Window,
+    analysis: pipeline.Analysis,
+    alerts: list[Alert],
 ) -> MonitorSummary:
     """Store results, render the plot, log the MLflow run, publish the Prefect artifact."""
     client = registry.connect(settings)
     experiment_id = registry.ensure_experiment(client, settings.mlflow.monitoring_experiment, settings)
     run_id = pipeline.start_mlflow_run(client, experiment_id, window.model_version)
-    results = store.connect(settings.monitoring_results_url)
     stored = pipeline.save(
-        results,
+        stores.results,
         settings.mlflow.model_name,
         window,
         analysis,
@@ -136,10 +138,11 @@ def monitor(settings: Settings | None = None) -> MonitorSummary:
         logger.warning("no %s version: nothing to monitor", names.CHAMPION)
         return MonitorSummary(model_version=None)
     version, reference = champion
-    window = read_window(settings, version)
-    analysis = analyse(reference, window, settings)
-    alerts = decide(settings, window, analysis)
-    summary = record(settings, window, analysis, alerts)
+    with pipeline.open_stores(settings) as stores:  # both databases once per run, disposed at its end
+        window = read_window(settings, stores, version)
+        analysis = analyse(reference, window, settings)
+        alerts = decide(settings, stores, window, analysis)
+        summary = record(settings, stores, window, analysis, alerts)
     emit(settings, alerts)
     logger.info(
         "monitored v%s: %d rows, %d chunks, alerts %s",

@@ -9,6 +9,7 @@ from typing import Any
 
 import mlflow
 import pytest
+from sqlalchemy import inspect
 
 from flows import registry
 from flows.monitor import monitor
@@ -95,6 +96,10 @@ def test_monitor_flow_on_drifted_traffic_emits_degraded(tmp_path: Any, prefect_a
 
     version, pipeline, threshold = register_champion(settings)
     log = prediction_log.make_engine(settings.prediction_log_url)
+    # Serving has not started yet: the log has no tables, and monitoring leaves them to serving.
+    first = monitor(settings)
+    assert (first.model_version, first.rows_read, first.alerts) == (version, 0, ("insufficient data",))
+    assert inspect(log).get_table_names() == []
     prediction_log.create_tables(log)
     songs = simulate.score(simulate.traffic("drift", 1500, seed=11), pipeline, threshold)
     simulate.log_traffic(
