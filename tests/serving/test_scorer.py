@@ -14,6 +14,7 @@ from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardSca
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import FAMILIES, IMBALANCE, IMBALANCE_CHOICES, build_pipeline
 from reggaeton.schema import TARGET
+from serving import scorer as scorer_module
 from serving.holder import examples_array
 from serving.scorer import PIPELINE, REBUILT, TOLERANCE, choose_scorer, verification_rows
 
@@ -43,6 +44,71 @@ def test_every_family_is_rebuilt_and_reproduces_the_pipeline(family: str, params
     for rows in (_HOLDOUT[:1], _HOLDOUT[:14], _HOLDOUT):  # one song, a micro-batch, many
         expected = pipeline.predict_proba(rows)[:, 1]
         np.testing.assert_allclose(scorer.probabilities(rows), expected, rtol=0, atol=TOLERANCE)
+
+
+def _refuse(*_: Any) -> Any:
+    raise AssertionError("the final estimator's own predict_proba was called")
+
+
+def _transformed(pipeline: Any, rows: np.ndarray) -> np.ndarray:
+    """``rows`` through the pipeline's steps before the final estimator (resamplers do nothing here)."""
+    for _, step in pipeline.steps[:-1]:
+        if not hasattr(step, "fit_resample"):
+            rows = step.transform(rows)
+    return np.asarray(rows)
+
+
+@pytest.mark.parametrize(
+    "family", ["baseline", "hist_gradient_boosting", "random_forest", "logistic_regression"]
+)
+def test_the_final_estimator_is_rebuilt_not_called(family: str) -> None:
+    pipeline = _fitted(build_pipeline(family, _SMALL.get(family, {}), seed=0))
+    final = pipeline[-1]
+    rows = _transformed(pipeline, _HOLDOUT[:14])
+    expected = final.predict_proba(rows)[:, 1]
+    final.predict_proba = _refuse  # shadows the method: the rebuilt estimator must not use it
+    estimator = scorer_module._estimator(final)
+    np.testing.assert_allclose(estimator(rows), expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("family", ["baseline", "hist_gradient_boosting", "random_forest"])
+def test_rows_exactly_on_split_thresholds_go_where_scikit_learn_sends_them(family: str) -> None:
+    # A value equal to a split threshold goes left (<=); boosted trees compare float32 inputs.
+    pipeline = _fitted(build_pipeline(family, _SMALL.get(family, {}), seed=0))
+    final = pipeline[-1]
+    rng = np.random.default_rng(4)
+    rows = _transformed(pipeline, np.repeat(_HOLDOUT[:1], 300, axis=0))
+    for column, values in _split_thresholds(final).items():
+        if values:  # every row sits exactly on one of this feature's thresholds (or the next float32)
+            rows[:, column] = rng.choice(values, size=len(rows))
+    expected = final.predict_proba(rows)[:, 1]
+    final.predict_proba = _refuse
+    np.testing.assert_allclose(scorer_module._estimator(final)(rows), expected, rtol=0, atol=TOLERANCE)
+
+
+def _split_thresholds(final: Any) -> dict[int, list[float]]:
+    """Every split threshold of a fitted tree ensemble, per feature, as float64 inputs hitting it exactly."""
+    found: dict[int, list[float]] = {column: [] for column in range(final.n_features_in_)}
+    if hasattr(final, "_predictors"):
+        for (predictor,) in final._predictors:
+            nodes = predictor.nodes[predictor.nodes["is_leaf"] == 0]
+            for feature, threshold in zip(nodes["feature_idx"], nodes["num_threshold"], strict=True):
+                found[int(feature)].append(float(threshold))
+        return found
+    trees = final.estimators_[:, 0] if isinstance(final.estimators_, np.ndarray) else final.estimators_
+    for tree in trees:
+        inner = tree.tree_.children_left != -1
+        for feature, threshold in zip(tree.tree_.feature[inner], tree.tree_.threshold[inner], strict=True):
+            # Inputs are cast to float32 first: the threshold itself (a float64 midpoint that rounds to
+            # one side) and the float32 values around it.
+            nearest = np.float32(threshold)
+            around = [
+                np.nextafter(nearest, np.float32(-np.inf)),
+                nearest,
+                np.nextafter(nearest, np.float32(np.inf)),
+            ]
+            found[int(feature)] += [float(threshold), *(float(value) for value in around)]
+    return found
 
 
 def test_a_column_transformer_with_every_kind_of_column_is_rebuilt() -> None:
