@@ -156,13 +156,13 @@ def read_window(
     created = predictions.c[CREATED_AT]
     # SQLite stores timestamps as ISO text: parse them in one vectorised call instead of per row.
     created_col = type_coerce(created, String) if engine.dialect.name == "sqlite" else created
+    columns = [name for name in WINDOW_COLUMNS if name != LABEL and (features or name not in FEATURE_NAMES)]
     rows_query = (
         select(
-            predictions.c[PREDICTION_ID],
-            created_col.label(CREATED_AT),
-            *(predictions.c[name] for name in FEATURE_NAMES if features),
-            predictions.c[PROBABILITY],
-            predictions.c[PREDICTION],
+            *(
+                created_col.label(CREATED_AT) if name == CREATED_AT else predictions.c[name]
+                for name in columns
+            )
         )
         .where(predictions.c[MODEL_VERSION] == model_version)
         .order_by(created, predictions.c[PREDICTION_ID])
@@ -180,7 +180,6 @@ def read_window(
     labels_query = select(feedback.c.prediction_id, feedback.c.label)
     if after is not None:
         labels_query = labels_query.where(feedback.c.received_at >= after_at - _CLOCK_MARGIN)
-    columns = [name for name in WINDOW_COLUMNS if name != LABEL and (features or name not in FEATURE_NAMES)]
     parts = []
     labelled: list[Any] = []
     # A log serving has not written to yet has no tables: an empty window (creating them is serving's job).

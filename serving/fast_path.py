@@ -21,18 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.metrics import ServingMetrics
-from serving.parsing import parse_songs, response_body
+from serving.parsing import declared_length, parse_songs, response_body
 from serving.service import NoModelError
 
 PATH = "/predict"
 _JSON = (b"content-type", b"application/json")
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
 
 
 def _replaying(received: list[Message], receive: Receive) -> Receive:
@@ -60,7 +53,7 @@ class PredictFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         services: Any = getattr(self.state, "services", None)
-        declared = _content_length(scope)
+        declared = declared_length(scope["headers"])
         if (
             services is None
             or services.settings.serving.api_key is not None
