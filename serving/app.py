@@ -17,7 +17,7 @@ from reggaeton.prediction_log import create_tables, make_engine
 from reggaeton.settings import Settings
 from serving.cache import ModelCache
 from serving.fast_path import PredictFastPath, ServingApp
-from serving.holder import ModelHolder, smoke_check
+from serving.holder import ModelHolder, ServedModel, prepared
 from serving.log_writer import PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.middleware import MetricsMiddleware
@@ -59,10 +59,13 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
 
 
 async def _load_cached(services: Services, cache: ModelCache) -> None:
+    def load() -> ServedModel | None:
+        cached = cache.load(services.settings.mlflow.model_name)
+        return None if cached is None else prepared(cached)
+
     try:
-        cached = await in_daemon_thread(cache.load, services.settings.mlflow.model_name, name="cache-load")
+        cached = await in_daemon_thread(load, name="cache-load")
         if cached is not None:
-            smoke_check(cached)
             services.refresher.install(cached)
     except Exception:
         logger.exception("cached model unusable; waiting for the registry")
@@ -114,7 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            services.predictions.close()
+            await services.predictions.close()
             await log.close()
             engine.dispose()
 
@@ -135,7 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     routes = [getattr(route, "path", "") for router in routers for route in router.routes]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
-    app.fast_path = PredictFastPath(app, app.framework, metrics)  # records its own requests' metrics
+    app.fast_path = PredictFastPath(app.state, app.framework, metrics)  # records its own requests' metrics
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -7,6 +7,8 @@ rows costs little more than on one, and the trees release the GIL, so HTTP work 
 
 What follows the model call (labels, ids, the log entry, the counters) is also done once per batch,
 by ``complete`` on the event loop, which returns one result per row; each caller gets its rows' slice.
+``complete`` sees only the callers still waiting, and they are answered in the same callback, so what
+it records (the prediction log) is exactly what is answered.
 """
 
 from __future__ import annotations
@@ -46,28 +48,42 @@ class MicroBatcher:
         self._pending: list[_Pending] = []
         self._scheduled = False
         self._busy = False
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
-    async def score(self, served: ServedModel, features: np.ndarray) -> Sequence[Any]:
-        """``complete``'s results for the rows of ``features`` scored by ``served``, batched with others."""
+    def submit(self, served: ServedModel, features: np.ndarray) -> asyncio.Future[Sequence[Any]]:
+        """A future of ``complete``'s results for these rows scored by ``served``, batched with others.
+
+        Cancelling the future before its batch is answered leaves its rows out of ``complete``.
+        """
+        if self._closed:
+            raise RuntimeError("the model batcher is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Sequence[Any]] = loop.create_future()
         self._pending.append(_Pending(served, features, future))
+        self._idle.clear()
         if not self._busy and not self._scheduled:
             self._scheduled = True
             # After the callbacks already queued on this loop turn, so their requests join the batch.
             loop.call_soon(self._flush, loop)
-        return await future
+        return future
 
-    def close(self) -> None:
-        """Stop the model thread (after the batch in flight)."""
+    async def close(self) -> None:
+        """Refuse new rows, answer the batches already queued, then stop the model thread."""
+        self._closed = True
+        await self._idle.wait()
         self._executor.shutdown(wait=True)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
         # Callers that went away (client disconnected) are dropped before the batch's version is chosen.
         self._pending = [item for item in self._pending if not item.future.done()]
-        if self._busy or not self._pending:
+        if self._busy:
+            return
+        if not self._pending:
+            self._idle.set()
             return
         served = self._pending[0].served
         group: list[_Pending] = []
@@ -82,7 +98,13 @@ class MicroBatcher:
         self._pending = rest
         features = group[0].features if len(group) == 1 else np.concatenate([item.features for item in group])
         self._busy = True
-        call = self._executor.submit(served.probabilities, features)
+        try:
+            call = self._executor.submit(served.probabilities, features)
+        except Exception as exc:  # the executor is shut down: nothing will score these rows
+            call = Future()
+            call.set_exception(exc)
+            self._finish(loop, call, group, features)
+            return
         call.add_done_callback(
             lambda done: loop.call_soon_threadsafe(self._finish, loop, done, group, features)
         )
@@ -95,24 +117,31 @@ class MicroBatcher:
         features: np.ndarray,
     ) -> None:
         self._busy = False
+        # Only the callers still waiting are completed and answered, in this same callback.
+        live = [item for item in group if not item.future.done()]
         try:
-            results = self._complete(group[0].served, features, call.result())
+            proba = call.result()
+            if live:
+                if len(live) < len(group):
+                    features, proba = _rows_of(live, group, proba)
+                results = self._complete(live[0].served, features, proba)
         except Exception as exc:
-            logger.exception("version %s failed to score %d rows", group[0].served.version, len(features))
-            for item in group:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            logger.exception("version %s failed to score a batch", group[0].served.version)
+            for item in live:
+                item.future.set_exception(exc)
         else:
-            self._metrics.model_batch_rows.observe(len(features))
-            if len(group) == 1:
-                if not group[0].future.done():
-                    group[0].future.set_result(results)
-            else:
-                start = 0
-                for item in group:
-                    end = start + len(item.features)
-                    if not item.future.done():
-                        item.future.set_result(results[start:end])
-                    start = end
-        if self._pending:
-            self._flush(loop)
+            self._metrics.model_batch_rows.observe(len(proba))
+            start = 0
+            for item in live:
+                end = start + len(item.features)
+                item.future.set_result(results[start:end])
+                start = end
+        self._flush(loop)
+
+
+def _rows_of(live: list[_Pending], group: list[_Pending], proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The features and probabilities of the ``live`` callers among the scored ``group``."""
+    starts = np.cumsum([0] + [len(item.features) for item in group])
+    kept = [i for i, item in enumerate(group) if any(item is other for other in live)]
+    rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in kept])
+    return np.concatenate([group[i].features for i in kept]), proba[rows]

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.metrics import ServingMetrics
@@ -26,6 +27,14 @@ from serving.service import NoModelError
 
 PATH = "/predict"
 _JSON = (b"content-type", b"application/json")
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+_FAILED = b"Internal Server Error"
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes]) -> None:
+    headers = [content_type, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _replaying(received: list[Message], receive: Receive) -> Receive:
@@ -43,8 +52,8 @@ def _replaying(received: list[Message], receive: Receive) -> Receive:
 class PredictFastPath:
     """Answers valid ``POST /predict`` requests directly; see the module docstring."""
 
-    def __init__(self, app: FastAPI, framework: ASGIApp, metrics: ServingMetrics) -> None:
-        self.state = app.state
+    def __init__(self, state: State, framework: ASGIApp, metrics: ServingMetrics) -> None:
+        self.state = state  # the app's state, where the lifespan puts the services
         self.app = framework  # the whole FastAPI app, middlewares included
         self._served = metrics.requests.labels(route=PATH, status="200")
         self._failed = metrics.requests.labels(route=PATH, status="500")
@@ -90,19 +99,12 @@ class PredictFastPath:
         except NoModelError:  # nothing was scored or logged: the route answers 503
             await self.app(scope, _replaying(received, receive), send)
             return
-        except Exception:  # a model that fails to score: uvicorn answers 500 and logs the traceback
+        except Exception:  # a model that fails to score (the batcher logged it once for the whole batch)
+            await _send(send, 500, _FAILED, _TEXT)
             self._failed.inc()
             self._latency.observe(time.perf_counter() - start)
-            raise
-        body = response_body(predictions)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [_JSON, (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+            return
+        await _send(send, 200, response_body(predictions), _JSON)
         self._served.inc()
         self._latency.observe(time.perf_counter() - start)
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,12 +68,22 @@ ROW_COLUMNS: Final = (
 )
 
 
+# A value of each Python type the writer passes (``LogEntry.rows``), to find processors that keep it.
+_SAMPLE: Final[dict[type, object]] = {float: 0.25, int: 1, str: "x"}
+
+
+def _unchanged(process: Callable[[Any], Any], sample: object) -> bool:
+    out = process(sample)
+    return type(out) is type(sample) and out == sample
+
+
 class _Insert:
     """The ``predictions`` INSERT compiled once for the engine's dialect and run on the driver's cursor.
 
     Letting SQLAlchemy compile and process every row's parameters cost about 10 us per row; plain
-    tuples cost about 4. Values still go through the dialect's bind processors (only ``created_at``
-    has one on SQLite, applied once per entry), and a dialect with named parameters gets dicts.
+    tuples cost about 4. Values still go through the dialect's bind processors: ``created_at``'s once
+    per entry, the others per row unless they return the values this writer passes unchanged (SQLite's
+    ``Float`` processor turns a Python float into itself). A dialect with named parameters gets dicts.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -86,7 +97,11 @@ class _Insert:
             for name in ROW_COLUMNS
         }
         self._created_at = processors.pop(CREATED_AT) or (lambda value: value)
-        self._per_row = [(ROW_COLUMNS.index(name), fn) for name, fn in processors.items() if fn is not None]
+        self._per_row = [
+            (ROW_COLUMNS.index(name), fn)
+            for name, fn in processors.items()
+            if fn is not None and not _unchanged(fn, _SAMPLE[predictions.c[name].type.python_type])
+        ]
 
     def parameters(self, entries: list[LogEntry]) -> list[Any]:
         """The driver's parameters for every row of ``entries``."""
@@ -123,7 +138,7 @@ class PredictionLogWriter:
         self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
         self._buffer: deque[LogEntry] = deque()
-        self._queued_rows = 0  # rows submitted and not yet written (including the batch being written)
+        self._queued_rows = 0  # rows reserved and not yet written (including the batch being written)
         self._buffered_rows = 0  # rows in the buffer, not yet taken by the writer
         self._submitted = 0  # entries submitted since start
         self._written = 0  # entries written since start
@@ -140,33 +155,39 @@ class PredictionLogWriter:
         """Start the writer task on the running loop."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log-writer")
 
-    @property
-    def full(self) -> bool:
-        """The queue holds ``capacity_rows`` or more: new requests must wait (:meth:`room`)."""
-        return self._queued_rows >= self._capacity
+    def _no_room(self, rows: int) -> bool:
+        # A request larger than the whole queue still gets in once the queue is empty.
+        return bool(self._queued_rows) and self._queued_rows + rows > self._capacity
 
-    async def room(self) -> None:
-        """Wait while the queue is full (backpressure, counted); called before a request is scored.
+    async def reserve(self, rows: int) -> None:
+        """Hold room for ``rows`` before they are scored; waits while the queue is full (counted).
 
-        Rows of requests already admitted are always taken (:meth:`put`), so the queue can exceed its
-        capacity by the rows in flight, and a prediction is never answered without being queued.
+        Reserved rows count as queued until :meth:`put` hands them over and they are written, or until
+        :meth:`release` gives them back (the request was not answered), so the queue never holds more
+        than ``capacity_rows`` (one request larger than that is let in alone).
         """
-        if not self.full:
-            return
-        self._metrics.log_queue_full.inc()
-        self._batch_ready.set()  # write now rather than at the next flush interval
-        while self.full:
-            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._room.append(room)
-            await room
+        if self._closing:
+            raise RuntimeError("the prediction log is closed")
+        if self._no_room(rows):
+            self._metrics.log_queue_full.inc()
+            self._batch_ready.set()  # write now rather than at the next flush interval
+            while self._no_room(rows):
+                room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._room.append(room)
+                await room
+        self._queued_rows += rows
+
+    def release(self, rows: int) -> None:
+        """Give back reserved rows that will not be put (their request was not answered)."""
+        self._queued_rows -= rows
+        self._wake_waiters()
 
     def put(self, entry: LogEntry) -> None:
-        """Queue the rows of one batch of predictions (on the event loop; never waits, never drops)."""
+        """Queue the rows of answered predictions, reserved before (on the event loop; never waits)."""
         if self._closing:
             raise RuntimeError("the prediction log is closed")
         size = len(entry.ids)
         self._buffer.append(entry)
-        self._queued_rows += size
         self._buffered_rows += size
         self._submitted += 1
         self._data.set()
@@ -243,7 +264,7 @@ class PredictionLogWriter:
             connection.exec_driver_sql(self._insert.sql, parameters)
 
     def _wake_waiters(self) -> None:
-        while self._room and not self.full:
+        while self._room and self._queued_rows < self._capacity:
             room = self._room.popleft()
             if not room.done():
                 room.set_result(None)

@@ -36,9 +36,10 @@ class _VersionCounts:
 class PredictionService:
     """Pure prediction plus injected side effects (batching, logging, metrics).
 
-    A request waits for room in the prediction log, then for its batch; the batch's bookkeeping
-    (labels, ids, one log entry, the counters) runs once, in :meth:`_complete`, before any of its
-    requests is answered.
+    A request reserves room for its rows in the prediction log, then waits for its batch. The batch's
+    bookkeeping (labels, ids, one log entry, the counters) runs once, in :meth:`_complete`, for the
+    callers still waiting, in the same event-loop callback that answers them: a row is logged if and
+    only if it is answered. A request that ends otherwise gives its reservation back.
     """
 
     def __init__(self, holder: ModelHolder, log: PredictionLogWriter, metrics: ServingMetrics, max_rows: int):
@@ -57,24 +58,30 @@ class PredictionService:
         served = self.holder.current  # read once: the whole request uses this version
         if served is None:
             raise NoModelError("no model loaded yet")
-        if self.log.full:
-            await self.log.room()
-        return await self.batcher.score(served, features)
+        rows = len(features)
+        await self.log.reserve(rows)
+        answer = self.batcher.submit(served, features)
+        try:
+            return await answer
+        finally:
+            if not answer.done() or answer.cancelled() or answer.exception() is not None:
+                self.log.release(rows)  # not answered, so not logged
 
-    def close(self) -> None:
-        """Stop the model thread (after the batch in flight)."""
-        self.batcher.close()
+    async def close(self) -> None:
+        """Answer the batches in flight, then stop the model thread; call before closing the log."""
+        await self.batcher.close()
 
     def _complete(self, served: ServedModel, features: np.ndarray, proba: np.ndarray) -> list[dict[str, Any]]:
         labels = (proba >= served.threshold).astype(np.int64)
         ids = [str(uuid4()) for _ in range(len(proba))]
-        self.log.put(LogEntry(ids, datetime.now(UTC), served.name, served.version, features, proba, labels))
-        self._count(served, int(np.count_nonzero(labels)), len(labels))
         version = served.version
-        return [
+        results = [
             {"id": pid, "probability": p, "label": label, "model_version": version}
             for pid, p, label in zip(ids, proba.tolist(), labels.tolist(), strict=True)
         ]
+        self.log.put(LogEntry(ids, datetime.now(UTC), served.name, version, features, proba, labels))
+        self._count(served, int(np.count_nonzero(labels)), len(labels))
+        return results
 
     def _count(self, served: ServedModel, positives: int, total: int) -> None:
         counts = self._counts.get(served.version)

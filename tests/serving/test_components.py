@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Engine, create_engine, func, select
+from starlette.datastructures import State
 
 from reggaeton.prediction_log import create_tables, make_engine, predictions
-from reggaeton.schema import FEATURE_NAMES
+from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES
+from reggaeton.settings import Settings
 from serving.batching import MicroBatcher
 from serving.cache import ModelCache
-from serving.holder import ModelCheckError, ServedModel, examples_array, smoke_check
+from serving.fast_path import PredictFastPath
+from serving.holder import ModelCheckError, ModelHolder, ServedModel, examples_array, smoke_check
 from serving.log_writer import LogEntry, PredictionLogWriter
 from serving.metrics import ServingMetrics
+from serving.service import PredictionService
 
 
 class _CountingModel:
@@ -52,7 +60,7 @@ def test_concurrent_requests_share_one_model_call() -> None:
 
     async def run() -> list[Sequence[float]]:
         batcher = MicroBatcher(1000, ServingMetrics(), _probabilities)
-        return await asyncio.gather(*(batcher.score(served, r) for r in rows))
+        return await asyncio.gather(*(batcher.submit(served, r) for r in rows))
 
     results = asyncio.run(run())
     assert model.calls == [sum(len(r) for r in rows)]
@@ -67,7 +75,7 @@ def test_batches_respect_max_rows_and_model_versions() -> None:
 
     async def run() -> None:
         batcher = MicroBatcher(4, ServingMetrics(), _probabilities)
-        calls = [batcher.score(served[i % 2], row) for i in range(10)]
+        calls = [batcher.submit(served[i % 2], row) for i in range(10)]
         await asyncio.gather(*calls)
 
     asyncio.run(run())
@@ -80,14 +88,173 @@ def test_a_caller_gone_first_in_line_does_not_strand_the_others() -> None:
 
     async def run() -> Sequence[float]:
         batcher = MicroBatcher(4, ServingMetrics(), _probabilities)
-        gone = asyncio.create_task(batcher.score(_served(old, "1"), row))
-        waiting = asyncio.create_task(batcher.score(_served(new, "2"), row))
-        await asyncio.sleep(0)  # both queued, the flush not run yet
+        gone = batcher.submit(_served(old, "1"), row)
+        waiting = batcher.submit(_served(new, "2"), row)
+        # Both queued, and the flush has not run (it runs on the next loop turn).
         gone.cancel()  # the first in line goes away (a client disconnect during a version swap)
         return await asyncio.wait_for(waiting, timeout=10)
 
     assert len(asyncio.run(run())) == 1
     assert old.calls == [] and new.calls == [1]
+
+
+class _GatedModel(_CountingModel):
+    """Scores only once the test opens the gate, so a batch can be held in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def predict_proba(self, features: np.ndarray) -> Any:
+        self.entered.set()
+        assert self.gate.wait(timeout=30)
+        return super().predict_proba(features)
+
+
+def _log(tmp_path: Path, capacity: int) -> tuple[Engine, PredictionLogWriter, ServingMetrics]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    create_tables(engine)
+    metrics = ServingMetrics()
+    return (
+        engine,
+        PredictionLogWriter(engine, metrics, capacity_rows=capacity, batch_rows=2, flush_interval_s=0.01),
+        metrics,
+    )
+
+
+def _logged_ids(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.execute(select(predictions.c.id)).scalars())
+
+
+def test_a_caller_gone_during_the_model_call_is_neither_logged_nor_kept_in_the_queue(tmp_path: Path) -> None:
+    engine, log, metrics = _log(tmp_path, capacity=100)
+    model = _GatedModel()
+    holder = ModelHolder()
+    holder.swap(_served(model))
+    service = PredictionService(holder, log, metrics, max_rows=64)
+
+    async def run() -> tuple[Sequence[dict[str, Any]], float | None]:
+        log.start()
+        row = np.full((1, 7), 0.5)
+        staying = asyncio.create_task(service.predict(row))
+        leaving = asyncio.create_task(service.predict(np.full((2, 7), 0.4)))
+        await asyncio.to_thread(model.entered.wait, 30)  # both rows are in the model call now
+        leaving.cancel()
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        answered = await asyncio.wait_for(staying, timeout=30)
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+        queued = metrics.registry.get_sample_value("reggaeton_prediction_log_queue_rows")
+        await service.close()
+        await log.close()
+        return answered, queued
+
+    answered, queued = asyncio.run(run())
+    assert model.calls == [3]  # one batch of both callers
+    assert _logged_ids(engine) == [answered[0]["id"]]  # only what was answered
+    assert queued is not None and queued <= 1  # the leaving caller's 2 reserved rows were given back
+    engine.dispose()
+
+
+def test_the_log_queue_never_holds_more_than_its_capacity(tmp_path: Path) -> None:
+    engine, log, metrics = _log(tmp_path, capacity=3)
+    peak = 0.0
+
+    async def one(i: int) -> None:
+        nonlocal peak
+        await log.reserve(2)
+        peak = max(peak, metrics.registry.get_sample_value("reggaeton_prediction_log_queue_rows") or 0.0)
+        await asyncio.sleep(0.005)  # scoring takes a while: rows reserved, not yet put
+        features = np.full((2, 7), 0.5)
+        log.put(
+            LogEntry(
+                [f"{i}-a", f"{i}-b"],
+                datetime.now(UTC),
+                "m",
+                "1",
+                features,
+                np.array([0.1, 0.9]),
+                np.array([0, 1]),
+            )
+        )
+
+    async def run() -> None:
+        log.start()
+        await asyncio.gather(*(one(i) for i in range(100)))
+        await log.close()
+
+    asyncio.run(run())
+    assert peak <= 3
+    assert len(_logged_ids(engine)) == 200
+    assert metrics.log_queue_full._value.get() > 0
+    engine.dispose()
+
+
+def test_closing_answers_the_rows_queued_and_refuses_new_ones() -> None:
+    model = _CountingModel()
+    row = np.full((1, 7), 0.5)
+
+    async def run() -> tuple[int, bool]:
+        batcher = MicroBatcher(4, ServingMetrics(), _probabilities)
+        queued = [batcher.submit(_served(model), row) for _ in range(6)]
+        await batcher.close()
+        answered = sum(1 for future in queued if future.done() and not future.exception())
+        try:
+            batcher.submit(_served(model), row)
+        except RuntimeError:
+            return answered, True
+        return answered, False
+
+    assert asyncio.run(run()) == (6, True)
+
+
+class _FailingModel:
+    def predict_proba(self, features: np.ndarray) -> Any:
+        raise ValueError("this model cannot score")
+
+
+def test_a_model_that_fails_to_score_answers_500_counted_and_unlogged(tmp_path: Path) -> None:
+    engine, log, metrics = _log(tmp_path, capacity=100)
+    holder = ModelHolder()
+    holder.swap(_served(_FailingModel()))
+    service = PredictionService(holder, log, metrics, max_rows=64)
+    state = State()
+    state.services = SimpleNamespace(settings=Settings(state_dir=tmp_path / "state"), predictions=service)
+    body = json.dumps(EXAMPLE_SONGS[0]).encode()
+    sent: list[dict[str, Any]] = []
+
+    async def framework(*_: Any) -> None:
+        raise AssertionError("a valid request must not reach the framework")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        log.start()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+        await PredictFastPath(state, framework, metrics)(scope, receive, send)
+        await service.close()
+        await log.close()
+
+    asyncio.run(run())
+    assert sent[0]["status"] == 500
+    assert sent[1]["body"] == b"Internal Server Error"
+    assert (
+        metrics.registry.get_sample_value(
+            "reggaeton_http_requests_total", {"route": "/predict", "status": "500"}
+        )
+        == 1
+    )
+    assert metrics.registry.get_sample_value("reggaeton_prediction_log_queue_rows") == 0
+    assert _logged_ids(engine) == []
+    engine.dispose()
 
 
 def test_full_log_queue_waits_and_loses_nothing(tmp_path: Path) -> None:
@@ -104,7 +271,7 @@ def test_full_log_queue_waits_and_loses_nothing(tmp_path: Path) -> None:
         async def submit(i: int) -> None:
             ids = [f"{i}-a", f"{i}-b"]
             features = np.full((2, 7), 0.5)
-            await writer.room()
+            await writer.reserve(2)
             writer.put(LogEntry(ids, now, "m", "1", features, np.array([0.1, 0.9]), np.array([0, 1])))
 
         await asyncio.gather(*(submit(i) for i in range(entries)))
