@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import pandas as pd
 
 from reggaeton.data import features_array
 from reggaeton.schema import EXAMPLE_SONGS
-from serving.scorer import Scorer, choose_scorer, verification_rows
+from serving.scorer import Scorer, ScorerKind, choose_scorer, pipeline_scorer, verification_rows
 
 
 class ModelCheckError(RuntimeError):
@@ -33,15 +34,16 @@ class ServedModel:
     source: str  # "registry" or "cache"
     metrics: Mapping[str, float] = field(default_factory=dict)
     load_seconds: float = 0.0  # registry lookup + load + smoke check
-    # How the model is called (serving/scorer.py): chosen when built, carried over by dataclasses.replace.
+    # How the model is called (serving/scorer.py); the model's own predict_proba unless :func:`prepared`
+    # chose a rebuilt one. Carried over by dataclasses.replace.
     scorer: Scorer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.scorer is None:
-            object.__setattr__(self, "scorer", choose_scorer(self.model, verification_rows(examples_array())))
+            object.__setattr__(self, "scorer", pipeline_scorer(self.model))
 
     @property
-    def scorer_kind(self) -> str:
+    def scorer_kind(self) -> ScorerKind:
         """``scorer.REBUILT`` or ``scorer.PIPELINE``."""
         assert self.scorer is not None  # set in __post_init__
         return self.scorer.kind
@@ -78,6 +80,21 @@ def smoke_check(served: ServedModel) -> None:
         raise ModelCheckError(
             f"version {served.version}: probabilities not finite in [0, 1]: {proba.tolist()}"
         )
+
+
+def prepared(served: ServedModel) -> ServedModel:
+    """A loaded model ready to serve: its scorer chosen (rebuilt if verified), then smoke-checked.
+
+    Blocking (scores a few hundred rows): call it off the event loop.
+
+    Raises:
+        ModelCheckError: the model must not be served.
+    """
+    served = dataclasses.replace(
+        served, scorer=choose_scorer(served.model, verification_rows(examples_array()))
+    )
+    smoke_check(served)
+    return served
 
 
 class ModelHolder:

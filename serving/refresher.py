@@ -13,7 +13,7 @@ from typing import Literal
 
 from serving.cache import ModelCache
 from serving.events import emit_reload_failed
-from serving.holder import ModelHolder, ServedModel, smoke_check
+from serving.holder import ModelHolder, ServedModel, prepared
 from serving.metrics import ServingMetrics
 from serving.source import RegistrySource
 from serving.threads import fire_and_forget, in_daemon_thread
@@ -115,9 +115,7 @@ class Refresher:
         return ReloadResult("swapped", version)
 
     def _load_checked(self, champion: object) -> ServedModel:
-        served = self._source.load(champion)
-        smoke_check(served)
-        return served
+        return prepared(self._source.load(champion))
 
     def _save_cache(self, served: ServedModel) -> None:
         try:

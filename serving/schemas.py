@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, FEATURES, Feature
 from serving.refresher import Outcome
+from serving.scorer import ScorerKind
 
 
 def _feature_field(feature: Feature) -> Any:
@@ -104,7 +105,7 @@ class ModelResponse(BaseModel):
     loaded_at: datetime
     threshold: float
     load_seconds: float = Field(description="Registry lookup, load and smoke check of this version.")
-    scorer: str = Field(
+    scorer: ScorerKind = Field(
         description="'rebuilt' (the pipeline's steps as numpy operations, verified to reproduce it) or "
         "'pipeline' (the pipeline's own predict_proba)."
     )

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 from scipy.special import expit
@@ -50,8 +50,9 @@ Probabilities = Callable[[np.ndarray], np.ndarray]  # (n, 7) float array -> (n,)
 
 TOLERANCE: Final = 1e-9
 VERIFICATION_ROWS: Final = 512
-PIPELINE: Final = "pipeline"
-REBUILT: Final = "rebuilt"
+ScorerKind = Literal["rebuilt", "pipeline"]
+PIPELINE: Final[ScorerKind] = "pipeline"
+REBUILT: Final[ScorerKind] = "rebuilt"
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Scorer:
     """How a served model is called: ``kind`` is ``REBUILT`` or ``PIPELINE``."""
 
     probabilities: Probabilities
-    kind: str
+    kind: ScorerKind
 
 
 def pipeline_scorer(model: Any) -> Scorer:
@@ -84,20 +85,21 @@ def choose_scorer(model: Any, check_rows: np.ndarray) -> Scorer:
     fallback = pipeline_scorer(model)
     try:
         rebuilt = rebuild(model)
-        if rebuilt is None:
-            return fallback
-        expected = fallback.probabilities(check_rows)
-        got = rebuilt(check_rows)
-        if got.shape == expected.shape and np.allclose(
-            got, expected, rtol=0.0, atol=TOLERANCE, equal_nan=True
-        ):
-            return Scorer(rebuilt, REBUILT)
-        worst = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
-        logger.warning(
-            "rebuilt scorer differs from the pipeline (max |diff| %.3g); serving the pipeline", worst
-        )
+        got = None if rebuilt is None else rebuilt(check_rows)
     except Exception:
         logger.exception("rebuilding the scorer failed; serving the pipeline")
+        return fallback
+    if rebuilt is None or got is None:
+        return fallback
+    try:
+        expected = fallback.probabilities(check_rows)
+    except Exception:  # the pipeline itself cannot score: the smoke check will say so
+        logger.exception("the pipeline cannot score the verification rows")
+        return fallback
+    if got.shape == expected.shape and np.allclose(got, expected, rtol=0.0, atol=TOLERANCE, equal_nan=True):
+        return Scorer(rebuilt, REBUILT)
+    worst = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
+    logger.warning("rebuilt scorer differs from the pipeline (max |diff| %.3g); serving the pipeline", worst)
     return fallback
 
 
@@ -238,8 +240,8 @@ def _gradient_boosting(model: GradientBoostingClassifier) -> Probabilities | Non
 
 
 def _hist_gradient_boosting(model: HistGradientBoostingClassifier) -> Probabilities | None:
-    if model.n_trees_per_iteration_ != 1 or model.loss != "log_loss":
-        return None
+    if model.n_trees_per_iteration_ != 1 or model.loss != "log_loss" or model._preprocessor is not None:
+        return None  # (the preprocessor reorders columns when categorical features are declared)
     nodes = [predictor.nodes for (predictor,) in model._predictors]
     if any(tree["is_categorical"].any() for tree in nodes):
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from fastapi import APIRouter, HTTPException, status
 
@@ -23,17 +24,17 @@ router = APIRouter(tags=["feedback"])
 )
 async def post_feedback(body: FeedbackRequest, services: ServicesDep, _: AdminDep) -> FeedbackResponse:
     """Record the true label of a prediction (repeating the same label is a no-op)."""
+
+    def record() -> Awaitable[bool]:
+        return asyncio.to_thread(record_feedback, services.engine, body.prediction_id, body.label)
+
     try:
         try:
-            created = await asyncio.to_thread(
-                record_feedback, services.engine, body.prediction_id, body.label
-            )
+            created = await record()
         except UnknownPredictionError:
             # A prediction answered a moment ago may still be queued: write the queue, then look again.
             await services.log.flush()
-            created = await asyncio.to_thread(
-                record_feedback, services.engine, body.prediction_id, body.label
-            )
+            created = await record()
     except UnknownPredictionError:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"unknown prediction id {body.prediction_id}"
