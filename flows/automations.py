@@ -38,6 +38,7 @@ TAG = "reggaeton"
 FLOW_RUN_FAILED = "prefect.flow-run.Failed"
 FLOW_RUN_CRASHED = "prefect.flow-run.Crashed"
 FLOW_RUN_HEARTBEAT = "prefect.flow-run.heartbeat"
+FLOW_RUN_RUNNING = "prefect.flow-run.Running"
 FLOW_RUN_FINAL = frozenset(
     {"prefect.flow-run.Completed", FLOW_RUN_FAILED, "prefect.flow-run.Cancelled", FLOW_RUN_CRASHED}
 )
@@ -148,14 +149,19 @@ def to_automation(notice: Notice, block_document_id: UUID) -> AutomationCore:
 
 
 def zombie_automation() -> AutomationCore:
-    """Mark a flow run Crashed when its heartbeats stop before it reached a final state."""
+    """Mark a flow run Crashed when its heartbeats stop, or never come, before it reached a final state.
+
+    The silence is counted from the last heartbeat or from the server's own Running event: a run whose
+    process is killed before its first heartbeat reaches the server (it is sent asynchronously) would
+    otherwise stay Running for ever and hold its deployment's concurrency slot.
+    """
     return AutomationCore(
         name=f"{PREFIX}-crash-silent-flow-runs",
         description=f"A flow run without a heartbeat for {ZOMBIE_AFTER_S} s is marked Crashed.",
         enabled=True,
         tags=[TAG],
         trigger=EventTrigger(
-            after={FLOW_RUN_HEARTBEAT},
+            after={FLOW_RUN_RUNNING, FLOW_RUN_HEARTBEAT},
             expect={FLOW_RUN_HEARTBEAT, *FLOW_RUN_FINAL},
             match={"prefect.resource.id": "prefect.flow-run.*"},
             for_each={"prefect.resource.id"},

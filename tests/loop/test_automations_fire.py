@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.objects import StateType
 from prefect.events import Event as PrefectEvent
 from prefect.events.clients import get_events_client
+from prefect.states import Running
 
 from flows import deploy
+from flows.automations import ZOMBIE_AFTER_S, apply_automations
 from flows.prefect_server import prefect_api
 from flows.receiver import make_server, read_alerts
 from reggaeton.names import MODEL_NAME, Event
@@ -94,3 +98,26 @@ def test_events_notify_and_degraded_burst_retrains_once(
     time.sleep(10)  # bounded wait: the duplicates must not fire again
     assert len(degraded_alerts()) == 1
     assert _retrain_runs(settings) == runs_before + 1
+
+
+@flow(name="silent-from-its-start")
+def _silent() -> None:
+    """Never run: its run is only moved to Running, as by a process killed before its first heartbeat."""
+
+
+@pytest.mark.slow
+def test_a_run_silent_from_its_start_is_marked_crashed(tmp_path: Path, prefect_api_url: str) -> None:
+    # Heartbeats leave a flow run's process asynchronously: killed early, it may never have sent one.
+    # The server's own Running event must then start the silence count.
+    settings = Settings(state_dir=tmp_path / "state", prefect={"api_url": prefect_api_url})
+    apply_automations(settings)
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        run = client.create_flow_run(_silent)
+        client.set_flow_run_state(run.id, Running(), force=True)
+
+        def state() -> StateType | None:
+            current = client.read_flow_run(run.id).state
+            return current.type if current else None
+
+        crashed = _wait_for(lambda: state() == StateType.CRASHED, timeout_s=ZOMBIE_AFTER_S + 150)
+    assert crashed, f"still {state()} after {ZOMBIE_AFTER_S + 150} s"

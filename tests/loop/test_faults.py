@@ -20,8 +20,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.client.schemas.objects import FlowRun
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from flows import demo, stack
+from flows.automations import FLOW_RUN_HEARTBEAT
 from flows.deploy import deploy
 from flows.prefect_server import prefect_api
 from flows.promote import PROMOTED
@@ -68,11 +70,26 @@ def _start_retrain(settings: Settings) -> FlowRun:
         return client.create_flow_run_from_deployment(demo.deployment_id(settings, "train-and-promote"))
 
 
+def _heartbeat_recorded(settings: Settings, run: FlowRun) -> bool | None:
+    heartbeats = EventFilter(
+        event=EventNameFilter(name=[FLOW_RUN_HEARTBEAT]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+    )
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        return True if client.read_events(heartbeats, limit=1).events else None
+
+
 def _kill_worker(settings: Settings, run: FlowRun) -> None:
     """Stop the worker with its flow run process, restart it, and wait for that run to be Crashed.
 
-    On the stack's own Prefect server, as in production: a silent run is marked Crashed.
+    On the stack's own Prefect server, as in production: a silent run is marked Crashed. The kill waits
+    until the server has a heartbeat of the run, so the silence is counted from a heartbeat, as for a
+    run killed mid-way; a run killed before its first heartbeat is covered by
+    ``test_a_run_silent_from_its_start_is_marked_crashed``.
     """
+    demo.wait_until(
+        f"a heartbeat of run {run.name}", lambda: _heartbeat_recorded(settings, run), timeout_s=120
+    )
     assert stack.stop("worker", settings) == "stopped"
     assert stack.up(settings, ["worker"]) == {"worker": "started"}
     seen: set[str | None] = set()
