@@ -269,6 +269,7 @@ def main() -> int:
                     )
                     results[name].append(result)
             text = httpx.get(ours_metrics, timeout=30).text
+            scorer = httpx.get(ours_metrics.replace("/metrics", "/model"), timeout=30).json()["scorer"]
             stats = {
                 key: float(value)
                 for key, value in re.findall(
@@ -278,7 +279,7 @@ def main() -> int:
             calls = stats.get("reggaeton_model_batch_rows_count", 0.0)
             rows_scored = stats.get("reggaeton_model_batch_rows_sum", 0.0)
             sys.stderr.write(
-                f"this server: {rows_scored / max(calls, 1):.1f} rows per model call, "
+                f"this server: scorer {scorer}, {rows_scored / max(calls, 1):.1f} rows per model call, "
                 f"log queue full {stats.get('reggaeton_prediction_log_queue_full_total', 0):.0f} times, "
                 f"{stats.get('reggaeton_prediction_log_rows_written_total', 0):.0f} rows logged\n"
             )
