@@ -104,7 +104,8 @@ def choose_scorer(model: Any, check_rows: np.ndarray) -> Scorer:
 
 
 def rebuild(model: Any) -> Probabilities | None:
-    """The pipeline as numpy steps plus its final ``predict_proba``, or None if a step is not rebuilt."""
+    """The pipeline's steps as numpy operations and its final estimator rebuilt where its type is known
+    (else its own ``predict_proba``), or None if a transforming step is not rebuilt."""
     if not isinstance(model, Pipeline):  # imbalanced-learn's Pipeline is a subclass
         return None
     *steps, (_, final) = model.steps
