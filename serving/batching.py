@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 Complete = Callable[[ServedModel, np.ndarray, np.ndarray], Sequence[Any]]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Pending:
     served: ServedModel
     features: np.ndarray
@@ -142,6 +142,6 @@ class MicroBatcher:
 def _rows_of(live: list[_Pending], group: list[_Pending], proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The features and probabilities of the ``live`` callers among the scored ``group``."""
     starts = np.cumsum([0] + [len(item.features) for item in group])
-    kept = [i for i, item in enumerate(group) if any(item is other for other in live)]
+    kept = [i for i, item in enumerate(group) if item in live]  # _Pending compares by identity
     rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in kept])
     return np.concatenate([group[i].features for i in kept]), proba[rows]

@@ -65,11 +65,7 @@ class Scorer:
 
 def pipeline_scorer(model: Any) -> Scorer:
     """The model's own ``predict_proba``, positive class."""
-
-    def probabilities(features: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict_proba(features)[:, 1], dtype=np.float64)
-
-    return Scorer(probabilities, PIPELINE)
+    return Scorer(_own_predict_proba(model), PIPELINE)
 
 
 def verification_rows(examples: np.ndarray, rows: int = VERIFICATION_ROWS, seed: int = 0) -> np.ndarray:
@@ -144,8 +140,8 @@ def _estimator(final: Any) -> Probabilities:
     return _own_predict_proba(final)
 
 
-def _own_predict_proba(final: Any) -> Probabilities:
-    predict_proba = final.predict_proba
+def _own_predict_proba(model: Any) -> Probabilities:
+    predict_proba = model.predict_proba
     return lambda features: np.asarray(predict_proba(features)[:, 1], dtype=np.float64)
 
 
