@@ -218,9 +218,16 @@ def ensure_notification_block(settings: Settings) -> UUID:
 
 
 def _comparable(automation: AutomationCore) -> dict[str, Any]:
-    return automation.model_dump(
+    dumped = automation.model_dump(
         mode="json", include={"description", "enabled", "tags", "trigger", "actions"}
     )
+    # The trigger's event sets are dumped in set iteration order, which depends on insertion history:
+    # sorted, a rule read back from the server compares equal to the same rule built here.
+    trigger = dumped["trigger"]
+    for key in ("after", "expect", "for_each"):
+        if isinstance(trigger.get(key), list):
+            trigger[key] = sorted(trigger[key])
+    return dumped
 
 
 def apply_automations(settings: Settings) -> dict[str, str]:
