@@ -40,6 +40,7 @@ RUN groupadd --gid 10001 app \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY reggaeton/ reggaeton/
+COPY adapters/ adapters/
 COPY flows/ flows/
 COPY serving/ serving/
 COPY monitoring/ monitoring/

@@ -31,11 +31,11 @@ install: $(BIN)/python ## Create .venv from the lockfile (bootstraps uv with pip
 
 .PHONY: demo
 demo: install ## The whole loop on this machine: stack, deploy, first champion, drift, retrain, summary
-	$(BIN)/python -m flows.demo
+	$(BIN)/python -m embedded.demo
 
 .PHONY: up
 up: install ## Start (or reuse) the local stack: Prefect server + worker, MLflow, API, alert receiver
-	$(BIN)/python -m flows.stack up
+	$(BIN)/python -m embedded.stack up
 
 .PHONY: deploy
 deploy: install ## Work pool, deployments (prefect.yaml) and automations; idempotent
@@ -43,7 +43,7 @@ deploy: install ## Work pool, deployments (prefect.yaml) and automations; idempo
 
 .PHONY: down
 down: ## Stop exactly the processes the stack started (by their PID files)
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m flows.stack down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m embedded.stack down; fi
 
 .PHONY: lock
 lock: uv ## Re-resolve the lockfiles from pyproject.toml

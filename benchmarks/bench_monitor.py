@@ -54,9 +54,8 @@ def _peak_mb() -> float:
 
 def setup(folder: Path, rows: int) -> None:
     """Fit a champion, write the 2,000-row reference and ``rows`` logged predictions."""
-    from flows import registry
+    from adapters import prediction_log, registry
     from monitoring import simulate
-    from reggaeton import prediction_log
     from reggaeton.data import features_array, split, synthetic_dataset
     from reggaeton.metrics import best_f1_threshold
     from reggaeton.model import RANDOM_FOREST, build_pipeline
@@ -95,7 +94,7 @@ def child_monitor(folder: Path) -> dict[str, float]:
     """The whole monitor run (fresh results store each time)."""
     import pandas as pd
 
-    from flows import registry
+    from adapters import registry
     from monitoring import pipeline
 
     settings = _settings(folder, results_url=f"sqlite:///{folder / f'results-{time.time_ns()}.db'}")

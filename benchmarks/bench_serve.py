@@ -89,7 +89,7 @@ def _register_champion(state: Path) -> str:
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from flows import registry
+    from adapters import registry
     from reggaeton import names
     from reggaeton.data import features_array, split, synthetic_dataset
     from reggaeton.model import baseline_pipeline

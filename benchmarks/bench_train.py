@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 from optuna.storages import InMemoryStorage
 
-from flows import registry
+from adapters import registry
 from flows.train import trial_logger
 from reggaeton.data import features_array, load_folder, split
 from reggaeton.schema import TARGET

@@ -25,7 +25,7 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
-from flows.prefect_server import find_deployment, prefect_api
+from adapters.prefect_api import find_deployment, prefect_api
 from reggaeton.names import TRAIN_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 

@@ -20,8 +20,8 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
+from adapters.prefect_api import prefect_api
 from flows.automations import apply_automations
-from flows.prefect_server import prefect_api
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,8 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.types import DataType
 
-from flows import registry
-from flows.traffic import read_labelled_traffic
-from reggaeton import prediction_log
+from adapters import prediction_log, registry
+from adapters.traffic import read_labelled_traffic
 from reggaeton.data import features_array, frame_hash
 from reggaeton.promotion import ModelScores
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, TARGET, validate_frame

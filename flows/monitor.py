@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import registry
+from adapters import registry
 from monitoring import events, pipeline, store
 from monitoring.policy import Alert
 from reggaeton import names

@@ -36,8 +36,9 @@ from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
 from prefect.runtime import flow_run
 
-from flows import gate, registry, train
-from flows.prefect_server import prefect_api
+from adapters import registry
+from adapters.prefect_api import prefect_api
+from flows import gate, train
 from reggaeton import names
 from reggaeton.promotion import PROMOTED, REJECTED, Decision, decide, markdown_report
 from reggaeton.settings import Settings

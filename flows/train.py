@@ -25,8 +25,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from sqlalchemy.exc import OperationalError
 
-from flows import registry, traffic
-from flows.prefect_server import prefect_api
+from adapters import registry, traffic
+from adapters.prefect_api import prefect_api
 from reggaeton import names, tuning
 from reggaeton.data import Dataset, Split, features_array, load_dataset, split, with_extra_rows
 from reggaeton.metrics import SCORE_METRICS, paired_bootstrap_difference

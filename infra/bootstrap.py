@@ -25,7 +25,7 @@ TRAIN_TIMEOUT_S = 3600
 
 def has_champion(settings: Settings) -> bool:
     """Whether the registry already has a champion version."""
-    from flows.registry import connect, get_alias
+    from adapters.registry import connect, get_alias
 
     return get_alias(connect(settings), settings.mlflow.model_name, names.CHAMPION) is not None
 
@@ -42,7 +42,7 @@ def run_training(
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
-    from flows.prefect_server import find_deployment
+    from adapters.prefect_api import find_deployment
 
     with get_client(sync_client=True) as client:
         found = find_deployment(client, deployment)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reggaeton.prediction_log import CREATED_AT, LABEL, PREDICTION_ID
+from adapters.prediction_log import CREATED_AT, LABEL, PREDICTION_ID
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 
 logger = logging.getLogger(__name__)

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
+from adapters import prediction_log
+from adapters.prediction_log import CREATED_AT, PREDICTION_ID
 from monitoring import estimation, report, store
 from monitoring.estimation import ChunkPlan, ChunkResult
 from monitoring.policy import Alert, Policy, Results, evaluate
-from reggaeton import prediction_log
-from reggaeton.prediction_log import CREATED_AT, PREDICTION_ID
 from reggaeton.schema import PREDICTION, PROBABILITY
 from reggaeton.settings import Settings
 

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, insert
 
+from adapters.prediction_log import CREATED_AT, MODEL_VERSION, PREDICTION_ID, feedback, predictions
 from reggaeton import names, synthetic
-from reggaeton.prediction_log import CREATED_AT, MODEL_VERSION, PREDICTION_ID, feedback, predictions
 from reggaeton.schema import FEATURE_NAMES, FEATURES_BY_NAME, PREDICTION, PROBABILITY, TARGET
 from reggaeton.synthetic import OTHER, REGGAETON, ClassProfile
 

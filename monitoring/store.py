@@ -30,8 +30,8 @@ from sqlalchemy import (
     update,
 )
 
+from adapters.prediction_log import make_engine
 from monitoring.estimation import ESTIMATED_METRICS, ChunkResult, Estimate
-from reggaeton.prediction_log import make_engine
 
 metadata: Final = MetaData()
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 
-from reggaeton.prediction_log import create_tables, make_engine
+from adapters.prediction_log import create_tables, make_engine
 from reggaeton.settings import Settings
 from serving.cache import ModelCache
 from serving.fast_path import PredictFastPath, ServingApp

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from reggaeton.prediction_log import PREDICTION_ID, feedback, predictions
+from adapters.prediction_log import PREDICTION_ID, feedback, predictions
 
 
 class UnknownPredictionError(LookupError):

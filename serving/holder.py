@@ -14,7 +14,7 @@ import pandas as pd
 
 from reggaeton.data import features_array
 from reggaeton.schema import EXAMPLE_SONGS
-from serving.scorer import Scorer, ScorerKind, choose_scorer, pipeline_scorer, verification_rows
+from reggaeton.scorer import Scorer, ScorerKind, choose_scorer, pipeline_scorer, verification_rows
 
 
 class ModelCheckError(RuntimeError):
@@ -34,7 +34,7 @@ class ServedModel:
     source: str  # "registry" or "cache"
     metrics: Mapping[str, float] = field(default_factory=dict)
     load_seconds: float = 0.0  # registry lookup + load + smoke check
-    # How the model is called (serving/scorer.py); the model's own predict_proba unless :func:`prepared`
+    # How the model is called (reggaeton/scorer.py); the model's own predict_proba unless :func:`prepared`
     # chose a rebuilt one. Carried over by dataclasses.replace.
     scorer: Scorer | None = field(default=None, repr=False)
 

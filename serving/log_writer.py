@@ -20,7 +20,7 @@ from typing import Any, Final
 import numpy as np
 from sqlalchemy import Engine
 
-from reggaeton.prediction_log import CREATED_AT, MODEL_NAME, MODEL_VERSION, PREDICTION_ID, predictions
+from adapters.prediction_log import CREATED_AT, MODEL_NAME, MODEL_VERSION, PREDICTION_ID, predictions
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY
 from serving.metrics import ServingMetrics
 

@@ -8,8 +8,8 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, FEATURES, Feature
+from reggaeton.scorer import ScorerKind
 from serving.refresher import Outcome
-from serving.scorer import ScorerKind
 
 
 def _feature_field(feature: Feature) -> Any:

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 class RegistrySource:
-    """Reads ``models:/<name>@champion`` via ``flows.registry``; every method blocks (use a thread)."""
+    """Reads ``models:/<name>@champion`` via ``adapters.registry``; every method blocks (use a thread)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -31,14 +31,14 @@ class RegistrySource:
 
     def _connected(self) -> Any:
         if self._client is None:
-            from flows import registry
+            from adapters import registry
 
             self._client = registry.connect(self._settings)
         return self._client
 
     def champion(self) -> Any:
         """The ModelVersion the champion alias points to, or None when there is none."""
-        from flows import registry
+        from adapters import registry
 
         return registry.get_alias(self._connected(), self.model_name, names.CHAMPION)
 
@@ -48,7 +48,7 @@ class RegistrySource:
         Raises:
             ModelCheckError: when the version carries no usable threshold tag.
         """
-        from flows import registry
+        from adapters import registry
 
         self._connected()
         raw = version.tags.get(names.Tag.THRESHOLD)

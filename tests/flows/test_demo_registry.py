@@ -6,7 +6,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from flows import demo, registry
+from adapters import registry
+from embedded import demo
 from reggaeton import names
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline

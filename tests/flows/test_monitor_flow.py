@@ -11,11 +11,11 @@ import mlflow
 import pytest
 from sqlalchemy import inspect
 
-from flows import registry
+from adapters import prediction_log, registry
 from flows.monitor import monitor
 from monitoring import events, simulate, store
 from monitoring.policy import Alert, AlertKind
-from reggaeton import names, prediction_log
+from reggaeton import names
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.metrics import best_f1_threshold
 from reggaeton.model import RANDOM_FOREST, build_pipeline

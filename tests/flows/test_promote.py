@@ -19,8 +19,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.events.worker import EventsWorker
 
-from flows import gate, promote, registry
-from reggaeton import names, prediction_log
+from adapters import prediction_log, registry
+from flows import gate, promote
+from reggaeton import names
 from reggaeton.data import Split, features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
 from reggaeton.promotion import PROMOTED, REJECTED

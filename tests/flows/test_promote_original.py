@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import promote, registry
+from adapters import registry
+from flows import promote
 from reggaeton import names
 from reggaeton.promotion import PROMOTED, REJECTED
 from reggaeton.settings import DataSettings, PromotionSettings, Settings, TrainingSettings

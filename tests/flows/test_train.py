@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from flows import registry
+from adapters import registry
 from flows.train import (
     CALIBRATION_ARTIFACT,
     PR_CURVE_ARTIFACT,

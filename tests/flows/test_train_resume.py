@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 from mlflow import MlflowClient
 
-from flows import registry
+from adapters import registry
 from flows.train import resume_request
 from reggaeton import names
 from reggaeton.data import Split, features_array, split, synthetic_dataset

@@ -19,10 +19,10 @@ from prefect.events import Event as PrefectEvent
 from prefect.events.clients import get_events_client
 from prefect.states import Running
 
+from adapters.prefect_api import prefect_api
+from embedded.receiver import make_server, read_alerts
 from flows import deploy
 from flows.automations import ZOMBIE_AFTER_S, apply_automations
-from flows.prefect_server import prefect_api
-from flows.receiver import make_server, read_alerts
 from reggaeton.names import MODEL_NAME, Event
 from reggaeton.settings import Settings
 

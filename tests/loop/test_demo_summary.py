@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flows.demo import DemoReport, VersionInfo, summary
+from embedded.demo import DemoReport, VersionInfo, summary
 from reggaeton.settings import Settings
 
 

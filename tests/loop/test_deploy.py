@@ -10,8 +10,8 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 
+from adapters.prefect_api import prefect_api
 from flows import automations, deploy
-from flows.prefect_server import prefect_api
 from reggaeton.names import Event
 from reggaeton.settings import Settings
 

@@ -22,10 +22,10 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.client.schemas.objects import FlowRun
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from flows import demo, stack
+from adapters.prefect_api import prefect_api
+from embedded import demo, stack
 from flows.automations import FLOW_RUN_HEARTBEAT
 from flows.deploy import deploy
-from flows.prefect_server import prefect_api
 from flows.promote import PROMOTED
 from reggaeton import names
 from reggaeton.settings import Settings

@@ -21,10 +21,10 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy import select
 
-from flows import demo, stack
+from adapters import prediction_log
+from embedded import demo, stack
+from embedded.receiver import read_alerts
 from flows.deploy import deploy
-from flows.receiver import read_alerts
-from reggaeton import prediction_log
 from reggaeton.schema import EXAMPLE_SONGS
 from reggaeton.settings import Settings
 

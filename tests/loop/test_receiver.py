@@ -11,8 +11,8 @@ import httpx
 import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
+from embedded.receiver import make_server, parse_alert, read_alerts
 from flows.automations import WEBHOOK_JSON
-from flows.receiver import make_server, parse_alert, read_alerts
 
 
 @pytest.fixture

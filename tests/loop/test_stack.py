@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows import stack
-from flows.receiver import make_server
+from embedded import stack
+from embedded.receiver import make_server
 from reggaeton.settings import Settings
 
 

@@ -8,7 +8,7 @@ import pytest
 from monitoring_support import Champion, TrafficWriter, fit_champion
 from sqlalchemy import Engine
 
-from reggaeton import prediction_log
+from adapters import prediction_log
 from reggaeton.settings import Settings
 
 

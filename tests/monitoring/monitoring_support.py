@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from flows import registry
+from adapters import registry
 from monitoring import simulate
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.metrics import best_f1_threshold

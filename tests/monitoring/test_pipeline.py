@@ -11,10 +11,10 @@ from monitoring_support import Champion, TrafficWriter
 from sklearn.metrics import f1_score, roc_auc_score
 from sqlalchemy import inspect, select
 
+from adapters import prediction_log
 from monitoring import estimation, pipeline, simulate, store
 from monitoring.estimation import ChunkPlan
 from monitoring.policy import Alert, AlertKind
-from reggaeton import prediction_log
 from reggaeton.schema import FEATURE_NAMES, TARGET
 from reggaeton.settings import Settings
 

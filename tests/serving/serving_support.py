@@ -18,7 +18,7 @@ import httpx
 import mlflow
 import numpy as np
 
-from flows import registry
+from adapters import registry
 from reggaeton import names
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline

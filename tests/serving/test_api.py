@@ -13,7 +13,7 @@ import pytest
 from serving_support import Registry, Server, make_settings, run_server
 from sqlalchemy import func, select
 
-from reggaeton.prediction_log import make_engine, predictions
+from adapters.prediction_log import make_engine, predictions
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, INVALID_EXAMPLE_SONG
 
 SONG = EXAMPLE_SONGS[0]

@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sqlalchemy import Engine, create_engine, func, select
 from starlette.datastructures import State
 
-from reggaeton.prediction_log import create_tables, make_engine, predictions
+from adapters.prediction_log import create_tables, make_engine, predictions
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES
 from reggaeton.settings import Settings
 from serving.batching import MicroBatcher

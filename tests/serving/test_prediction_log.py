@@ -11,7 +11,7 @@ import pytest
 from serving_support import Registry, make_settings, promote, run_server
 from sqlalchemy import func, select
 
-from reggaeton.prediction_log import make_engine, predictions
+from adapters.prediction_log import make_engine, predictions
 from reggaeton.schema import EXAMPLE_SONGS, INVALID_EXAMPLE_SONG
 
 REQUESTS = 5000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from reggaeton.prediction_log import (
+from adapters.prediction_log import (
     CREATED_AT,
     LABEL,
     PREDICTION_ID,

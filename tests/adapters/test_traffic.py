@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.traffic import read_labelled_traffic
-from reggaeton import prediction_log
+from adapters import prediction_log
+from adapters.traffic import read_labelled_traffic
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 from reggaeton.settings import Settings
 

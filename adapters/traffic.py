@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reggaeton.prediction_log import labelled_traffic, make_engine
+from adapters.prediction_log import labelled_traffic, make_engine
 from reggaeton.settings import Settings
 
 # SQLAlchemy's URL of an empty in-memory SQLite database.

@@ -1,4 +1,4 @@
-"""`python -m flows.receiver`: the local alert receiver the notification webhook points at by default.
+"""`python -m embedded.receiver`: the local alert receiver the notification webhook points at by default.
 
 It accepts Slack-style webhook posts (``{"text": "subject\\nbody"}``, any JSON or plain text), shows each
 alert in the terminal and appends it as one JSON line to ``settings.alerts_path``. ``GET /alerts`` lists

@@ -1,4 +1,4 @@
-"""`python -m flows.demo` (`make demo`): the whole loop once on this machine, then a summary.
+"""`python -m embedded.demo` (`make demo`): the whole loop once on this machine, then a summary.
 
 Starts the stack (or reuses it), deploys, trains the first champion through the `train-and-promote`
 deployment when there is none, drives the traffic simulator (stable, then drifted traffic with late
@@ -31,10 +31,11 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 
-from flows import registry, stack
+from adapters import registry
+from adapters.prefect_api import find_deployment, prefect_api
+from embedded import stack
+from embedded.receiver import read_alerts
 from flows.deploy import deploy
-from flows.prefect_server import find_deployment, prefect_api
-from flows.receiver import read_alerts
 from reggaeton import names
 from reggaeton.settings import Settings
 

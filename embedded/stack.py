@@ -1,4 +1,4 @@
-"""`python -m flows.stack up|down|status`: the embedded local stack as processes with PID files.
+"""`python -m embedded.stack up|down|status`: the embedded local stack as processes with PID files.
 
 Starts, on 127.0.0.1 and with all state in the state folder: the Prefect server (its own PREFECT_HOME,
 analytics off), the MLflow server (SQLite + local artifacts, ``--serve-artifacts``), the alert receiver,
@@ -144,7 +144,7 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "receiver",
-        lambda s: _python("-m", "flows.receiver", "--port", str(s.prefect.alert_receiver_port)),
+        lambda s: _python("-m", "embedded.receiver", "--port", str(s.prefect.alert_receiver_port)),
         lambda s: f"{receiver_url(s)}/health",
     ),
     Service(

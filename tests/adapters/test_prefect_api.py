@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.prefect_server import prefect_api
+from adapters.prefect_api import prefect_api
 from reggaeton.settings import Settings
 
 ELSEWHERE = "http://127.0.0.1:9/api"

@@ -11,12 +11,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
 
+from reggaeton import scorer as scorer_module
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import FAMILIES, IMBALANCE, IMBALANCE_CHOICES, build_pipeline
 from reggaeton.schema import TARGET
-from serving import scorer as scorer_module
+from reggaeton.scorer import PIPELINE, REBUILT, TOLERANCE, choose_scorer, verification_rows
 from serving.holder import examples_array
-from serving.scorer import PIPELINE, REBUILT, TOLERANCE, choose_scorer, verification_rows
 
 _DATA = split(synthetic_dataset(600, seed=5), 0.3, seed=5)
 _TRAIN = features_array(_DATA.train)
