@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from uuid import UUID
@@ -13,22 +14,50 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from reggaeton.settings import Settings
 
 
+def api_url(settings: Settings, *, keep_configured: bool = False) -> str:
+    """The Prefect API URL to talk to: the only function that chooses it.
+
+    Args:
+        settings: The settings; their ``prefect_api_url`` is the stack's server.
+        keep_configured: Prefer the URL Prefect already has (``PREFECT_API_URL`` from the environment,
+            a profile or an enclosing block) and fall back on the settings' only without one: for the
+            command-line entry points, which a person may aim at any server. Off for the tools that
+            manage the stack the settings describe (deploy, demo, automations, the monitor's events).
+    """
+    return (PREFECT_API_URL.value() if keep_configured else None) or settings.prefect_api_url
+
+
+@contextmanager
+def prefect_api_at(url: str) -> Iterator[None]:
+    """Point every Prefect client and event in this block at ``url``."""
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
 @contextmanager
 def prefect_api(settings: Settings, *, keep_configured: bool = False) -> Iterator[None]:
     """Point every Prefect client in this block at a real server, never at a throw-away one.
 
     Without an API URL Prefect starts an ephemeral server, and whatever is sent to it is lost.
+    ``keep_configured`` is as in :func:`api_url`.
+    """
+    with prefect_api_at(api_url(settings, keep_configured=keep_configured)):
+        yield
+
+
+def export_api_url(settings: Settings, *, only_explicit: bool = False) -> None:
+    """Set ``PREFECT_API_URL`` for this process and its children unless the environment already has one.
 
     Args:
-        settings: The settings; their ``prefect_api_url`` is the server used.
-        keep_configured: Keep the URL Prefect already has (``PREFECT_API_URL`` from the environment,
-            a profile or an enclosing block) and fall back on the settings' only without one: for the
-            command-line entry points, which a person may aim at any server. Off for the tools that
-            manage the stack the settings describe (deploy, demo, automations).
+        settings: The settings.
+        only_explicit: Export only a URL set in the settings (``REGGAETON_PREFECT__API_URL``), not the
+            local default: for the API server, which sends events only where it was told to.
     """
-    url = (PREFECT_API_URL.value() if keep_configured else None) or settings.prefect_api_url
-    with temporary_settings(updates={PREFECT_API_URL: url}):
-        yield
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    if only_explicit and not settings.prefect.api_url:
+        return
+    os.environ["PREFECT_API_URL"] = api_url(settings)
 
 
 def find_deployment(client: SyncPrefectClient, name: str) -> UUID | None:

@@ -196,3 +196,8 @@ def load_reference(client: MlflowClient, version: ModelVersion) -> pd.DataFrame:
 def load_pipeline(model_name: str, version: str) -> Any:
     """Load a registered version's scikit-learn pipeline."""
     return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+
+
+def version_tags(model_name: str, version: str) -> dict[str, str]:
+    """A registered version's tags (on the tracking URI this process is connected to)."""
+    return dict(MlflowClient().get_model_version(model_name, version).tags)

@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import mlflow
 import numpy as np
@@ -21,7 +21,9 @@ from adapters import prediction_log, registry
 from adapters.traffic import read_labelled_traffic
 from reggaeton.data import features_array, frame_hash
 from reggaeton.promotion import ModelScores
-from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, TARGET, validate_frame
+from reggaeton.schema import FEATURE_NAMES, TARGET, validate_frame
+from reggaeton.scorer import Scorer
+from reggaeton.servable import NotServableError, servable_scorer, threshold_from_tags
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -111,45 +113,37 @@ def signature_problems(model_uri: str) -> list[str]:
     return [f"signature inputs not floating point: {', '.join(wrong)}"] if wrong else []
 
 
-def example_problems(pipeline: Any) -> list[str]:
-    """Whether a pipeline predicts sane probabilities for the schema's example songs."""
-    examples = pd.DataFrame(list(EXAMPLE_SONGS), columns=list(FEATURE_NAMES))
-    try:
-        proba = np.asarray(pipeline.predict_proba(features_array(examples)))
-    except Exception as exc:
-        return [f"cannot predict the example songs: {type(exc).__name__}: {exc}"]
-    if proba.shape != (len(examples), 2) or not np.all(np.isfinite(proba)):
-        return [f"example predictions have shape {proba.shape} or are not finite"]
-    if np.any(proba < 0) or np.any(proba > 1):
-        return ["example probabilities outside [0, 1]"]
-    return []
-
-
-def latency_ms(pipeline: Any, X: np.ndarray, rows: int = LATENCY_ROWS) -> float:
-    """Median wall time of a one-row ``predict_proba`` (how the server calls it), in milliseconds."""
+def latency_ms(scorer: Scorer, X: np.ndarray, rows: int = LATENCY_ROWS) -> float:
+    """Median wall time of a one-row call of the scorer the server will use, in milliseconds."""
     sample = X[: max(1, min(rows, len(X)))]
-    pipeline.predict_proba(sample[:1])  # warm-up
+    scorer.probabilities(sample[:1])  # warm-up
     timings = np.empty(len(sample))
     for i in range(len(sample)):
         start = time.perf_counter()
-        pipeline.predict_proba(sample[i : i + 1])
+        scorer.probabilities(sample[i : i + 1])
         timings[i] = time.perf_counter() - start
     return float(np.median(timings) * 1000)
 
 
-def load_checked(model_name: str, version: str) -> tuple[Any, list[str]]:
-    """Load a registered version and check it: signature and predictions on the example songs.
+def load_checked(model_name: str, version: str) -> tuple[Scorer | None, list[str]]:
+    """Load a registered version and check it: its signature, then the rule serving applies.
 
     Returns:
-        The pipeline (None when it did not load) and the problems found (empty: valid).
+        The scorer the server would use (None when the version is not servable) and the problems
+        found (empty: valid).
     """
     try:
+        tags = registry.version_tags(model_name, version)
         pipeline = registry.load_pipeline(model_name, version)
         problems = signature_problems(f"models:/{model_name}/{version}")
     except Exception as exc:
         logger.warning("version %s failed to load: %s", version, exc)
         return None, [f"failed to load: {type(exc).__name__}: {exc}"]
-    return pipeline, problems + example_problems(pipeline)
+    try:
+        scorer = servable_scorer(pipeline, threshold_from_tags(tags, version), version)
+    except NotServableError as exc:
+        return None, problems + list(exc.problems)
+    return (None if problems else scorer), problems
 
 
 def score_version(model_name: str, version: str, frame: pd.DataFrame) -> ModelScores:
@@ -160,14 +154,14 @@ def score_version(model_name: str, version: str, frame: pd.DataFrame) -> ModelSc
     """
     y_true = frame[TARGET].to_numpy(dtype=np.int64)
     scores = ModelScores(version=version, evaluation=evaluation_hash(frame), y_true=y_true)
-    pipeline, problems = load_checked(model_name, version)
-    if problems:
+    scorer, problems = load_checked(model_name, version)
+    if scorer is None:
         return replace(scores, problems=tuple(problems))
     X = features_array(frame)
     try:
-        proba = np.asarray(pipeline.predict_proba(X))[:, 1]
+        proba = np.asarray(scorer.probabilities(X))
     except Exception as exc:
         return replace(scores, problems=(f"cannot predict the evaluation data: {type(exc).__name__}: {exc}",))
     if not np.all(np.isfinite(proba)):
         return replace(scores, problems=("non-finite probabilities on the evaluation data",))
-    return replace(scores, proba=proba, latency_ms=latency_ms(pipeline, X))
+    return replace(scores, proba=proba, latency_ms=latency_ms(scorer, X))

@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from adapters import registry
+from adapters.prefect_api import api_url
 from monitoring import events, pipeline, store
 from monitoring.policy import Alert
 from reggaeton import names
@@ -125,7 +126,7 @@ def _artifact_markdown(run: store.RunRecord, alerts: list[Alert], png_base64: st
 @task(cache_policy=NO_CACHE)
 def emit(settings: Settings, alerts: list[Alert]) -> int:
     """Send ``degraded``/``drifted`` alerts as events to the configured Prefect server."""
-    return len(events.emit_alerts(alerts, settings.mlflow.model_name, settings.prefect_api_url))
+    return len(events.emit_alerts(alerts, settings.mlflow.model_name, api_url(settings)))
 
 
 @flow(name="monitor")

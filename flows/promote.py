@@ -32,11 +32,10 @@ from mlflow.entities.model_registry import ModelVersion
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
 from prefect.runtime import flow_run
 
-from adapters import registry
+from adapters import prefect_events, registry
 from adapters.prefect_api import prefect_api
 from flows import gate, train
 from reggaeton import names
@@ -114,17 +113,7 @@ def _move_champion(client: MlflowClient, model_name: str, new: str, old: str | N
 
 
 def _emit(event: str, model_name: str, version: str, payload: Mapping[str, Any]) -> None:
-    emitted = emit_event(
-        event=event,
-        resource={
-            "prefect.resource.id": f"{names.Event.RESOURCE_PREFIX}.{model_name}",
-            "prefect.resource.name": model_name,
-            "reggaeton.model.version": version,
-        },
-        payload=dict(payload),
-    )
-    if emitted is None:
-        logger.warning("event %s was not emitted (no Prefect API configured?)", event)
+    prefect_events.emit(event, model_name, version, payload)
 
 
 def _publish(markdown: str, description: str) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
 from typing import cast
 
+from adapters.prefect_api import export_api_url
 from reggaeton import names
 from reggaeton.settings import Settings
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     # Every Prefect call goes to the stack's server, never to an ephemeral one.
-    os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url)
+    export_api_url(settings)
     subprocess.run([sys.executable, "-m", "flows.deploy"], check=True)
     if has_champion(settings):
         logger.info("a champion exists: nothing to train")

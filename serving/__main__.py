@@ -7,6 +7,7 @@ import os
 
 import uvicorn
 
+from adapters.prefect_api import export_api_url
 from reggaeton.settings import Settings
 from serving.app import create_app
 
@@ -18,9 +19,8 @@ def main() -> None:
         level=os.environ.get("REGGAETON_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if settings.prefect.api_url and not os.environ.get("PREFECT_API_URL"):
-        # Events (reload_failed) go to the configured Prefect server, never to an ephemeral one.
-        os.environ["PREFECT_API_URL"] = settings.prefect.api_url
+    # Events (reload_failed) go to the configured Prefect server, never to an ephemeral one.
+    export_api_url(settings, only_explicit=True)
     # One worker per process: uvicorn 0.54 with --workers >= 2 leaves TCP_NODELAY unset (Nagle adds ~40 ms
     # per response). Scale with more processes or containers behind a balancer instead.
     uvicorn.run(

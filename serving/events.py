@@ -2,57 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-import threading
-from typing import Any
-
+from adapters import prefect_events
 from reggaeton import names
-
-logger = logging.getLogger(__name__)
-
-_DRAIN_TIMEOUT_S = 15.0
-# One emission at a time: draining stops Prefect's events worker, which a concurrent send must not meet.
-_EMIT_LOCK = threading.Lock()
-
-
-def prefect_api_configured() -> bool:
-    """Whether a Prefect API URL is set; without one Prefect would start a throw-away ephemeral server."""
-    from prefect.settings import PREFECT_API_URL
-
-    return bool(PREFECT_API_URL.value())
 
 
 def emit_reload_failed(model_name: str, version: str, reason: str, serving_version: str | None) -> bool:
     """Send ``reggaeton.model.reload_failed`` for a refused version; blocking, call it from a thread.
 
-    Returns:
-        Whether the event was handed to Prefect's events worker.
-    """
-    if not prefect_api_configured():
-        logger.warning(
-            "no Prefect API URL configured; not sending %s for version %s", names.Event.RELOAD_FAILED, version
-        )
-        return False
-    from prefect.events import emit_event
-    from prefect.events.worker import EventsWorker
+    Reload failures are rare, so it waits (bounded) until the event has left the process.
 
-    payload: dict[str, Any] = {
-        "version": version,
-        "reason": reason[:2000],
-        "serving_version": serving_version,
-    }
-    with _EMIT_LOCK:
-        event = emit_event(
-            event=names.Event.RELOAD_FAILED,
-            resource={
-                "prefect.resource.id": f"{names.Event.RESOURCE_PREFIX}.{model_name}",
-                "prefect.resource.name": model_name,
-                "reggaeton.model.version": version,
-            },
-            payload=payload,
-        )
-        if event is None:
-            return False
-        # Reload failures are rare: wait (bounded) until this one has left the process.
-        EventsWorker.drain_all(timeout=_DRAIN_TIMEOUT_S, at_exit=False)
-    return True
+    Returns:
+        Whether the event was handed to Prefect.
+    """
+    payload = {"version": version, "reason": reason[:2000], "serving_version": serving_version}
+    sent = prefect_events.emit(
+        names.Event.RELOAD_FAILED,
+        model_name,
+        version,
+        payload,
+        drain_timeout_s=prefect_events.DRAIN_TIMEOUT_S,
+    )
+    return sent is not None

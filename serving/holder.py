@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from reggaeton.data import features_array
-from reggaeton.schema import EXAMPLE_SONGS
-from reggaeton.scorer import Scorer, ScorerKind, choose_scorer, pipeline_scorer, verification_rows
+from reggaeton.scorer import Scorer, ScorerKind, pipeline_scorer
+from reggaeton.servable import NotServableError, servable_scorer
 
 
 class ModelCheckError(RuntimeError):
@@ -54,47 +51,19 @@ class ServedModel:
         return self.scorer.probabilities(features)
 
 
-def examples_array() -> np.ndarray:
-    """The challenge's example songs as a float array in schema order."""
-    return features_array(pd.DataFrame(list(EXAMPLE_SONGS)))
-
-
-def smoke_check(served: ServedModel) -> None:
-    """Refuse a model that cannot score the example songs with finite probabilities in [0, 1].
-
-    Raises:
-        ModelCheckError: naming what is wrong.
-    """
-    if not (0.0 <= served.threshold <= 1.0) or math.isnan(served.threshold):
-        raise ModelCheckError(f"version {served.version}: threshold {served.threshold} is outside [0, 1]")
-    examples = examples_array()
-    try:
-        proba = served.probabilities(examples)
-    except Exception as exc:
-        raise ModelCheckError(f"version {served.version}: predict_proba failed: {exc!r}") from exc
-    if proba.shape != (len(examples),):
-        raise ModelCheckError(
-            f"version {served.version}: expected {len(examples)} probabilities, got {proba.shape}"
-        )
-    if not np.all(np.isfinite(proba)) or np.any((proba < 0) | (proba > 1)):
-        raise ModelCheckError(
-            f"version {served.version}: probabilities not finite in [0, 1]: {proba.tolist()}"
-        )
-
-
 def prepared(served: ServedModel) -> ServedModel:
-    """A loaded model ready to serve: its scorer chosen (rebuilt if verified), then smoke-checked.
+    """A loaded model ready to serve: the core's servability rule applied, its scorer chosen.
 
     Blocking (scores a few hundred rows): call it off the event loop.
 
     Raises:
-        ModelCheckError: the model must not be served.
+        ModelCheckError: the model must not be served (the same rule the gate applies).
     """
-    served = dataclasses.replace(
-        served, scorer=choose_scorer(served.model, verification_rows(examples_array()))
-    )
-    smoke_check(served)
-    return served
+    try:
+        scorer = servable_scorer(served.model, served.threshold, served.version)
+    except NotServableError as exc:
+        raise ModelCheckError(str(exc)) from exc
+    return dataclasses.replace(served, scorer=scorer)
 
 
 class ModelHolder:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from reggaeton import names
+from reggaeton.servable import NotServableError, threshold_from_tags
 from reggaeton.settings import Settings
 from serving.holder import ModelCheckError, ServedModel
 
@@ -51,13 +52,10 @@ class RegistrySource:
         from adapters import registry
 
         self._connected()
-        raw = version.tags.get(names.Tag.THRESHOLD)
         try:
-            threshold = float(raw)
-        except (TypeError, ValueError):
-            raise ModelCheckError(
-                f"version {version.version} has no usable {names.Tag.THRESHOLD} tag (got {raw!r})"
-            ) from None
+            threshold = threshold_from_tags(version.tags, str(version.version))
+        except NotServableError as exc:
+            raise ModelCheckError(str(exc)) from exc
         metrics = {}
         for key, value in version.tags.items():
             if key.startswith(names.Tag.METRIC_PREFIX):

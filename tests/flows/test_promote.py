@@ -244,6 +244,15 @@ def test_broken_challenger_is_rejected_and_cannot_be_forced(gate_settings: Setti
         promote.promote_version(broken, "try anyway", by="carol", settings=gate_settings)
     assert _champion(gate_settings) == champion
 
+    # A version the server would refuse (no decision threshold) is refused by the gate with serving's reason.
+    untagged = _good(gate_settings, data, seed=3)
+    client = registry.connect(gate_settings)
+    client.delete_model_version_tag(gate_settings.mlflow.model_name, untagged, names.Tag.THRESHOLD)
+    outcome = promote.promotion_gate(untagged, gate_settings)
+    assert outcome["outcome"] == REJECTED
+    assert f"no usable {names.Tag.THRESHOLD} tag" in outcome["reason"]
+    assert _champion(gate_settings) == champion
+
 
 def test_evaluation_adds_labelled_traffic_the_challenger_has_not_seen(
     settings: Settings, data: Split

@@ -16,7 +16,7 @@ from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import FAMILIES, IMBALANCE, IMBALANCE_CHOICES, build_pipeline
 from reggaeton.schema import TARGET
 from reggaeton.scorer import PIPELINE, REBUILT, TOLERANCE, choose_scorer, verification_rows
-from serving.holder import examples_array
+from reggaeton.servable import examples_array
 
 _DATA = split(synthetic_dataset(600, seed=5), 0.3, seed=5)
 _TRAIN = features_array(_DATA.train)

@@ -20,11 +20,12 @@ from starlette.datastructures import State
 
 from adapters.prediction_log import create_tables, make_engine, predictions
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES
+from reggaeton.servable import examples_array
 from reggaeton.settings import Settings
 from serving.batching import MicroBatcher
 from serving.cache import ModelCache
 from serving.fast_path import PredictFastPath
-from serving.holder import ModelCheckError, ModelHolder, ServedModel, examples_array, smoke_check
+from serving.holder import ModelCheckError, ModelHolder, ServedModel, prepared
 from serving.log_writer import LogEntry, PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.service import PredictionService
@@ -316,18 +317,18 @@ def test_log_rows_round_trip_with_positional_and_named_parameters(tmp_path: Path
     assert [row["prediction"] for row in rows] == [0, 1, 1]
 
 
-def test_smoke_check_refuses_nan_and_bad_threshold() -> None:
+def test_prepared_refuses_nan_and_bad_threshold() -> None:
     model = _CountingModel()
-    smoke_check(_served(model))
+    prepared(_served(model))
     with pytest.raises(ModelCheckError, match="threshold"):
-        smoke_check(_served(model, threshold=1.5))
+        prepared(_served(model, threshold=1.5))
 
     class NaNModel:
         def predict_proba(self, features: np.ndarray) -> np.ndarray:
             return np.full((len(features), 2), np.nan)
 
     with pytest.raises(ModelCheckError, match="finite"):
-        smoke_check(_served(NaNModel()))
+        prepared(_served(NaNModel()))
 
 
 def test_cache_round_trip_and_other_model_ignored(tmp_path: Path) -> None:
