@@ -28,7 +28,7 @@ import optuna
 from optuna.storages import InMemoryStorage
 
 from adapters import registry
-from flows.train import trial_logger
+from adapters.tracking import trial_logger
 from reggaeton.data import features_array, load_folder, split
 from reggaeton.schema import TARGET
 from reggaeton.settings import DataSettings, Settings

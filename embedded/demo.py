@@ -41,7 +41,7 @@ from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MONITOR_DEPLOYMENT = "monitor"
+
 T = TypeVar("T")
 
 
@@ -209,10 +209,10 @@ def run_monitor(settings: Settings, attempts: int = 5) -> FlowRun:
     """
     for _ in range(attempts):
         began = datetime.now(UTC)
-        run = run_deployment_and_wait(settings, MONITOR_DEPLOYMENT, timeout_s=300)
+        run = run_deployment_and_wait(settings, names.MONITOR_DEPLOYMENT, timeout_s=300)
         if run.state is not None and not run.state.is_cancelled():
             return run
-        for other in runs_since(settings, MONITOR_DEPLOYMENT, began - timedelta(minutes=10)):
+        for other in runs_since(settings, names.MONITOR_DEPLOYMENT, began - timedelta(minutes=10)):
             if (
                 other.id != run.id
                 and other.state is not None

@@ -26,6 +26,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from adapters.prefect_api import find_deployment, prefect_api
+from reggaeton import names
 from reggaeton.names import TRAIN_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
@@ -44,7 +45,7 @@ FLOW_RUN_FINAL = frozenset(
 )
 # Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by the stack); a run
 # silent for ZOMBIE_AFTER_S (its worker was killed with it, the machine rebooted) is marked Crashed.
-HEARTBEAT_S = 30
+HEARTBEAT_S = names.FLOW_HEARTBEAT_S
 ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
 # Rendered by the Prefect server from the crashed flow run the triggering event names.
 RERUN_REQUEST_TEMPLATE = {

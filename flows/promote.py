@@ -1,10 +1,9 @@
-"""Champion/challenger promotion: the gate flow, the adapter that applies a decision, operator commands.
+"""Champion/challenger promotion: the gate flows and the operator commands.
 
-The adapter moves the ``champion`` alias only on a promote (the alias move is the last registry write,
-so whoever sees the new champion sees its tags), keeps the previous champion findable (tag on the new
-champion and the ``previous-champion`` alias), tags both versions with the decision, emits
-``reggaeton.model.promoted`` / ``reggaeton.model.rejected`` and publishes a markdown artifact.
-Re-running the gate on the same pair and the same evaluation data changes nothing.
+Applying a decision tags both versions and moves the ``champion`` alias on a promote
+(``adapters.decisions``), emits ``reggaeton.model.promoted`` / ``reggaeton.model.rejected`` and
+publishes a markdown artifact. Re-running the gate on the same pair and the same evaluation data
+changes nothing.
 
 Operator commands (each recorded with who and why, and announced with an event)::
 
@@ -17,13 +16,10 @@ Operator commands (each recorded with who and why, and announced with an event):
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import pandas as pd
@@ -35,20 +31,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events.worker import EventsWorker
 from prefect.runtime import flow_run
 
-from adapters import prefect_events, registry
+from adapters import decisions, prefect_events, registry
 from adapters.prefect_api import prefect_api
 from flows import gate, train
 from reggaeton import names
-from reggaeton.promotion import PROMOTED, REJECTED, Decision, decide, markdown_report
+from reggaeton.promotion import PROMOTED, Decision, decide, markdown_report
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Decision tag values besides the gate's own "promoted" / "rejected".
-RETAINED: Final = "retained"  # champion that kept its place against a challenger
-REPLACED: Final = "replaced"  # champion that a promotion replaced
-ROLLED_BACK: Final = "rolled_back"  # champion an operator rolled back (the gate never re-promotes it)
-RESTORED: Final = "restored"  # previous champion brought back by a rollback
 UNCHANGED: Final = "unchanged"  # outcome of a run that found the decision already made
 
 GATE: Final = "gate"
@@ -72,74 +63,12 @@ class Outcome:
     changed: bool
 
 
-def operator_name() -> str:
-    """Who runs a command: the login name, else $USER, else "unknown"."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "unknown")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _stamp(by: str) -> dict[str, str]:
-    """Who decided and when, the same on every version one decision touches."""
-    return {names.Tag.DECIDED_BY: by, names.Tag.DECIDED_AT: _now()}
-
-
-def _tag_decision(
-    client: MlflowClient,
-    model_name: str,
-    version: str,
-    decision: str,
-    reason: str,
-    stamp: Mapping[str, str],
-    details: Mapping[str, str] | None = None,
-) -> None:
-    """Record a decision on a version: what, why, its details, then who and when."""
-    tags = {names.Tag.DECISION: decision, names.Tag.DECISION_REASON: reason, **(details or {}), **stamp}
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
-
-
-def _move_champion(client: MlflowClient, model_name: str, new: str, old: str | None) -> None:
-    """Point ``champion`` at ``new`` last, after the previous champion is recorded on it."""
-    if old is not None and old != new:
-        client.set_model_version_tag(model_name, new, names.Tag.PREVIOUS_CHAMPION, old)
-        client.set_registered_model_alias(model_name, names.PREVIOUS_CHAMPION, old)
-    client.set_registered_model_alias(model_name, names.CHAMPION, new)
-
-
 def _emit(event: str, model_name: str, version: str, payload: Mapping[str, Any]) -> None:
     prefect_events.emit(event, model_name, version, payload)
 
 
 def _publish(markdown: str, description: str) -> None:
     create_markdown_artifact(markdown=markdown, key=names.PROMOTION_ARTIFACT_KEY, description=description)
-
-
-def already_decided(challenger: ModelVersion, champion: ModelVersion | None, evaluation: str) -> str | None:
-    """Why there is nothing to do for this pair and evaluation data (None: the gate must decide)."""
-    if champion is not None and str(champion.version) == str(challenger.version):
-        return f"version {challenger.version} is already the champion"
-    tags = challenger.tags or {}
-    decision = tags.get(names.Tag.DECISION)
-    if decision == ROLLED_BACK:
-        return f"version {challenger.version} was rolled back; promote it by hand if it should return"
-    against = str(champion.version) if champion is not None else "none"
-    # Only a rejection is settled by its tags: a version tagged promoted against the current champion
-    # yet not champion was stopped between the tags and the alias move (apply_decision moves it
-    # last), so the gate decides it again and finishes the promotion.
-    if (
-        decision == REJECTED
-        and tags.get(names.Tag.DECISION_AGAINST) == against
-        and tags.get(names.Tag.DECISION_DATA) == evaluation
-    ):
-        reason = tags.get(names.Tag.DECISION_REASON)
-        return f"already {decision} against champion {against} on the same data: {reason}"
-    return None
 
 
 def apply_decision(client: MlflowClient, model_name: str, decision: Decision, by: str) -> Outcome:
@@ -155,8 +84,8 @@ def apply_decision(client: MlflowClient, model_name: str, decision: Decision, by
             f"champion is version {current_version}, but the decision was made against "
             f"{decision.champion_version}; re-run the gate"
         )
-    stamp = _stamp(by)
-    _tag_decision(
+    stamp = decisions.stamp(by)
+    decisions.tag_decision(
         client,
         model_name,
         decision.challenger_version,
@@ -170,16 +99,16 @@ def apply_decision(client: MlflowClient, model_name: str, decision: Decision, by
         },
     )
     if decision.champion_version is not None:
-        _tag_decision(
+        decisions.tag_decision(
             client,
             model_name,
             decision.champion_version,
-            REPLACED if decision.promote else RETAINED,
+            decisions.REPLACED if decision.promote else decisions.RETAINED,
             f"challenger version {decision.challenger_version} {decision.outcome}: {decision.reason}",
             stamp,
         )
     if decision.promote:
-        _move_champion(client, model_name, decision.challenger_version, decision.champion_version)
+        decisions.move_champion(client, model_name, decision.challenger_version, decision.champion_version)
     champion = decision.challenger_version if decision.promote else decision.champion_version
     _emit(
         names.Event.PROMOTED if decision.promote else names.Event.REJECTED,
@@ -229,7 +158,7 @@ def run_gate(
     challenger = client.get_model_version(model_name, version)
     champion = registry.get_alias(client, model_name, names.CHAMPION)
     frame = load_evaluation(settings, client, challenger, holdout)
-    nothing_to_do = already_decided(challenger, champion, gate.evaluation_hash(frame))
+    nothing_to_do = decisions.already_decided(challenger, champion, gate.evaluation_hash(frame))
     if nothing_to_do is not None:
         logger.info("nothing to do: %s", nothing_to_do)
         current = str(champion.version) if champion is not None else None
@@ -282,7 +211,7 @@ def promote_version(
         PromotionError: the version does not load, predict on the examples or match the signature.
     """
     settings = settings or Settings()
-    by = by or operator_name()
+    by = by or decisions.operator_name()
     client = registry.connect(settings)
     model_name = settings.mlflow.model_name
     current = registry.get_alias(client, model_name, names.CHAMPION)
@@ -295,11 +224,11 @@ def promote_version(
     if problems:
         raise PromotionError(f"refusing to promote version {version}: {'; '.join(problems)}")
     why = f"manual promotion: {reason}"
-    stamp = _stamp(by)
-    _tag_decision(client, model_name, version, PROMOTED, why, stamp)
+    stamp = decisions.stamp(by)
+    decisions.tag_decision(client, model_name, version, PROMOTED, why, stamp)
     if old is not None:
-        _tag_decision(client, model_name, old, REPLACED, f"version {version} {why}", stamp)
-    _move_champion(client, model_name, version, old)
+        decisions.tag_decision(client, model_name, old, decisions.REPLACED, f"version {version} {why}", stamp)
+    decisions.move_champion(client, model_name, version, old)
     payload = {"action": MANUAL, "version": version, "previous": old, "reason": reason, "decided_by": by}
     _emit(names.Event.PROMOTED, model_name, version, payload)
     _publish(_operator_report("Manual promotion", payload), f"manual promotion of version {version}")
@@ -314,7 +243,7 @@ def rollback(reason: str, by: str | None = None, settings: Settings | None = Non
         PromotionError: there is no champion, or it records no previous champion.
     """
     settings = settings or Settings()
-    by = by or operator_name()
+    by = by or decisions.operator_name()
     client = registry.connect(settings)
     model_name = settings.mlflow.model_name
     current = registry.get_alias(client, model_name, names.CHAMPION)
@@ -326,9 +255,9 @@ def rollback(reason: str, by: str | None = None, settings: Settings | None = Non
     restored = client.get_model_version(model_name, previous)
     replaced = str(current.version)
     why = f"rollback: {reason}"
-    stamp = _stamp(by)
-    _tag_decision(client, model_name, replaced, ROLLED_BACK, why, stamp)
-    _tag_decision(client, model_name, previous, RESTORED, why, stamp)
+    stamp = decisions.stamp(by)
+    decisions.tag_decision(client, model_name, replaced, decisions.ROLLED_BACK, why, stamp)
+    decisions.tag_decision(client, model_name, previous, decisions.RESTORED, why, stamp)
     client.set_registered_model_alias(model_name, names.CHAMPION, previous)
     # The restored champion's own predecessor becomes the next rollback target.
     older = (restored.tags or {}).get(names.Tag.PREVIOUS_CHAMPION)

@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from reggaeton import names
+
 APP_IMAGE = "app"  # the project's own image (Dockerfile), tagged reggaeton-mlops:${IMAGE_TAG}
 POSTGRES_IMAGE = "postgres:15"
 IMAGE_REPOSITORY = "reggaeton-mlops"
 IMAGE_TAG = "${IMAGE_TAG:-latest}"
 NETWORK = "reggaeton"
-WORK_POOL = "reggaeton-pool"
+WORK_POOL = names.WORK_POOL
 DATABASES = ("prefect", "mlflow", "predictions", "optuna")
 INIT_SQL_PATH = "/docker-entrypoint-initdb.d/10-databases.sql"
 
@@ -108,7 +110,7 @@ APP_ENVIRONMENT: dict[str, str] = {
     "REGGAETON_PREFECT__WORK_POOL": WORK_POOL,
     "PREFECT_API_URL": PREFECT_API,
     # Flow runs prove they are alive this often; the loop's automation crashes runs silent for 3 beats.
-    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(names.FLOW_HEARTBEAT_S),
 }
 
 SERVICES: tuple[Service, ...] = (

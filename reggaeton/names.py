@@ -12,6 +12,13 @@ EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
 
 # The prefect.yaml deployment that trains a challenger and gates it (retrain trigger, bootstrap, demo).
 TRAIN_DEPLOYMENT: Final = "train-and-promote"
+MONITOR_DEPLOYMENT: Final = "monitor"
+# The process work pool every worker polls (the settings' default; prefect.yaml and the container
+# stack are checked against it by tests/test_contracts.py).
+WORK_POOL: Final = "reggaeton-pool"
+# Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by both stacks); the
+# zombie automation counts its silence in these beats.
+FLOW_HEARTBEAT_S: Final = 30
 
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"

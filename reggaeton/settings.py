@@ -123,7 +123,7 @@ class PrefectSettings(_Section):
     api_url: str | None = None  # default: http://host:port/api
     host: str = "127.0.0.1"
     port: int = 4200
-    work_pool: str = "reggaeton-pool"
+    work_pool: str = names.WORK_POOL
     webhook_url: str | None = None  # notifications; default: the local alert receiver
     alert_receiver_port: int = 8765
     notification_block: str = "reggaeton-alerts"  # name of the CustomWebhookNotificationBlock

@@ -120,3 +120,11 @@ def calibration_figure(y_true: np.ndarray, evaluations: Sequence[Evaluation], bi
     ax.legend(loc="upper left")
     figure.tight_layout()
     return figure
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The tuned model and the baseline, evaluated on the same held-out rows."""
+
+    tuned: Evaluation
+    baseline: Evaluation

@@ -19,7 +19,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.events.worker import EventsWorker
 
-from adapters import prediction_log, registry
+from adapters import decisions, prediction_log, registry
 from flows import gate, promote
 from reggaeton import names
 from reggaeton.data import Split, features_array, split, synthetic_dataset
@@ -170,7 +170,7 @@ def test_identical_challenger_is_rejected_and_the_alias_stays(gate_settings: Set
     assert _champion(gate_settings) == champion
     assert _tags(gate_settings, twin)[names.Tag.DECISION] == REJECTED
     assert _tags(gate_settings, twin)[names.Tag.DECISION_AGAINST] == champion
-    assert _tags(gate_settings, champion)[names.Tag.DECISION] == promote.RETAINED
+    assert _tags(gate_settings, champion)[names.Tag.DECISION] == decisions.RETAINED
     events = _events(gate_settings, names.Event.REJECTED, twin)
     assert len(events) == 1 and events[0].payload["champion_version"] == champion
 
@@ -202,18 +202,18 @@ def test_better_challenger_replaces_the_champion_and_rollback_restores_it(
     client = registry.connect(gate_settings)
     previous = client.get_model_version_by_alias(gate_settings.mlflow.model_name, names.PREVIOUS_CHAMPION)
     assert str(previous.version) == weak
-    assert _tags(gate_settings, weak)[names.Tag.DECISION] == promote.REPLACED
+    assert _tags(gate_settings, weak)[names.Tag.DECISION] == decisions.REPLACED
 
     back = promote.rollback("precision dropped", by="bob", settings=gate_settings)
 
     assert back["version"] == weak and _champion(gate_settings) == weak
     strong_tags, weak_tags = _tags(gate_settings, strong), _tags(gate_settings, weak)
-    assert strong_tags[names.Tag.DECISION] == promote.ROLLED_BACK
+    assert strong_tags[names.Tag.DECISION] == decisions.ROLLED_BACK
     assert (
         strong_tags[names.Tag.DECIDED_BY] == "bob"
         and "precision dropped" in strong_tags[names.Tag.DECISION_REASON]
     )
-    assert weak_tags[names.Tag.DECISION] == promote.RESTORED
+    assert weak_tags[names.Tag.DECISION] == decisions.RESTORED
     assert registry.get_alias(client, gate_settings.mlflow.model_name, names.PREVIOUS_CHAMPION) is None
     # The gate does not undo an operator's rollback.
     assert promote.promotion_gate(strong, gate_settings)["outcome"] == promote.UNCHANGED

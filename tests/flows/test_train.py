@@ -17,12 +17,10 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from adapters import registry
+from adapters.tracking import CALIBRATION_ARTIFACT, PR_CURVE_ARTIFACT, is_transient_error
 from flows.train import (
-    CALIBRATION_ARTIFACT,
-    PR_CURVE_ARTIFACT,
     TRAFFIC_SOURCE,
     TrainingResult,
-    is_transient_error,
     train,
     train_flow,
     training_data,

@@ -6,7 +6,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from adapters import registry
-from flows.train import resume_request
+from adapters.tracking import resume_request
 from reggaeton import names
 from reggaeton.data import Split, features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline

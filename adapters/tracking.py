@@ -1,0 +1,239 @@
+"""MLflow tracking for training: the parent run, one nested run per trial, the evaluation, the version.
+
+Logs through MLflow's fluent API on the tracking store ``registry.connect`` configured in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import mlflow
+import optuna
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunInfo, RunStatus
+from mlflow.exceptions import MlflowException
+from optuna.trial import FrozenTrial
+from sqlalchemy.exc import OperationalError
+
+from adapters import registry
+from reggaeton import names, tuning
+from reggaeton.data import Dataset, Split
+from reggaeton.metrics import SCORE_METRICS, paired_bootstrap_difference
+from reggaeton.schema import TARGET
+from reggaeton.settings import Settings
+from reggaeton.training import Candidates, Evaluation, calibration_figure, metric_record, pr_curve_figure
+
+logger = logging.getLogger(__name__)
+
+
+BASELINE_PREFIX = "baseline_"
+
+
+PR_CURVE_ARTIFACT = "plots/precision_recall.png"
+
+
+CALIBRATION_ARTIFACT = "plots/calibration.png"
+
+
+# MLflow error codes that mean "try again later".
+_TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """Whether a failure is worth a retry: the tracking server or its database did not answer."""
+    if isinstance(error, OSError | TimeoutError | OperationalError):
+        return True
+    if isinstance(error, MlflowException):
+        # MLflow's REST client wraps connection failures and timeouts in this message.
+        return error.error_code in _TRANSIENT_CODES or str(error.message).startswith("API request to")
+    return False
+
+
+def _request_tags(request_id: str | None) -> dict[str, str]:
+    return {} if request_id is None else {names.Tag.RETRAIN_REQUEST: request_id}
+
+
+def start_training_run(
+    client: MlflowClient,
+    settings: Settings,
+    dataset: Dataset,
+    parts: Split,
+    flow_run_id: str,
+    request_id: str | None = None,
+) -> RunInfo:
+    """Open the parent MLflow run: data input, data and training settings as params; return its info."""
+    experiment_id = registry.ensure_experiment(client, settings.mlflow.training_experiment, settings)
+    tags = {
+        names.Tag.FLOW_RUN_ID: flow_run_id,
+        names.Tag.DATA_HASH: dataset.content_hash,
+        names.Tag.DATA_SOURCE: dataset.source,
+        **_request_tags(request_id),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        registry.log_dataset(dataset)
+        mlflow.log_params(
+            {
+                "data.rows": len(dataset.frame),
+                "data.positives": int(dataset.y.sum()),
+                "data.dropped_rows": dataset.dropped_rows,
+                "data.train_rows": len(parts.train),
+                "data.holdout_rows": len(parts.holdout),
+                "data.seed": settings.data.seed,
+                **{f"training.{k}": v for k, v in settings.training.model_dump().items()},
+            }
+        )
+        return run.info
+
+
+def trial_logger(
+    client: MlflowClient, experiment_id: str, parent_run_id: str
+) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """An Optuna callback recording each finished trial as a nested run (params, CV mean and spread)."""
+
+    def _log(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.value is None:
+            return
+        family, params = tuning.trial_family_and_params(trial)
+        try:
+            registry.log_nested_run(
+                client,
+                experiment_id,
+                parent_run_id,
+                run_name=f"trial-{trial.number:03d}",
+                params={tuning.FAMILY_PARAM: family, **params},
+                metrics={
+                    "cv_pr_auc_mean": trial.value,
+                    "cv_pr_auc_std": trial.user_attrs[tuning.CV_STD],
+                    "cv_threshold": trial.user_attrs[tuning.THRESHOLD],
+                    "cv_seconds": trial.user_attrs[tuning.FIT_SECONDS],
+                },
+            )
+        except Exception as error:
+            if not is_transient_error(error):
+                raise
+            # A lost trial record must not throw away the study; the parent run keeps the best trial.
+            logger.warning("could not record trial %d of %s in MLflow", trial.number, study.study_name)
+
+    return _log
+
+
+def log_evaluation(settings: Settings, run_id: str, parts: Split, candidates: Candidates) -> None:
+    """Held-out metrics of both models (with intervals), their paired PR-AUC difference, and the plots.
+
+    Logs through MLflow's fluent API, on the tracking store ``registry.connect`` configured.
+    """
+    y_true = parts.holdout[TARGET].to_numpy()
+    gain = paired_bootstrap_difference(
+        y_true,
+        candidates.baseline.proba,
+        candidates.tuned.proba,
+        SCORE_METRICS["pr_auc"],
+        settings.training.bootstrap_rounds,
+        settings.training.seed,
+    )
+    evaluations = [candidates.tuned, candidates.baseline]
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(
+            {
+                **metric_record(candidates.tuned),
+                **metric_record(candidates.baseline, BASELINE_PREFIX),
+                "pr_auc_gain_vs_baseline": gain.estimate,
+                "pr_auc_gain_vs_baseline_low": gain.low,
+                "pr_auc_gain_vs_baseline_high": gain.high,
+            }
+        )
+        mlflow.log_figure(pr_curve_figure(y_true, evaluations), PR_CURVE_ARTIFACT)
+        mlflow.log_figure(calibration_figure(y_true, evaluations), CALIBRATION_ARTIFACT)
+
+
+def register_challenger(
+    client: MlflowClient,
+    settings: Settings,
+    run_id: str,
+    parts: Split,
+    dataset: Dataset,
+    tuned: Evaluation,
+    flow_run_id: str,
+    request_id: str | None = None,
+) -> str:
+    """Log the tuned pipeline and its reference set, register a version and point ``challenger`` at it."""
+    reference = registry.reference_frame(parts.holdout, tuned.proba, tuned.threshold)
+    with mlflow.start_run(run_id=run_id):
+        model_info = registry.log_model(tuned.pipeline, parts.holdout, tuned.threshold)
+        reference_uri = registry.log_reference(reference)
+    tags = {
+        names.Tag.FLOW_RUN_ID: flow_run_id,
+        names.Tag.DATA_HASH: dataset.content_hash,
+        names.Tag.DATA_SOURCE: dataset.source,
+        names.Tag.THRESHOLD: tuned.threshold,
+        names.Tag.MODEL_FAMILY: tuned.name,
+        names.Tag.REFERENCE_URI: reference_uri,
+        **_request_tags(request_id),
+        **{f"{names.Tag.METRIC_PREFIX}{key}": value for key, value in metric_record(tuned).items()},
+    }
+    version = registry.register(client, model_info, settings.mlflow.model_name, tags)
+    client.set_registered_model_alias(settings.mlflow.model_name, names.CHALLENGER, version.version)
+    logger.info(
+        "registered %s version %s as %s", settings.mlflow.model_name, version.version, names.CHALLENGER
+    )
+    return str(version.version)
+
+
+def end_training_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
+    """Mark the parent run finished (or failed)."""
+    status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+    client.set_terminated(run_id, status)
+
+
+def resume_request(settings: Settings, request_id: str) -> str | None:
+    """What earlier attempts of a retrain request left behind, tidied; the version one registered.
+
+    A flow run killed mid-training (its worker stopped, the machine rebooted) leaves a training run
+    that looks finished (each step closes the run it reopens) and may already have registered its
+    version; the rerun of that request shares its request id. Training runs of the request that
+    registered nothing and did not fail are marked killed. When a version exists, ``challenger``
+    points at it again and its number is returned: the rerun gates it rather than registering a
+    second version for the same request.
+    """
+    client = registry.connect(settings)
+    model_name = settings.mlflow.model_name
+    found = client.search_model_versions(
+        f"name='{model_name}' and tags.`{names.Tag.RETRAIN_REQUEST}` = '{request_id}'"
+    )
+    registered = sorted(found, key=lambda version: int(version.version))
+    experiment = client.get_experiment_by_name(settings.mlflow.training_experiment)
+    if experiment is not None:
+        attempts = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{names.Tag.RETRAIN_REQUEST}` = '{request_id}'"
+        )
+        kept = {version.run_id for version in registered}
+        done = {RunStatus.to_string(RunStatus.FAILED), RunStatus.to_string(RunStatus.KILLED)}
+        for run in attempts:
+            if run.info.run_id not in kept and run.info.status not in done:
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+                logger.info("training run %s of an interrupted attempt marked killed", run.info.run_id)
+    if not registered:
+        return None
+    version = str(registered[0].version)
+    client.set_registered_model_alias(model_name, names.CHALLENGER, version)
+    logger.info("retrain request %s already registered version %s: gating it again", request_id, version)
+    return version
+
+
+def log_best_trial(client: MlflowClient, run_id: str, result: tuning.TuningResult) -> None:
+    """The study's best trial on the parent run: its family and parameters, its CV scores."""
+    client.log_batch(
+        run_id,
+        params=[
+            Param("study_name", result.study_name),
+            Param("best.family", result.family),
+            Param("best.trial", str(result.best_trial)),
+            *(Param(f"best.{key}", str(value)) for key, value in result.params.items()),
+        ],
+        metrics=[
+            Metric("cv_pr_auc_mean", result.cv_mean, 0, 0),
+            Metric("cv_pr_auc_std", result.cv_std, 0, 0),
+            Metric("cv_threshold", result.threshold, 0, 0),
+        ],
+    )

@@ -1,0 +1,37 @@
+"""Names that several files must agree on are defined once (reggaeton/names.py); these tests tie the
+files that cannot import them (prefect.yaml) and the stacks that set them to that one definition."""
+
+from __future__ import annotations
+
+import yaml
+
+from flows.deploy import PREFECT_FILE, PROJECT_DIR
+from infra import services
+from reggaeton import names
+from reggaeton.settings import Settings
+
+
+def _prefect_yaml() -> dict:
+    return yaml.safe_load((PROJECT_DIR / PREFECT_FILE).read_text())
+
+
+def test_prefect_yaml_uses_the_one_work_pool_and_deployment_names() -> None:
+    config = _prefect_yaml()
+    pools = {deployment["work_pool"]["name"] for deployment in config["deployments"]}
+    assert pools == {names.WORK_POOL} == {Settings().prefect.work_pool}
+    deployed = {deployment["name"] for deployment in config["deployments"]}
+    assert {names.TRAIN_DEPLOYMENT, names.MONITOR_DEPLOYMENT} <= deployed
+
+
+def test_prefect_yaml_triggers_name_real_events() -> None:
+    events = {value for key, value in vars(names.Event).items() if key.isupper()}
+    for deployment in _prefect_yaml()["deployments"]:
+        for trigger in deployment.get("triggers", []):
+            assert set(trigger["expect"]) <= events, trigger["name"]
+
+
+def test_both_stacks_run_workers_on_the_pool_with_the_automations_heartbeat() -> None:
+    worker = next(service for service in services.SERVICES if service.name == "worker")
+    assert worker.command[worker.command.index("--pool") + 1] == names.WORK_POOL
+    assert worker.environment["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(names.FLOW_HEARTBEAT_S)
+    assert worker.environment["REGGAETON_PREFECT__WORK_POOL"] == names.WORK_POOL
