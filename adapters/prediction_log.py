@@ -129,6 +129,49 @@ _READ_BATCH = 100_000
 _CLOCK_MARGIN: Final = timedelta(hours=1)
 
 
+def _window_query(
+    dialect: str,
+    model_version: str,
+    after: tuple[datetime, str] | None,
+    until: datetime | None,
+    features: bool,
+) -> tuple[Any, list[str]]:
+    """The SELECT of one version's rows in a window, ordered by ``(created_at, id)``, and its columns."""
+    created = predictions.c[CREATED_AT]
+    # SQLite stores timestamps as ISO text: parse them in one vectorised call instead of per row.
+    created_col = type_coerce(created, String) if dialect == "sqlite" else created
+    columns = [name for name in WINDOW_COLUMNS if name != LABEL and (features or name not in FEATURE_NAMES)]
+    query = (
+        select(
+            *(
+                created_col.label(CREATED_AT) if name == CREATED_AT else predictions.c[name]
+                for name in columns
+            )
+        )
+        .where(predictions.c[MODEL_VERSION] == model_version)
+        .order_by(created, predictions.c[PREDICTION_ID])
+    )
+    if after is not None:
+        after_at, after_id = after
+        query = query.where(
+            or_(created > after_at, and_(created == after_at, predictions.c[PREDICTION_ID] > after_id))
+        )
+    if until is not None:
+        query = query.where(created <= until)
+    return query, columns
+
+
+def _labels_by_position(frame: pd.DataFrame, labelled: list[Any]) -> np.ndarray:
+    """The feedback labels placed on the frame's rows by prediction id (NaN where none arrived)."""
+    label = np.full(len(frame), np.nan)
+    if labelled and len(frame):
+        ids, values = zip(*labelled, strict=True)
+        positions = pd.Index(frame[PREDICTION_ID]).get_indexer(list(ids))
+        found = positions >= 0
+        label[positions[found]] = np.asarray(values, dtype=np.float64)[found]
+    return label
+
+
 def read_window(
     engine: Engine,
     model_version: str,
@@ -153,33 +196,13 @@ def read_window(
         Columns ``WINDOW_COLUMNS`` (without the features when ``features`` is False): ``created_at``
         as UTC timestamps, ``label`` as float (NaN when no feedback arrived).
     """
-    created = predictions.c[CREATED_AT]
-    # SQLite stores timestamps as ISO text: parse them in one vectorised call instead of per row.
-    created_col = type_coerce(created, String) if engine.dialect.name == "sqlite" else created
-    columns = [name for name in WINDOW_COLUMNS if name != LABEL and (features or name not in FEATURE_NAMES)]
-    rows_query = (
-        select(
-            *(
-                created_col.label(CREATED_AT) if name == CREATED_AT else predictions.c[name]
-                for name in columns
-            )
-        )
-        .where(predictions.c[MODEL_VERSION] == model_version)
-        .order_by(created, predictions.c[PREDICTION_ID])
-    )
-    if after is not None:
-        after_at, after_id = after
-        rows_query = rows_query.where(
-            or_(created > after_at, and_(created == after_at, predictions.c[PREDICTION_ID] > after_id))
-        )
-    if until is not None:
-        rows_query = rows_query.where(created <= until)
+    rows_query, columns = _window_query(engine.dialect.name, model_version, after, until, features)
     # Labels in a query of their own, without a join: joining a million rows to feedback costs an index
     # probe per row. A label arrives after its prediction, so labels received before the window (less
     # a margin for clocks of several API replicas) cannot belong to it; the rest are placed by id.
     labels_query = select(feedback.c.prediction_id, feedback.c.label)
     if after is not None:
-        labels_query = labels_query.where(feedback.c.received_at >= after_at - _CLOCK_MARGIN)
+        labels_query = labels_query.where(feedback.c.received_at >= after[0] - _CLOCK_MARGIN)
     parts = []
     labelled: list[Any] = []
     # A log serving has not written to yet has no tables: an empty window (creating them is serving's job).
@@ -200,12 +223,7 @@ def read_window(
         frame[PREDICTION_ID] = frame[PREDICTION_ID].astype("object")
     else:
         frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    label = np.full(len(frame), np.nan)
-    if labelled and len(frame):
-        ids, values = zip(*labelled, strict=True)
-        positions = pd.Index(frame[PREDICTION_ID]).get_indexer(list(ids))
-        found = positions >= 0
-        label[positions[found]] = np.asarray(values, dtype=np.float64)[found]
+    label = _labels_by_position(frame, labelled)
     frame[LABEL] = label
     frame[CREATED_AT] = pd.to_datetime(frame[CREATED_AT], utc=True, format="ISO8601")
     frame[PREDICTION] = frame[PREDICTION].astype("int64")

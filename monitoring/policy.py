@@ -150,26 +150,23 @@ def _window(run: Sequence[tuple[ChunkResult, float]]) -> tuple[datetime | None, 
     return run[0][0].start, run[-1][0].end
 
 
-def evaluate(results: Results, policy: Policy) -> list[Alert]:
-    """Decide the alerts of one run (see the module docstring)."""
+def _insufficient(results: Results, policy: Policy) -> list[Alert]:
+    """``insufficient data`` for a window too small to chunk, and for chunks too thin to judge."""
     version = results.model_version
     alerts: list[Alert] = []
-    if not results.chunks:
-        if results.window_rows < policy.min_rows:
-            alerts.append(
-                Alert(
-                    AlertKind.INSUFFICIENT_DATA,
-                    version,
-                    metric="rows",
-                    value=float(results.window_rows),
-                    threshold=float(policy.min_rows),
-                    window_start=results.window_start,
-                    window_end=results.window_end,
-                    source="window",
-                )
+    if not results.chunks and results.window_rows < policy.min_rows:
+        alerts.append(
+            Alert(
+                AlertKind.INSUFFICIENT_DATA,
+                version,
+                metric="rows",
+                value=float(results.window_rows),
+                threshold=float(policy.min_rows),
+                window_start=results.window_start,
+                window_end=results.window_end,
+                source="window",
             )
-        if results.relabelled_from is None:
-            return alerts
+        )
     thin = [chunk for chunk in results.chunks if not judged(chunk, policy)]
     if thin:
         alerts.append(
@@ -185,25 +182,30 @@ def evaluate(results: Results, policy: Policy) -> list[Alert]:
                 chunks=len(thin),
             )
         )
+    return alerts
 
+
+def _degraded(results: Results, policy: Policy) -> list[Alert]:
+    """``degraded`` per metric and source (estimated, realized) below threshold for long enough."""
     chunks = [*results.history, *results.chunks]
     first_new = len(results.history)
     relabelled = first_new if results.relabelled_from is None else min(results.relabelled_from, first_new)
-    needed = policy.consecutive_chunks
+    alerts: list[Alert] = []
     for metric, threshold in policy.thresholds.items():
         sources: dict[str, tuple[Callable[[ChunkResult], float | None], int]] = {
             "estimated": (partial(_estimated_value, metric=metric, policy=policy), first_new),
             "realized": (partial(_realized_value, metric=metric, policy=policy), relabelled),
         }
         for source, (value_of, news_from) in sources.items():
-            run = _streak(chunks, news_from, value_of, partial(_below, threshold=threshold), needed)
+            below = partial(_below, threshold=threshold)
+            run = _streak(chunks, news_from, value_of, below, policy.consecutive_chunks)
             if run is None:
                 continue
             start, end = _window(run)
             alerts.append(
                 Alert(
                     AlertKind.DEGRADED,
-                    version,
+                    results.model_version,
                     metric=metric,
                     value=run[-1][1],
                     threshold=threshold,
@@ -213,36 +215,47 @@ def evaluate(results: Results, policy: Policy) -> list[Alert]:
                     chunks=len(run),
                 )
             )
+    return alerts
 
-    if any(alert.kind is AlertKind.DEGRADED for alert in alerts):
-        return alerts
+
+def _drifted(results: Results, policy: Policy) -> list[Alert]:
+    """``drifted`` when enough consecutive new chunks drift (univariate or multivariate)."""
 
     def drift_score(chunk: ChunkResult) -> float | None:
         if not judged(chunk, policy):
             return None
         return 1.0 if drifting(chunk, policy) else 0.0
 
-    run = _streak(chunks, first_new, drift_score, lambda v: v > 0, needed)
-    if run is not None:
-        last = run[-1][0]
-        start, end = _window(run)
-        features = sorted({name for chunk, _ in run for name in chunk.drifted_features})
-        alerts.append(
-            Alert(
-                AlertKind.DRIFTED,
-                version,
-                metric="reconstruction_error" if last.multivariate_drift else "drifted_features",
-                value=last.reconstruction_error
-                if last.multivariate_drift
-                else float(len(last.drifted_features)),
-                threshold=last.reconstruction_threshold
-                if last.multivariate_drift
-                else float(policy.drift_min_features),
-                window_start=start,
-                window_end=end,
-                source="drift",
-                chunks=len(run),
-                details={"features": features},
-            )
+    chunks = [*results.history, *results.chunks]
+    run = _streak(chunks, len(results.history), drift_score, lambda v: v > 0, policy.consecutive_chunks)
+    if run is None:
+        return []
+    last = run[-1][0]
+    start, end = _window(run)
+    features = sorted({name for chunk, _ in run for name in chunk.drifted_features})
+    multivariate = last.multivariate_drift
+    return [
+        Alert(
+            AlertKind.DRIFTED,
+            results.model_version,
+            metric="reconstruction_error" if multivariate else "drifted_features",
+            value=last.reconstruction_error if multivariate else float(len(last.drifted_features)),
+            threshold=last.reconstruction_threshold if multivariate else float(policy.drift_min_features),
+            window_start=start,
+            window_end=end,
+            source="drift",
+            chunks=len(run),
+            details={"features": features},
         )
-    return alerts
+    ]
+
+
+def evaluate(results: Results, policy: Policy) -> list[Alert]:
+    """Decide the alerts of one run (see the module docstring)."""
+    alerts = _insufficient(results, policy)
+    if not results.chunks and results.relabelled_from is None:
+        return alerts
+    alerts += _degraded(results, policy)
+    if any(alert.kind is AlertKind.DEGRADED for alert in alerts):
+        return alerts  # a drift is only a warning when performance did not drop
+    return alerts + _drifted(results, policy)

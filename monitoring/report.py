@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import cycle
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -65,6 +66,15 @@ def _figure(chunks: pd.DataFrame, thresholds: Mapping[str, float], title: str) -
         if len(chunks) and chunks[CHUNK_START].notna().all()
         else chunks.index
     )
+    _performance_panel(perf, x, chunks, thresholds, title)
+    _drift_panel(drift, x, chunks)
+    return figure
+
+
+def _performance_panel(
+    perf: Any, x: Any, chunks: pd.DataFrame, thresholds: Mapping[str, float], title: str
+) -> None:
+    """Estimated performance with its confidence band, realized points and thresholds, per metric."""
     for metric, colour in zip(ESTIMATED_METRICS, cycle(_METRIC_COLOURS)):
         estimated = chunks[estimated_column(metric)].astype(float)
         perf.plot(x, estimated, color=colour, label=f"estimated {metric} (CBPE)")
@@ -93,6 +103,9 @@ def _figure(chunks: pd.DataFrame, thresholds: Mapping[str, float], title: str) -
     perf.legend(loc="lower left", fontsize=8, ncols=3)
     perf.set_title(title)
 
+
+def _drift_panel(drift: Any, x: Any, chunks: pd.DataFrame) -> None:
+    """PCA reconstruction error against its threshold, and the count of drifting features as bars."""
     drift.plot(
         x, chunks[RECONSTRUCTION_ERROR].astype(float), color="tab:red", label="PCA reconstruction error"
     )
@@ -114,7 +127,6 @@ def _figure(chunks: pd.DataFrame, thresholds: Mapping[str, float], title: str) -
     bars, bar_labels = counts.get_legend_handles_labels()
     drift.legend(lines + bars, labels + bar_labels, loc="upper left", fontsize=8)
     drift.set_xlabel("chunk start")
-    return figure
 
 
 def _bar_width(x: object) -> float:
