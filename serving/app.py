@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from adapters.prediction_log import create_tables, make_engine
 from reggaeton.settings import Settings
 from serving.cache import ModelCache
-from serving.fast_path import PredictFastPath, ServingApp
+from serving.fast_path import ServingApp
 from serving.holder import ModelHolder, ServedModel, prepared
 from serving.log_writer import PredictionLogWriter
 from serving.metrics import ServingMetrics
@@ -71,55 +72,77 @@ async def _load_cached(services: Services, cache: ModelCache) -> None:
         logger.exception("cached model unusable; waiting for the registry")
 
 
+def _build_services(settings: Settings, metrics: ServingMetrics) -> Services:
+    """The server's parts for these settings; nothing started yet."""
+    log_url = settings.prediction_log_url
+    if log_url.startswith("sqlite:") or settings.serving.model_cache_dir is None:
+        settings.ensure_state_dir()
+    engine = make_engine(log_url)
+    log = PredictionLogWriter(
+        engine,
+        metrics,
+        capacity_rows=settings.serving.log_queue_size,
+        batch_rows=settings.serving.log_batch_size,
+        flush_interval_s=settings.serving.log_flush_interval_s,
+    )
+    holder = ModelHolder()
+    cache = ModelCache(settings.model_cache_dir)
+    refresher = Refresher(holder, RegistrySource(settings), cache, metrics, settings.serving.poll_interval_s)
+    return Services(
+        settings=settings,
+        holder=holder,
+        refresher=refresher,
+        predictions=PredictionService(holder, log, metrics, settings.serving.micro_batch_max),
+        log=log,
+        engine=engine,
+        metrics=metrics,
+        cache=cache,
+    )
+
+
+async def _start(services: Services) -> asyncio.Task[None]:
+    """Open the log, load the cached model (else wait, bounded, for the registry), start polling."""
+    await asyncio.to_thread(create_tables, services.engine)
+    services.log.start()
+    await _load_cached(services, services.cache)
+    if services.holder.current is None:
+        # Nothing cached: wait (bounded) for the registry so the first requests find a model.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(services.refresher.check(), timeout=STARTUP_REGISTRY_TIMEOUT_S)
+    return asyncio.create_task(services.refresher.run(), name="champion-poller")
+
+
+async def _stop(services: Services, poller: asyncio.Task[None]) -> None:
+    """Stop polling, answer what is in flight, write the log out, close the database."""
+    poller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await poller
+    await services.predictions.close()
+    await services.log.close()
+    services.engine.dispose()
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the ``Song`` schema the request body refers to."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {})["Song"] = song_json_schema()
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the prediction server for these settings (nothing is loaded until the lifespan starts)."""
     metrics = ServingMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log_url = settings.prediction_log_url
-        if log_url.startswith("sqlite:") or settings.serving.model_cache_dir is None:
-            settings.ensure_state_dir()
-        engine = make_engine(log_url)
-        await asyncio.to_thread(create_tables, engine)
-        log = PredictionLogWriter(
-            engine,
-            metrics,
-            capacity_rows=settings.serving.log_queue_size,
-            batch_rows=settings.serving.log_batch_size,
-            flush_interval_s=settings.serving.log_flush_interval_s,
-        )
-        holder = ModelHolder()
-        cache = ModelCache(settings.model_cache_dir)
-        refresher = Refresher(
-            holder, RegistrySource(settings), cache, metrics, settings.serving.poll_interval_s
-        )
-        services = Services(
-            settings=settings,
-            holder=holder,
-            refresher=refresher,
-            predictions=PredictionService(holder, log, metrics, settings.serving.micro_batch_max),
-            log=log,
-            engine=engine,
-            metrics=metrics,
-        )
-        app.state.services = services
-        log.start()
-        await _load_cached(services, cache)
-        if holder.current is None:
-            # Nothing cached: wait (bounded) for the registry so the first requests find a model.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(refresher.check(), timeout=STARTUP_REGISTRY_TIMEOUT_S)
-        poller = asyncio.create_task(refresher.run(), name="champion-poller")
+        services = app.state.services = _build_services(settings, metrics)
+        poller = await _start(services)
         try:
             yield
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
-            await services.predictions.close()
-            await log.close()
-            engine.dispose()
+            await _stop(services, poller)
 
     app = ServingApp(
         title="Reggaeton classifier",
@@ -137,15 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in routers:
         app.include_router(router)
     routes = [getattr(route, "path", "") for router in routers for route in router.routes]
+    # Every request, POST /predict's fast path included, passes the registered middlewares (ServingApp).
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
-    app.fast_path = PredictFastPath(app.state, app.framework, metrics)  # records its own requests' metrics
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {})["Song"] = song_json_schema()
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app

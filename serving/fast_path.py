@@ -1,34 +1,38 @@
 """``POST /predict`` without the framework's per-request machinery, for valid requests only.
 
 Under load, FastAPI's routing, exception and exit-stack middlewares, request/response objects and
-dependency resolution held the GIL for about half of a one-song request (py-spy); the middleware
-stack in front of any route (error handling, FastAPI's telemetry check, our metrics) took another
-tenth. :class:`ServingApp` hands ``POST /predict`` to this layer before any of it runs. The layer
-answers a valid request itself with the route's own functions (``parse_songs`` and the prediction
-service) and records the route's metrics; it hands everything else to the framework unchanged: a
-configured API key, a body without ``Content-Length`` or over the limit, and every request that
-fails to parse (its body is replayed), so errors keep exactly the route's status codes and messages.
-The FastAPI route stays the documented contract (OpenAPI) and the one that formats errors.
+dependency resolution held the GIL for about half of a one-song request (py-spy), and FastAPI's
+outer error and telemetry middlewares another tenth. :class:`ServingApp` puts this layer just inside
+the middlewares registered on the app (``add_middleware``: metrics, and any CORS, tracing or
+request-id middleware added later) and in front of all of FastAPI's own machinery: every registered
+middleware sees every request, the fast ones included, and nothing can skip them by accident.
+
+The layer answers a valid request itself with the route's own functions (:func:`receive_body`,
+``parse_songs`` and the prediction service); everything else goes to the framework with its body
+replayed: a configured API key, a body over the limit, a request that fails to parse, no model yet.
+So errors keep exactly the route's status codes and messages, and the FastAPI route stays the
+documented contract (OpenAPI) and the one place that maps errors to responses.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import State
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.metrics import ServingMetrics
-from serving.parsing import declared_length, parse_songs, response_body
+from serving.parsing import parse_songs, receive_body, response_body
 from serving.service import NoModelError
 
 PATH = "/predict"
 _JSON = (b"content-type", b"application/json")
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 _FAILED = b"Internal Server Error"
+# What the route answers better than the fast path: 4xx with its messages, 503 without a model.
+_FOR_THE_ROUTE = (RequestValidationError, HTTPException, ClientDisconnect, NoModelError)
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes]) -> None:
@@ -50,81 +54,57 @@ def _replaying(received: list[Message], receive: Receive) -> Receive:
 
 
 class PredictFastPath:
-    """Answers valid ``POST /predict`` requests directly; see the module docstring."""
+    """Answers valid ``POST /predict`` requests directly; hands every other request to ``framework``."""
 
-    def __init__(self, state: State, framework: ASGIApp, metrics: ServingMetrics) -> None:
+    def __init__(self, framework: ASGIApp, state: State) -> None:
+        self.framework = framework  # FastAPI's own middlewares and routes
         self.state = state  # the app's state, where the lifespan puts the services
-        self.app = framework  # the whole FastAPI app, middlewares included
-        self._served = metrics.requests.labels(route=PATH, status="200")
-        self._failed = metrics.requests.labels(route=PATH, status="500")
-        self._latency = metrics.latency.labels(route=PATH)
+        self.answered = 0  # requests this layer answered itself (tests and operators can tell)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = time.perf_counter()
         services: Any = getattr(self.state, "services", None)
-        declared = declared_length(scope["headers"])
         if (
-            services is None
+            scope["type"] != "http"
+            or scope["path"] != PATH
+            or scope["method"] != "POST"
+            or services is None
             or services.settings.serving.api_key is not None
-            or declared is None
-            or declared > services.settings.serving.max_body_bytes
         ):
-            await self.app(scope, receive, send)
+            await self.framework(scope, receive, send)
             return
         serving = services.settings.serving
         received: list[Message] = []
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            received.append(message)
-            if message["type"] != "http.request":  # the client went away
-                await self.app(scope, _replaying(received, receive), send)
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            chunks.append(chunk)
-            if size > serving.max_body_bytes:  # more than it declared: the route answers 413
-                await self.app(scope, _replaying(received, receive), send)
-                return
-            if not message.get("more_body", False):
-                break
         try:
-            features = parse_songs(b"".join(chunks), serving.max_batch)
-        except (RequestValidationError, HTTPException):
-            await self.app(scope, _replaying(received, receive), send)
-            return
-        try:
-            predictions = await services.predictions.predict(features)
-        except NoModelError:  # nothing was scored or logged: the route answers 503
-            await self.app(scope, _replaying(received, receive), send)
+            body = await receive_body(scope, receive, serving.max_body_bytes, received)
+            predictions = await services.predictions.predict(parse_songs(body, serving.max_batch))
+        except _FOR_THE_ROUTE:  # nothing was scored or logged: the route answers, with the same body
+            await self.framework(scope, _replaying(received, receive), send)
             return
         except Exception:  # a model that fails to score (the batcher logged it once for the whole batch)
             await _send(send, 500, _FAILED, _TEXT)
-            self._failed.inc()
-            self._latency.observe(time.perf_counter() - start)
             return
         await _send(send, 200, response_body(predictions), _JSON)
-        self._served.inc()
-        self._latency.observe(time.perf_counter() - start)
+        self.answered += 1
 
 
 class ServingApp(FastAPI):
-    """FastAPI, except that ``POST /predict`` reaches :class:`PredictFastPath` before any middleware."""
+    """FastAPI with :class:`PredictFastPath` inside the registered middlewares, ahead of FastAPI's own.
+
+    The stack, outermost first: every ``add_middleware`` middleware (in Starlette's order), the fast
+    path, then FastAPI's stack without them (server errors, telemetry, exceptions, routes).
+    """
 
     fast_path: PredictFastPath | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.fast_path is not None
-            and scope["type"] == "http"
-            and scope["path"] == PATH
-            and scope["method"] == "POST"
-        ):
-            await self.fast_path(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
-
-    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app without the fast path: FastAPI's middlewares and routes."""
-        await super().__call__(scope, receive, send)
+    def build_middleware_stack(self) -> ASGIApp:
+        """Build the stack above; called by Starlette once, on the first request or lifespan event."""
+        registered, self.user_middleware = self.user_middleware, []
+        try:
+            framework = super().build_middleware_stack()
+        finally:
+            self.user_middleware = registered
+        self.fast_path = PredictFastPath(framework, self.state)
+        app: ASGIApp = self.fast_path
+        for cls, args, kwargs in reversed(registered):
+            app = cls(app, *args, **kwargs)
+        return app

@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive, Scope
 
 from reggaeton.schema import FEATURE_NAMES
 from serving.schemas import SONG_ADAPTER, SONGS_ADAPTER
@@ -35,19 +37,41 @@ def declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
-    declared = declared_length(request.scope["headers"])
+async def receive_body(
+    scope: Scope, receive: Receive, limit: int, received: list[Message] | None = None
+) -> bytes:
+    """The request body, refused with 413 as soon as it (or its ``Content-Length``) exceeds ``limit``.
+
+    The one body reader of ``POST /predict``, for the route and the fast path alike.
+
+    Args:
+        scope: The request's ASGI scope (for its headers).
+        receive: The ASGI ``receive`` of the request.
+        limit: Most bytes accepted.
+        received: When given, every message read is appended to it (so a caller can replay them).
+
+    Raises:
+        HTTPException: 413 for a body over the limit.
+        ClientDisconnect: the client went away before the body was complete.
+    """
+    declared = declared_length(scope["headers"])
     if declared is not None and declared > limit:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if received is not None:
+            received.append(message)
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"body larger than {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def parse_songs(body: bytes, max_batch: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from reggaeton.settings import Settings
 from serving.batching import MicroBatcher
+from serving.cache import ModelCache
 from serving.holder import ModelHolder, ServedModel
 from serving.log_writer import LogEntry, PredictionLogWriter
 from serving.metrics import ServingMetrics
@@ -112,3 +113,4 @@ class Services:
     log: PredictionLogWriter
     engine: Engine
     metrics: ServingMetrics
+    cache: ModelCache

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from serving.deps import require_api_key, services_of
-from serving.parsing import parse_songs, read_body, response_body
+from serving.parsing import parse_songs, receive_body, response_body
 from serving.schemas import PredictionResponse, request_body_schema
 from serving.service import NoModelError
 
@@ -36,7 +36,8 @@ def build_router(max_batch: int, api_key_required: bool) -> APIRouter:
         services = services_of(request)
         serving = services.settings.serving
         # The body is parsed here rather than by FastAPI: one JSON parse, one schema check, no pandas.
-        features = parse_songs(await read_body(request, serving.max_body_bytes), serving.max_batch)
+        body = await receive_body(request.scope, request.receive, serving.max_body_bytes)
+        features = parse_songs(body, serving.max_batch)
         try:
             predictions = await services.predictions.predict(features)
         except NoModelError as exc:

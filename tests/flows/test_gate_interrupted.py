@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-from flows.promote import PROMOTED, REJECTED, already_decided
+from adapters.decisions import already_decided
 from reggaeton import names
+from reggaeton.promotion import PROMOTED, REJECTED
 
 
 def _decided(version: str, outcome: str, against: str) -> ModelVersion:

@@ -26,8 +26,8 @@ from adapters.prefect_api import prefect_api
 from embedded import demo, stack
 from flows.automations import FLOW_RUN_HEARTBEAT
 from flows.deploy import deploy
-from flows.promote import PROMOTED
 from reggaeton import names
+from reggaeton.promotion import PROMOTED
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -28,6 +28,7 @@ from serving.fast_path import PredictFastPath
 from serving.holder import ModelCheckError, ModelHolder, ServedModel, prepared
 from serving.log_writer import LogEntry, PredictionLogWriter
 from serving.metrics import ServingMetrics
+from serving.middleware import MetricsMiddleware
 from serving.service import PredictionService
 
 
@@ -240,7 +241,8 @@ def test_a_model_that_fails_to_score_answers_500_counted_and_unlogged(tmp_path: 
         log.start()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
-        await PredictFastPath(state, framework, metrics)(scope, receive, send)
+        app = MetricsMiddleware(PredictFastPath(framework, state), metrics, routes=["/predict"])
+        await app(scope, receive, send)
         await service.close()
         await log.close()
 
