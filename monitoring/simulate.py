@@ -33,8 +33,8 @@ from sqlalchemy import Engine, insert
 
 from adapters.prediction_log import CREATED_AT, MODEL_VERSION, PREDICTION_ID, feedback, predictions
 from reggaeton import names, synthetic
+from reggaeton.calibration import OTHER, REGGAETON, ClassProfile
 from reggaeton.schema import FEATURE_NAMES, FEATURES_BY_NAME, PREDICTION, PROBABILITY, TARGET
-from reggaeton.synthetic import OTHER, REGGAETON, ClassProfile
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from sklearn.metrics import roc_auc_score
 from monitoring import simulate
 from monitoring.api_client import PredictionApi
 from reggaeton import synthetic
+from reggaeton.calibration import REGGAETON_PRIOR
 from reggaeton.data import features_array
 from reggaeton.model import RANDOM_FOREST, build_pipeline
 from reggaeton.schema import FEATURE_NAMES, TARGET, validate_frame
-from reggaeton.synthetic import REGGAETON_PRIOR
 
 TOKEN = "test-admin-token"
 
