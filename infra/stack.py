@@ -5,8 +5,8 @@ are required secrets (an example value is refused); ``dbUser``, ``imageTag``, ``
 ``apiPort`` and ``trainingTrials`` have defaults; ``memoryMb`` (an object, service -> MB) overrides sizes.
 
 What the provider does not do by itself, the program does: containers run the built image by its id (a
-rebuild replaces them), a container that depends on a one-shot job's success gets a label whose value
-exists only when the job exited 0 (else the update fails), containers are stopped with a grace period,
+rebuild replaces them), a container that depends on a one-shot job's success is created only when the
+job exited 0 (else the update fails, saying why), containers are stopped with a grace period,
 memory+swap is explicit, the bootstrap may run past the provider's 20-minute create timeout, and the data
 volumes are left in place by ``pulumi destroy`` (``docker volume rm`` them to drop the data).
 """
@@ -44,7 +44,6 @@ HEALTH_WAIT_S = 600
 # deploying and a margin, beyond the provider's default create timeout of 20 minutes.
 ONE_SHOT_CREATE_TIMEOUT = f"{(TRAIN_TIMEOUT_S + 15 * 60) // 60}m"
 CONTAINER_TYPE = "docker:index/container:Container"
-COMPLETED_LABEL = "reggaeton.completed."  # + a one-shot dependency's name: its exit code, always 0
 
 
 def _refuse_example(config_key: str, value: str) -> str:
@@ -115,14 +114,15 @@ def _healthcheck(service: Service, config: StackConfig) -> docker.ContainerHealt
     )
 
 
-def completed_successfully(job: docker.Container, name: str) -> pulumi.Output[str]:
-    """The job's exit code as a value that exists only when it is 0: compose's service_completed_successfully.
+def completed_successfully(job: docker.Container, name: str) -> pulumi.Output[docker.Container]:
+    """The job, as a dependency that resolves only when it exited 0: compose's service_completed_successfully.
 
-    The provider records a one-shot container's exit code and reports success whatever it is; a resource
-    that takes this value as an input fails instead, and with it the update.
+    The provider records a one-shot container's exit code and reports success whatever it is. A resource
+    that depends on this output is not created when the code is not 0, and the update fails with why.
+    It changes no input, so it never makes a dependent differ from its last state.
     """
 
-    def check(code: int | None) -> str:
+    def check(code: int | None) -> docker.Container:
         if code != 0:
             urn = f"urn:pulumi:{pulumi.get_stack()}::{pulumi.get_project()}::{CONTAINER_TYPE}::{name}"
             raise RuntimeError(
@@ -130,7 +130,7 @@ def completed_successfully(job: docker.Container, name: str) -> pulumi.Output[st
                 f"with `docker logs {_container_name(name)}`, fix the cause, then run it again with "
                 f"`pulumi up --replace '{urn}'`"
             )
-        return str(code)
+        return job
 
     return job.exit_code.apply(check)
 
@@ -181,10 +181,9 @@ def build_stack(config: StackConfig) -> dict[str, docker.Container]:
             if service.name == "postgres"
             else None
         )
-        labels = [
-            docker.ContainerLabelArgs(
-                label=COMPLETED_LABEL + name, value=completed_successfully(containers[name], name)
-            )
+        after: list[pulumi.Input[pulumi.Resource]] = [containers[name] for name in service.depends_on]
+        after += [
+            completed_successfully(containers[name], name)
             for name, condition in service.depends_on.items()
             if condition == "service_completed_successfully"
         ]
@@ -210,7 +209,6 @@ def build_stack(config: StackConfig) -> dict[str, docker.Container]:
                 for name, path in service.volumes.items()
             ],
             uploads=uploads,
-            labels=labels or None,
             memory=memory,
             # Unset, Docker computes a swap limit (twice the memory) that reads back as a change on every up.
             memory_swap=memory,
@@ -223,7 +221,7 @@ def build_stack(config: StackConfig) -> dict[str, docker.Container]:
             # Stopped (SIGTERM, then this long) before a replace or destroy removes it, never just killed.
             destroy_grace_seconds=service.stop_grace_s,
             opts=pulumi.ResourceOptions(
-                depends_on=[containers[name] for name in service.depends_on],
+                depends_on=after,
                 custom_timeouts=pulumi.CustomTimeouts(create=ONE_SHOT_CREATE_TIMEOUT)
                 if service.one_shot
                 else None,
