@@ -35,7 +35,7 @@ def refused(environ: Mapping[str, str]) -> list[str]:
 
 def main() -> int:
     """Exit 0 when every secret is real, else 1 after logging which ones are not."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     problems = refused(os.environ)
     for problem in problems:
         logger.error("refusing to start the stack: %s", problem)
