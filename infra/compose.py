@@ -84,6 +84,8 @@ def _compose_service(service: Service) -> dict[str, Any]:
         out["depends_on"] = {name: {"condition": cond} for name, cond in service.depends_on.items()}
     out["networks"] = [NETWORK]
     out["mem_limit"] = f"{service.memory_mb}m"
+    out["memswap_limit"] = f"{service.memory_mb}m"  # no swap, as in the Pulumi stack
+    out["stop_grace_period"] = _duration(service.stop_grace_s)
     out["restart"] = "no" if service.one_shot else "unless-stopped"
     return out
 
@@ -105,13 +107,26 @@ def compose_text() -> str:
 
 _PORT = re.compile(r"^(?P<ip>[\d.]+):(?P<host>.+):(?P<container>\d+)$")
 _MEMORY = re.compile(r"^(?P<mb>\d+)m$")
+_SECONDS = re.compile(r"^(?P<s>\d+)s$")
+
+
+def _megabytes(value: Any) -> int | None:
+    match = _MEMORY.match(str(value))
+    return int(match["mb"]) if match else None
+
+
+def _seconds(value: Any) -> int | None:
+    # compose's default stop grace period is 10 s; the table always states one.
+    match = _SECONDS.match(str(value or "10s"))
+    return int(match["s"]) if match else None
 
 
 def compose_shape(document: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Normalise a compose document to the shape compared with the table and with Pulumi.
 
     Per service: image (``app`` for the project's image), command, environment keys, ports as
-    ``(ip, host port, container port)``, healthcheck command, dependencies, volumes, memory, one-shot.
+    ``(ip, host port, container port)``, healthcheck command, dependencies, volumes, memory and
+    memory+swap, stop grace period, one-shot.
     Templates are rendered with ``values`` (what ``.env`` or the Pulumi config would hold).
     """
 
@@ -138,7 +153,6 @@ def compose_shape(document: Mapping[str, Any], values: Mapping[str, str]) -> dic
         depends = spec.get("depends_on") or {}
         if isinstance(depends, list):
             depends = {dep: {"condition": "service_started"} for dep in depends}
-        memory = _MEMORY.match(str(spec.get("mem_limit", "")))
         shape[name] = {
             "image": APP_IMAGE if image == APP_IMAGE_REF else image,
             "command": fill(spec.get("command")),
@@ -151,7 +165,9 @@ def compose_shape(document: Mapping[str, Any], values: Mapping[str, str]) -> dic
                 for v in spec.get("volumes") or []
                 if not str(v).startswith(".")
             ),
-            "memory_mb": int(memory["mb"]) if memory else None,
+            "memory_mb": _megabytes(spec.get("mem_limit")),
+            "memory_swap_mb": _megabytes(spec.get("memswap_limit")),
+            "stop_grace_s": _seconds(spec.get("stop_grace_period")),
             "one_shot": spec.get("restart") == "no",
         }
     return shape
@@ -177,6 +193,8 @@ def table_shape(
             "depends_on": dict(service.depends_on),
             "volumes": sorted(f"{name}:{path}" for name, path in service.volumes.items()),
             "memory_mb": service.memory_mb,
+            "memory_swap_mb": service.memory_mb,
+            "stop_grace_s": service.stop_grace_s,
             "one_shot": service.one_shot,
         }
         for service in services

@@ -80,8 +80,9 @@ class Service:
     healthcheck: Healthcheck | None = None
     depends_on: Mapping[str, Condition] = field(default_factory=dict)
     volumes: Mapping[str, str] = field(default_factory=dict)  # named volume -> mount path
-    memory_mb: int = 1024
+    memory_mb: int = 1024  # also the memory+swap limit: no swap, and nothing for Docker to compute
     one_shot: bool = False  # runs to completion once (restart "no"), everything else restarts
+    stop_grace_s: int = 30  # SIGTERM, then this long before SIGKILL (compose down, Pulumi replace/destroy)
 
 
 def _pg(database: str, driver: str = "postgresql") -> str:
@@ -113,7 +114,22 @@ APP_ENVIRONMENT: dict[str, str] = {
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(names.FLOW_HEARTBEAT_S),
 }
 
+SECRET_CHECK = "check-secrets"
+
 SERVICES: tuple[Service, ...] = (
+    Service(
+        # Runs first: refuses a secret still set to its example value (.env.example), naming the variable;
+        # everything else starts after it (postgres directly, the rest through postgres).
+        name=SECRET_CHECK,
+        image=APP_IMAGE,
+        command=("python", "-m", "infra.check_secrets"),
+        environment={
+            "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}",
+            "ADMIN_TOKEN": "${ADMIN_TOKEN:?set ADMIN_TOKEN}",
+        },
+        memory_mb=256,
+        one_shot=True,
+    ),
     Service(
         name="postgres",
         image=POSTGRES_IMAGE,
@@ -123,8 +139,10 @@ SERVICES: tuple[Service, ...] = (
             "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}",
         },
         healthcheck=Healthcheck(("pg_isready", "-U", "${POSTGRES_USER:-reggaeton}", "-d", "postgres")),
+        depends_on={SECRET_CHECK: "service_completed_successfully"},
         volumes={"pgdata": "/var/lib/postgresql/data"},
         memory_mb=512,
+        stop_grace_s=60,  # a clean shutdown checkpoints; a killed Postgres replays its WAL on the next start
     ),
     Service(
         name="mlflow",

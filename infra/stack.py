@@ -1,12 +1,19 @@
 """The Pulumi program (pulumi-docker): the stack of docker-compose.yml, built from the same service table.
 
 Config (``pulumi config set``; keys in :data:`infra.services.VARIABLES`): ``dbPassword`` and ``adminToken``
-are required secrets; ``dbUser``, ``imageTag``, ``mlflowPort``, ``prefectPort``, ``apiPort`` and
-``trainingTrials`` have defaults; ``memoryMb`` (an object, service -> MB) overrides container sizes.
+are required secrets (an example value is refused); ``dbUser``, ``imageTag``, ``mlflowPort``, ``prefectPort``,
+``apiPort`` and ``trainingTrials`` have defaults; ``memoryMb`` (an object, service -> MB) overrides sizes.
+
+What the provider does not do by itself, the program does: containers run the built image by its id (a
+rebuild replaces them), a container that depends on a one-shot job's success is created only when the
+job exited 0 (else the update fails, saying why), containers are stopped with a grace period,
+memory+swap is explicit, the bootstrap may run past the provider's 20-minute create timeout, and the data
+volumes are left in place by ``pulumi destroy`` (``docker volume rm`` them to drop the data).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +21,7 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
+from infra.bootstrap import TRAIN_TIMEOUT_S
 from infra.services import (
     APP_IMAGE,
     IMAGE_REPOSITORY,
@@ -28,9 +36,23 @@ from infra.services import (
     references,
     render,
 )
+from reggaeton.settings import EXAMPLE_SECRETS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEALTH_WAIT_S = 600
+# A one-shot job's container is created when it has exited: the bootstrap's own training timeout, plus
+# deploying and a margin, beyond the provider's default create timeout of 20 minutes.
+ONE_SHOT_CREATE_TIMEOUT = f"{(TRAIN_TIMEOUT_S + 15 * 60) // 60}m"
+CONTAINER_TYPE = "docker:index/container:Container"
+
+
+def _refuse_example(config_key: str, value: str) -> str:
+    if value in EXAMPLE_SECRETS:
+        raise ValueError(
+            f"config {config_key} is an example value, not a secret: "
+            f"pulumi config set --secret {config_key} <your own>"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -50,7 +72,9 @@ def read_config(config: pulumi.Config | None = None) -> StackConfig:
     secrets: dict[str, pulumi.Output[str]] = {}
     for name, variable in VARIABLES.items():
         if variable.secret:
-            secrets[name] = config.require_secret(variable.config_key)
+            secrets[name] = config.require_secret(variable.config_key).apply(
+                functools.partial(_refuse_example, variable.config_key)
+            )
         elif variable.default is None:
             values[name] = config.require(variable.config_key)
         elif value := config.get(variable.config_key):
@@ -90,9 +114,39 @@ def _healthcheck(service: Service, config: StackConfig) -> docker.ContainerHealt
     )
 
 
+def completed_successfully(job: docker.Container, name: str) -> pulumi.Output[docker.Container]:
+    """The job, as a dependency that resolves only when it exited 0: compose's service_completed_successfully.
+
+    The provider records a one-shot container's exit code and reports success whatever it is. A resource
+    that depends on this output is not created when the code is not 0, and the update fails with why.
+    It changes no input, so it never makes a dependent differ from its last state.
+    """
+
+    def check(code: int | None) -> docker.Container:
+        if code != 0:
+            urn = f"urn:pulumi:{pulumi.get_stack()}::{pulumi.get_project()}::{CONTAINER_TYPE}::{name}"
+            raise RuntimeError(
+                f"the one-shot job {name!r} exited with code {code}, so the stack is not up: read its output "
+                f"with `docker logs {_container_name(name)}`, fix the cause, then run it again with "
+                f"`pulumi up --replace '{urn}'`"
+            )
+        return job
+
+    return job.exit_code.apply(check)
+
+
+def _prefix() -> str:
+    """What every Docker object of this stack is named after (containers, network, volumes)."""
+    return f"reggaeton-{pulumi.get_stack()}"
+
+
+def _container_name(service: str) -> str:
+    return f"{_prefix()}-{service}"
+
+
 def build_stack(config: StackConfig) -> dict[str, docker.Container]:
     """Declare the image, network, volumes and one container per service of the table."""
-    prefix = f"reggaeton-{pulumi.get_stack()}"
+    prefix = _prefix()
     tag = render(IMAGE_TAG, config.values)
     app_image = docker.Image(
         "app-image",
@@ -104,12 +158,18 @@ def build_stack(config: StackConfig) -> dict[str, docker.Container]:
     )
     remote_images: dict[str, docker.RemoteImage] = {}
     network = docker.Network(NETWORK, name=f"{prefix}-{NETWORK}")
-    volumes = {name: docker.Volume(name, name=f"{prefix}-{name}") for name in VOLUMES}
+    # `pulumi destroy` leaves the data where it is, as `docker-compose down` does; a later `up` reuses it.
+    volumes = {
+        name: docker.Volume(name, name=f"{prefix}-{name}", opts=pulumi.ResourceOptions(retain_on_delete=True))
+        for name in VOLUMES
+    }
 
     containers: dict[str, docker.Container] = {}
     for service in SERVICES:
         if service.image == APP_IMAGE:
-            image: pulumi.Input[str] = app_image.image_name
+            # The built image's id, not its tag: a rebuild under the same tag changes it, and so replaces
+            # exactly the containers that run this image.
+            image: pulumi.Input[str] = app_image.repo_digest
         else:
             if service.image not in remote_images:
                 remote_images[service.image] = docker.RemoteImage(
@@ -121,6 +181,13 @@ def build_stack(config: StackConfig) -> dict[str, docker.Container]:
             if service.name == "postgres"
             else None
         )
+        after: list[pulumi.Input[pulumi.Resource]] = [containers[name] for name in service.depends_on]
+        after += [
+            completed_successfully(containers[name], name)
+            for name, condition in service.depends_on.items()
+            if condition == "service_completed_successfully"
+        ]
+        memory = config.memory_mb.get(service.name, service.memory_mb)
         containers[service.name] = docker.Container(
             service.name,
             name=f"{prefix}-{service.name}",
@@ -142,23 +209,33 @@ def build_stack(config: StackConfig) -> dict[str, docker.Container]:
                 for name, path in service.volumes.items()
             ],
             uploads=uploads,
-            memory=config.memory_mb.get(service.name, service.memory_mb),
+            memory=memory,
+            # Unset, Docker computes a swap limit (twice the memory) that reads back as a change on every up.
+            memory_swap=memory,
             restart="no" if service.one_shot else "unless-stopped",
             # One-shot jobs run to completion during `pulumi up`; the others must become healthy.
             must_run=not service.one_shot,
             attach=service.one_shot,
             wait=service.healthcheck is not None,
             wait_timeout=HEALTH_WAIT_S if service.healthcheck is not None else None,
-            opts=pulumi.ResourceOptions(depends_on=[containers[name] for name in service.depends_on]),
+            # Stopped (SIGTERM, then this long) before a replace or destroy removes it, never just killed.
+            destroy_grace_seconds=service.stop_grace_s,
+            opts=pulumi.ResourceOptions(
+                depends_on=after,
+                custom_timeouts=pulumi.CustomTimeouts(create=ONE_SHOT_CREATE_TIMEOUT)
+                if service.one_shot
+                else None,
+            ),
         )
     return containers
 
 
 def export_endpoints(config: StackConfig) -> None:
-    """Stack outputs: the URLs people open (never a secret)."""
+    """Stack outputs: the URLs people open (never a secret), and the volumes `destroy` leaves behind."""
     for service in SERVICES:
         for port in service.ports:
             pulumi.export(f"{service.name}_url", f"http://127.0.0.1:{render(port.host, config.values)}")
+    pulumi.export("volumes", [f"{_prefix()}-{name}" for name in VOLUMES])
 
 
 def main() -> dict[str, docker.Container]:

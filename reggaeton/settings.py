@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from reggaeton import names
 
 LOCAL_PLACEHOLDER_SECRET = "local-dev-only"
+# Values anyone can read in this repository (the default above, .env.example's): refused outside local mode.
+EXAMPLE_SECRETS = frozenset({LOCAL_PLACEHOLDER_SECRET, "change-me"})
+
+
+def _env_name(path: str) -> str:
+    """The environment variable of a settings field, e.g. ``serving.admin_token``."""
+    return "REGGAETON_" + path.upper().replace(".", "__")
 
 
 class _Section(BaseModel):
@@ -149,10 +157,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:
-        if self.mode != "local" and self.serving.admin_token.get_secret_value() == LOCAL_PLACEHOLDER_SECRET:
-            raise ValueError(
-                "REGGAETON_SERVING__ADMIN_TOKEN must be set outside local mode (the default is a placeholder)"
-            )
+        if self.mode != "local":
+            self._refuse_example_secrets()
         ports = {
             "mlflow.port": self.mlflow.port,
             "serving.port": self.serving.port,
@@ -165,6 +171,27 @@ class Settings(BaseSettings):
                 # The local stack would take the first service to answer there for the other one.
                 raise ValueError(f"{name} and {clashes[0]} are both {port}: each local service needs its own")
         return self
+
+    def _refuse_example_secrets(self) -> None:
+        secrets = {"serving.admin_token": self.serving.admin_token, "serving.api_key": self.serving.api_key}
+        for path, secret in secrets.items():
+            if secret is not None and secret.get_secret_value() in EXAMPLE_SECRETS:
+                raise ValueError(
+                    f"{_env_name(path)} is an example value, not a secret: set your own outside local mode"
+                )
+        urls = {
+            "mlflow.tracking_uri": self.mlflow.tracking_uri,
+            "mlflow.registry_uri": self.mlflow.registry_uri,
+            "training.optuna_storage": self.training.optuna_storage,
+            "serving.prediction_log_url": self.serving.prediction_log_url,
+            "monitoring.results_url": self.monitoring.results_url,
+        }
+        for path, url in urls.items():
+            if url and urlsplit(url).password in EXAMPLE_SECRETS:
+                raise ValueError(
+                    f"the password in {_env_name(path)} is an example value, not a secret: "
+                    "set your own outside local mode"
+                )
 
     # Resolved locations: the defaults all live in one state folder.
     @property

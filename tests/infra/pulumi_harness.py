@@ -15,6 +15,7 @@ IMAGE = "docker:index/image:Image"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
+APP_IMAGE_ID = "sha256:1111"
 # How the engine receives a secret value (Pulumi's wire format for secrets).
 SECRET_SIGNATURE = "4dabf18193072939515e22adb298388d"
 
@@ -33,10 +34,16 @@ def unwrap(value: Any) -> tuple[Any, bool]:
 
 
 class RecordingMocks(Mocks):
-    """A fake engine: every resource gets its inputs back as outputs, plus what the real provider computes."""
+    """A fake engine: every resource gets its inputs back as outputs, plus what the real provider computes.
 
-    def __init__(self) -> None:
+    The built image's id and the one-shot containers' exit codes (0 unless ``exit_codes`` says otherwise)
+    are what pulumi-docker reports after a build and after a container with ``attach`` has exited.
+    """
+
+    def __init__(self, image_id: str = APP_IMAGE_ID, exit_codes: dict[str, int] | None = None) -> None:
         self.resources: list[MockResourceArgs] = []
+        self.image_id = image_id
+        self.exit_codes = exit_codes or {}
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
         self.resources.append(args)
@@ -44,7 +51,10 @@ class RecordingMocks(Mocks):
         if args.typ == REMOTE_IMAGE:
             outputs["imageId"] = args.inputs["name"]
         if args.typ == IMAGE:
-            outputs["repoDigest"] = f"{args.inputs['imageName']}@sha256:0"
+            # A local, unpushed image: the provider's repoDigest is the image id.
+            outputs["repoDigest"] = self.image_id
+        if args.typ == CONTAINER and args.inputs.get("attach"):
+            outputs["exitCode"] = self.exit_codes.get(args.name, 0)
         return f"{args.name}-id", outputs
 
     def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
@@ -70,14 +80,24 @@ class Run:
     mocks: RecordingMocks
     containers: dict[str, Any]
     depends_on: dict[str, list[str]] = field(default_factory=dict)
+    options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)
     secret: dict[str, dict[str, bool]] = field(default_factory=dict)
 
 
-def run_program(config: dict[str, str], secret_keys: list[str]) -> Run:
-    """Run ``infra.stack.main`` under mocks with this config (keys without the project prefix)."""
+def run_program(
+    config: dict[str, str],
+    secret_keys: list[str],
+    image_id: str = APP_IMAGE_ID,
+    exit_codes: dict[str, int] | None = None,
+    mocks: RecordingMocks | None = None,
+) -> Run:
+    """Run ``infra.stack.main`` under mocks with this config (keys without the project prefix).
+
+    ``mocks`` (else fresh ones) keep what was declared even when the program fails.
+    """
     from infra import stack
 
-    mocks = RecordingMocks()
+    mocks = mocks or RecordingMocks(image_id, exit_codes)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False)
     pulumi.runtime.set_all_config(
         {f"{PROJECT}:{key}": value for key, value in config.items()},
@@ -86,8 +106,15 @@ def run_program(config: dict[str, str], secret_keys: list[str]) -> Run:
     run = Run(mocks=mocks, containers={})
 
     def record_dependencies(args: pulumi.ResourceTransformationArgs) -> None:
+        run.options[args.name] = args.opts
         if args.type_ == CONTAINER:
-            run.depends_on[args.name] = sorted(dep._name for dep in (args.opts.depends_on or []))  # type: ignore[union-attr]
+            # Plain resources by name; the outputs that gate on a job's success are checked by behaviour.
+            deps = args.opts.depends_on or []
+            run.depends_on[args.name] = sorted(
+                dep._name  # type: ignore[attr-defined]
+                for dep in deps  # type: ignore[union-attr]
+                if isinstance(dep, pulumi.Resource)
+            )
 
     @pulumi.runtime.test
     def program() -> Any:
@@ -108,7 +135,11 @@ def run_program(config: dict[str, str], secret_keys: list[str]) -> Run:
 
 
 def container_shape(run: Run, image_name: str) -> dict[str, dict[str, Any]]:
-    """The declared containers in the shape of ``infra.compose.compose_shape``."""
+    """The declared containers in the shape of ``infra.compose.compose_shape``.
+
+    ``app`` stands for the image built as ``image_name``, which containers reference by its id.
+    """
+    assert [image["imageName"] for image in run.mocks.of_type(IMAGE).values()] == [image_name]
     prefix = f"reggaeton-{STACK}-"
     volume_names = {inputs["name"]: name for name, inputs in run.mocks.of_type(VOLUME).items()}
     shape: dict[str, dict[str, Any]] = {}
@@ -117,7 +148,7 @@ def container_shape(run: Run, image_name: str) -> dict[str, dict[str, Any]]:
         image = inputs["image"]
         health = inputs.get("healthcheck")
         shape[name] = {
-            "image": "app" if image == image_name else image,
+            "image": "app" if image == run.mocks.image_id else image,
             "command": list(inputs["command"]) if inputs.get("command") else None,
             "environment": sorted(env.split("=", 1)[0] for env in inputs.get("envs", [])),
             "ports": sorted((p["ip"], p["external"], p["internal"]) for p in inputs.get("ports", [])),
@@ -127,6 +158,8 @@ def container_shape(run: Run, image_name: str) -> dict[str, dict[str, Any]]:
                 f"{volume_names[v['volumeName']]}:{v['containerPath']}" for v in inputs.get("volumes", [])
             ),
             "memory_mb": inputs.get("memory"),
+            "memory_swap_mb": inputs.get("memorySwap"),
+            "stop_grace_s": inputs.get("destroyGraceSeconds"),
             "one_shot": inputs.get("restart") == "no",
         }
     return shape

@@ -1,4 +1,5 @@
-"""The compose stack for real: build, converge, predict, retrain through the worker, restart, tear down.
+"""The compose stack for real: build, converge, predict, retrain through the worker, restart, tear down;
+and, with the image it built, `up` refused while a secret holds its example value.
 
 Needs a Docker engine (locally: skipped with the reason; under CI=true: a failure). `.ci/run` prepares one.
 """
@@ -20,7 +21,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from infra.services import SERVICES
+from infra.services import SECRET_CHECK, SERVICES
 from reggaeton.names import MODEL_NAME
 from reggaeton.schema import EXAMPLE_SONGS, INVALID_EXAMPLE_SONG
 
@@ -106,6 +107,14 @@ class Stack:
         return self.compose("logs", "--no-color", "--tail", "60", check=False, timeout_s=120).stdout
 
 
+def project_stack(command: list[str], project: str, env: dict[str, str], env_file: Path) -> Stack:
+    """A compose project of the repository's compose file, its ``.env`` written from ``env``."""
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+    full = [*command, "--project-name", project, "--project-directory", str(REPO_ROOT)]
+    full += ["--env-file", str(env_file), "--file", str(REPO_ROOT / "docker-compose.yml")]
+    return Stack(command=full, env=env)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     problem = engine_problem()
@@ -126,19 +135,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TRAINING_TRIALS": "3",
     }
     env_file = tmp_path_factory.mktemp("compose") / ".env"
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
-    project = f"reggaeton-test-{os.getpid()}"
-    full = [
-        *command,
-        "--project-name",
-        project,
-        "--project-directory",
-        str(REPO_ROOT),
-        "--env-file",
-        str(env_file),
-    ]
-    full += ["--file", str(REPO_ROOT / "docker-compose.yml")]
-    running = Stack(command=full, env=env)
+    running = project_stack(command, f"reggaeton-test-{os.getpid()}", env, env_file)
     try:
         started = time.monotonic()
         up = running.compose("up", "-d", "--build", timeout_s=UP_TIMEOUT_S, check=False)
@@ -234,3 +231,21 @@ def test_image_is_non_root_and_its_size_is_reported(stack: Stack) -> None:
         bindings = stack.inspect(stack.container(service.name))["HostConfig"]["PortBindings"] or {}
         host_ips = {b["HostIp"] for entries in bindings.values() for b in entries or []}
         assert host_ips <= {"127.0.0.1"}, (service.name, bindings)
+
+
+def test_an_example_secret_stops_compose_before_any_service_starts(stack: Stack, tmp_path: Path) -> None:
+    # `cp .env.example .env` with one secret left as it is; the image is the one the stack built.
+    env = {**stack.env, "ADMIN_TOKEN": "change-me"}
+    command = compose_command()
+    assert command is not None
+    refused = project_stack(command, f"reggaeton-refused-{os.getpid()}", env, tmp_path / ".env")
+    try:
+        up = refused.compose("up", "-d", "--no-build", "postgres", check=False, timeout_s=300)
+        assert up.returncode != 0, up.stdout + up.stderr
+        assert SECRET_CHECK in up.stdout + up.stderr
+        logs = refused.compose("logs", "--no-color", SECRET_CHECK, check=False, timeout_s=120).stdout
+        assert "ADMIN_TOKEN is still the example value" in logs, logs
+        postgres = refused.container("postgres")
+        assert not postgres or not refused.inspect(postgres)["State"]["Running"]
+    finally:
+        refused.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False, timeout_s=300)

@@ -12,6 +12,7 @@ from pulumi_harness import run_program
 
 from infra import compose
 from infra.services import SERVICES, VARIABLES, Port, Service, inline_defaults, references, render
+from reggaeton.settings import EXAMPLE_SECRETS
 
 # What .env (compose) and the Pulumi config (stack) hold: only the secrets (every default applies, so a
 # changed default shows), and every variable set (so a renamed variable shows).
@@ -200,3 +201,8 @@ def test_env_example_covers_every_variable() -> None:
         line.split("=", 1)[0] for line in example.splitlines() if "=" in line and not line.startswith("#")
     }
     assert keys == set(VARIABLES)
+    values = dict(
+        line.split("=", 1) for line in example.splitlines() if "=" in line and not line.startswith("#")
+    )
+    # Whatever .env.example suggests for a secret is refused, so `cp .env.example .env` alone never starts.
+    assert {values[name] for name, v in VARIABLES.items() if v.secret} <= EXAMPLE_SECRETS

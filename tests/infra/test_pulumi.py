@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 import yaml
 from pulumi_harness import (
+    APP_IMAGE_ID,
     CONTAINER,
     IMAGE,
     NETWORK,
     REMOTE_IMAGE,
     VOLUME,
+    RecordingMocks,
     Run,
     run_program,
 )
 
+from infra.bootstrap import TRAIN_TIMEOUT_S
 from infra.services import APP_IMAGE, INIT_SQL_PATH, SERVICES, VARIABLES, VOLUMES, init_sql
 
 PASSWORD = "pw-under-test-7f3a"
@@ -51,7 +54,8 @@ def test_containers_are_wired_to_the_network_image_volumes_and_dependencies(run:
     for service in SERVICES:
         inputs = containers[service.name]
         assert inputs["networksAdvanced"] == [{"name": "reggaeton-dev-reggaeton", "aliases": [service.name]}]
-        expected_image = "reggaeton-mlops:t1" if service.image == APP_IMAGE else service.image
+        # The built image by its id (what the provider reports for a local image), never by its tag.
+        expected_image = APP_IMAGE_ID if service.image == APP_IMAGE else service.image
         assert inputs["image"] == expected_image
         assert run.depends_on[service.name] == sorted(service.depends_on)
         mounted = {v["volumeName"]: v["containerPath"] for v in inputs.get("volumes", [])}
@@ -110,6 +114,86 @@ def test_memory_sizes_are_config() -> None:
     containers = run.mocks.of_type(CONTAINER)
     assert containers["api"]["memory"] == 3072
     assert containers["worker"]["memory"] == next(s.memory_mb for s in SERVICES if s.name == "worker")
+    # Memory+swap follows: a raised limit never exceeds a stale swap limit (Docker refuses that).
+    assert containers["api"]["memorySwap"] == 3072
+
+
+def test_example_secrets_are_refused_naming_the_config_key() -> None:
+    with pytest.raises(ValueError, match="config dbPassword is an example value"):
+        run_program({**SECRETS, "dbPassword": "change-me"}, secret_keys=list(SECRETS))
+    with pytest.raises(ValueError, match="config adminToken is an example value"):
+        run_program({**SECRETS, "adminToken": "change-me"}, secret_keys=list(SECRETS))
+
+
+def test_a_rebuilt_image_changes_exactly_the_containers_that_run_it() -> None:
+    config = {**SECRETS, "imageTag": "t1"}
+    first, same = (run_program(config, secret_keys=list(SECRETS)) for _ in range(2))
+    rebuilt = run_program(config, secret_keys=list(SECRETS), image_id="sha256:2222")
+    # Same config, same image: every resource gets the same inputs (nothing for a second `up` to change).
+    assert [(r.typ, r.name, r.inputs) for r in first.mocks.resources] == [
+        (r.typ, r.name, r.inputs) for r in same.mocks.resources
+    ]
+    # Same tag, new build: only the containers of the app image see a new image (the provider replaces
+    # a container whose image changes); nothing else changes.
+    before, after = first.mocks.of_type(CONTAINER), rebuilt.mocks.of_type(CONTAINER)
+    for service in SERVICES:
+        changed = {
+            key for key in before[service.name] if before[service.name][key] != after[service.name][key]
+        }
+        assert changed == ({"image"} if service.image == APP_IMAGE else set()), service.name
+        if service.image == APP_IMAGE:
+            assert after[service.name]["image"] == "sha256:2222"
+
+
+def needs(job: str) -> set[str]:
+    """The services that run only after ``job`` completed successfully, directly or through others."""
+    found: set[str] = set()
+    for service in SERVICES:  # the table is in dependency order
+        if service.depends_on.get(job) == "service_completed_successfully" or found & set(service.depends_on):
+            found.add(service.name)
+    return found
+
+
+@pytest.mark.parametrize("job", [s.name for s in SERVICES if s.one_shot])
+def test_a_failed_one_shot_job_fails_the_update_and_blocks_what_needs_it(job: str) -> None:
+    mocks = RecordingMocks(exit_codes={job: 3})
+    with pytest.raises(RuntimeError, match=rf"one-shot job '{job}' exited with code 3") as failure:
+        run_program(SECRETS, secret_keys=list(SECRETS), mocks=mocks)
+    assert f"docker logs reggaeton-dev-{job}" in str(failure.value)
+    urn = f"urn:pulumi:dev::reggaeton::docker:index/container:Container::{job}"
+    assert f"pulumi up --replace '{urn}'" in str(failure.value)
+    created = set(mocks.of_type(CONTAINER))
+    assert needs(job) and not needs(job) & created
+    assert job in created
+
+
+def test_a_job_that_exited_0_lets_what_needs_it_start(run: Run) -> None:
+    assert needs("bootstrap") == {"api"}
+    assert {"api", "postgres"} <= set(run.mocks.of_type(CONTAINER))
+
+
+def test_containers_stop_gracefully_with_explicit_swap(run: Run) -> None:
+    containers = run.mocks.of_type(CONTAINER)
+    for service in SERVICES:
+        inputs = containers[service.name]
+        assert inputs["destroyGraceSeconds"] == service.stop_grace_s >= 10, service.name
+        assert inputs["memorySwap"] == inputs["memory"] == service.memory_mb, service.name
+    assert containers["postgres"]["destroyGraceSeconds"] >= 60
+
+
+def test_one_shot_jobs_may_run_longer_than_the_bootstrap_training_timeout(run: Run) -> None:
+    for service in SERVICES:
+        timeouts = run.options[service.name].custom_timeouts
+        if service.one_shot:
+            assert timeouts is not None and timeouts.create is not None
+            assert timeouts.create.endswith("m") and int(timeouts.create[:-1]) * 60 > TRAIN_TIMEOUT_S
+        else:
+            assert timeouts is None, service.name
+
+
+def test_destroy_leaves_the_data_volumes(run: Run) -> None:
+    for name in VOLUMES:
+        assert run.options[name].retain_on_delete is True, name
 
 
 def test_stack_files_name_known_config_keys_and_hold_no_secret() -> None:

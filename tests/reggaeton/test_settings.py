@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from reggaeton.settings import Settings
+from reggaeton.settings import EXAMPLE_SECRETS, Settings
 
 
 def test_defaults_are_the_local_stack() -> None:
@@ -23,3 +23,31 @@ def test_production_needs_its_own_admin_token() -> None:
     with pytest.raises(ValidationError, match="REGGAETON_SERVING__ADMIN_TOKEN"):
         Settings(mode="production")
     assert Settings(mode="production", serving={"admin_token": "s3cret-token"}).mode == "production"
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLE_SECRETS))
+def test_production_refuses_example_secrets_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, example: str
+) -> None:
+    monkeypatch.setenv("REGGAETON_MODE", "production")
+    monkeypatch.setenv("REGGAETON_SERVING__ADMIN_TOKEN", example)
+    with pytest.raises(ValidationError, match="REGGAETON_SERVING__ADMIN_TOKEN is an example value"):
+        Settings()
+    monkeypatch.setenv("REGGAETON_SERVING__ADMIN_TOKEN", "s3cret-token")
+    monkeypatch.setenv("REGGAETON_SERVING__API_KEY", example)
+    with pytest.raises(ValidationError, match="REGGAETON_SERVING__API_KEY is an example value"):
+        Settings()
+    monkeypatch.delenv("REGGAETON_SERVING__API_KEY")
+    # A database password is a secret too, inside its URL.
+    monkeypatch.setenv("REGGAETON_SERVING__PREDICTION_LOG_URL", f"postgresql://reggaeton:{example}@db:5432/p")
+    with pytest.raises(ValidationError, match="password in REGGAETON_SERVING__PREDICTION_LOG_URL"):
+        Settings()
+    monkeypatch.setenv("REGGAETON_SERVING__PREDICTION_LOG_URL", "postgresql://reggaeton:s3cret@db:5432/p")
+    assert Settings().mode == "production"
+
+
+def test_local_mode_accepts_the_example_secrets() -> None:
+    settings = Settings(
+        serving={"admin_token": "change-me"}, training={"optuna_storage": "postgresql://u:change-me@h/o"}
+    )
+    assert settings.mode == "local"
