@@ -15,12 +15,11 @@ import sys
 from typing import cast
 
 from adapters.prefect_api import export_api_url
+from infra.services import TRAIN_TIMEOUT_S
 from reggaeton import names
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-TRAIN_TIMEOUT_S = 3600
 
 
 def has_champion(settings: Settings) -> bool:

@@ -23,6 +23,8 @@ NETWORK = "reggaeton"
 WORK_POOL = names.WORK_POOL
 DATABASES = ("prefect", "mlflow", "predictions", "optuna")
 INIT_SQL_PATH = "/docker-entrypoint-initdb.d/10-databases.sql"
+# How long the bootstrap job waits for the first training (its container may run this long, plus deploying).
+TRAIN_TIMEOUT_S = 3600
 
 Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
-from infra.bootstrap import TRAIN_TIMEOUT_S
 from infra.services import (
     APP_IMAGE,
     IMAGE_REPOSITORY,
@@ -29,6 +28,7 @@ from infra.services import (
     INIT_SQL_PATH,
     NETWORK,
     SERVICES,
+    TRAIN_TIMEOUT_S,
     VARIABLES,
     VOLUMES,
     Service,

@@ -19,8 +19,7 @@ from pulumi_harness import (
     run_program,
 )
 
-from infra.bootstrap import TRAIN_TIMEOUT_S
-from infra.services import APP_IMAGE, INIT_SQL_PATH, SERVICES, VARIABLES, VOLUMES, init_sql
+from infra.services import APP_IMAGE, INIT_SQL_PATH, SERVICES, TRAIN_TIMEOUT_S, VARIABLES, VOLUMES, init_sql
 
 PASSWORD = "pw-under-test-7f3a"
 TOKEN = "token-under-test-91c2"
