@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from adapters.prediction_log import create_tables, make_engine
 from reggaeton.settings import Settings
 from serving.cache import ModelCache
+from serving.events import emit_log_state
 from serving.fast_path import PredictFastPath, ServingApp
 from serving.holder import ModelHolder, ServedModel, prepared
 from serving.log_writer import PredictionLogWriter
@@ -27,7 +28,8 @@ from serving.routers import status as status_routes
 from serving.schemas import song_json_schema
 from serving.service import PredictionService, Services
 from serving.source import RegistrySource
-from serving.threads import in_daemon_thread
+from serving.spool import Journal
+from serving.threads import fire_and_forget, in_daemon_thread
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +80,40 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_url = settings.prediction_log_url
-        if log_url.startswith("sqlite:") or settings.serving.model_cache_dir is None:
+        if (
+            log_url.startswith("sqlite:")
+            or settings.serving.model_cache_dir is None
+            or (settings.serving.durable_log and settings.serving.spool_dir is None)
+        ):
             settings.ensure_state_dir()
         engine = make_engine(log_url)
         await asyncio.to_thread(create_tables, engine)
+        serving = settings.serving
+        journal = None
+        if serving.durable_log:
+            journal = Journal(
+                settings.spool_dir,
+                max_bytes=serving.spool_max_bytes,
+                segment_bytes=serving.spool_segment_bytes,
+                fsync=serving.spool_fsync,
+            )
+
+        def on_log_state(available: bool, detail: str) -> None:
+            spooled = 0 if journal is None else journal.bytes
+            fire_and_forget(
+                emit_log_state, settings.mlflow.model_name, available, detail, spooled, name="log-state-event"
+            )
+
         log = PredictionLogWriter(
             engine,
             metrics,
-            capacity_rows=settings.serving.log_queue_size,
-            batch_rows=settings.serving.log_batch_size,
-            flush_interval_s=settings.serving.log_flush_interval_s,
+            capacity_rows=serving.log_queue_size,
+            batch_rows=serving.log_batch_size,
+            flush_interval_s=serving.log_flush_interval_s,
+            journal=journal,
+            retry_after_s=serving.retry_after_s,
+            close_timeout_s=serving.log_close_timeout_s,
+            on_state=on_log_state,
         )
         holder = ModelHolder()
         cache = ModelCache(settings.model_cache_dir)

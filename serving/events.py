@@ -56,3 +56,37 @@ def emit_reload_failed(model_name: str, version: str, reason: str, serving_versi
         # Reload failures are rare: wait (bounded) until this one has left the process.
         EventsWorker.drain_all(timeout=_DRAIN_TIMEOUT_S, at_exit=False)
     return True
+
+
+def emit_log_state(model_name: str, available: bool, detail: str, spool_bytes: int) -> bool:
+    """Send ``reggaeton.serving.log_unavailable`` or ``log_recovered``; blocking, call it from a thread.
+
+    Args:
+        model_name: The served model (the event's resource, like every server event).
+        available: False when writes to the log database start failing, True when they succeed again.
+        detail: The write error (for a recovery, the error that had stopped the writes).
+        spool_bytes: Bytes in the journal when the state changed.
+
+    Returns:
+        Whether the event was handed to Prefect's events worker.
+    """
+    name = names.Event.LOG_RECOVERED if available else names.Event.LOG_UNAVAILABLE
+    if not prefect_api_configured():
+        logger.warning("no Prefect API URL configured; not sending %s", name)
+        return False
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    with _EMIT_LOCK:
+        event = emit_event(
+            event=name,
+            resource={
+                "prefect.resource.id": f"{names.Event.RESOURCE_PREFIX}.{model_name}",
+                "prefect.resource.name": model_name,
+            },
+            payload={"error": detail[:2000], "spool_bytes": spool_bytes},
+        )
+        if event is None:
+            return False
+        EventsWorker.drain_all(timeout=_DRAIN_TIMEOUT_S, at_exit=False)
+    return True

@@ -21,8 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.log_writer import LogUnavailableError
 from serving.metrics import ServingMetrics
-from serving.parsing import declared_length, parse_songs, response_body
+from serving.parsing import declared_length, parse_songs, response_body, unavailable_body
 from serving.service import NoModelError
 
 PATH = "/predict"
@@ -31,8 +32,10 @@ _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 _FAILED = b"Internal Server Error"
 
 
-async def _send(send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes]) -> None:
-    headers = [content_type, (b"content-length", str(len(body)).encode())]
+async def _send(
+    send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes], *extra: tuple[bytes, bytes]
+) -> None:
+    headers = [content_type, (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -57,6 +60,7 @@ class PredictFastPath:
         self.app = framework  # the whole FastAPI app, middlewares included
         self._served = metrics.requests.labels(route=PATH, status="200")
         self._failed = metrics.requests.labels(route=PATH, status="500")
+        self._refused = metrics.requests.labels(route=PATH, status="503")
         self._latency = metrics.latency.labels(route=PATH)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,6 +102,12 @@ class PredictFastPath:
             predictions = await services.predictions.predict(features)
         except NoModelError:  # nothing was scored or logged: the route answers 503
             await self.app(scope, _replaying(received, receive), send)
+            return
+        except LogUnavailableError as exc:  # not answered, so nothing logged: retry soon, elsewhere
+            retry_after = str(serving.retry_after_s).encode()
+            await _send(send, 503, unavailable_body(exc), _JSON, (b"retry-after", retry_after))
+            self._refused.inc()
+            self._latency.observe(time.perf_counter() - start)
             return
         except Exception:  # a model that fails to score (the batcher logged it once for the whole batch)
             await _send(send, 500, _FAILED, _TEXT)

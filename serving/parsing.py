@@ -92,3 +92,8 @@ def parse_songs(body: bytes, max_batch: int) -> np.ndarray:
 def response_body(predictions: Sequence[dict[str, Any]]) -> bytes:
     """The ``POST /predict`` answer, serialised (both the route and the fast path send exactly this)."""
     return orjson.dumps({"predictions": predictions})
+
+
+def unavailable_body(error: Exception) -> bytes:
+    """The 503 answer of ``POST /predict`` while the prediction log cannot take rows."""
+    return orjson.dumps({"detail": str(error)})
