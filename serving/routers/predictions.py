@@ -26,8 +26,11 @@ def build_router(max_batch: int, api_key_required: bool) -> APIRouter:
         response_model=PredictionResponse,
         responses={
             401: {"description": "Missing or wrong API key (when one is configured)."},
-            413: {"description": "Body or batch too large."},
-            422: {"description": "A song breaks the feature schema; the error names the field."},
+            413: {"description": "Body larger than the server's limit."},
+            422: {
+                "description": "A song breaks the feature schema (the error names the field), or the list "
+                "holds more songs than maxItems."
+            },
             503: {
                 "description": "No model loaded yet, or the prediction log cannot take rows now "
                 "(its spool is full or unwritable; see Retry-After). Nothing was logged."
