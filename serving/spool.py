@@ -15,6 +15,7 @@ middle of ``write()`` was never answered; replay skips it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_LOCK_FILE = "spool.lock"  # flock-ed by the server using the folder; not a segment
 _SEGMENT = re.compile(r"^segment-(\d{12})\.jsonl$")
 _FIRST_READ = 1 << 20
 # Each segment holds at most this share of the bound, so a committed segment is freed long before the
@@ -90,8 +92,8 @@ class Chunk:
     skipped: int  # bytes of a torn last line dropped (a crash in the middle of a write)
 
 
-class SpoolFullError(RuntimeError):
-    """The journal holds its bound (or cannot be written): no more rows until the database catches up."""
+class SpoolLockedError(RuntimeError):
+    """Another running server holds this spool folder."""
 
 
 class Journal:
@@ -105,11 +107,23 @@ class Journal:
         self._sizes: dict[int, int] = {}  # every segment on disk -> its size
         self._current = 0
         self._fd = -1
+        self._lock = -1
         self.backlog_end = Position(0, 0)  # segments before this were left by an earlier process
 
     def open(self) -> Position | None:
-        """Open a new segment after those left by an earlier process; returns where those start, if any."""
+        """Open a new segment after those left by an earlier process; returns where those start, if any.
+
+        Raises:
+            SpoolLockedError: another live process uses this folder (each server needs its own).
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(self.directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            self._lock = -1
+            raise SpoolLockedError(f"{self.directory} is the spool of another running server") from None
         for path in self.directory.iterdir():
             match = _SEGMENT.match(path.name)
             if match:
@@ -229,6 +243,9 @@ class Journal:
         if committed is not None and committed >= self.end:
             for number in list(self._sizes):
                 self._unlink(number)
+        if self._lock >= 0:
+            os.close(self._lock)  # releases the flock
+            self._lock = -1
 
     def _open_current(self) -> None:
         path = self.directory / segment_name(self._current)

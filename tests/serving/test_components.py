@@ -28,7 +28,12 @@ from serving.holder import ModelCheckError, ModelHolder, ServedModel, examples_a
 from serving.log_writer import LogEntry, LogUnavailableError, PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.service import PredictionService
-from serving.spool import Journal
+from serving.spool import Journal, SpoolLockedError
+
+
+def _segments(folder: Path) -> list[Path]:
+    """The journal's segment files (the folder also holds the lock file of the server using it)."""
+    return sorted(folder.glob("segment-*.jsonl"))
 
 
 class _CountingModel:
@@ -288,7 +293,7 @@ def test_a_full_queue_spills_to_the_journal_and_loses_nothing(tmp_path: Path) ->
     assert metrics.log_rows_replayed._value.get() > 0  # read back from the journal
     assert metrics.log_rows_written._value.get() == 2 * entries
     assert metrics.log_rows_spooled._value.get() == 2 * entries
-    assert list((tmp_path / "spool").iterdir()) == []  # all committed: the journal is gone
+    assert _segments(tmp_path / "spool") == []  # all committed: the journal is gone
     engine.dispose()
 
 
@@ -302,7 +307,7 @@ def test_a_journal_left_behind_is_replayed_exactly_once(tmp_path: Path) -> None:
         first.append(_entry(i))
     first.close(None)  # as if killed: every segment left on disk
     # A torn last record (killed in the middle of a write; it was never answered).
-    last = sorted(spool.iterdir())[-1]
+    last = _segments(spool)[-1]
     with last.open("ab") as file:
         file.write(b'{"t": "2026-11-30T')
     # Half of them made it to the database before the crash.
@@ -344,7 +349,7 @@ def test_a_journal_left_behind_is_replayed_exactly_once(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)) == 2 * 31
     # The 60 rows left behind, and the 2 put while they were replayed (queued behind them in the journal).
     assert metrics.log_rows_replayed._value.get() == 62
-    assert list(spool.iterdir()) == []
+    assert _segments(spool) == []
     engine.dispose()
 
 
@@ -404,3 +409,14 @@ def test_cache_round_trip_and_other_model_ignored(tmp_path: Path) -> None:
         loaded.probabilities(examples_array()), _served(model).probabilities(examples_array())
     )
     assert cache.load("another-model") is None
+
+
+def test_one_spool_folder_serves_one_server_at_a_time(tmp_path: Path) -> None:
+    first = Journal(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=1024)
+    first.open()
+    with pytest.raises(SpoolLockedError, match="another running server"):
+        Journal(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=1024).open()
+    first.close(first.end)
+    second = Journal(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=1024)
+    assert second.open() is None  # free again, and nothing left to replay
+    second.close(second.end)
