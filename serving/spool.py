@@ -174,10 +174,10 @@ class Journal:
             raise
         end = start + len(data)
         self._sizes[self._current] = end
-        position = Position(self._current, end)
         if end >= self._segment_bytes:
             self._rotate()
-        return position
+            return Position(self._current, 0)  # the same place: once it is committed, the old segment goes
+        return Position(self._current, end)
 
     def segment_after(self, number: int) -> int | None:
         """The next segment on disk after ``number``, or None."""
