@@ -238,6 +238,10 @@ def test_a_full_spool_answers_503_at_once_and_recovers(tmp_path: Path, registry_
             assert ready.status_code == 503 and "spool is full" in ready.json()["reason"]
             assert client.get("/health").status_code == 200
             assert client.post("/predict", json=EXAMPLE_SONGS[0]).status_code == 503
+            # A label for a row still in the spool: a bounded wait, then 503 to retry later (never a hang).
+            label = {"prediction_id": answered[-1], "label": 1}
+            early = client.post("/feedback", json=label, headers=server.admin_headers(), timeout=10)
+            assert early.status_code == 503 and "retry-after" in early.headers
         deadline = time.monotonic() + 60
         while client.get("/ready").status_code != 200:
             assert time.monotonic() < deadline, "never ready again"
@@ -246,6 +250,8 @@ def test_a_full_spool_answers_503_at_once_and_recovers(tmp_path: Path, registry_
         assert response.status_code == 200
         answered.extend(p["id"] for p in response.json()["predictions"])
         metrics = _wait_until_written(server)
+        late = client.post("/feedback", json=label, headers=server.admin_headers())
+        assert late.status_code == 200 and late.json()["created"] is True
         server.stop()
         ids = _logged_ids(server)
     assert _metric(metrics, "reggaeton_prediction_log_refused_total") >= 2
