@@ -20,6 +20,7 @@ _FLUSH_WAIT_S = 5.0  # how long a label waits for its prediction's row to reach 
 @router.post(
     "/feedback",
     responses={
+        400: {"description": "The body cannot be decoded (not UTF-8 text)."},
         401: {"description": "Admin token required."},
         404: {"description": "Unknown prediction id."},
         409: {"description": "A different label was already recorded."},
