@@ -13,7 +13,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,9 @@ def test_a_server_killed_during_an_outage_replays_its_spool(
 
 
 @pytest.mark.slow
-def test_a_full_spool_answers_503_at_once_and_recovers(tmp_path: Path, registry_versions: Registry) -> None:
+def test_a_full_spool_answers_503_at_once_and_recovers(
+    tmp_path: Path, registry_versions: Registry, record_property: Callable[[str, object], None]
+) -> None:
     promote(registry_versions.settings, registry_versions.good[0])
     settings = make_settings(tmp_path / "state", registry_versions.settings)
     bound = {"REGGAETON_SERVING__SPOOL_MAX_BYTES": "16384", "REGGAETON_SERVING__SPOOL_SEGMENT_BYTES": "2048"}
@@ -237,7 +239,14 @@ def test_a_full_spool_answers_503_at_once_and_recovers(tmp_path: Path, registry_
             ready = client.get("/ready")
             assert ready.status_code == 503 and "spool is full" in ready.json()["reason"]
             assert client.get("/health").status_code == 200
-            assert client.post("/predict", json=EXAMPLE_SONGS[0]).status_code == 503
+            refusals = []
+            for _ in range(20):
+                started = time.perf_counter()
+                status = client.post("/predict", json=EXAMPLE_SONGS[0], timeout=CLIENT_TIMEOUT_S).status_code
+                refusals.append((status, time.perf_counter() - started))
+            assert {status for status, _ in refusals} == {503}
+            # Reported, not asserted (timing targets live in benchmarks): see the junit XML's properties.
+            record_property("refusal_seconds_max", max(seconds for _, seconds in refusals))
             # A label for a row still in the spool: a bounded wait, then 503 to retry later (never a hang).
             label = {"prediction_id": answered[-1], "label": 1}
             early = client.post("/feedback", json=label, headers=server.admin_headers(), timeout=10)
