@@ -21,13 +21,15 @@ DRAIN_TIMEOUT_S = 15.0
 _EMIT_LOCK = threading.Lock()
 
 
-def model_resource(model_name: str, version: str) -> dict[str, str]:
-    """The event's resource: one id per registered model, the version as a label."""
-    return {
+def model_resource(model_name: str, version: str | None) -> dict[str, str]:
+    """The event's resource: one id per registered model, the version (when there is one) as a label."""
+    resource = {
         "prefect.resource.id": f"{names.Event.RESOURCE_PREFIX}.{model_name}",
         "prefect.resource.name": model_name,
-        "reggaeton.model.version": version,
     }
+    if version is not None:
+        resource["reggaeton.model.version"] = version
+    return resource
 
 
 def prefect_api_configured() -> bool:
@@ -40,7 +42,7 @@ def prefect_api_configured() -> bool:
 def emit(
     event: str,
     model_name: str,
-    version: str,
+    version: str | None,
     payload: Mapping[str, Any],
     *,
     drain_timeout_s: float | None = None,
@@ -50,7 +52,7 @@ def emit(
     Args:
         event: The event name, one of ``names.Event``.
         model_name: The registered model the event is about.
-        version: Its version, a label on the resource.
+        version: Its version, a label on the resource (None: an event about the model as a whole).
         payload: The event's payload (JSON-serialisable).
         drain_timeout_s: Wait (bounded) until the event has left the process: for processes that may
             exit right after, and for rare events sent from a long-lived server. None: fire and forget.

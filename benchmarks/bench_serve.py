@@ -1,6 +1,9 @@
 """Benchmark the prediction server against ``mlflow models serve`` and a bare FastAPI endpoint.
 
-All three serve single-song JSON POSTs to wrk (a separate load process) at the same concurrency, on the
+The server runs twice: as configured by default (every answered row journaled before its response)
+and with ``durable_log`` off, to show what durability costs.
+
+All serve single-song JSON POSTs to wrk (a separate load process) at the same concurrency, on the
 same registered version, side by side in one run. Prints requests/s, p50 and p99 (median over rounds)
 and the ratios against the targets. Requires ``wrk`` (Debian/Ubuntu: ``apt-get install -y wrk``).
 
@@ -41,6 +44,7 @@ SMOTE_TRUSTED_TYPES = [
 ]
 TARGET_VS_BARE = 0.6
 TARGET_P99_MS = 25.0
+TARGET_DURABLE_VS_OFF = 0.8
 
 
 @dataclass
@@ -209,8 +213,19 @@ def main() -> int:
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             }
         )
-        ports = {name: _free_port() for name in ("this server", "mlflow models serve", "bare FastAPI")}
+        names = ("this server", "this server, durability off", "mlflow models serve", "bare FastAPI")
+        ports = {name: _free_port() for name in names}
         ours_env = {**env, "REGGAETON_SERVING__PORT": str(ports["this server"])}
+        # The same server without its journal (rows only in memory until written), on a log of its own.
+        off = Path(tmp) / "durability-off"
+        off_env = {
+            **env,
+            "REGGAETON_SERVING__PORT": str(ports["this server, durability off"]),
+            "REGGAETON_SERVING__DURABLE_LOG": "false",
+            "REGGAETON_SERVING__PREDICTION_LOG_URL": f"sqlite:///{off / 'predictions.db'}",
+            "REGGAETON_SERVING__MODEL_CACHE_DIR": str(off / "model-cache"),
+        }
+        off.mkdir()
         mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
         servers: dict[str, tuple[list[str], dict[str, str], str, str, object]] = {
             "this server": (
@@ -218,6 +233,13 @@ def main() -> int:
                 ours_env,
                 f"http://127.0.0.1:{ports['this server']}/ready",
                 f"http://127.0.0.1:{ports['this server']}/predict",
+                SONG,
+            ),
+            "this server, durability off": (
+                [sys.executable, "-m", "serving"],
+                off_env,
+                f"http://127.0.0.1:{ports['this server, durability off']}/ready",
+                f"http://127.0.0.1:{ports['this server, durability off']}/predict",
                 SONG,
             ),
             "mlflow models serve": (
@@ -287,7 +309,7 @@ def main() -> int:
     def median(name: str, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in results[name])
 
-    ours, mlflow_rps, bare = (median(n, "requests_per_s") for n in servers)
+    ours, ours_off, mlflow_rps, bare = (median(n, "requests_per_s") for n in servers)
     p99 = median("this server", "p99_ms")
     when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     _say(f"\nServing benchmark, {when}, {platform.machine()}, {os.cpu_count()} cores,")
@@ -312,6 +334,11 @@ def main() -> int:
             f">= {TARGET_VS_BARE:g}x",
         ),
         (f"p99 of this server: {p99:.1f} ms", p99 <= TARGET_P99_MS, f"<= {TARGET_P99_MS:g} ms"),
+        (
+            f"throughput with the durable journal vs without: {ours / ours_off:.2f}x",
+            ours / ours_off >= TARGET_DURABLE_VS_OFF,
+            f">= {TARGET_DURABLE_VS_OFF:g}x",
+        ),
     ]
     _say()
     for text, ok, target in checks:

@@ -97,6 +97,18 @@ _MODEL_NOTICES = (
         "API refused the new champion",
         "The API refused a new champion version and keeps serving the previous one.",
     ),
+    (
+        Event.LOG_UNAVAILABLE,
+        "log-unavailable",
+        "prediction log database unavailable",
+        "An API cannot write its prediction log database; answered rows wait in its local spool.",
+    ),
+    (
+        Event.LOG_RECOVERED,
+        "log-recovered",
+        "prediction log database writable again",
+        "An API writes its prediction log database again and replays its spool.",
+    ),
 )
 
 

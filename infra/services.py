@@ -228,11 +228,13 @@ SERVICES: tuple[Service, ...] = (
             "REGGAETON_SERVING__HOST": "0.0.0.0",
             "REGGAETON_SERVING__PORT": "8000",
             "REGGAETON_SERVING__MODEL_CACHE_DIR": "/state/model-cache",
+            # The prediction log's journal: answered rows wait here while Postgres is unavailable.
+            "REGGAETON_SERVING__SPOOL_DIR": "/state/prediction-spool",
         },
         ports=(Port(8000, "${API_PORT:-8000}"),),
         healthcheck=_http_check("http://127.0.0.1:8000/health"),
         depends_on={"bootstrap": "service_completed_successfully", "mlflow": "service_healthy"},
-        volumes={"model-cache": "/state/model-cache"},
+        volumes={"model-cache": "/state/model-cache", "api-spool": "/state/prediction-spool"},
     ),
 )
 

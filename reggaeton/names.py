@@ -58,5 +58,8 @@ class Event:
     PROMOTED: Final = "reggaeton.model.promoted"
     REJECTED: Final = "reggaeton.model.rejected"
     RELOAD_FAILED: Final = "reggaeton.model.reload_failed"
+    # The prediction log's database cannot be written (rows wait in the spool) / is written again.
+    LOG_UNAVAILABLE: Final = "reggaeton.serving.log_unavailable"
+    LOG_RECOVERED: Final = "reggaeton.serving.log_recovered"
     # Resource id prefix used on every event: "<prefix>.<model name>".
     RESOURCE_PREFIX: Final = "reggaeton.model"

@@ -100,6 +100,15 @@ class ServingSettings(_Section):
     log_flush_interval_s: float = Field(default=0.2, gt=0)
     model_cache_dir: Path | None = None  # default: folder in the state folder
     micro_batch_max: int = Field(default=64, ge=1)
+    # The prediction log's local journal: every answered row is written there (one write per model
+    # batch) before its response leaves, and waits there while the log database is unavailable.
+    durable_log: bool = True
+    spool_dir: Path | None = None  # default: folder in the state folder (a named volume in containers)
+    spool_max_bytes: int = Field(default=256 * 2**20, ge=4096)  # over this, /predict answers 503
+    spool_segment_bytes: int = Field(default=4 * 2**20, ge=1024)  # journal files rotate at this size
+    spool_fsync: bool = False  # fsync each write: survives power loss, not only a killed process
+    retry_after_s: int = Field(default=1, ge=1)  # Retry-After of a 503 while the log cannot take rows
+    log_close_timeout_s: float = Field(default=10.0, gt=0)  # durable: rows left at shutdown stay spooled
 
 
 class MonitoringSettings(_Section):
@@ -236,6 +245,11 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         """Local cache of the last good served model."""
         return self.serving.model_cache_dir or self.state_path / "model-cache"
+
+    @property
+    def spool_dir(self) -> Path:
+        """The prediction log's journal folder (see ``ServingSettings.durable_log``)."""
+        return self.serving.spool_dir or self.state_path / "prediction-spool"
 
     @property
     def prefect_home(self) -> Path:

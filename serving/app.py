@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from adapters.prediction_log import create_tables, make_engine
 from reggaeton.settings import Settings
 from serving.cache import ModelCache
+from serving.events import emit_log_state
 from serving.fast_path import ServingApp
 from serving.holder import ModelHolder, ServedModel, prepared
 from serving.log_writer import PredictionLogWriter
@@ -28,7 +29,8 @@ from serving.routers import status as status_routes
 from serving.schemas import song_json_schema
 from serving.service import PredictionService, Services
 from serving.source import RegistrySource
-from serving.threads import in_daemon_thread
+from serving.spool import Journal
+from serving.threads import fire_and_forget, in_daemon_thread
 
 logger = logging.getLogger(__name__)
 
@@ -72,27 +74,55 @@ async def _load_cached(services: Services, cache: ModelCache) -> None:
         logger.exception("cached model unusable; waiting for the registry")
 
 
+def _journal(settings: Settings) -> Journal | None:
+    """The prediction log's durable spool, or None when durability is off."""
+    serving = settings.serving
+    if not serving.durable_log:
+        return None
+    return Journal(
+        settings.spool_dir,
+        max_bytes=serving.spool_max_bytes,
+        segment_bytes=serving.spool_segment_bytes,
+        fsync=serving.spool_fsync,
+    )
+
+
 def _build_services(settings: Settings, metrics: ServingMetrics) -> Services:
     """The server's parts for these settings; nothing started yet."""
-    log_url = settings.prediction_log_url
-    if log_url.startswith("sqlite:") or settings.serving.model_cache_dir is None:
+    serving = settings.serving
+    if (
+        settings.prediction_log_url.startswith("sqlite:")
+        or serving.model_cache_dir is None
+        or (serving.durable_log and serving.spool_dir is None)
+    ):
         settings.ensure_state_dir()
-    engine = make_engine(log_url)
+    engine = make_engine(settings.prediction_log_url)
+    journal = _journal(settings)
+
+    def on_log_state(available: bool, detail: str) -> None:
+        spooled = 0 if journal is None else journal.bytes
+        model = settings.mlflow.model_name
+        fire_and_forget(emit_log_state, model, available, detail, spooled, name="log-state-event")
+
     log = PredictionLogWriter(
         engine,
         metrics,
-        capacity_rows=settings.serving.log_queue_size,
-        batch_rows=settings.serving.log_batch_size,
-        flush_interval_s=settings.serving.log_flush_interval_s,
+        capacity_rows=serving.log_queue_size,
+        batch_rows=serving.log_batch_size,
+        flush_interval_s=serving.log_flush_interval_s,
+        journal=journal,
+        retry_after_s=serving.retry_after_s,
+        close_timeout_s=serving.log_close_timeout_s,
+        on_state=on_log_state,
     )
     holder = ModelHolder()
     cache = ModelCache(settings.model_cache_dir)
-    refresher = Refresher(holder, RegistrySource(settings), cache, metrics, settings.serving.poll_interval_s)
+    refresher = Refresher(holder, RegistrySource(settings), cache, metrics, serving.poll_interval_s)
     return Services(
         settings=settings,
         holder=holder,
         refresher=refresher,
-        predictions=PredictionService(holder, log, metrics, settings.serving.micro_batch_max),
+        predictions=PredictionService(holder, log, metrics, serving.micro_batch_max),
         log=log,
         engine=engine,
         metrics=metrics,

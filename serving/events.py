@@ -23,3 +23,23 @@ def emit_reload_failed(model_name: str, version: str, reason: str, serving_versi
         drain_timeout_s=prefect_events.DRAIN_TIMEOUT_S,
     )
     return sent is not None
+
+
+def emit_log_state(model_name: str, available: bool, detail: str, spool_bytes: int) -> bool:
+    """Send ``reggaeton.serving.log_unavailable`` or ``log_recovered``; blocking, call it from a thread.
+
+    Args:
+        model_name: The served model (the event's resource, like every server event).
+        available: False when writes to the log database start failing, True when they succeed again.
+        detail: The write error (for a recovery, the error that had stopped the writes).
+        spool_bytes: Bytes in the journal when the state changed.
+
+    Returns:
+        Whether the event was handed to Prefect.
+    """
+    name = names.Event.LOG_RECOVERED if available else names.Event.LOG_UNAVAILABLE
+    payload = {"error": detail[:2000], "spool_bytes": spool_bytes}
+    sent = prefect_events.emit(
+        name, model_name, None, payload, drain_timeout_s=prefect_events.DRAIN_TIMEOUT_S
+    )
+    return sent is not None

@@ -9,7 +9,8 @@ middleware sees every request, the fast ones included, and nothing can skip them
 
 The layer answers a valid request itself with the route's own functions (:func:`receive_body`,
 ``parse_songs`` and the prediction service); everything else goes to the framework with its body
-replayed: a configured API key, a body over the limit, a request that fails to parse, no model yet.
+replayed: a configured API key, a body over the limit, a request that fails to parse, no model yet,
+a prediction log that cannot take rows.
 So errors keep exactly the route's status codes and messages, and the FastAPI route stays the
 documented contract (OpenAPI) and the one place that maps errors to responses.
 """
@@ -24,6 +25,7 @@ from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.log_writer import LogUnavailableError
 from serving.parsing import parse_songs, receive_body, response_body
 from serving.service import NoModelError
 
@@ -31,8 +33,9 @@ PATH = "/predict"
 _JSON = (b"content-type", b"application/json")
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 _FAILED = b"Internal Server Error"
-# What the route answers better than the fast path: 4xx with its messages, 503 without a model.
-_FOR_THE_ROUTE = (RequestValidationError, HTTPException, ClientDisconnect, NoModelError)
+# What the route answers, not the fast path: 4xx with its messages, 503 without a model or while the
+# prediction log cannot take rows (with Retry-After). None of these scored or logged anything.
+_FOR_THE_ROUTE = (RequestValidationError, HTTPException, ClientDisconnect, NoModelError, LogUnavailableError)
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes]) -> None:

@@ -61,7 +61,7 @@ class ServingMetrics:
         )
         self.log_queue_full = Counter(
             "reggaeton_prediction_log_queue_full",
-            "Requests that waited because the prediction log queue was full (backpressure, no loss).",
+            "Times the in-memory log queue was full (durable: rows read back from the journal; else: a 503).",
             registry=r,
         )
         self.log_rows_written = Counter(
@@ -69,6 +69,37 @@ class ServingMetrics:
         )
         self.log_write_errors = Counter(
             "reggaeton_prediction_log_write_errors", "Failed log writes (retried, rows kept).", registry=r
+        )
+        self.log_database_up = Gauge(
+            "reggaeton_prediction_log_database_up",
+            "1 while the prediction log database takes writes, 0 while they fail (rows wait in the spool).",
+            registry=r,
+        )
+        self.log_spool_bytes = Gauge(
+            "reggaeton_prediction_log_spool_bytes", "Bytes in the prediction log's journal.", registry=r
+        )
+        self.log_rows_spooled = Counter(
+            "reggaeton_prediction_log_rows_spooled",
+            "Prediction rows written to the journal before their response (every row when durable).",
+            registry=r,
+        )
+        self.log_rows_replayed = Counter(
+            "reggaeton_prediction_log_rows_replayed",
+            "Prediction rows inserted from the journal on disk (after an outage, or left by an earlier run).",
+            registry=r,
+        )
+        self.log_spool_oldest_age = Gauge(
+            "reggaeton_prediction_log_spool_oldest_age_seconds",
+            "Age of the oldest answered row not yet in the log database (0 when none).",
+            registry=r,
+        )
+        self.log_spool_errors = Counter(
+            "reggaeton_prediction_log_spool_errors", "Journal writes the disk refused.", registry=r
+        )
+        self.log_refused = Counter(
+            "reggaeton_prediction_log_refused",
+            "Prediction requests answered 503 because the log could not take their rows.",
+            registry=r,
         )
 
     def set_served(self, version: str, source: str, loaded_at: float) -> None:

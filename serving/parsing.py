@@ -80,8 +80,8 @@ def parse_songs(body: bytes, max_batch: int) -> np.ndarray:
     JSON ``NaN``/``Infinity`` literals are read as numbers and then refused as non-finite for their field.
 
     Raises:
-        RequestValidationError: invalid JSON or a song that breaks the schema (-> 422 naming the field).
-        HTTPException: 413 for a list longer than ``max_batch``.
+        RequestValidationError: invalid JSON, a song that breaks the schema, or a list longer than
+            ``max_batch`` (-> 422 naming the field).
     """
     try:
         payload: Any = orjson.loads(body)
@@ -99,11 +99,8 @@ def parse_songs(body: bytes, max_batch: int) -> np.ndarray:
         elif isinstance(payload, list):
             if not payload:
                 raise _invalid("expected at least one song", "too_short")
-            if len(payload) > max_batch:
-                raise HTTPException(
-                    status.HTTP_413_CONTENT_TOO_LARGE,
-                    f"{len(payload)} songs in one request; at most {max_batch}",
-                )
+            if len(payload) > max_batch:  # the schema's maxItems: a validation error like any other
+                raise _invalid(f"{len(payload)} songs in one request; at most {max_batch}", "too_long")
             SONGS_ADAPTER.validate_python(payload)
             songs = payload
         else:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, create_model
 
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, FEATURES, Feature
 from reggaeton.scorer import ScorerKind
@@ -78,13 +78,22 @@ class PredictionResponse(BaseModel):
     predictions: list[Prediction]
 
 
+def _integral_float_as_int(value: Any) -> Any:
+    """JSON Schema's integers include ``1.0``: an integral float is that integer (strings stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class FeedbackRequest(BaseModel):
     """The true label of an earlier prediction."""
 
     model_config = ConfigDict(extra="forbid")
 
     prediction_id: str = Field(min_length=1, max_length=36)
-    label: int = Field(strict=True, ge=0, le=1, description="1 = reggaeton, 0 = not.")
+    label: Annotated[int, BeforeValidator(_integral_float_as_int)] = Field(
+        strict=True, ge=0, le=1, description="1 = reggaeton, 0 = not."
+    )
 
 
 class FeedbackResponse(BaseModel):

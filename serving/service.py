@@ -55,12 +55,13 @@ class PredictionService:
 
         Raises:
             NoModelError: before the first model is loaded.
+            LogUnavailableError: the prediction log cannot take these rows now (nothing was answered).
         """
         served = self.holder.current  # read once: the whole request uses this version
         if served is None:
             raise NoModelError("no model loaded yet")
         rows = len(features)
-        await self.log.reserve(rows)
+        self.log.reserve(rows)  # refuses at once (LogUnavailableError) when the log cannot take them
         answer = self.batcher.submit(served, features)
         try:
             return await answer

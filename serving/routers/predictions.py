@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from serving.deps import require_api_key, services_of
+from serving.log_writer import LogUnavailableError
 from serving.parsing import parse_songs, receive_body, response_body
 from serving.schemas import PredictionResponse, request_body_schema
 from serving.service import NoModelError
@@ -25,9 +26,15 @@ def build_router(max_batch: int, api_key_required: bool) -> APIRouter:
         response_model=PredictionResponse,
         responses={
             401: {"description": "Missing or wrong API key (when one is configured)."},
-            413: {"description": "Body or batch too large."},
-            422: {"description": "A song breaks the feature schema; the error names the field."},
-            503: {"description": "No model loaded yet."},
+            413: {"description": "Body larger than the server's limit."},
+            422: {
+                "description": "A song breaks the feature schema (the error names the field), or the list "
+                "holds more songs than maxItems."
+            },
+            503: {
+                "description": "No model loaded yet, or the prediction log cannot take rows now "
+                "(its spool is full or unwritable; see Retry-After). Nothing was logged."
+            },
         },
         openapi_extra={"requestBody": request_body_schema(max_batch)},
     )
@@ -42,6 +49,12 @@ def build_router(max_batch: int, api_key_required: bool) -> APIRouter:
             predictions = await services.predictions.predict(features)
         except NoModelError as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+        except LogUnavailableError as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                str(exc),
+                headers={"Retry-After": str(serving.retry_after_s)},
+            ) from None
         return Response(response_body(predictions), media_type="application/json")
 
     return router

@@ -19,14 +19,19 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "No model loaded yet."}})
+@router.get(
+    "/ready",
+    responses={503: {"description": "No model loaded yet, or the prediction log cannot take rows (reason)."}},
+)
 async def ready(services: ServicesDep, response: Response) -> dict[str, Any]:
-    """A model is loaded and requests can be served."""
+    """A model is loaded and the prediction log can take rows: requests can be served."""
     served = services.holder.current
-    if served is None:
+    version = None if served is None else served.version
+    reason = "no model loaded yet" if served is None else services.log.unavailable()
+    if reason is not None:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return {"ready": False, "model_version": None}
-    return {"ready": True, "model_version": served.version}
+        return {"ready": False, "model_version": version, "reason": reason}
+    return {"ready": True, "model_version": version}
 
 
 @router.get("/model", responses={503: {"description": "No model loaded yet."}})

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -249,3 +250,81 @@ def test_an_example_secret_stops_compose_before_any_service_starts(stack: Stack,
         assert not postgres or not refused.inspect(postgres)["State"]["Running"]
     finally:
         refused.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False, timeout_s=300)
+
+
+OUTAGE_S = 30.0
+
+
+def _logged_since(stack: Stack, since: str) -> list[str]:
+    """Prediction ids in the Postgres log created at or after ``since`` (the database is not published)."""
+    query = f"SELECT id FROM predictions WHERE created_at >= '{since}'"
+    user = stack.env["POSTGRES_USER"]
+    out = stack.compose("exec", "-T", "postgres", "psql", "-U", user, "-d", "predictions", "-tAc", query)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def _api_metric(stack: Stack, name: str) -> float:
+    text = httpx.get(f"{stack.url('API_PORT')}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_the_api_keeps_answering_while_postgres_is_stopped(stack: Stack) -> None:
+    # Last in the module: Postgres also backs MLflow and Prefect, which only need to come back afterwards.
+    wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
+    since = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() - 1))
+    answered: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=stack.url("API_PORT"), timeout=1.0) as client:
+            for _ in range(20_000):  # bounded in count and by the stop event
+                if stop.is_set():
+                    return
+                try:
+                    response = client.post("/predict", json=EXAMPLE_SONGS[0])
+                except httpx.HTTPError as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if response.status_code == 200:
+                    answered.extend(p["id"] for p in response.json()["predictions"])
+                else:
+                    failures.append(f"{response.status_code}: {response.text[:200]}")
+                time.sleep(0.01)
+
+    workers = [threading.Thread(target=load, name=f"load-{i}") for i in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(2)
+        stack.compose("stop", "postgres", timeout_s=120)
+        deadline = time.monotonic() + OUTAGE_S
+        ready_during = []
+        while time.monotonic() < deadline:
+            ready_during.append(ready(stack))
+            time.sleep(1)
+        down = _api_metric(stack, "reggaeton_prediction_log_database_up")
+        stack.compose("start", "postgres", timeout_s=120)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    wait_for(
+        "the API to write its spool to Postgres",
+        lambda: (
+            _api_metric(stack, "reggaeton_prediction_log_queue_rows") == 0
+            and _api_metric(stack, "reggaeton_prediction_log_database_up") == 1
+        ),
+        READY_TIMEOUT_S,
+    )
+    logged = _logged_since(stack, since)
+    assert failures == []
+    assert all(ready_during)  # the spool took every row: ready all along
+    assert down == 0
+    assert len(answered) > 100
+    assert len(logged) == len(set(logged)) == len(answered)
+    assert set(logged) == set(answered)

@@ -82,7 +82,14 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
 
 def test_notices_cover_every_event_of_the_contract() -> None:
     covered = set().union(*(n.events for n in automations.notices(Settings())))
-    assert {Event.DEGRADED, Event.PROMOTED, Event.REJECTED, Event.RELOAD_FAILED} <= covered
+    assert {
+        Event.DEGRADED,
+        Event.PROMOTED,
+        Event.REJECTED,
+        Event.RELOAD_FAILED,
+        Event.LOG_UNAVAILABLE,
+        Event.LOG_RECOVERED,
+    } <= covered
     assert automations.FLOW_RUN_FAILED in covered
 
 

@@ -90,7 +90,7 @@ def test_malformed_bodies_get_4xx_never_500(served: Server, content: bytes) -> N
     assert response.status_code in (413, 422), response.text
 
 
-def test_oversize_batch_and_body_get_413(served: Server) -> None:
+def test_oversize_batch_gets_422_and_oversize_body_413(served: Server) -> None:
     with served.client() as client:
         too_many = client.post("/predict", json=[SONG] * 17)  # max_batch=16 in this fixture
         too_big = client.post(
@@ -102,7 +102,7 @@ def test_oversize_batch_and_body_get_413(served: Server) -> None:
                 yield b" " * 1000
 
         streamed = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
-    assert too_many.status_code == 413
+    assert too_many.status_code == 422 and "at most 16" in too_many.text  # the schema's maxItems
     assert too_big.status_code == 413
     assert streamed.status_code == 413
 
@@ -167,8 +167,14 @@ def test_feedback_records_once_and_repeats_idempotently(served: Server) -> None:
         other = client.post("/feedback", json={"prediction_id": pid, "label": 0})
         unknown = client.post("/feedback", json={"prediction_id": "no-such-id", "label": 1})
         bad = client.post("/feedback", json={"prediction_id": pid, "label": 2})
+        as_float = client.post("/feedback", json={"prediction_id": pid, "label": 1.0})  # a JSON integer
+        half = client.post("/feedback", json={"prediction_id": pid, "label": 0.5})
+        text = client.post("/feedback", json={"prediction_id": pid, "label": "1"})
     assert first.status_code == 200 and first.json()["created"] is True
     assert again.status_code == 200 and again.json()["created"] is False
+    assert as_float.status_code == 200 and as_float.json()["created"] is False
+    assert half.status_code == 422 and "label" in _error_fields(half)
+    assert text.status_code == 422 and "label" in _error_fields(text)
     assert other.status_code == 409
     assert unknown.status_code == 404
     assert bad.status_code == 422 and "label" in _error_fields(bad)

@@ -26,10 +26,16 @@ from serving.batching import MicroBatcher
 from serving.cache import ModelCache
 from serving.fast_path import PredictFastPath
 from serving.holder import ModelCheckError, ModelHolder, ServedModel, prepared
-from serving.log_writer import LogEntry, PredictionLogWriter
+from serving.log_writer import LogEntry, LogUnavailableError, PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.middleware import MetricsMiddleware
 from serving.service import PredictionService
+from serving.spool import Journal, SpoolLockedError
+
+
+def _segments(folder: Path) -> list[Path]:
+    """The journal's segment files (the folder also holds the lock file of the server using it)."""
+    return sorted(folder.glob("segment-*.jsonl"))
 
 
 class _CountingModel:
@@ -161,27 +167,28 @@ def test_a_caller_gone_during_the_model_call_is_neither_logged_nor_kept_in_the_q
     engine.dispose()
 
 
-def test_the_log_queue_never_holds_more_than_its_capacity(tmp_path: Path) -> None:
+def _entry(i: int) -> LogEntry:
+    features = np.full((2, 7), 0.5)
+    return LogEntry(
+        [f"{i}-a", f"{i}-b"], datetime.now(UTC), "m", "1", features, np.array([0.1, 0.9]), np.array([0, 1])
+    )
+
+
+def test_without_a_journal_a_full_queue_refuses_at_once_and_keeps_what_it_took(tmp_path: Path) -> None:
     engine, log, metrics = _log(tmp_path, capacity=3)
+    refused = 0
     peak = 0.0
 
     async def one(i: int) -> None:
-        nonlocal peak
-        await log.reserve(2)
+        nonlocal peak, refused
+        try:
+            log.reserve(2)
+        except LogUnavailableError:
+            refused += 1
+            return
         peak = max(peak, metrics.registry.get_sample_value("reggaeton_prediction_log_queue_rows") or 0.0)
         await asyncio.sleep(0.005)  # scoring takes a while: rows reserved, not yet put
-        features = np.full((2, 7), 0.5)
-        log.put(
-            LogEntry(
-                [f"{i}-a", f"{i}-b"],
-                datetime.now(UTC),
-                "m",
-                "1",
-                features,
-                np.array([0.1, 0.9]),
-                np.array([0, 1]),
-            )
-        )
+        log.put(_entry(i))
 
     async def run() -> None:
         log.start()
@@ -190,8 +197,10 @@ def test_the_log_queue_never_holds_more_than_its_capacity(tmp_path: Path) -> Non
 
     asyncio.run(run())
     assert peak <= 3
-    assert len(_logged_ids(engine)) == 200
-    assert metrics.log_queue_full._value.get() > 0
+    assert refused > 0
+    assert len(_logged_ids(engine)) == 2 * (100 - refused)
+    assert metrics.log_queue_full._value.get() == refused
+    assert metrics.log_refused._value.get() == refused
     engine.dispose()
 
 
@@ -260,31 +269,90 @@ def test_a_model_that_fails_to_score_answers_500_counted_and_unlogged(tmp_path: 
     engine.dispose()
 
 
-def test_full_log_queue_waits_and_loses_nothing(tmp_path: Path) -> None:
+def test_a_full_queue_spills_to_the_journal_and_loses_nothing(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
     create_tables(engine)
     metrics = ServingMetrics()
     entries = 200
+    journal = Journal(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=2048)
 
     async def run() -> None:
-        writer = PredictionLogWriter(engine, metrics, capacity_rows=3, batch_rows=2, flush_interval_s=0.05)
+        writer = PredictionLogWriter(
+            engine, metrics, capacity_rows=3, batch_rows=2, flush_interval_s=0.05, journal=journal
+        )
         writer.start()
-        now = datetime.now(UTC)
-
-        async def submit(i: int) -> None:
-            ids = [f"{i}-a", f"{i}-b"]
-            features = np.full((2, 7), 0.5)
-            await writer.reserve(2)
-            writer.put(LogEntry(ids, now, "m", "1", features, np.array([0.1, 0.9]), np.array([0, 1])))
-
-        await asyncio.gather(*(submit(i) for i in range(entries)))
+        for i in range(entries):
+            writer.reserve(2)  # the queue in memory is full most of the time: never refused, never waits
+            writer.put(_entry(i))
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        await writer.flush()
         await writer.close()
 
     asyncio.run(run())
     with engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(predictions)).scalar_one() == 2 * entries
     assert metrics.log_queue_full._value.get() > 0
+    assert metrics.log_rows_replayed._value.get() > 0  # read back from the journal
     assert metrics.log_rows_written._value.get() == 2 * entries
+    assert metrics.log_rows_spooled._value.get() == 2 * entries
+    assert _segments(tmp_path / "spool") == []  # all committed: the journal is gone
+    engine.dispose()
+
+
+def test_a_journal_left_behind_is_replayed_exactly_once(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    create_tables(engine)
+    spool = tmp_path / "spool"
+    first = Journal(spool, max_bytes=1 << 20, segment_bytes=1024)
+    first.open()
+    for i in range(30):
+        first.append(_entry(i))
+    first.close(None)  # as if killed: every segment left on disk
+    # A torn last record (killed in the middle of a write; it was never answered).
+    last = _segments(spool)[-1]
+    with last.open("ab") as file:
+        file.write(b'{"t": "2026-11-30T')
+    # Half of them made it to the database before the crash.
+    with engine.begin() as connection:
+        connection.execute(
+            predictions.insert(),
+            [
+                {
+                    "id": f"{i}-a",
+                    "created_at": datetime.now(UTC),
+                    "model_name": "m",
+                    "model_version": "1",
+                    **dict.fromkeys(FEATURE_NAMES, 0.5),
+                    "probability": 0.1,
+                    "prediction": 0,
+                }
+                for i in range(15)
+            ],
+        )
+    metrics = ServingMetrics()
+
+    async def run() -> None:
+        writer = PredictionLogWriter(
+            engine,
+            metrics,
+            capacity_rows=100,
+            batch_rows=7,
+            flush_interval_s=0.01,
+            journal=Journal(spool, max_bytes=1 << 20, segment_bytes=1024),
+        )
+        writer.start()
+        writer.reserve(2)
+        writer.put(_entry(1000))
+        await writer.flush()
+        await writer.close()
+
+    asyncio.run(run())
+    ids = _logged_ids(engine)
+    assert len(ids) == len(set(ids)) == 2 * 31
+    # The 60 rows left behind, and the 2 put while they were replayed (queued behind them in the journal).
+    assert metrics.log_rows_replayed._value.get() == 62
+    assert _segments(spool) == []
     engine.dispose()
 
 
@@ -344,3 +412,14 @@ def test_cache_round_trip_and_other_model_ignored(tmp_path: Path) -> None:
         loaded.probabilities(examples_array()), _served(model).probabilities(examples_array())
     )
     assert cache.load("another-model") is None
+
+
+def test_one_spool_folder_serves_one_server_at_a_time(tmp_path: Path) -> None:
+    first = Journal(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=1024)
+    first.open()
+    with pytest.raises(SpoolLockedError, match="another running server"):
+        Journal(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=1024).open()
+    first.close(first.end)
+    second = Journal(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=1024)
+    assert second.open() is None  # free again, and nothing left to replay
+    second.close(second.end)

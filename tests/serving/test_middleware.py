@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -66,7 +65,6 @@ def app_and_url(
     yield app, url
     server.should_exit = True
     thread.join(timeout=30)
-    asyncio.set_event_loop(None)
 
 
 def _count(url: str, status: int) -> float:
