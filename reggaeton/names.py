@@ -12,6 +12,8 @@ EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
 
 # The prefect.yaml deployment that trains a challenger and gates it (retrain trigger, bootstrap, demo).
 TRAIN_DEPLOYMENT: Final = "train-and-promote"
+# The prefect.yaml deployment that monitors the champion on a schedule.
+MONITOR_DEPLOYMENT: Final = "monitor"
 
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
@@ -51,5 +53,14 @@ class Event:
     PROMOTED: Final = "reggaeton.model.promoted"
     REJECTED: Final = "reggaeton.model.rejected"
     RELOAD_FAILED: Final = "reggaeton.model.reload_failed"
+    # The watchdog (flows/watchdog.py): silence of a scheduled deployment becomes an event, and so does
+    # its end; runs cancelled by a deployment concurrency limit are counted and reported.
+    MONITOR_STALE: Final = "reggaeton.monitor.stale"
+    MONITOR_RECOVERED: Final = "reggaeton.monitor.recovered"
+    RETRAIN_STALE: Final = "reggaeton.retrain.stale"
+    RETRAIN_RECOVERED: Final = "reggaeton.retrain.recovered"
+    RUNS_CANCELLED: Final = "reggaeton.runs.cancelled"
+    # Resource id prefix of the watchdog's events: "<prefix>.<deployment name>".
+    DEPLOYMENT_RESOURCE_PREFIX: Final = "reggaeton.deployment"
     # Resource id prefix used on every event: "<prefix>.<model name>".
     RESOURCE_PREFIX: Final = "reggaeton.model"
