@@ -39,7 +39,9 @@ FLOW_RUN_FAILED = "prefect.flow-run.Failed"
 FLOW_RUN_CRASHED = "prefect.flow-run.Crashed"
 FLOW_RUN_HEARTBEAT = "prefect.flow-run.heartbeat"
 FLOW_RUN_RUNNING = "prefect.flow-run.Running"
+# A flow-run event is named after the state's name, not its type: a worker's Pending is "Submitting".
 FLOW_RUN_PENDING = "prefect.flow-run.Pending"
+FLOW_RUN_SUBMITTING = "prefect.flow-run.Submitting"
 FLOW_RUN_FINAL = frozenset(
     {"prefect.flow-run.Completed", FLOW_RUN_FAILED, "prefect.flow-run.Cancelled", FLOW_RUN_CRASHED}
 )
@@ -221,7 +223,7 @@ def stranded_automation(settings: Settings) -> AutomationCore:
         enabled=True,
         tags=[TAG],
         trigger=EventTrigger(
-            after={FLOW_RUN_PENDING},
+            after={FLOW_RUN_PENDING, FLOW_RUN_SUBMITTING},
             expect={FLOW_RUN_RUNNING, *FLOW_RUN_FINAL},
             match={"prefect.resource.id": "prefect.flow-run.*"},
             for_each={"prefect.resource.id"},

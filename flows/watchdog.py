@@ -44,8 +44,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.client.schemas.responses import OrchestrationResult
-from prefect.client.schemas.responses import DeploymentResponse
+from prefect.client.schemas.responses import DeploymentResponse, OrchestrationResult
 from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events import Event as PrefectEvent
@@ -101,9 +100,9 @@ def is_stale(
 
 
 def stranded_after(settings: Settings) -> timedelta:
-    """How long a run may stay Pending before the watchdog crashes it: the rule's bound plus two looks,
-    so that the automation, when it fires, acts first."""
-    return timedelta(seconds=settings.prefect.stranded_after_s + 2 * settings.watchdog.every_s)
+    """How long a run may stay Pending before the watchdog crashes it: the rule's bound plus two looks
+    (at least 30 s), so that the automation, when it fires, acts first."""
+    return timedelta(seconds=settings.prefect.stranded_after_s + max(2 * settings.watchdog.every_s, 30.0))
 
 
 def is_stranded(run: FlowRun, now: datetime, after: timedelta) -> bool:
@@ -216,7 +215,9 @@ class Watchdog:
         self.memory.save()
         return done
 
-    def _crash_stranded(self, client: SyncPrefectClient, deployment: DeploymentResponse, now: datetime) -> list[str]:
+    def _crash_stranded(
+        self, client: SyncPrefectClient, deployment: DeploymentResponse, now: datetime
+    ) -> list[str]:
         after = stranded_after(self.settings)
         crashed = []
         for run in _runs(client, deployment.id, StateType.PENDING):
