@@ -313,21 +313,17 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _drain_worker(record: Record, grace_s: float) -> None:
-    """SIGTERM the worker alone and wait (bounded) until its process group is empty.
+def _hand_back(settings: Settings) -> None:
+    """Give the runs the stopped worker was submitting back to the schedule (the server still runs)."""
+    from flows.watchdog import hand_back_pending_runs  # Prefect's client: only when a worker stopped
 
-    On SIGTERM a Prefect worker stops taking runs and does not pass the signal on: a flow run it is
-    submitting (Pending) or running goes on to its end under the still running server. Only what is
-    left after the grace period is stopped with the group, and a run that leaves Pending for ever
-    that way is covered by the stranded-run rule.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(record.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while _group_alive(record.pid) and time.monotonic() < deadline:
-        _reap(record.pid)
-        time.sleep(0.2)
-    _reap(record.pid)
+    try:
+        handed = hand_back_pending_runs(settings)
+    except Exception as exc:  # the server is down too: the stranded-run rule covers what is left
+        logger.warning("could not hand back the worker's pending runs: %s", exc)
+        return
+    for run in handed:
+        logger.info("worker: handed back run %s (it was being submitted)", run)
 
 
 def stop(name: str, settings: Settings, timeout_s: float = 20.0) -> str:
@@ -337,9 +333,6 @@ def stop(name: str, settings: Settings, timeout_s: float = 20.0) -> str:
     if record is None:
         return "not running"
     outcome = "not running"
-    if name == "worker" and record.is_running():
-        _drain_worker(record, settings.prefect.worker_stop_grace_s)
-        outcome = "stopped"
 
     def alive() -> bool:
         # The worker's flow runs may outlive it in its group; what is left there is ours to stop.
@@ -359,6 +352,8 @@ def stop(name: str, settings: Settings, timeout_s: float = 20.0) -> str:
         _reap(record.pid)
         outcome = "stopped"
     path.unlink(missing_ok=True)
+    if name == "worker" and outcome == "stopped":
+        _hand_back(settings)
     logger.info("%s: %s", name, outcome)
     return outcome
 

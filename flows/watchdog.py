@@ -42,14 +42,16 @@ from prefect.client.schemas.filters import (
     FlowRunFilterExpectedStartTime,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import DeploymentResponse, OrchestrationResult
 from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events import Event as PrefectEvent
 from prefect.events.clients import get_events_client
-from prefect.states import Crashed
+from prefect.states import Crashed, Scheduled
 
 from adapters.prefect_api import prefect_api
 from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT, Event
@@ -59,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 # The message Prefect's orchestration puts on a run it cancelled for its deployment's concurrency limit.
 CONCURRENCY_CANCEL_MESSAGE = "Deployment concurrency limit reached."
+HANDED_BACK_MESSAGE = "Handed back by the stack's shutdown while it was being submitted."
 STRANDED_MESSAGE = "Pending for {after_s} s: its worker died while submitting it (watchdog)."
 
 
@@ -184,6 +187,35 @@ def emit(settings: Settings, name: str, deployment: str, payload: dict[str, Any]
     with prefect_api(settings):
         asyncio.run(send())
     logger.warning("%s %s %s", name, deployment, payload)
+
+
+def hand_back_pending_runs(settings: Settings) -> list[str]:
+    """Put the runs of the stack's work pool still Pending back to Scheduled, due now.
+
+    For `make down`, right after the worker stopped: a run it was submitting would otherwise stay
+    Pending and hold its deployment's concurrency slot until the stranded-run rule crashes it. Leaving
+    Pending frees the slot; the next worker submits the run again. (The embedded stack has one worker
+    per pool, so every Pending run of the pool was that worker's.)
+
+    Returns:
+        The names of the runs handed back.
+    """
+    handed = []
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))
+            ),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[settings.prefect.work_pool])),
+            limit=200,
+        )
+        for run in runs:
+            back: State[Any] = Scheduled(scheduled_time=datetime.now(UTC), message=HANDED_BACK_MESSAGE)
+            # Forced: the orchestration would refuse Pending -> Scheduled; nothing else moves the run
+            # now that its worker is gone.
+            client.set_flow_run_state(run.id, back, force=True)
+            handed.append(run.name)
+    return handed
 
 
 class Watchdog:

@@ -133,8 +133,6 @@ class PrefectSettings(_Section):
     # A flow run Pending (submitted, its process not yet Running) longer than this is marked Crashed:
     # its worker died while submitting it, and it holds its deployment's one concurrency slot.
     stranded_after_s: int = Field(default=120, ge=10)
-    # `make down` gives the worker this long to finish (or hand back) what it started before killing it.
-    worker_stop_grace_s: float = Field(default=60.0, ge=0)
 
 
 class WatchdogSettings(_Section):

@@ -131,8 +131,7 @@ def test_worker_killed_mid_retrain_the_retrain_runs_again(
     """A stand-in flow: the rerun is created, serves the same request, and completes."""
     (project / "flows" / "promote.py").write_text(SLOW_FIRST_RUN)
     marker = project / "flows" / "first-run-started"
-    # Grace 0: `stop` kills the worker with its flow run at once, as a crash would.
-    settings = Settings(state_dir=tmp_path / "state", prefect={"port": free_port(), "worker_stop_grace_s": 0})
+    settings = Settings(state_dir=tmp_path / "state", prefect={"port": free_port()})
     try:
         stack.up(settings, ["prefect-server"])
         deploy(settings, project_dir=project)
@@ -177,7 +176,7 @@ def real_stack(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Setting
 
     Every crash of a retrain is rerun (no debounce window), so one request can crash twice.
     """
-    settings = _small_stack_settings(tmp_path, free_port, debounce_s=0, worker_stop_grace_s=0)
+    settings = _small_stack_settings(tmp_path, free_port, debounce_s=0)
     try:
         stack.up(settings, ["prefect-server", "mlflow"])
         deploy(settings, project_dir=REPO_ROOT)
