@@ -32,6 +32,14 @@ def model_resource(model_name: str, version: str | None) -> dict[str, str]:
     return resource
 
 
+def deployment_resource(deployment: str) -> dict[str, str]:
+    """The resource of an event about a deployment's runs (the watchdog's): one id per deployment."""
+    return {
+        "prefect.resource.id": f"{names.Event.DEPLOYMENT_RESOURCE_PREFIX}.{deployment}",
+        "prefect.resource.name": deployment,
+    }
+
+
 def prefect_api_configured() -> bool:
     """Whether a Prefect API URL is set; without one Prefect would start a throw-away ephemeral server."""
     from prefect.settings import PREFECT_API_URL

@@ -24,7 +24,6 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, SecretStr
 
-from flows.automations import HEARTBEAT_S
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -99,7 +98,7 @@ def stack_environment(settings: Settings) -> dict[str, str]:
             "PREFECT_HOME": str(settings.prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_CLI_PROMPT": "false",
-            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.prefect.heartbeat_s),
             "NML_DISABLE_USAGE_LOGGING": "1",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "PYTHONUNBUFFERED": "1",
@@ -154,6 +153,7 @@ SERVICES: tuple[Service, ...] = (
         ),
         lambda s: None,
     ),
+    Service("watchdog", lambda s: _python("-m", "flows.watchdog"), lambda s: None),
     Service(
         "api",
         lambda s: _python("-m", "serving"),
@@ -303,6 +303,29 @@ def start(services: Sequence[Service], settings: Settings) -> dict[str, str]:
     return {name: outcome for name, (outcome, _) in launched.items()}
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _hand_back(settings: Settings) -> None:
+    """Give the runs the stopped worker was submitting back to the schedule (the server still runs)."""
+    from flows.watchdog import hand_back_pending_runs  # Prefect's client: only when a worker stopped
+
+    try:
+        handed = hand_back_pending_runs(settings)
+    except Exception as exc:  # the server is down too: the stranded-run rule covers what is left
+        logger.warning("could not hand back the worker's pending runs: %s", exc)
+        return
+    for run in handed:
+        logger.info("worker: handed back run %s (it was being submitted)", run)
+
+
 def stop(name: str, settings: Settings, timeout_s: float = 20.0) -> str:
     """Stop one service this stack started (by its recorded PID). Returns "stopped" or "not running"."""
     record = read_record(settings, name)
@@ -310,18 +333,27 @@ def stop(name: str, settings: Settings, timeout_s: float = 20.0) -> str:
     if record is None:
         return "not running"
     outcome = "not running"
-    if record.is_running():
+
+    def alive() -> bool:
+        # The worker's flow runs may outlive it in its group; what is left there is ours to stop.
+        return record.is_running() or (name == "worker" and _group_alive(record.pid))
+
+    if alive():
         # The service leads its own session, so its group id is its PID: its children go with it.
-        os.killpg(record.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while record.is_running() and time.monotonic() < deadline:
+        while alive() and time.monotonic() < deadline:
             _reap(record.pid)
             time.sleep(0.2)
-        if record.is_running():
-            os.killpg(record.pid, signal.SIGKILL)
+        if alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record.pid, signal.SIGKILL)
         _reap(record.pid)
         outcome = "stopped"
     path.unlink(missing_ok=True)
+    if name == "worker" and outcome == "stopped":
+        _hand_back(settings)
     logger.info("%s: %s", name, outcome)
     return outcome
 
@@ -333,7 +365,10 @@ def _reap(pid: int) -> None:
 
 
 # Services of one phase start together; a phase starts when the previous one is ready.
-PHASES: tuple[tuple[str, ...], ...] = (("prefect-server", "mlflow", "receiver"), ("worker", "api"))
+PHASES: tuple[tuple[str, ...], ...] = (
+    ("prefect-server", "mlflow", "receiver"),
+    ("worker", "watchdog", "api"),
+)
 
 
 def up(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, str]:

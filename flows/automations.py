@@ -40,6 +40,9 @@ FLOW_RUN_FAILED = "prefect.flow-run.Failed"
 FLOW_RUN_CRASHED = "prefect.flow-run.Crashed"
 FLOW_RUN_HEARTBEAT = "prefect.flow-run.heartbeat"
 FLOW_RUN_RUNNING = "prefect.flow-run.Running"
+# A flow-run event is named after the state's name, not its type: a worker's Pending is "Submitting".
+FLOW_RUN_PENDING = "prefect.flow-run.Pending"
+FLOW_RUN_SUBMITTING = "prefect.flow-run.Submitting"
 FLOW_RUN_FINAL = frozenset(
     {"prefect.flow-run.Completed", FLOW_RUN_FAILED, "prefect.flow-run.Cancelled", FLOW_RUN_CRASHED}
 )
@@ -161,7 +164,7 @@ def to_automation(notice: Notice, block_document_id: UUID) -> AutomationCore:
     )
 
 
-def zombie_automation() -> AutomationCore:
+def zombie_automation(after_s: int = ZOMBIE_AFTER_S) -> AutomationCore:
     """Mark a flow run Crashed when its heartbeats stop, or never come, before it reached a final state.
 
     The silence is counted from the last heartbeat or from the server's own Running event: a run whose
@@ -170,7 +173,7 @@ def zombie_automation() -> AutomationCore:
     """
     return AutomationCore(
         name=f"{PREFIX}-crash-silent-flow-runs",
-        description=f"A flow run without a heartbeat for {ZOMBIE_AFTER_S} s is marked Crashed.",
+        description=f"A flow run without a heartbeat for {after_s} s is marked Crashed.",
         enabled=True,
         tags=[TAG],
         trigger=EventTrigger(
@@ -180,12 +183,12 @@ def zombie_automation() -> AutomationCore:
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=ZOMBIE_AFTER_S),
+            within=timedelta(seconds=after_s),
         ),
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
-                message=f"No heartbeat for {ZOMBIE_AFTER_S} s: the run's process is gone.",
+                message=f"No heartbeat for {after_s} s: the run's process is gone.",
             )
         ],
     )
@@ -215,6 +218,69 @@ def rerun_crashed_automation(deployment_id: UUID, settings: Settings) -> Automat
             )
         ],
     )
+
+
+# --- the loop never stops silently (issue 15): stranded runs and the watchdog's events ----------------
+def stranded_automation(settings: Settings) -> AutomationCore:
+    """Mark a flow run Crashed when it stays Pending (submitted, never Running) past the bound.
+
+    A run holds its deployment's concurrency slot from Pending: one whose worker died while submitting
+    it would hold the slot, and every later run of a deployment limited to one would be cancelled.
+    Crashed frees the slot and lets the crash handling act (notification, rerun of a retrain). The
+    watchdog (`flows/watchdog.py`) is the backstop should this proactive trigger not fire.
+    """
+    after_s = settings.prefect.stranded_after_s
+    return AutomationCore(
+        name=f"{PREFIX}-crash-stranded-flow-runs",
+        description=f"A flow run Pending for {after_s} s (its worker died submitting it) is marked Crashed.",
+        enabled=True,
+        tags=[TAG],
+        trigger=EventTrigger(
+            after={FLOW_RUN_PENDING, FLOW_RUN_SUBMITTING},
+            expect={FLOW_RUN_RUNNING, *FLOW_RUN_FINAL},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=after_s),
+        ),
+        # Not forced: the server refuses to move a run already in a final state, so a late event can
+        # never turn a Completed run into a Crashed one.
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"Pending for {after_s} s: its worker died while submitting it.",
+            )
+        ],
+    )
+
+
+_WATCHDOG_NOTICES = (
+    (Event.MONITOR_STALE, "monitor-stale", "monitoring is stale: no monitor run completed"),
+    (Event.MONITOR_RECOVERED, "monitor-recovered", "monitoring recovered: a monitor run completed"),
+    (Event.RETRAIN_STALE, "retrain-stale", "the weekly retrain missed its window"),
+    (Event.RETRAIN_RECOVERED, "retrain-recovered", "the retrain completed again"),
+    (Event.RUNS_CANCELLED, "runs-cancelled", "runs cancelled by the deployment concurrency limit"),
+)
+
+
+def watchdog_notices() -> list[Notice]:
+    """Notifications of the watchdog's events (it emits each once; these only pass them on)."""
+    return [
+        Notice(
+            name=f"{PREFIX}-notify-{suffix}",
+            description=f"The watchdog emitted {event}.",
+            events=frozenset({event}),
+            subject=f"[reggaeton] {subject}",
+            body=_MODEL_EVENT_BODY,
+        )
+        for event, suffix, subject in _WATCHDOG_NOTICES
+    ]
+
+
+def loop_guard_automations(settings: Settings, block_id: UUID) -> list[AutomationCore]:
+    """The stranded-run rule and the notifications of the watchdog's events."""
+    return [stranded_automation(settings), *(to_automation(n, block_id) for n in watchdog_notices())]
 
 
 def ensure_notification_block(settings: Settings) -> UUID:
@@ -251,7 +317,8 @@ def apply_automations(settings: Settings) -> dict[str, str]:
     """
     block_id = ensure_notification_block(settings)
     wanted = [to_automation(notice, block_id) for notice in notices(settings)]
-    wanted.append(zombie_automation())
+    wanted.append(zombie_automation(3 * settings.prefect.heartbeat_s))
+    wanted.extend(loop_guard_automations(settings, block_id))
     outcome: dict[str, str] = {}
     with prefect_api(settings), get_client(sync_client=True) as client:
         retrain = find_deployment(client, TRAIN_DEPLOYMENT)

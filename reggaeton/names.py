@@ -12,6 +12,7 @@ EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
 
 # The prefect.yaml deployment that trains a challenger and gates it (retrain trigger, bootstrap, demo).
 TRAIN_DEPLOYMENT: Final = "train-and-promote"
+# The prefect.yaml deployment that monitors the champion on a schedule.
 MONITOR_DEPLOYMENT: Final = "monitor"
 # The process work pool every worker polls (the settings' default; prefect.yaml and the container
 # stack are checked against it by tests/test_contracts.py).
@@ -61,5 +62,14 @@ class Event:
     # The prediction log's database cannot be written (rows wait in the spool) / is written again.
     LOG_UNAVAILABLE: Final = "reggaeton.serving.log_unavailable"
     LOG_RECOVERED: Final = "reggaeton.serving.log_recovered"
+    # The watchdog (flows/watchdog.py): silence of a scheduled deployment becomes an event, and so does
+    # its end; runs cancelled by a deployment concurrency limit are counted and reported.
+    MONITOR_STALE: Final = "reggaeton.monitor.stale"
+    MONITOR_RECOVERED: Final = "reggaeton.monitor.recovered"
+    RETRAIN_STALE: Final = "reggaeton.retrain.stale"
+    RETRAIN_RECOVERED: Final = "reggaeton.retrain.recovered"
+    RUNS_CANCELLED: Final = "reggaeton.runs.cancelled"
+    # Resource id prefix of the watchdog's events: "<prefix>.<deployment name>".
+    DEPLOYMENT_RESOURCE_PREFIX: Final = "reggaeton.deployment"
     # Resource id prefix used on every event: "<prefix>.<model name>".
     RESOURCE_PREFIX: Final = "reggaeton.model"

@@ -145,6 +145,25 @@ class PrefectSettings(_Section):
     alert_receiver_port: int = 8765
     notification_block: str = "reggaeton-alerts"  # name of the CustomWebhookNotificationBlock
     debounce_s: int = Field(default=600, ge=0)  # repeated `degraded` events within this notify once
+    # Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by the stack).
+    heartbeat_s: int = Field(default=names.FLOW_HEARTBEAT_S, ge=30)  # Prefect refuses less than 30
+    # A flow run Pending (submitted, its process not yet Running) longer than this is marked Crashed:
+    # its worker died while submitting it, and it holds its deployment's one concurrency slot.
+    stranded_after_s: int = Field(default=120, ge=10)
+
+
+class WatchdogSettings(_Section):
+    """The watchdog process: the backstop of the stranded-run rule and the loop's dead-man's switch."""
+
+    every_s: float = Field(default=30.0, gt=0)  # how often it looks
+    # `reggaeton.monitor.stale` when no `monitor` run completed for this many of its schedule intervals.
+    monitor_intervals: float = Field(default=3.0, gt=1)
+    # `reggaeton.retrain.stale` when no `train-and-promote` run completed for this many of its intervals
+    # (weekly: 1.5 = the Monday run and half a week of grace missed).
+    retrain_intervals: float = Field(default=1.5, gt=1)
+    # Runs cancelled by a deployment concurrency limit, within `cancelled_window_s`, that notify.
+    cancelled_threshold: int = Field(default=2, ge=1)
+    cancelled_window_s: int = Field(default=900, ge=1)
 
 
 class Settings(BaseSettings):
@@ -163,6 +182,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     prefect: PrefectSettings = PrefectSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:

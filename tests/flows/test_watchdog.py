@@ -1,0 +1,94 @@
+"""The watchdog's decisions and the stranded-run rule, without a server (the loop tests run them live)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+from prefect.client.schemas.objects import FlowRun, State, StateType
+
+from flows import automations, watchdog
+from reggaeton.names import Event
+from reggaeton.settings import Settings
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+FIVE_MIN = timedelta(minutes=5)
+
+
+def _run(state: StateType, entered: datetime, message: str | None = None) -> FlowRun:
+    return FlowRun(id=uuid4(), flow_id=uuid4(), state=State(type=state, timestamp=entered, message=message))
+
+
+def test_stale_after_the_given_number_of_intervals_from_the_last_completion() -> None:
+    since = NOW - timedelta(days=1)
+    assert not watchdog.is_stale(NOW - 3 * FIVE_MIN, since, FIVE_MIN, 3, NOW)
+    assert watchdog.is_stale(NOW - 3 * FIVE_MIN - timedelta(seconds=1), since, FIVE_MIN, 3, NOW)
+
+
+def test_never_completed_counts_from_the_deployment_creation() -> None:
+    assert not watchdog.is_stale(None, NOW - 2 * FIVE_MIN, FIVE_MIN, 3, NOW)
+    assert watchdog.is_stale(None, NOW - 4 * FIVE_MIN, FIVE_MIN, 3, NOW)
+    # A completion older than a re-created deployment does not make it stale at once.
+    assert not watchdog.is_stale(NOW - timedelta(days=9), NOW - FIVE_MIN, FIVE_MIN, 3, NOW)
+
+
+def test_only_a_run_still_pending_past_the_bound_is_stranded() -> None:
+    after = timedelta(seconds=120)
+    assert watchdog.is_stranded(_run(StateType.PENDING, NOW - timedelta(seconds=121)), NOW, after)
+    assert not watchdog.is_stranded(_run(StateType.PENDING, NOW - timedelta(seconds=60)), NOW, after)
+    for moved_on in (StateType.RUNNING, StateType.COMPLETED, StateType.CRASHED):
+        assert not watchdog.is_stranded(_run(moved_on, NOW - timedelta(hours=1)), NOW, after)
+
+
+def test_the_backstop_acts_after_the_automation() -> None:
+    settings = Settings(prefect={"stranded_after_s": 120}, watchdog={"every_s": 30})
+    assert watchdog.stranded_after(settings) == timedelta(seconds=180)
+    quick = Settings(prefect={"stranded_after_s": 20}, watchdog={"every_s": 2})
+    assert watchdog.stranded_after(quick) == timedelta(seconds=50)
+
+
+def test_only_cancellations_by_the_concurrency_limit_within_the_window_count() -> None:
+    window = timedelta(minutes=15)
+    limit = watchdog.CONCURRENCY_CANCEL_MESSAGE
+    runs = [
+        _run(StateType.CANCELLED, NOW - timedelta(minutes=1), limit),
+        _run(StateType.CANCELLED, NOW - timedelta(minutes=14), limit),
+        _run(StateType.CANCELLED, NOW - timedelta(minutes=16), limit),  # too old
+        _run(StateType.CANCELLED, NOW - timedelta(minutes=1), "Cancelled by a person"),
+        _run(StateType.COMPLETED, NOW - timedelta(minutes=1), limit),
+    ]
+    assert watchdog.cancelled_by_limit(runs, NOW, window) == runs[:2]
+
+
+def test_memory_survives_a_restart(tmp_path: Path) -> None:
+    memory = watchdog.Memory.load(tmp_path / "watchdog.json")
+    memory.stale.add("monitor")
+    memory.cancelled_reported["monitor"] = NOW.isoformat()
+    memory.save()
+    again = watchdog.Memory.load(tmp_path / "watchdog.json")
+    assert again.stale == {"monitor"} and again.cancelled_reported == {"monitor": NOW.isoformat()}
+
+
+def test_stranded_rule_crashes_pending_runs_without_force() -> None:
+    rule = automations.stranded_automation(Settings(prefect={"stranded_after_s": 45}))
+    trigger = rule.trigger
+    # The worker's Pending state is named Submitting, and the event carries the name.
+    assert trigger.after == {automations.FLOW_RUN_PENDING, automations.FLOW_RUN_SUBMITTING}  # type: ignore[union-attr]
+    assert automations.FLOW_RUN_RUNNING in trigger.expect  # type: ignore[union-attr]
+    assert trigger.expect >= automations.FLOW_RUN_FINAL  # type: ignore[union-attr]
+    assert trigger.within == timedelta(seconds=45)  # type: ignore[union-attr]
+    [action] = rule.actions
+    # Forced, the server would let a late event turn a finished run into a Crashed one.
+    assert action.state == StateType.CRASHED and action.force is False  # type: ignore[union-attr]
+
+
+def test_every_watchdog_event_is_notified() -> None:
+    covered = set().union(*(n.events for n in automations.watchdog_notices()))
+    assert covered == {
+        Event.MONITOR_STALE,
+        Event.MONITOR_RECOVERED,
+        Event.RETRAIN_STALE,
+        Event.RETRAIN_RECOVERED,
+        Event.RUNS_CANCELLED,
+    }
