@@ -147,7 +147,11 @@ def apply(settings: Settings, endpoints: Endpoints) -> Settings:
     mlflow = settings.mlflow.model_copy(
         update={"tracking_uri": endpoints.mlflow, "registry_uri": settings.mlflow.registry_uri}
     )
-    prefect = settings.prefect.model_copy(update={"api_url": endpoints.prefect_api})
+    prefect_update: dict[str, object] = {"api_url": endpoints.prefect_api}
+    if endpoints.receiver is not None and settings.prefect.webhook_url is None:
+        # Notifications go to the receiver of the stack that is up (deploy writes it into the block).
+        prefect_update["alert_receiver_port"] = httpx.URL(endpoints.receiver).port
+    prefect = settings.prefect.model_copy(update=prefect_update)
     api = httpx.URL(endpoints.api)
     serving = settings.serving.model_copy(
         update={"host": api.host or settings.serving.host, "port": api.port or settings.serving.port}

@@ -27,6 +27,7 @@ class StatusReport:
     champion: VersionInfo | None = None
     challenger: VersionInfo | None = None
     last_decision: VersionInfo | None = None
+    last_gate: VersionInfo | None = None  # the last gate's, when the last decision was an operator's
     registry_error: str | None = None
     monitoring: list[str] = field(default_factory=list)
     api: list[str] = field(default_factory=list)
@@ -57,6 +58,9 @@ def _registry(settings: Settings, report: StatusReport) -> None:
     ]
     if decided:
         report.last_decision = max(decided, key=lambda info: info.decided_at or "")
+        gated = [info for info in decided if info.detail]
+        if gated and report.last_decision.detail is None:
+            report.last_gate = max(gated, key=lambda info: info.decided_at or "")
 
 
 def monitoring_lines(settings: Settings, chunks: int = 6) -> list[str]:
@@ -158,10 +162,13 @@ def render(report: StatusReport) -> str:
         lines.append(views.held_out_line("champion", report.champion))
         lines.append(views.held_out_line("challenger", report.challenger))
         if report.last_decision is not None:
-            lines.append("last gate decision:")
+            lines.append("last decision:")
             lines.extend(f"  {line}" for line in views.decision_lines(report.last_decision))
         else:
-            lines.append("last gate decision: none")
+            lines.append("last decision: none")
+        if report.last_gate is not None:
+            lines.append("last gate decision:")
+            lines.extend(f"  {line}" for line in views.decision_lines(report.last_gate))
     lines.extend(report.monitoring)
     lines.extend(report.api)
     return "\n".join(lines)

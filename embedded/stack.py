@@ -1,4 +1,4 @@
-"""`reggaeton up|down|status` (`python -m embedded.stack`): the embedded local stack as processes with PID files.
+"""`reggaeton up|down|status`: the embedded local stack as processes with PID files.
 
 Starts, on 127.0.0.1 and with all state in the state folder: the Prefect server (its own PREFECT_HOME,
 analytics off), the MLflow server (SQLite + local artifacts, ``--serve-artifacts``), the alert receiver,
