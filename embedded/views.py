@@ -83,11 +83,14 @@ def held_out_line(label: str, info: VersionInfo | None) -> str:
     """One version with its own held-out figures, labelled as such."""
     if info is None:
         return f"{label}: none"
-    trained = f", trained {info.created_at}" if info.created_at else ""
-    data = f", data {info.data_hash[:12]}" if info.data_hash else ""
+    facts = [
+        f"trained {info.created_at}" if info.created_at else "",
+        f"data {info.data_hash[:12]}" if info.data_hash else "",
+    ]
+    about = ", ".join(fact for fact in facts if fact)
     return (
-        f"{label}: version {info.version}{trained}{data}; own held-out rows (not comparable across "
-        f"versions): {metric_list(info.metrics)}"
+        f"{label}: version {info.version}{f' ({about})' if about else ''}\n"
+        f"  its own held-out rows (not comparable across versions): {metric_list(info.metrics)}"
     )
 
 

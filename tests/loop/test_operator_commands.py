@@ -167,7 +167,7 @@ def test_every_docs_command_runs_against_the_running_stack(loop_stack: Settings)
             text = result.stdout
             assert "services down: none" in text, text
             assert f"MLflow      {stack.mlflow_url(settings)}" in text, text
-            assert "own held-out rows (not comparable across versions)" in text, text
+            assert "its own held-out rows (not comparable across versions)" in text, text
             assert "the gate's figures, both models on the same" in text, text
             assert "API serves version" in text, text
     assert len(ran) == len(to_run)
