@@ -142,15 +142,27 @@ def resolve(
     )
 
 
+def _recorded(endpoints: Endpoints, name: str) -> bool:
+    return endpoints.sources.get(name, "").endswith("stack.json")
+
+
 def apply(settings: Settings, endpoints: Endpoints) -> Settings:
     """The settings pointed at these endpoints (MLflow tracking and registry, Prefect API, the API)."""
-    mlflow = settings.mlflow.model_copy(
-        update={"tracking_uri": endpoints.mlflow, "registry_uri": settings.mlflow.registry_uri}
-    )
+    mlflow = settings.mlflow.model_copy(update={"tracking_uri": endpoints.mlflow})
+    prefect_url = httpx.URL(endpoints.prefect_api)
     prefect_update: dict[str, object] = {"api_url": endpoints.prefect_api}
-    if endpoints.receiver is not None and settings.prefect.webhook_url is None:
-        # Notifications go to the receiver of the stack that is up (deploy writes it into the block).
-        prefect_update["alert_receiver_port"] = httpx.URL(endpoints.receiver).port
+    if endpoints.stack == LOCAL:
+        # The local stack's own ports are those of the stack that is up: `up` then reuses it (its
+        # health checks ask there), and `deploy` points notifications at its receiver.
+        if _recorded(endpoints, "prefect_api"):
+            prefect_update.update(host=prefect_url.host, port=prefect_url.port or settings.prefect.port)
+        if endpoints.receiver is not None and settings.prefect.webhook_url is None:
+            prefect_update["alert_receiver_port"] = httpx.URL(endpoints.receiver).port
+        if _recorded(endpoints, "mlflow"):
+            mlflow_url = httpx.URL(endpoints.mlflow)
+            mlflow = mlflow.model_copy(
+                update={"host": mlflow_url.host, "port": mlflow_url.port or settings.mlflow.port}
+            )
     prefect = settings.prefect.model_copy(update=prefect_update)
     api = httpx.URL(endpoints.api)
     serving = settings.serving.model_copy(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ def test_the_stack_that_is_up_wins_over_the_defaults(recorded: Settings, tmp_pat
     assert applied.tracking_uri == "http://127.0.0.1:5101"
     assert applied.prefect_api_url == "http://127.0.0.1:4301/api"
     assert applied.serving.port == 8101
+    # The stack's own ports too: `up` checks (and reuses) the services where they run.
+    assert (applied.mlflow.port, applied.prefect.port) == (5101, 4301)
 
 
 def test_without_a_recorded_stack_the_defaults_are_the_local_servers(settings: Settings) -> None:
@@ -98,3 +101,23 @@ def test_unreachable_names_the_url_its_source_and_how_to_start(recorded: Setting
         f"cannot reach mlflow at http://127.0.0.1:{free_port} (from MLFLOW_TRACKING_URI): "
         "start the local stack with `reggaeton up`"
     )
+
+
+def test_up_reuses_the_running_stack_on_its_recorded_ports(
+    tmp_path: Path, free_port: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`reggaeton up` without the ports the stack was started with finds it and reuses it."""
+    from cli.main import main
+
+    started = Settings(state_dir=tmp_path / "state", prefect={"alert_receiver_port": free_port})
+    try:
+        assert stack.up(started, ["receiver"]) == {"receiver": "started"}
+        for key in [k for k in os.environ if k.startswith("REGGAETON_")]:
+            monkeypatch.delenv(key)
+        monkeypatch.setenv("REGGAETON_STATE_DIR", str(tmp_path / "state"))
+        assert main(["up", "receiver"]) == 0
+        out = capsys.readouterr().out
+        assert "receiver        reused" in out
+        assert f"alerts      http://127.0.0.1:{free_port}/alerts" in out
+    finally:
+        stack.down(started, ["receiver"])
