@@ -77,7 +77,7 @@ def monitoring_lines(settings: Settings, chunks: int = 6) -> list[str]:
             return ["monitoring: no run yet (`reggaeton monitor` runs one now)"]
         last = runs.iloc[-1]
         lines = [
-            f"monitoring: last run {last['started_at']} on version {last['model_version']}: "
+            f"monitoring: last run {_when(last['started_at'])} on version {last['model_version']}: "
             f"{last['rows_read']} rows read, {last['chunks']} chunk(s), alerts: {last['alerts'] or 'none'}"
         ]
         frame = store.read_chunks(engine, str(last["model_version"]), limit=chunks)
@@ -86,16 +86,25 @@ def monitoring_lines(settings: Settings, chunks: int = 6) -> list[str]:
     estimated, realized = store.estimated_column("roc_auc"), store.realized_column("roc_auc")
     for row in frame.itertuples(index=False):
         values = row._asdict()
-        est, real = values.get(estimated), values.get(realized)
         drifted = values.get(store.DRIFTED_FEATURES) or ""
         lines.append(
-            f"  chunk {values.get(store.CHUNK_START)} .. {values.get('chunk_end')}: "
-            f"{values.get(store.ROWS)} rows, "
-            f"estimated ROC-AUC {views.number(est) if est is not None else '-'}, "
-            f"realized {views.number(real) if real is not None and real == real else '-'} "
-            f"({values.get(store.LABELLED)} labelled), drifted: {drifted or 'none'}"
+            f"  chunk {_when(values.get(store.CHUNK_START))} .. {_when(values.get('chunk_end'))}: "
+            f"{values.get(store.ROWS)} rows, estimated ROC-AUC {_figure(values.get(estimated))}, "
+            f"realized {_figure(values.get(realized))} ({values.get(store.LABELLED)} labelled), "
+            f"drifted: {drifted or 'none'}"
         )
     return lines
+
+
+def _when(value: object) -> str:
+    return str(value)[:19] if value is not None else "-"
+
+
+def _figure(value: object) -> str:
+    """A stored metric, or "-" where there is none (NULL or NaN: no estimate, too few labels)."""
+    if value is None or value != value:  # NaN is not equal to itself
+        return "-"
+    return views.number(value)
 
 
 def _api(endpoints: Endpoints) -> list[str]:
