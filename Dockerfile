@@ -45,6 +45,11 @@ COPY flows/ flows/
 COPY serving/ serving/
 COPY monitoring/ monitoring/
 COPY infra/ infra/
+COPY embedded/ embedded/
+COPY cli/ cli/
+# The operator's command line on PATH (`docker-compose exec worker reggaeton status`); the source is
+# on PYTHONPATH, so a two-line launcher does what an installed console script would.
+RUN printf '#!/bin/sh\nexec python -m cli "$@"\n' > /opt/venv/bin/reggaeton && chmod 755 /opt/venv/bin/reggaeton
 # prefect.yam[l]: the deployments file, copied when present.
 COPY pyproject.toml README.md prefect.yam[l] ./
 USER 10001:10001

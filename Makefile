@@ -31,19 +31,19 @@ install: $(BIN)/python ## Create .venv from the lockfile (bootstraps uv with pip
 
 .PHONY: demo
 demo: install ## The whole loop on this machine: stack, deploy, first champion, drift, retrain, summary
-	$(BIN)/python -m embedded.demo
+	$(BIN)/reggaeton demo
 
 .PHONY: up
 up: install ## Start (or reuse) the local stack: Prefect server + worker, MLflow, API, alert receiver
-	$(BIN)/python -m embedded.stack up
+	$(BIN)/reggaeton up
 
 .PHONY: deploy
 deploy: install ## Work pool, deployments (prefect.yaml) and automations; idempotent
-	$(BIN)/python -m flows.deploy
+	$(BIN)/reggaeton deploy
 
 .PHONY: down
 down: ## Stop exactly the processes the stack started (by their PID files)
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m embedded.stack down; fi
+	@if [ -x $(BIN)/reggaeton ]; then $(BIN)/reggaeton down; fi
 
 .PHONY: lock
 lock: uv ## Re-resolve the lockfiles from pyproject.toml

@@ -61,6 +61,11 @@ def tag_decision(
     tags = {names.Tag.DECISION: decision, names.Tag.DECISION_REASON: reason, **(details or {}), **stamp}
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
+    # The same in words where the MLflow UI shows it (the tags stay: the gate and rollback read them).
+    who = ", ".join(
+        stamp.get(key, "") for key in (names.Tag.DECIDED_AT, names.Tag.DECIDED_BY) if key in stamp
+    )
+    client.update_model_version(model_name, version, description=f"{decision} ({who}): {reason}")
 
 
 def move_champion(client: MlflowClient, model_name: str, new: str, old: str | None) -> None:

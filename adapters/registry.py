@@ -50,6 +50,14 @@ SKOPS_TRUSTED_TYPES = [
 ]
 
 
+# What the registered model is, for the MLflow UI (set once, when its first version is registered).
+MODEL_DESCRIPTION = (
+    "Says whether a song is reggaeton from seven Spotify audio features (danceability, energy, speechiness, "
+    "acousticness, valence, tempo, loudness). The `champion` alias is what the API serves; `challenger` is "
+    "the latest trained version; each version's description holds the last decision about it and why."
+)
+
+
 def connect(settings: Settings) -> MlflowClient:
     """Point MLflow at the configured tracking store and registry and return a client."""
     if settings.tracking_uri.startswith("sqlite:"):
@@ -171,6 +179,8 @@ def register(
     version = mlflow.register_model(
         model_info.model_uri, model_name, tags={key: str(value) for key, value in tags.items()}
     )
+    if not client.get_registered_model(model_name).description:
+        client.update_registered_model(model_name, description=MODEL_DESCRIPTION)
     return client.get_model_version(model_name, version.version)
 
 

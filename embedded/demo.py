@@ -1,9 +1,9 @@
-"""`python -m embedded.demo` (`make demo`): the whole loop once on this machine, then a summary.
+"""`reggaeton demo` (`make demo`): the whole loop once on this machine, then a summary.
 
 Starts the stack (or reuses it), deploys, trains the first champion through the `train-and-promote`
 deployment when there is none, drives the traffic simulator (stable, then drifted traffic with late
 labels), runs the monitor, and waits until the automation's retrain has decided and the API serves
-what the gate chose. The stack stays up; `make down` stops it.
+what the gate chose. The stack stays up; `reggaeton down` stops it.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from prefect.client.schemas.sorting import FlowRunSort
 
 from adapters import registry
 from adapters.prefect_api import find_deployment, prefect_api
-from embedded import stack
+from embedded import stack, views
 from embedded.receiver import read_alerts
+from embedded.views import VersionInfo
 from flows.deploy import deploy
 from reggaeton import names
 from reggaeton.settings import Settings
@@ -43,16 +44,6 @@ logger = logging.getLogger(__name__)
 
 
 T = TypeVar("T")
-
-
-@dataclass
-class VersionInfo:
-    """A registered version as the summary shows it."""
-
-    version: str
-    metrics: dict[str, str] = field(default_factory=dict)
-    decision: str | None = None
-    reason: str | None = None
 
 
 @dataclass
@@ -97,13 +88,7 @@ def stack_settings(settings: Settings) -> Settings:
 # --- registry -------------------------------------------------------------------------------------------
 def version_info(client: MlflowClient, settings: Settings, version: str) -> VersionInfo:
     """Metrics and decision recorded on a version (tags written by training and the gate)."""
-    tags = client.get_model_version(settings.mlflow.model_name, version).tags
-    metrics = {
-        key.removeprefix(names.Tag.METRIC_PREFIX): value
-        for key, value in sorted(tags.items())
-        if key.startswith(names.Tag.METRIC_PREFIX)
-    }
-    return VersionInfo(version, metrics, tags.get(names.Tag.DECISION), tags.get(names.Tag.DECISION_REASON))
+    return views.version_info(client.get_model_version(settings.mlflow.model_name, version))
 
 
 def champion_version(client: MlflowClient, settings: Settings) -> str | None:
@@ -254,33 +239,15 @@ def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> No
     report.timings["drift detected -> decision served"] = time.monotonic() - began
 
 
-SUMMARY_METRICS = ("pr_auc", "roc_auc", "f1", "brier")
-
-
-def _number(value: str) -> str:
-    try:
-        return f"{float(value):.3f}"
-    except ValueError:
-        return value
-
-
 def summary(settings: Settings, report: DemoReport) -> str:
     """The text printed at the end of the demo."""
     lines = ["", "=" * 72, "reggaeton loop: summary", "=" * 72]
 
-    def describe(label: str, info: VersionInfo | None) -> None:
-        if info is None:
-            lines.append(f"{label}: none")
-            return
-        shown = [(k, info.metrics[k]) for k in SUMMARY_METRICS if k in info.metrics]
-        metrics = ", ".join(f"{k}={_number(v)}" for k, v in shown) or "no metrics recorded"
-        lines.append(f"{label}: version {info.version} ({metrics})")
-
-    describe("champion before", report.before)
-    describe("challenger", report.challenger)
-    describe("champion after", report.after)
+    lines.append(views.held_out_line("champion before", report.before))
+    lines.append(views.held_out_line("challenger", report.challenger))
+    lines.append(views.held_out_line("champion after", report.after))
     if report.challenger is not None:
-        lines.append(f"decision: {report.challenger.decision} ({report.challenger.reason})")
+        lines.extend(views.decision_lines(report.challenger))
     lines.append(f"retrain run: {report.retrain_state}")
     lines.append(f"API served: {report.served_before} -> {report.served_after}")
     lines.append(f"alerts received ({len(report.alerts)}), also in {settings.alerts_path}:")
@@ -290,7 +257,7 @@ def summary(settings: Settings, report: DemoReport) -> str:
         f"Prefect UI:  {stack.prefect_ui_url(settings)}",
         f"MLflow UI:   {stack.mlflow_url(settings)}",
         f"API docs:    {stack.api_url(settings)}/docs",
-        "The stack is still running: `make down` stops it.",
+        "The stack is still running: `reggaeton down` (or `make down`) stops it.",
     ]
     return "\n".join(lines) + "\n"
 

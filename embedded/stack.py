@@ -1,9 +1,10 @@
-"""`python -m embedded.stack up|down|status`: the embedded local stack as processes with PID files.
+"""`reggaeton up|down|status`: the embedded local stack as processes with PID files.
 
 Starts, on 127.0.0.1 and with all state in the state folder: the Prefect server (its own PREFECT_HOME,
 analytics off), the MLflow server (SQLite + local artifacts, ``--serve-artifacts``), the alert receiver,
 a Prefect process worker on the work pool, and the API. A second ``up`` reuses what is running; ``down``
-stops exactly the processes ``up`` started, by the PIDs recorded in ``<state>/pids/``.
+stops exactly the processes ``up`` started, by the PIDs recorded in ``<state>/pids/``. ``up`` records
+the stack's endpoints in ``<state>/stack.json``, where the ``reggaeton`` command line finds them.
 """
 
 from __future__ import annotations
@@ -371,10 +372,46 @@ PHASES: tuple[tuple[str, ...], ...] = (
 )
 
 
+def endpoints_path(settings: Settings) -> Path:
+    """Where ``up`` records the endpoints it serves, for the command line to find the running stack."""
+    return settings.state_path / "stack.json"
+
+
+def endpoints(settings: Settings) -> dict[str, str]:
+    """The URLs of the stack these settings describe (as its own processes reach them)."""
+    return {
+        "mlflow": settings.mlflow.tracking_uri or mlflow_url(settings),
+        "prefect_api": settings.prefect_api_url,
+        "prefect_ui": prefect_ui_url(settings),
+        "api": api_url(settings),
+        "receiver": receiver_url(settings),
+        "state_dir": str(settings.state_path),
+    }
+
+
+def read_endpoints(settings: Settings) -> dict[str, str] | None:
+    """The endpoints the last ``up`` recorded in this state folder, or None."""
+    path = endpoints_path(settings)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {str(key): str(value) for key, value in data.items()} if isinstance(data, dict) else None
+
+
 def up(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, str]:
-    """Start the named services phase by phase; what is already running is reused."""
+    """Start the named services phase by phase; what is already running is reused.
+
+    The stack's endpoints are recorded in ``<state>/stack.json`` first, so a command run while it
+    starts already finds it; while a stack of this state folder runs, its record stays as it is.
+    """
     settings.ensure_state_dir()
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    running = any(value.startswith("running") for value in status(settings).values())
+    if not running or read_endpoints(settings) is None:
+        endpoints_path(settings).write_text(json.dumps(endpoints(settings), indent=2) + "\n")
     by_name = {service.name: service for service in SERVICES}
     outcome: dict[str, str] = {}
     for phase in PHASES:
@@ -383,8 +420,14 @@ def up(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, st
 
 
 def down(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, str]:
-    """Stop the named services that this stack started, in reverse order."""
-    return {name: stop(name, settings) for name in reversed(SERVICE_NAMES) if name in names}
+    """Stop the named services that this stack started, in reverse order.
+
+    The recorded endpoints go when nothing of the stack is left running.
+    """
+    outcome = {name: stop(name, settings) for name in reversed(SERVICE_NAMES) if name in names}
+    if not any(value.startswith("running") for value in status(settings).values()):
+        endpoints_path(settings).unlink(missing_ok=True)
+    return outcome
 
 
 def status(settings: Settings) -> dict[str, str]:

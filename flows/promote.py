@@ -5,20 +5,15 @@ Applying a decision tags both versions and moves the ``champion`` alias on a pro
 publishes a markdown artifact. Re-running the gate on the same pair and the same evaluation data
 changes nothing.
 
-Operator commands (each recorded with who and why, and announced with an event)::
-
-    python -m flows.promote train-and-promote --n-trials 20
-    python -m flows.promote gate --version 7
-    python -m flows.promote promote --version 5 --reason "hotfix for ticket 123"
-    python -m flows.promote rollback --reason "precision dropped after release"
+Operator commands (each recorded with who and why, and announced with an event) run from the command
+line: ``reggaeton train --gate``, ``reggaeton gate``, ``reggaeton promote``, ``reggaeton rollback``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -28,11 +23,9 @@ from mlflow.entities.model_registry import ModelVersion
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.events.worker import EventsWorker
 from prefect.runtime import flow_run
 
 from adapters import decisions, prefect_events, registry
-from adapters.prefect_api import prefect_api
 from flows import gate, train
 from reggaeton import names
 from reggaeton.promotion import PROMOTED, Decision, decide, markdown_report
@@ -280,47 +273,3 @@ def rollback(reason: str, by: str | None = None, settings: Settings | None = Non
 def _operator_report(title: str, payload: Mapping[str, Any]) -> str:
     rows = [f"| {key} | {value} |" for key, value in payload.items()]
     return "\n".join([f"# {title}", "", "| field | value |", "|---|---|", *rows]) + "\n"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``train-and-promote``, ``gate``, ``promote`` and ``rollback``."""
-    parser = argparse.ArgumentParser(prog="python -m flows.promote", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    loop_cmd = commands.add_parser("train-and-promote", help="train a challenger, then gate it")
-    loop_cmd.add_argument("--data-folder", help="folder in the original CSV layout (default: synthetic)")
-    loop_cmd.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
-    gate_cmd = commands.add_parser("gate", help="gate a registered version against the champion")
-    gate_cmd.add_argument("--version", required=True)
-    promote_cmd = commands.add_parser("promote", help="make a version champion (operator override)")
-    promote_cmd.add_argument("--version", required=True)
-    promote_cmd.add_argument("--reason", required=True)
-    rollback_cmd = commands.add_parser("rollback", help="restore the previous champion")
-    rollback_cmd.add_argument("--reason", required=True)
-    for command in (promote_cmd, rollback_cmd):
-        command.add_argument("--by", default=None, help="who (default: the login name)")
-    args = parser.parse_args(argv)
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()
-    try:
-        with prefect_api(settings, keep_configured=True):
-            if args.command == "train-and-promote":
-                result = train_and_promote(args.data_folder, args.n_trials, settings)
-            elif args.command == "gate":
-                result = promotion_gate(args.version, settings)
-            elif args.command == "promote":
-                result = promote_version(args.version, args.reason, args.by, settings)
-            else:
-                result = rollback(args.reason, args.by, settings)
-    except PromotionError as exc:
-        logger.error("%s", exc)
-        return 1
-    finally:
-        # Deliver the events before the process ends (the worker would otherwise drain at exit).
-        EventsWorker.drain_all()
-    logger.info("%s", json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

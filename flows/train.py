@@ -1,19 +1,17 @@
 """The ``train`` flow: data -> Optuna tuning -> fit -> held-out evaluation vs the baseline -> challenger.
 
 Each step is a plain function (callable without Prefect, e.g. by ``train``); the flow wraps them in
-tasks. Run it against the local stack with ``python -m flows.train``.
+tasks. Run it against the stack that is up with ``reggaeton train``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import optuna
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import RunInfo
@@ -22,7 +20,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from adapters import registry, tracking, traffic
-from adapters.prefect_api import prefect_api
 from reggaeton import tuning
 from reggaeton.data import Dataset, Split, features_array, load_dataset, split, with_extra_rows
 from reggaeton.model import BASELINE
@@ -310,25 +307,3 @@ def train_flow(
         TASK_STEPS, settings, None, flow_run_id=str(flow_run.id), request_id=request_id, progress_bar=True
     )
     return int(result.version)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the train flow against the local stack (the Prefect server from the settings)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-folder", help="folder in the original CSV layout (default: synthetic sample)")
-    parser.add_argument("--n-trials", type=int, help="Optuna trials (default: from settings)")
-    args = parser.parse_args(argv)
-    # Importing Prefect configures the root logger (WARNING); this entry point reports at INFO.
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar shows the trials
-    settings = Settings()
-    # An explicit PREFECT_API_URL wins; otherwise the local stack's server from the settings.
-    with prefect_api(settings, keep_configured=True):
-        version = train_flow(data_folder=args.data_folder, n_trials=args.n_trials, settings=settings)
-    logger.info("challenger version: %s", version)
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("reggaeton", "adapters", "flows", "serving", "monitoring", "infra", "embedded")
+PACKAGES = ("reggaeton", "adapters", "flows", "serving", "monitoring", "infra", "embedded", "cli")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 
-from adapters import registry
+from adapters import decisions, registry
 from reggaeton import names
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
@@ -36,3 +36,24 @@ def test_register_alias_and_reference_round_trip(settings: Settings) -> None:
     np.testing.assert_allclose(reference[PROBABILITY], proba)
     loaded = registry.load_pipeline(names.MODEL_NAME, version.version)
     np.testing.assert_allclose(loaded.predict_proba(features_array(data.holdout))[:, 1], proba)
+
+
+def test_the_registry_reads_well_in_the_mlflow_ui(settings: Settings) -> None:
+    """The registered model says what it is; a version's description says the last decision and why."""
+    client = registry.connect(settings)
+    data = split(synthetic_dataset(300, seed=2), 0.3, seed=2)
+    pipeline = build_pipeline(LOGISTIC_REGRESSION, {"C": 1.0}, seed=0)
+    pipeline.fit(features_array(data.train), data.train[TARGET])
+    experiment_id = registry.ensure_experiment(client, names.EXPERIMENT_TRAINING, settings)
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = registry.log_model(pipeline, data.holdout, threshold=0.5)
+    version = registry.register(client, info, names.MODEL_NAME, {names.Tag.THRESHOLD: 0.5})
+    assert client.get_registered_model(names.MODEL_NAME).description == registry.MODEL_DESCRIPTION
+
+    stamp = {names.Tag.DECIDED_BY: "dana", names.Tag.DECIDED_AT: "2026-11-30T21:00:00+00:00"}
+    decisions.tag_decision(
+        client, names.MODEL_NAME, version.version, "rejected", "PR-AUC gain too small", stamp
+    )
+    described = client.get_model_version(names.MODEL_NAME, version.version)
+    assert described.description == "rejected (2026-11-30T21:00:00+00:00, dana): PR-AUC gain too small"
+    assert described.tags[names.Tag.DECISION] == "rejected"

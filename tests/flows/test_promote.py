@@ -20,6 +20,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFi
 from prefect.events.worker import EventsWorker
 
 from adapters import decisions, prediction_log, registry
+from cli.main import main as reggaeton
 from flows import gate, promote
 from reggaeton import names
 from reggaeton.data import Split, features_array, split, synthetic_dataset
@@ -312,16 +313,19 @@ def test_labelled_traffic_is_empty_without_a_log(settings: Settings) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_api_url")
 def test_operator_commands_from_the_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: Split
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: Split, prefect_api_url: str
 ) -> None:
     monkeypatch.setenv("REGGAETON_STATE_DIR", str(tmp_path / "state"))
     settings = Settings()
     version = _good(settings, data)
 
-    assert promote.main(["rollback", "--reason", "nothing to roll back yet"]) == 1
-    assert promote.main(["promote", "--version", version, "--reason", "first model", "--by", "dana"]) == 0
+    # The SQLite store named by the project's setting (no server to check); Prefect from the harness.
+    monkeypatch.setenv("REGGAETON_MLFLOW__TRACKING_URI", settings.tracking_uri)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)
+    assert reggaeton(["rollback", "--reason", "nothing to roll back yet"]) == 1
+    assert reggaeton(["promote", "--version", "99", "--reason", "no such version"]) == 1
+    assert reggaeton(["promote", "--version", version, "--reason", "first model", "--by", "dana"]) == 0
 
     assert _champion(settings) == version
     tags = _tags(settings, version)

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -79,6 +80,7 @@ class Stack:
 
     command: list[str]
     env: dict[str, str]
+    host_dir: Path
 
     def compose(
         self, *args: str, timeout_s: float = 600, check: bool = True
@@ -113,7 +115,8 @@ def project_stack(command: list[str], project: str, env: dict[str, str], env_fil
     env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
     full = [*command, "--project-name", project, "--project-directory", str(REPO_ROOT)]
     full += ["--env-file", str(env_file), "--file", str(REPO_ROOT / "docker-compose.yml")]
-    return Stack(command=full, env=env)
+    # The host command line reads .env from its working directory: the folder of this .env.
+    return Stack(command=full, env=env, host_dir=env_file.parent)
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +215,52 @@ def test_training_flow_runs_on_the_worker_and_registers_a_version(stack: Stack) 
     assert flow_run.state is not None and flow_run.state.is_completed(), (flow_run.state, stack.logs())
     after = registry_versions(stack)
     assert len(after) > len(before) and max(after) > max(before, default=0)
+
+
+def _reggaeton(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The host's command line against the compose stack: it finds it through .env, nothing else."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("REGGAETON_") and key not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")
+    }
+    env["REGGAETON_STATE_DIR"] = str(stack.host_dir / "state")
+    command = [str(Path(sys.executable).with_name("reggaeton")), "--stack", "compose", *args]
+    return subprocess.run(
+        command, cwd=stack.host_dir, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_promote_from_the_host_moves_the_alias_and_the_api_serves_it(stack: Stack) -> None:
+    from mlflow import MlflowClient
+
+    wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
+    client = MlflowClient(tracking_uri=stack.url("MLFLOW_PORT"), registry_uri=stack.url("MLFLOW_PORT"))
+    champion = str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
+    others = [str(v) for v in registry_versions(stack) if str(v) != champion]
+    assert others, "the training test registers a second version"
+    target = others[-1]
+    result = _reggaeton(stack, "promote", "--version", target, "--reason", "from the host")
+    ended = time.monotonic()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == target
+
+    def served() -> dict[str, Any] | None:
+        response = httpx.get(f"{stack.url('API_PORT')}/model", timeout=5)
+        body = response.json() if response.status_code == 200 else None
+        return body if body is not None and str(body["version"]) == target else None
+
+    wait_for(f"the API to serve version {target}", lambda: served() is not None, 60, every_s=0.1)
+    waited, body = time.monotonic() - ended, served()
+    assert body is not None
+    # One poll interval (the default, 5 s) plus the time the API took to load the version.
+    assert waited <= 5.0 + float(body["load_seconds"]) + 1.0, (waited, body)
+
+    status = _reggaeton(stack, "status")
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert f"API serves version {target}" in status.stdout, status.stdout
+    inside = stack.compose("exec", "-T", "worker", "reggaeton", "--help")
+    assert "usage: reggaeton" in inside.stdout
 
 
 def test_api_serves_again_after_a_restart(stack: Stack) -> None:

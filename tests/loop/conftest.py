@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from embedded import demo, stack
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,3 +67,47 @@ def free_port() -> Callable[[], int]:
                 return port
 
     return pick
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all bound at once, so the kernel cannot hand one out twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="session")
+def loop_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """One whole local stack on free ports for the session: the loop test, then the operator commands."""
+    prefect_port, receiver_port, mlflow_port, api_port = _free_ports(4)
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("loop") / "state",
+        prefect={
+            "port": prefect_port,
+            "alert_receiver_port": receiver_port,
+            "work_pool": "reggaeton-pool-e2e",
+        },
+        mlflow={"port": mlflow_port},
+        serving={"port": api_port, "poll_interval_s": 1.0},
+        # Four trials over three families may pick logistic regression, which cannot learn the drift's
+        # sub-genre (a second cluster): the gate then rightly rejects it. The loop is under test here.
+        training={
+            "n_trials": 4,
+            "cv_folds": 3,
+            "bootstrap_rounds": 200,
+            "families": ("hist_gradient_boosting",),
+        },
+        # The loop is under test, not the latency guardrail (noisy on a shared 2-core machine).
+        promotion={"bootstrap_rounds": 200, "latency_tolerance": 50.0},
+    )
+    settings = demo.stack_settings(settings)
+    try:
+        stack.up(settings)
+        yield settings
+    finally:
+        stack.down(settings)

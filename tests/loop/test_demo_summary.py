@@ -1,4 +1,4 @@
-"""The demo's summary: versions, rounded metrics, the decision, the alerts and the three URLs."""
+"""The demo summary: versions, the gate's figures apart from held-out ones, alerts, URLs."""
 
 from __future__ import annotations
 
@@ -8,23 +8,44 @@ from pathlib import Path
 from embedded.demo import DemoReport, VersionInfo, summary
 from reggaeton.settings import Settings
 
+# The decision record the gate writes on a version (reggaeton.decision_detail), trimmed.
+DETAIL = {
+    "outcome": "promoted",
+    "challenger_version": "2",
+    "champion_version": "1",
+    "rows": 812,
+    "positives": 97,
+    "challenger_metrics": {"pr_auc": 0.8812, "roc_auc": 0.9702, "brier": 0.031},
+    "champion_metrics": {"pr_auc": 0.4711, "roc_auc": 0.8013, "brier": 0.074},
+    "pr_auc_gain": {"estimate": 0.4101, "low": 0.3302, "high": 0.4899},
+}
+
 
 def test_summary_names_versions_decision_alerts_and_urls(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, serving={"port": 8123})
     report = DemoReport(
         started_at=datetime.now(UTC),
-        before=VersionInfo("1", {"pr_auc": "0.78407", "roc_auc": "0.9612", "fp": "5.0"}),
-        challenger=VersionInfo("2", {"pr_auc": "0.9207"}, "promoted", "better beyond noise"),
-        after=VersionInfo("2", {"pr_auc": "0.9207"}),
+        before=VersionInfo("1", {"pr_auc": "0.85007", "roc_auc": "0.9612", "fp": "5.0"}),
+        challenger=VersionInfo("2", {"pr_auc": "0.8180"}, "promoted", "better beyond noise", DETAIL),
+        after=VersionInfo("2", {"pr_auc": "0.8180"}),
         served_before="1",
         served_after="2",
         retrain_state="Completed",
         alerts=[{"received_at": "t1", "subject": "[reggaeton] model degraded: retraining"}],
     )
     text = summary(settings, report)
-    assert "champion before: version 1 (pr_auc=0.784, roc_auc=0.961)" in text
+    # Each version's own held-out figures, labelled as not comparable...
+    assert (
+        "champion before: version 1\n"
+        "  its own held-out rows (not comparable across versions): pr_auc=0.850, roc_auc=0.961\n" in text
+    )
     assert "fp=" not in text
-    assert "decision: promoted (better beyond noise)" in text
+    # ...and the gate's figures, both on the same rows, with the gain's interval.
+    assert "decision on version 2: promoted (better beyond noise)" in text
+    assert "both models on the same 812 evaluation rows (97 positives)" in text
+    assert "champion   version 1: pr_auc=0.471, roc_auc=0.801, brier=0.074" in text
+    assert "challenger version 2: pr_auc=0.881, roc_auc=0.970, brier=0.031" in text
+    assert "PR-AUC gain +0.410, interval [+0.330, +0.490]" in text
     assert "API served: 1 -> 2" in text
     assert "t1  [reggaeton] model degraded: retraining" in text
     for url in ("http://127.0.0.1:4200", "http://127.0.0.1:5000", "http://127.0.0.1:8123/docs"):

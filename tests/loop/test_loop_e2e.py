@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,36 +62,6 @@ class Traffic:
 
     def saw(self, version: str) -> bool | None:
         return True if version in self.versions or self.failures else None
-
-
-@pytest.fixture
-def loop_stack(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Settings]:
-    settings = Settings(
-        state_dir=tmp_path / "state",
-        prefect={
-            "port": free_port(),
-            "alert_receiver_port": free_port(),
-            "work_pool": "reggaeton-pool-e2e",
-        },
-        mlflow={"port": free_port()},
-        serving={"port": free_port(), "poll_interval_s": 1.0},
-        # Four trials over three families may pick logistic regression, which cannot learn the drift's
-        # sub-genre (a second cluster): the gate then rightly rejects it. The loop is under test here.
-        training={
-            "n_trials": 4,
-            "cv_folds": 3,
-            "bootstrap_rounds": 200,
-            "families": ("hist_gradient_boosting",),
-        },
-        # The loop is under test, not the latency guardrail (noisy on a shared 2-core machine).
-        promotion={"bootstrap_rounds": 200, "latency_tolerance": 50.0},
-    )
-    settings = demo.stack_settings(settings)
-    try:
-        stack.up(settings)
-        yield settings
-    finally:
-        stack.down(settings)
 
 
 @pytest.mark.slow

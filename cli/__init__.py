@@ -1,0 +1,1 @@
+"""The `reggaeton` command line: the entry-point layer, above the local stack."""

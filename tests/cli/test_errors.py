@@ -1,0 +1,77 @@
+"""The console script: help on each command; usage errors and a stack that is down: one line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.main import build_parser, main
+
+REGGAETON = Path(sys.executable).with_name("reggaeton")
+COMMANDS: tuple[str, ...] = ("up", "down", "status", "demo", "deploy", "train", "gate", "promote", "rollback")
+COMMANDS += ("monitor",)
+COMMANDS += ("simulate", "alerts")
+
+
+def _run(args: list[str], tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("REGGAETON_", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"))
+    }
+    env.update({"REGGAETON_STATE_DIR": str(tmp_path / "state"), **extra})
+    return subprocess.run(
+        [str(REGGAETON), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    registered = set(commands.choices)
+    assert registered >= set(COMMANDS)
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        assert f"usage: reggaeton {command}" in capsys.readouterr().out
+
+
+def test_unknown_command_is_one_line(tmp_path: Path) -> None:
+    line = _one_line_error(_run(["promot", "--version", "2"], tmp_path))
+    assert line.startswith("reggaeton: error: argument command: invalid choice: 'promot'")
+
+
+def test_missing_argument_is_one_line(tmp_path: Path) -> None:
+    line = _one_line_error(_run(["promote", "--version", "2"], tmp_path))
+    assert "--reason" in line
+
+
+def test_a_stack_that_is_down_is_one_line_naming_the_url(tmp_path: Path, free_port: int) -> None:
+    """Nothing listens on the port the recorded stack (or the standard variable) names."""
+    url = f"http://127.0.0.1:{free_port}"
+    result = _run(["promote", "--version", "2", "--reason", "x"], tmp_path, MLFLOW_TRACKING_URI=url)
+    assert _one_line_error(result) == (
+        f"reggaeton promote: cannot reach mlflow at {url} (from MLFLOW_TRACKING_URI): "
+        "start the local stack with `reggaeton up`"
+    )
+    result = _run(["simulate", "--count", "10"], tmp_path, REGGAETON_SERVING__PORT=str(free_port))
+    assert f"cannot reach api at {url}" in _one_line_error(result)

@@ -1,0 +1,46 @@
+"""`reggaeton status` and `monitor` read the last monitoring run per chunk window from the results store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cli.status import monitoring_lines
+from monitoring import store
+from monitoring.estimation import ChunkResult, Estimate
+from reggaeton.settings import Settings
+
+
+def test_the_last_run_and_its_chunks_read_in_one_line_each(settings: Settings) -> None:
+    assert monitoring_lines(settings) == ["monitoring: no run yet (`reggaeton monitor` runs one now)"]
+    settings.ensure_state_dir()
+    engine = store.connect(settings.monitoring_results_url)
+    start = datetime(2026, 11, 30, 21, 0, tzinfo=UTC)
+    chunks = [
+        ChunkResult(
+            0, start, start + timedelta(minutes=1), 500, estimated={"roc_auc": Estimate(0.91, 0.88, 0.94)}
+        ),
+        ChunkResult(
+            1,
+            start + timedelta(minutes=1),
+            start + timedelta(minutes=2),
+            500,
+            labelled=150,
+            estimated={"roc_auc": Estimate(0.9, 0.87, 0.93)},
+            realized={"roc_auc": 0.7123},
+            drifted_features=("tempo", "energy"),
+        ),
+    ]
+    end = start + timedelta(minutes=2)
+    record = store.RunRecord("r1", "m", "3", end, start, end, 1000, 1000, 2, 500, (end, "b"), "degraded")
+    store.save_run(engine, record, chunks)
+    engine.dispose()
+
+    lines = monitoring_lines(settings)
+    assert lines[0] == (
+        "monitoring: last run 2026-11-30 21:02:00 on version 3: 1000 rows read, 2 chunk(s), alerts: degraded"
+    )
+    assert lines[1] == (
+        "  chunk 2026-11-30 21:00:00 .. 2026-11-30 21:01:00: 500 rows, estimated ROC-AUC 0.910, "
+        "realized - (0 labelled), drifted: none"
+    )
+    assert lines[2].endswith("estimated ROC-AUC 0.900, realized 0.712 (150 labelled), drifted: tempo,energy")

@@ -1,0 +1,173 @@
+"""Every command the docs show runs against one running local stack: the docs and the commands cannot drift.
+
+The commands are the lines of the ```bash blocks of README.md, docs/operations.md and docs/es/README.md.
+Each is run as written (comments dropped, the trial count made small) against the session's stack, in
+the order an operator would (up, deploy, status, train, gate, promote, rollback, traffic, monitor,
+alerts, down), and must exit 0. A command that cannot run here is in ``EXCLUDED`` with the reason; a docs
+command neither run nor excluded fails the test. The subprocesses get only the state folder and small
+training settings, not the stack's URLs: they find the stack through what ``up`` recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from adapters import registry
+from embedded import demo, stack
+from reggaeton import names
+from reggaeton.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCS = ("README.md", "docs/operations.md", "docs/es/README.md")
+
+# Docs commands the test does not run, each with why (matched as a prefix of the command).
+EXCLUDED: dict[str, str] = {
+    "make demo": "runs the whole loop again (minutes): test_loop_e2e runs the same loop on this stack",
+    "make test": "the test suite itself",
+    "make bench-": "benchmarks: minutes of load, measured by hand (`make bench-*`), never in the suite",
+    "cp .env.example .env": "compose set-up: writes .env into the checkout",
+    "docker-compose": "the compose stack: tests/infra/test_compose_stack.py brings it up (Docker)",
+    ".venv/bin/reggaeton --stack compose": "needs the compose stack up (Docker), not the local one",
+    "cd infra": "Pulumi: another stack (tests/infra/test_pulumi.py checks the program with Pulumi's mocks)",
+    "pulumi ": "Pulumi: another stack (tests/infra/test_pulumi.py checks the program with Pulumi's mocks)",
+}
+# Small enough for CI, otherwise as written.
+SUBSTITUTIONS = {"--n-trials 20": "--n-trials 2"}
+# The order an operator runs them in; commands of one step keep the docs' order.
+ORDER: tuple[str, ...] = ("--help", "up", "deploy", "status", "train", "gate", "promote", "rollback")
+ORDER += ("simulate", "monitor", "alerts", "down")
+# Settings that reach the subprocesses: where the state is and how small training is, never a URL.
+FORWARDED = re.compile(r"REGGAETON_(STATE_DIR|MODE|TRAINING__.*|PROMOTION__.*|DATA__.*|PREFECT__WORK_POOL)$")
+
+
+def docs_commands() -> list[str]:
+    """The command lines of the docs' ```bash blocks, comments dropped, in the docs' order, once each."""
+    found: list[str] = []
+    for doc in DOCS:
+        in_block = False
+        for line in (REPO_ROOT / doc).read_text().splitlines():
+            if line.startswith("```"):
+                in_block = not in_block and line.strip() in ("```bash", "```sh")
+                continue
+            command = re.split(r"\s+#", line)[0].strip()
+            if in_block and command and not command.startswith("#") and command not in found:
+                found.append(command)
+    return found
+
+
+def _verb(command: str) -> str:
+    words = [w for w in shlex.split(command) if not w.startswith("--stack") and w not in ("local", "compose")]
+    if words[0] == "make":
+        return words[1]
+    return next((w for w in words[1:] if w in ORDER), words[-1])
+
+
+def _environment(settings: Settings) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("REGGAETON_") and key not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")
+    }
+    forwarded = stack.settings_environment(settings)
+    env.update({key: value for key, value in forwarded.items() if FORWARDED.match(key)})
+    return env
+
+
+def _run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, shell=True, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+
+
+def _served(settings: Settings) -> dict[str, object] | None:
+    try:
+        response = httpx.get(f"{stack.api_url(settings)}/model", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def _check_served_within_a_poll(settings: Settings, client: MlflowClient, version: str, began: float) -> None:
+    """The alias is the promoted version and the API serves it within one poll interval (plus its load)."""
+    champion = registry.get_alias(client, settings.mlflow.model_name, names.CHAMPION)
+    assert champion is not None and str(champion.version) == version
+    served = demo.wait_until(
+        f"the API serving version {version}",
+        lambda: ((m := _served(settings)) is not None and str(m["version"]) == version and m) or None,
+        timeout_s=60,
+        every_s=0.1,
+    )
+    # Measured from the end of the command: the alias moved before it returned.
+    waited = time.monotonic() - began
+    load = float(served["load_seconds"])  # type: ignore[arg-type]
+    assert waited <= settings.serving.poll_interval_s + load + 1.0, (waited, load)
+
+
+def _ensure_versions_for_the_docs(settings: Settings, env: dict[str, str], client: MlflowClient) -> None:
+    """Versions 1 and 2 exist and 2 is not behind the champion alias alone (the docs' examples use them).
+
+    After test_loop_e2e this holds already (1 was the first champion, 2 its successor); run alone, the
+    test trains them here through the command line.
+    """
+    name = settings.mlflow.model_name
+    while len(client.search_model_versions(f"name='{name}'")) < 2:
+        result = _run(".venv/bin/reggaeton train --gate --n-trials 2", env)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_version_that_does_not_exist_is_one_line(loop_stack: Settings) -> None:
+    """Runs before the docs commands, whose last one stops the stack."""
+    env = _environment(loop_stack)
+    for command in ("gate --version 999", "promote --version 999 --reason nope"):
+        result = _run(f".venv/bin/reggaeton {command}", env)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "reggaeton-classifier has no version '999'" in lines[0], result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_every_docs_command_runs_against_the_running_stack(loop_stack: Settings) -> None:
+    settings = loop_stack
+    env = _environment(settings)
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+    commands = docs_commands()
+    excluded = {c for c in commands if any(c.startswith(prefix) for prefix in EXCLUDED)}
+    to_run = [c for c in commands if c not in excluded]
+    unknown = [c for c in to_run if _verb(c) not in ORDER]
+    assert not unknown, f"docs commands neither run nor excluded (add them to ORDER or EXCLUDED): {unknown}"
+    assert {_verb(c) for c in to_run} >= {"up", "status", "train", "gate", "promote", "rollback", "monitor"}
+    _ensure_versions_for_the_docs(settings, env, client)
+
+    ran = []
+    for command in sorted(to_run, key=lambda c: ORDER.index(_verb(c))):
+        line = command
+        for old, new in SUBSTITUTIONS.items():
+            line = line.replace(old, new)
+        result = _run(line, env)
+        ended = time.monotonic()
+        assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        assert "Traceback" not in result.stderr, f"{line}\n{result.stderr[-3000:]}"
+        ran.append(line)
+        if _verb(command) == "promote":
+            version = re.search(r"--version (\S+)", command).group(1)  # type: ignore[union-attr]
+            _check_served_within_a_poll(settings, client, version, ended)
+        if _verb(command) == "status":
+            text = result.stdout
+            assert "services down: none" in text, text
+            assert f"MLflow      {stack.mlflow_url(settings)}" in text, text
+            assert "its own held-out rows (not comparable across versions)" in text, text
+            assert "the gate's figures, both models on the same" in text, text
+            assert "API serves version" in text, text
+    assert len(ran) == len(to_run)
