@@ -154,7 +154,7 @@ SERVICES: tuple[Service, ...] = (
         ),
         lambda s: None,
     ),
-    Service("watchdog", lambda s: _python("-m", "flows.watchdog"), lambda s: None),
+    Service("watchdog", lambda s: _python("-m", "monitoring.watchdog"), lambda s: None),
     Service(
         "api",
         lambda s: _python("-m", "serving"),
@@ -316,7 +316,7 @@ def _group_alive(pgid: int) -> bool:
 
 def _hand_back(settings: Settings) -> None:
     """Give the runs the stopped worker was submitting back to the schedule (the server still runs)."""
-    from flows.watchdog import hand_back_pending_runs  # Prefect's client: only when a worker stopped
+    from monitoring.watchdog import hand_back_pending_runs  # Prefect's client: only when a worker stopped
 
     try:
         handed = hand_back_pending_runs(settings)

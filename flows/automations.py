@@ -227,7 +227,7 @@ def stranded_automation(settings: Settings) -> AutomationCore:
     A run holds its deployment's concurrency slot from Pending: one whose worker died while submitting
     it would hold the slot, and every later run of a deployment limited to one would be cancelled.
     Crashed frees the slot and lets the crash handling act (notification, rerun of a retrain). The
-    watchdog (`flows/watchdog.py`) is the backstop should this proactive trigger not fire.
+    watchdog (`monitoring/watchdog.py`) is the backstop should this proactive trigger not fire.
     """
     after_s = settings.prefect.stranded_after_s
     return AutomationCore(

@@ -62,7 +62,7 @@ class Event:
     # The prediction log's database cannot be written (rows wait in the spool) / is written again.
     LOG_UNAVAILABLE: Final = "reggaeton.serving.log_unavailable"
     LOG_RECOVERED: Final = "reggaeton.serving.log_recovered"
-    # The watchdog (flows/watchdog.py): silence of a scheduled deployment becomes an event, and so does
+    # The watchdog (monitoring/watchdog.py): silence of a scheduled deployment becomes an event, and so does
     # its end; runs cancelled by a deployment concurrency limit are counted and reported.
     MONITOR_STALE: Final = "reggaeton.monitor.stale"
     MONITOR_RECOVERED: Final = "reggaeton.monitor.recovered"

@@ -35,7 +35,7 @@ from embedded import demo, stack
 from embedded.receiver import read_alerts
 from flows.automations import FLOW_RUN_HEARTBEAT, FLOW_RUN_SUBMITTING, ZOMBIE_AFTER_S
 from flows.deploy import deploy
-from flows.watchdog import CONCURRENCY_CANCEL_MESSAGE, HANDED_BACK_MESSAGE
+from monitoring.watchdog import CONCURRENCY_CANCEL_MESSAGE, HANDED_BACK_MESSAGE
 from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT
 from reggaeton.settings import Settings
 

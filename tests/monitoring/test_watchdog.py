@@ -8,7 +8,8 @@ from uuid import uuid4
 
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
-from flows import automations, watchdog
+from flows import automations
+from monitoring import watchdog
 from reggaeton.names import Event
 from reggaeton.settings import Settings
 

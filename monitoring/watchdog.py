@@ -1,4 +1,4 @@
-"""`python -m flows.watchdog`: the loop never stops silently.
+"""`python -m monitoring.watchdog`: the loop never stops silently.
 
 A small process beside the Prefect server, outside every deployment and work pool (a check that ran on
 the worker would die with it). Every ``watchdog.every_s`` it looks at the Prefect API and:
