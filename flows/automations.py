@@ -164,6 +164,32 @@ def to_automation(notice: Notice, block_document_id: UUID) -> AutomationCore:
     )
 
 
+def _crash_when_silent(
+    name: str, description: str, *, after: set[str], expect: set[str], after_s: int, message: str
+) -> AutomationCore:
+    """Crash each flow run that, after one of ``after``, emits none of ``expect`` within ``after_s``.
+
+    The state change is not forced: the server refuses to move a run already in a final state, so a
+    late event can never turn a Completed run into a Crashed one.
+    """
+    return AutomationCore(
+        name=f"{PREFIX}-{name}",
+        description=description,
+        enabled=True,
+        tags=[TAG],
+        trigger=EventTrigger(
+            after=after,
+            expect=expect,
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=after_s),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=message)],
+    )
+
+
 def zombie_automation(after_s: int = ZOMBIE_AFTER_S) -> AutomationCore:
     """Mark a flow run Crashed when its heartbeats stop, or never come, before it reached a final state.
 
@@ -171,26 +197,13 @@ def zombie_automation(after_s: int = ZOMBIE_AFTER_S) -> AutomationCore:
     process is killed before its first heartbeat reaches the server (it is sent asynchronously) would
     otherwise stay Running for ever and hold its deployment's concurrency slot.
     """
-    return AutomationCore(
-        name=f"{PREFIX}-crash-silent-flow-runs",
-        description=f"A flow run without a heartbeat for {after_s} s is marked Crashed.",
-        enabled=True,
-        tags=[TAG],
-        trigger=EventTrigger(
-            after={FLOW_RUN_RUNNING, FLOW_RUN_HEARTBEAT},
-            expect={FLOW_RUN_HEARTBEAT, *FLOW_RUN_FINAL},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=after_s),
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=f"No heartbeat for {after_s} s: the run's process is gone.",
-            )
-        ],
+    return _crash_when_silent(
+        "crash-silent-flow-runs",
+        f"A flow run without a heartbeat for {after_s} s is marked Crashed.",
+        after={FLOW_RUN_RUNNING, FLOW_RUN_HEARTBEAT},
+        expect={FLOW_RUN_HEARTBEAT, *FLOW_RUN_FINAL},
+        after_s=after_s,
+        message=f"No heartbeat for {after_s} s: the run's process is gone.",
     )
 
 
@@ -230,28 +243,13 @@ def stranded_automation(settings: Settings) -> AutomationCore:
     watchdog (`monitoring/watchdog.py`) is the backstop should this proactive trigger not fire.
     """
     after_s = settings.prefect.stranded_after_s
-    return AutomationCore(
-        name=f"{PREFIX}-crash-stranded-flow-runs",
-        description=f"A flow run Pending for {after_s} s (its worker died submitting it) is marked Crashed.",
-        enabled=True,
-        tags=[TAG],
-        trigger=EventTrigger(
-            after={FLOW_RUN_PENDING, FLOW_RUN_SUBMITTING},
-            expect={FLOW_RUN_RUNNING, *FLOW_RUN_FINAL},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=after_s),
-        ),
-        # Not forced: the server refuses to move a run already in a final state, so a late event can
-        # never turn a Completed run into a Crashed one.
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=f"Pending for {after_s} s: its worker died while submitting it.",
-            )
-        ],
+    return _crash_when_silent(
+        "crash-stranded-flow-runs",
+        f"A flow run Pending for {after_s} s (its worker died submitting it) is marked Crashed.",
+        after={FLOW_RUN_PENDING, FLOW_RUN_SUBMITTING},
+        expect={FLOW_RUN_RUNNING, *FLOW_RUN_FINAL},
+        after_s=after_s,
+        message=f"Pending for {after_s} s: its worker died while submitting it.",
     )
 
 
