@@ -187,30 +187,23 @@ def cmd_monitor(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_simulate(ctx: Context, args: argparse.Namespace) -> int:
     """Send simulated traffic (and late labels) to the running API."""
     from monitoring import simulate
-    from monitoring.api_client import PredictionApi
 
-    if args.scenario not in simulate.SCENARIOS:
-        raise CommandError(
-            f"unknown scenario {args.scenario!r} (choose from {', '.join(simulate.SCENARIOS)})"
-        )
+    defaults = simulate.Run()
+    options = simulate.Run(
+        scenario=args.scenario,
+        count=args.count,
+        seed=args.seed,
+        batch=args.batch,
+        feedback_fraction=args.feedback_fraction,
+        feedback_delay_s=args.feedback_delay_s,
+        max_seconds=args.max_seconds,
+        drift_share=defaults.drift_share if args.drift_share is None else args.drift_share,
+    )
+    problems = options.problems()
+    if problems:
+        raise CommandError("; ".join(problems))
     stack_endpoints.require(ctx.endpoints, "api")
-    if args.count < 1 or args.batch < 1 or not 0 <= args.feedback_fraction <= 1 or args.max_seconds <= 0:
-        raise CommandError(
-            "--count and --batch must be >= 1, --feedback-fraction in [0, 1], --max-seconds > 0"
-        )
-    share = simulate.DRIFT_SHARE if args.drift_share is None else args.drift_share
-    songs = simulate.traffic(args.scenario, args.count, args.seed, drift_share=share)
-    token = ctx.settings.serving.admin_token.get_secret_value()
-    with PredictionApi(ctx.endpoints.api, token) as api:
-        counts = simulate.send(
-            api,
-            songs,
-            batch=args.batch,
-            feedback_fraction=args.feedback_fraction,
-            feedback_delay_s=args.feedback_delay_s,
-            max_seconds=args.max_seconds,
-            seed=args.seed,
-        )
+    counts = simulate.run(ctx.endpoints.api, ctx.settings.serving.admin_token.get_secret_value(), options)
     print(f"scenario {args.scenario}: {counts}")
     return 0
 

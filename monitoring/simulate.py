@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -196,42 +197,76 @@ def send(
     return counts
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point."""
+@dataclass(frozen=True)
+class Run:
+    """One simulation: which traffic, how much, and how it is sent."""
+
+    scenario: str = "stable"
+    count: int = 5000
+    seed: int = 0
+    batch: int = 100
+    feedback_fraction: float = 0.3
+    feedback_delay_s: float = 2.0
+    max_seconds: float = 120.0
+    drift_share: float = DRIFT_SHARE
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options (empty when they can run)."""
+        problems = []
+        if self.scenario not in SCENARIOS:
+            problems.append(f"unknown scenario {self.scenario!r} (choose from {', '.join(SCENARIOS)})")
+        if self.count < 1 or self.batch < 1 or not 0 <= self.feedback_fraction <= 1 or self.max_seconds <= 0:
+            problems.append(
+                "--count and --batch must be >= 1, --feedback-fraction in [0, 1], --max-seconds > 0"
+            )
+        return problems
+
+
+def run(url: str, admin_token: str, options: Run) -> dict[str, int]:
+    """Send one simulation's traffic (and late labels) to the API at ``url``; see :func:`send`."""
     from monitoring.api_client import PredictionApi
+
+    songs = traffic(options.scenario, options.count, options.seed, drift_share=options.drift_share)
+    with PredictionApi(url, admin_token) as api:
+        return send(
+            api,
+            songs,
+            batch=options.batch,
+            feedback_fraction=options.feedback_fraction,
+            feedback_delay_s=options.feedback_delay_s,
+            max_seconds=options.max_seconds,
+            seed=options.seed,
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point (the demo's; operators use `reggaeton simulate`)."""
     from reggaeton.settings import Settings
 
     settings = Settings()
+    defaults = Run()
     parser = argparse.ArgumentParser(
         prog="python -m monitoring.simulate", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--scenario", choices=SCENARIOS, default="stable")
-    parser.add_argument("--count", type=int, default=5000, help="songs to send (at most)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=100, help="songs per POST /predict")
-    parser.add_argument("--feedback-fraction", type=float, default=0.3)
-    parser.add_argument("--feedback-delay-s", type=float, default=2.0)
-    parser.add_argument("--max-seconds", type=float, default=120.0)
-    parser.add_argument("--drift-share", type=float, default=DRIFT_SHARE)
+    parser.add_argument("--scenario", choices=SCENARIOS, default=defaults.scenario)
+    parser.add_argument("--count", type=int, default=defaults.count, help="songs to send (at most)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--batch", type=int, default=defaults.batch, help="songs per POST /predict")
+    parser.add_argument("--feedback-fraction", type=float, default=defaults.feedback_fraction)
+    parser.add_argument("--feedback-delay-s", type=float, default=defaults.feedback_delay_s)
+    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds)
+    parser.add_argument("--drift-share", type=float, default=defaults.drift_share)
     parser.add_argument(
         "--url", default=f"http://{settings.serving.host}:{settings.serving.port}", help="the prediction API"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request: thousands of them
-    if args.count < 1 or args.batch < 1 or not 0 <= args.feedback_fraction <= 1 or args.max_seconds <= 0:
-        parser.error("--count and --batch must be >= 1, --feedback-fraction in [0, 1], --max-seconds > 0")
-    songs = traffic(args.scenario, args.count, args.seed, drift_share=args.drift_share)
-    with PredictionApi(args.url, settings.serving.admin_token.get_secret_value()) as api:
-        counts = send(
-            api,
-            songs,
-            batch=args.batch,
-            feedback_fraction=args.feedback_fraction,
-            feedback_delay_s=args.feedback_delay_s,
-            max_seconds=args.max_seconds,
-            seed=args.seed,
-        )
+    options = Run(**{name: getattr(args, name) for name in Run.__dataclass_fields__})
+    problems = options.problems()
+    if problems:
+        parser.error("; ".join(problems))
+    counts = run(args.url, settings.serving.admin_token.get_secret_value(), options)
     logger.info("scenario %s: %s", args.scenario, counts)
     return 0
 
