@@ -144,8 +144,28 @@ def _container_name(service: str) -> str:
     return f"{_prefix()}-{service}"
 
 
-def build_stack(config: StackConfig) -> dict[str, docker.Container]:
-    """Declare the image, network, volumes and one container per service of the table."""
+@dataclass(frozen=True)
+class _Shared:
+    """What every container of the stack refers to: the built image, the network, the volumes."""
+
+    app_image: docker.Image
+    network: docker.Network
+    volumes: dict[str, docker.Volume]
+    remote_images: dict[str, docker.RemoteImage] = field(default_factory=dict)
+
+    def image_of(self, service: Service) -> pulumi.Input[str]:
+        if service.image == APP_IMAGE:
+            # The built image's id, not its tag: a rebuild under the same tag changes it, and so replaces
+            # exactly the containers that run this image.
+            return self.app_image.repo_digest
+        if service.image not in self.remote_images:
+            self.remote_images[service.image] = docker.RemoteImage(
+                service.image.replace(":", "-"), name=service.image, keep_locally=True
+            )
+        return self.remote_images[service.image].image_id
+
+
+def _shared(config: StackConfig) -> _Shared:
     prefix = _prefix()
     tag = render(IMAGE_TAG, config.values)
     app_image = docker.Image(
@@ -156,77 +176,78 @@ def build_stack(config: StackConfig) -> dict[str, docker.Container]:
         ),
         skip_push=True,
     )
-    remote_images: dict[str, docker.RemoteImage] = {}
     network = docker.Network(NETWORK, name=f"{prefix}-{NETWORK}")
     # `pulumi destroy` leaves the data where it is, as `docker-compose down` does; a later `up` reuses it.
     volumes = {
         name: docker.Volume(name, name=f"{prefix}-{name}", opts=pulumi.ResourceOptions(retain_on_delete=True))
         for name in VOLUMES
     }
+    return _Shared(app_image, network, volumes)
 
+
+def _container(
+    service: Service, config: StackConfig, shared: _Shared, containers: Mapping[str, docker.Container]
+) -> docker.Container:
+    """One service of the table as a container, after the containers it depends on."""
+    uploads = (
+        [docker.ContainerUploadArgs(file=INIT_SQL_PATH, content=init_sql())]
+        if service.name == "postgres"
+        else None
+    )
+    after: list[pulumi.Input[pulumi.Resource]] = [containers[name] for name in service.depends_on]
+    after += [
+        completed_successfully(containers[name], name)
+        for name, condition in service.depends_on.items()
+        if condition == "service_completed_successfully"
+    ]
+    memory = config.memory_mb.get(service.name, service.memory_mb)
+    return docker.Container(
+        service.name,
+        name=_container_name(service.name),
+        image=shared.image_of(service),
+        command=[fill(part, config) for part in service.command] if service.command else None,
+        envs=_envs(service, config),
+        ports=[
+            docker.ContainerPortArgs(
+                internal=port.container, external=int(render(port.host, config.values)), ip="127.0.0.1"
+            )
+            for port in service.ports
+        ],
+        healthcheck=_healthcheck(service, config),
+        networks_advanced=[
+            docker.ContainerNetworksAdvancedArgs(name=shared.network.name, aliases=[service.name])
+        ],
+        volumes=[
+            docker.ContainerVolumeArgs(volume_name=shared.volumes[name].name, container_path=path)
+            for name, path in service.volumes.items()
+        ],
+        uploads=uploads,
+        memory=memory,
+        # Unset, Docker computes a swap limit (twice the memory) that reads back as a change on every up.
+        memory_swap=memory,
+        restart="no" if service.one_shot else "unless-stopped",
+        # One-shot jobs run to completion during `pulumi up`; the others must become healthy.
+        must_run=not service.one_shot,
+        attach=service.one_shot,
+        wait=service.healthcheck is not None,
+        wait_timeout=HEALTH_WAIT_S if service.healthcheck is not None else None,
+        # Stopped (SIGTERM, then this long) before a replace or destroy removes it, never just killed.
+        destroy_grace_seconds=service.stop_grace_s,
+        opts=pulumi.ResourceOptions(
+            depends_on=after,
+            custom_timeouts=pulumi.CustomTimeouts(create=ONE_SHOT_CREATE_TIMEOUT)
+            if service.one_shot
+            else None,
+        ),
+    )
+
+
+def build_stack(config: StackConfig) -> dict[str, docker.Container]:
+    """Declare the image, network, volumes and one container per service of the table."""
+    shared = _shared(config)
     containers: dict[str, docker.Container] = {}
     for service in SERVICES:
-        if service.image == APP_IMAGE:
-            # The built image's id, not its tag: a rebuild under the same tag changes it, and so replaces
-            # exactly the containers that run this image.
-            image: pulumi.Input[str] = app_image.repo_digest
-        else:
-            if service.image not in remote_images:
-                remote_images[service.image] = docker.RemoteImage(
-                    service.image.replace(":", "-"), name=service.image, keep_locally=True
-                )
-            image = remote_images[service.image].image_id
-        uploads = (
-            [docker.ContainerUploadArgs(file=INIT_SQL_PATH, content=init_sql())]
-            if service.name == "postgres"
-            else None
-        )
-        after: list[pulumi.Input[pulumi.Resource]] = [containers[name] for name in service.depends_on]
-        after += [
-            completed_successfully(containers[name], name)
-            for name, condition in service.depends_on.items()
-            if condition == "service_completed_successfully"
-        ]
-        memory = config.memory_mb.get(service.name, service.memory_mb)
-        containers[service.name] = docker.Container(
-            service.name,
-            name=f"{prefix}-{service.name}",
-            image=image,
-            command=[fill(part, config) for part in service.command] if service.command else None,
-            envs=_envs(service, config),
-            ports=[
-                docker.ContainerPortArgs(
-                    internal=port.container, external=int(render(port.host, config.values)), ip="127.0.0.1"
-                )
-                for port in service.ports
-            ],
-            healthcheck=_healthcheck(service, config),
-            networks_advanced=[
-                docker.ContainerNetworksAdvancedArgs(name=network.name, aliases=[service.name])
-            ],
-            volumes=[
-                docker.ContainerVolumeArgs(volume_name=volumes[name].name, container_path=path)
-                for name, path in service.volumes.items()
-            ],
-            uploads=uploads,
-            memory=memory,
-            # Unset, Docker computes a swap limit (twice the memory) that reads back as a change on every up.
-            memory_swap=memory,
-            restart="no" if service.one_shot else "unless-stopped",
-            # One-shot jobs run to completion during `pulumi up`; the others must become healthy.
-            must_run=not service.one_shot,
-            attach=service.one_shot,
-            wait=service.healthcheck is not None,
-            wait_timeout=HEALTH_WAIT_S if service.healthcheck is not None else None,
-            # Stopped (SIGTERM, then this long) before a replace or destroy removes it, never just killed.
-            destroy_grace_seconds=service.stop_grace_s,
-            opts=pulumi.ResourceOptions(
-                depends_on=after,
-                custom_timeouts=pulumi.CustomTimeouts(create=ONE_SHOT_CREATE_TIMEOUT)
-                if service.one_shot
-                else None,
-            ),
-        )
+        containers[service.name] = _container(service, config, shared, containers)
     return containers
 
 

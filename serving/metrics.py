@@ -56,6 +56,10 @@ class ServingMetrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self._define_log_metrics(r)
+
+    def _define_log_metrics(self, r: CollectorRegistry) -> None:
+        """The prediction log's queue, database and journal (spool)."""
         self.log_queue_rows = Gauge(
             "reggaeton_prediction_log_queue_rows", "Prediction rows waiting to be written.", registry=r
         )
