@@ -1,0 +1,300 @@
+"""The ``reggaeton`` subcommands: one function per thing an operator does, given the stack's endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cli import endpoints as stack_endpoints
+from cli.endpoints import Endpoints, Unreachable
+from reggaeton.settings import Settings
+
+logger = logging.getLogger("reggaeton")
+
+EXIT_ERROR = 1
+
+
+class CommandError(RuntimeError):
+    """A command that cannot do what it was asked; its message is the one line the operator sees."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every command gets: the settings pointed at the stack, and its endpoints."""
+
+    settings: Settings
+    endpoints: Endpoints
+    debug: bool
+
+
+Handler = Callable[[Context, argparse.Namespace], int]
+
+
+# --- the commands -------------------------------------------------------------------------------------
+def cmd_up(ctx: Context, args: argparse.Namespace) -> int:
+    """Start (or reuse) the local stack."""
+    from embedded import stack
+
+    _local_only(ctx, "up", "docker-compose up -d")
+    _check_services(args.services)
+    for name, what in stack.up(_local_settings(ctx), args.services or stack.SERVICE_NAMES).items():
+        print(f"{name:<15} {what}")
+    _print_urls(stack_endpoints.resolve(ctx.settings, stack_endpoints.LOCAL, environ={}))
+    return 0
+
+
+def cmd_down(ctx: Context, args: argparse.Namespace) -> int:
+    """Stop exactly what ``up`` started."""
+    from embedded import stack
+
+    _local_only(ctx, "down", "docker-compose down")
+    _check_services(args.services)
+    for name, what in stack.down(_local_settings(ctx), args.services or stack.SERVICE_NAMES).items():
+        print(f"{name:<15} {what}")
+    return 0
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    """Everything an operator asks first, in one screen."""
+    from cli import status
+
+    report = status.collect(ctx.settings, ctx.endpoints)
+    print(status.render(report))
+    return 0
+
+
+def cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
+    """The whole loop once, then a summary."""
+    from embedded import demo
+
+    _local_only(ctx, "demo", "docker-compose up -d")
+    settings = _local_settings(ctx)
+    report = demo.run_demo(settings)
+    sys.stdout.write(demo.summary(settings, report))
+    return 0
+
+
+def cmd_deploy(ctx: Context, args: argparse.Namespace) -> int:
+    """Work pool, deployments and automations (idempotent)."""
+    from flows.automations import apply_automations
+    from flows.deploy import deploy
+
+    stack_endpoints.require(ctx.endpoints, "prefect")
+    if args.automations_only:
+        apply_automations(ctx.settings)
+    else:
+        deploy(ctx.settings)
+    print(f"deployed on {ctx.endpoints.prefect_ui}")
+    return 0
+
+
+def cmd_train(ctx: Context, args: argparse.Namespace) -> int:
+    """Train and register a challenger (and gate it with ``--gate``)."""
+    stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
+    import optuna
+
+    from adapters.prefect_api import prefect_api_at
+    from flows import promote, train
+
+    quiet_tracebacks(ctx.debug)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar shows the trials
+    with prefect_api_at(ctx.endpoints.prefect_api):
+        if args.gate:
+            result: Any = promote.train_and_promote(args.data_folder, args.n_trials, ctx.settings)
+            print(json.dumps(result))
+        else:
+            version = train.train_flow(
+                data_folder=args.data_folder, n_trials=args.n_trials, settings=ctx.settings
+            )
+            print(f"challenger: version {version}")
+    return 0
+
+
+def cmd_gate(ctx: Context, args: argparse.Namespace) -> int:
+    """Gate a registered version against the champion."""
+    from flows import promote
+
+    return _registry_command(ctx, args.version, lambda: promote.promotion_gate(args.version, ctx.settings))
+
+
+def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
+    """Operator override: make a version champion (it must still be valid)."""
+    from flows import promote
+
+    return _registry_command(
+        ctx, args.version, lambda: promote.promote_version(args.version, args.reason, args.by, ctx.settings)
+    )
+
+
+def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
+    """Back to the previous champion."""
+    from flows import promote
+
+    return _registry_command(ctx, None, lambda: promote.rollback(args.reason, args.by, ctx.settings))
+
+
+def cmd_monitor(ctx: Context, args: argparse.Namespace) -> int:
+    """One monitoring pass now: a run of the monitor deployment on the stack's worker."""
+    from embedded import demo
+
+    stack_endpoints.require(ctx.endpoints, "prefect")
+    print(f"monitor: flow run of the `monitor` deployment on {ctx.endpoints.prefect_ui} ...", flush=True)
+    try:
+        run = demo.run_monitor(ctx.settings, attempts=args.attempts)
+    except LookupError as exc:
+        raise CommandError(f"{exc} (or `reggaeton deploy`)") from exc
+    state = run.state.name if run.state else "unknown"
+    print(f"monitor run {run.name}: {state}")
+    if ctx.endpoints.stack == stack_endpoints.LOCAL:
+        from cli import status
+
+        print("\n".join(status.monitoring_lines(ctx.settings)))
+    return 0 if run.state is not None and run.state.is_completed() else EXIT_ERROR
+
+
+def cmd_simulate(ctx: Context, args: argparse.Namespace) -> int:
+    """Send simulated traffic (and late labels) to the running API."""
+    from monitoring import simulate
+
+    defaults = simulate.Run()
+    options = simulate.Run(
+        scenario=args.scenario,
+        count=args.count,
+        seed=args.seed,
+        batch=args.batch,
+        feedback_fraction=args.feedback_fraction,
+        feedback_delay_s=args.feedback_delay_s,
+        max_seconds=args.max_seconds,
+        drift_share=defaults.drift_share if args.drift_share is None else args.drift_share,
+    )
+    problems = options.problems()
+    if problems:
+        raise CommandError("; ".join(problems))
+    stack_endpoints.require(ctx.endpoints, "api")
+    counts = simulate.run(ctx.endpoints.api, ctx.settings.serving.admin_token.get_secret_value(), options)
+    print(f"scenario {args.scenario}: {counts}")
+    return 0
+
+
+def cmd_alerts(ctx: Context, args: argparse.Namespace) -> int:
+    """The notifications the local alert receiver got (newest last)."""
+    from embedded.receiver import read_alerts
+
+    if ctx.endpoints.stack == stack_endpoints.COMPOSE:
+        raise CommandError(
+            "the compose stack sends alerts to its WEBHOOK_URL; the local receiver is not part of it"
+        )
+    path = ctx.settings.alerts_path
+    alerts = read_alerts(path)
+    if not alerts and not stack_endpoints.answers(f"{ctx.endpoints.receiver}/health"):
+        raise Unreachable(
+            f"cannot reach receiver at {ctx.endpoints.receiver} and {path} has no alerts: "
+            f"{ctx.endpoints.start_hint()}"
+        )
+    for alert in alerts[-args.last :]:
+        print(f"{alert['received_at']}  {alert['subject']}")
+        if args.body and alert.get("body"):
+            print("    " + str(alert["body"]).replace("\n", "\n    "))
+    print(f"{len(alerts)} alert(s) in {path}")
+    return 0
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+def _local_only(ctx: Context, command: str, instead: str) -> None:
+    if ctx.endpoints.stack != stack_endpoints.LOCAL:
+        raise CommandError(f"`{command}` manages the local stack; for the compose stack use `{instead}`")
+
+
+def _check_services(names: Sequence[str]) -> None:
+    from embedded.stack import SERVICE_NAMES
+
+    if unknown := sorted(set(names) - set(SERVICE_NAMES)):
+        raise CommandError(f"unknown service {', '.join(unknown)} (choose from {', '.join(SERVICE_NAMES)})")
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _local_settings(ctx: Context) -> Settings:
+    """The settings the local stack runs with: its MLflow through its own server."""
+    from embedded import demo
+
+    return demo.stack_settings(ctx.settings)
+
+
+def _print_urls(found: Endpoints) -> None:
+    print(f"Prefect UI  {found.prefect_ui}")
+    print(f"MLflow UI   {found.mlflow}")
+    print(f"API docs    {found.api}/docs")
+    if found.receiver:
+        print(f"alerts      {found.receiver}/alerts")
+
+
+def _registry_command(ctx: Context, version: str | None, run: Callable[[], dict[str, Any]]) -> int:
+    """Run a promotion flow after checking the services and the version; print what it did."""
+    stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from prefect.events.worker import EventsWorker
+
+    from adapters.prefect_api import prefect_api_at
+    from flows.promote import PromotionError
+
+    quiet_tracebacks(ctx.debug)
+    if version is not None:
+        client = MlflowClient(tracking_uri=ctx.settings.tracking_uri, registry_uri=ctx.settings.registry_uri)
+        name = ctx.settings.mlflow.model_name
+        try:
+            client.get_model_version(name, version)
+        except MlflowException as exc:
+            found = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+            known = ", ".join(map(str, found)) or "none"
+            raise CommandError(f"{name} has no version {version!r} (registered versions: {known})") from exc
+    try:
+        with prefect_api_at(ctx.endpoints.prefect_api):
+            result = run()
+    except PromotionError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        EventsWorker.drain_all()  # deliver the events before the process ends
+    print(f"{result['action']}: version {result['version']} {result['outcome']} ({result['reason']})")
+    print(f"champion: version {result['champion']}")
+    return 0
+
+
+# --- terminal output ------------------------------------------------------------------------------
+class _NoTraceback(logging.Filter):
+    """Drop tracebacks from terminal log lines (Prefect logs a failed flow's with the error)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    for noisy in ("httpx", "httpcore", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def quiet_tracebacks(debug: bool) -> None:
+    """Terminal log lines without tracebacks (call once Prefect is imported; ``--debug`` keeps them)."""
+    if debug:
+        return
+    quiet = _NoTraceback()
+    loggers = [
+        logging.getLogger(),
+        *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict)),
+    ]
+    for each in loggers:
+        for handler in each.handlers:
+            handler.addFilter(quiet)
