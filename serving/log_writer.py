@@ -204,6 +204,10 @@ class PredictionLogWriter:
             self._cursor = backlog or self._journal.end
             if backlog is not None:
                 self._spilled = True
+                # The oldest unwritten row's age is reported from the start, not from the first replay.
+                size = self._journal.segment_size(backlog.segment)
+                first = self._journal.read(backlog, size, 1).entries
+                self._oldest = first[0].created_at if first else None
                 logger.info("replaying the prediction spool left in %s", self._journal.directory)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log-writer")
 

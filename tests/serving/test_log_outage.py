@@ -75,8 +75,12 @@ def _wait_until_written(server: Server, timeout_s: float = 60) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
         text = httpx.get(server.url + "/metrics", timeout=10).text
-        if _metric(text, "reggaeton_prediction_log_queue_rows") == 0 and (
-            _metric(text, "reggaeton_prediction_log_database_up") == 1
+        # A spool left by an earlier process is not in the queue's count: its oldest row's age says
+        # whether it is still being read back.
+        if (
+            _metric(text, "reggaeton_prediction_log_queue_rows") == 0
+            and _metric(text, "reggaeton_prediction_log_database_up") == 1
+            and _metric(text, "reggaeton_prediction_log_spool_oldest_age_seconds") == 0
         ):
             return text
         assert time.monotonic() < deadline, "the log never caught up"
