@@ -15,7 +15,8 @@ from reggaeton.settings import Settings
 from serving.batching import MicroBatcher
 from serving.cache import ModelCache
 from serving.holder import ModelHolder, ServedModel
-from serving.log_writer import LogEntry, PredictionLogWriter
+from serving.log_rows import LogEntry
+from serving.log_writer import PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.refresher import Refresher
 

@@ -20,15 +20,10 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-import numpy as np
-import orjson
-
-if TYPE_CHECKING:
-    from serving.log_writer import LogEntry
+from serving.log_rows import LogEntry, Position, decode, encode
 
 logger = logging.getLogger(__name__)
 
@@ -43,44 +38,6 @@ _SEGMENTS_PER_BOUND: Final = 4
 def segment_name(number: int) -> str:
     """The file name of segment ``number``."""
     return f"segment-{number:012d}.jsonl"
-
-
-def encode(entry: LogEntry) -> bytes:
-    """One journal line for a model batch."""
-    record = {
-        "t": entry.created_at.isoformat(),
-        "n": entry.model_name,
-        "v": entry.model_version,
-        "ids": entry.ids,
-        "x": np.ascontiguousarray(entry.features, dtype=np.float64),
-        "p": np.ascontiguousarray(entry.probabilities, dtype=np.float64),
-        "y": np.ascontiguousarray(entry.labels, dtype=np.int64),
-    }
-    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
-
-
-def decode(line: bytes) -> LogEntry:
-    """The model batch of one journal line."""
-    from serving.log_writer import LogEntry
-
-    record = orjson.loads(line)
-    return LogEntry(
-        list(record["ids"]),
-        datetime.fromisoformat(record["t"]),
-        record["n"],
-        record["v"],
-        np.asarray(record["x"], dtype=np.float64).reshape(-1, 7),
-        np.asarray(record["p"], dtype=np.float64),
-        np.asarray(record["y"], dtype=np.int64),
-    )
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Position:
-    """A place in the journal: a segment number and a byte offset in it."""
-
-    segment: int
-    offset: int
 
 
 @dataclass(slots=True)

@@ -26,7 +26,8 @@ from serving.batching import MicroBatcher
 from serving.cache import ModelCache
 from serving.fast_path import PredictFastPath
 from serving.holder import ModelCheckError, ModelHolder, ServedModel, prepared
-from serving.log_writer import LogEntry, LogUnavailableError, PredictionLogWriter
+from serving.log_rows import LogEntry
+from serving.log_writer import LogUnavailableError, PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.middleware import MetricsMiddleware
 from serving.service import PredictionService
