@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterLevel,
+    LogFilterTimestamp,
+)
+from prefect.client.schemas.objects import Log, TaskRun
+from prefect.client.schemas.sorting import LogSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from reggaeton.settings import Settings
@@ -66,3 +79,20 @@ def find_deployment(client: SyncPrefectClient, name: str) -> UUID | None:
         deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
     )
     return found[0].id if found else None
+
+
+def task_runs_of(client: SyncPrefectClient, flow_run_id: UUID) -> list[TaskRun]:
+    """The task runs of one flow run."""
+    return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def logs_of(
+    client: SyncPrefectClient, flow_run_id: UUID, since: datetime | None, limit: int = 200
+) -> list[Log]:
+    """A flow run's INFO-and-above log lines from ``since`` on (inclusive), oldest first."""
+    log_filter = LogFilter(
+        flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
+        level=LogFilterLevel(ge_=logging.INFO),
+        timestamp=LogFilterTimestamp(after_=since) if since is not None else None,
+    )
+    return client.read_logs(log_filter=log_filter, limit=limit, sort=LogSort.TIMESTAMP_ASC)

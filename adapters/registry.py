@@ -1,8 +1,9 @@
 """MLflow adapter: tracking set-up, model logging and registration, aliases, the reference set.
 
 The registry contract (see the design): one registered model, aliases ``champion``/``challenger``,
-every version tagged with its flow run, data hash, metrics and threshold, and its training run holding
-the reference set at ``names.REFERENCE_ARTIFACT``.
+every version tagged with its flow run, data hash and threshold, its held-out metrics on its logged model
+(MLflow 3 shows them on the model and on each version), and its training run holding the reference set
+at ``names.REFERENCE_ARTIFACT``.
 """
 
 from __future__ import annotations
@@ -182,6 +183,53 @@ def register(
     if not client.get_registered_model(model_name).description:
         client.update_registered_model(model_name, description=MODEL_DESCRIPTION)
     return client.get_model_version(model_name, version.version)
+
+
+def log_model_metrics(model_info: ModelInfo, metrics: Mapping[str, float], params: Mapping[str, Any]) -> None:
+    """Metrics and parameters on a logged model, where MLflow 3 shows them (in the active run).
+
+    A model logged in a run already holds the run's step-0 metrics (MLflow copies them): only the
+    figures it lacks are added, so none is listed twice on its page.
+    """
+    present = {metric.key for metric in MlflowClient().get_logged_model(model_info.model_id).metrics or []}
+    missing = {key: float(value) for key, value in metrics.items() if key not in present}
+    if missing:
+        mlflow.log_metrics(missing, model_id=model_info.model_id)
+    mlflow.log_model_params({key: str(value) for key, value in params.items()}, model_id=model_info.model_id)
+
+
+def version_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
+    """A version's own held-out metrics: its logged model's, else the tags older versions carry.
+
+    One registry request (the logged model); read it when a version is loaded or shown, not per request.
+    """
+    model_id = logged_model_id(version)
+    if model_id:
+        logged = client.get_logged_model(model_id)
+        latest = sorted(logged.metrics or [], key=lambda metric: (metric.step, metric.timestamp))
+        if latest:
+            return {metric.key: float(metric.value) for metric in latest}
+    return legacy_tag_metrics(version)
+
+
+def logged_model_id(version: ModelVersion) -> str | None:
+    """The logged model a version was registered from (SQL registries keep it only in the source URI)."""
+    if version.model_id:
+        return str(version.model_id)
+    source = str(version.source or "")
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def legacy_tag_metrics(version: ModelVersion) -> dict[str, float]:
+    """The ``reggaeton.metric.*`` tags of versions registered before metrics moved to the logged model."""
+    metrics = {}
+    for key, value in (version.tags or {}).items():
+        if key.startswith(names.Tag.LEGACY_METRIC_PREFIX):
+            try:
+                metrics[key.removeprefix(names.Tag.LEGACY_METRIC_PREFIX)] = float(value)
+            except ValueError:
+                logger.warning("version %s: metric tag %s=%r is not a number", version.version, key, value)
+    return metrics
 
 
 def get_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:

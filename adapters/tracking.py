@@ -36,6 +36,13 @@ PR_CURVE_ARTIFACT = "plots/precision_recall.png"
 CALIBRATION_ARTIFACT = "plots/calibration.png"
 
 
+# Parameters of the logged model a version points at (shown on its page in the MLflow UI).
+MODEL_FAMILY_PARAM = "family"
+
+
+DATA_SOURCE_PARAM = "data_source"
+
+
 # MLflow error codes that mean "try again later".
 _TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
 
@@ -157,20 +164,25 @@ def register_challenger(
     flow_run_id: str,
     request_id: str | None = None,
 ) -> str:
-    """Log the tuned pipeline and its reference set, register a version and point ``challenger`` at it."""
+    """Log the tuned pipeline and its reference set, register a version and point ``challenger`` at it.
+
+    The held-out metrics go on the logged model (the MLflow UI shows them on the version's page); the
+    version gets only the few tags code reads (``names.Tag``).
+    """
     reference = registry.reference_frame(parts.holdout, tuned.proba, tuned.threshold)
     with mlflow.start_run(run_id=run_id):
         model_info = registry.log_model(tuned.pipeline, parts.holdout, tuned.threshold)
-        reference_uri = registry.log_reference(reference)
+        registry.log_reference(reference)
+        registry.log_model_metrics(
+            model_info,
+            metric_record(tuned),
+            {MODEL_FAMILY_PARAM: tuned.name, DATA_SOURCE_PARAM: dataset.source},
+        )
     tags = {
         names.Tag.FLOW_RUN_ID: flow_run_id,
         names.Tag.DATA_HASH: dataset.content_hash,
-        names.Tag.DATA_SOURCE: dataset.source,
         names.Tag.THRESHOLD: tuned.threshold,
-        names.Tag.MODEL_FAMILY: tuned.name,
-        names.Tag.REFERENCE_URI: reference_uri,
         **_request_tags(request_id),
-        **{f"{names.Tag.METRIC_PREFIX}{key}": value for key, value in metric_record(tuned).items()},
     }
     version = registry.register(client, model_info, settings.mlflow.model_name, tags)
     client.set_registered_model_alias(settings.mlflow.model_name, names.CHALLENGER, version.version)

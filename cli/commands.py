@@ -139,15 +139,18 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(ctx: Context, args: argparse.Namespace) -> int:
-    """One monitoring pass now: a run of the monitor deployment on the stack's worker."""
+    """One monitoring pass now: a run of the monitor deployment on the stack's worker, shown as it goes."""
+    from cli.progress import RunProgress
     from embedded import demo
 
     stack_endpoints.require(ctx.endpoints, "prefect")
     print(f"monitor: flow run of the `monitor` deployment on {ctx.endpoints.prefect_ui} ...", flush=True)
+    progress = RunProgress()
     try:
-        run = demo.run_monitor(ctx.settings, attempts=args.attempts)
+        run = demo.run_monitor(ctx.settings, attempts=args.attempts, watch=progress)
     except LookupError as exc:
         raise CommandError(f"{exc} (or `reggaeton deploy`)") from exc
+    progress.drain(ctx.settings, run)
     state = run.state.name if run.state else "unknown"
     print(f"monitor run {run.name}: {state}")
     if ctx.endpoints.stack == stack_endpoints.LOCAL:

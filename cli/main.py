@@ -136,7 +136,9 @@ def _add_model_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
 
 def _add_traffic_commands(add: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
     """monitor, simulate, alerts."""
-    monitor_cmd = add("monitor", cmd_monitor, "one monitoring pass now (a run of the monitor deployment)")
+    monitor_cmd = add(
+        "monitor", cmd_monitor, "one monitoring pass now (a run of the monitor deployment), shown as it goes"
+    )
     monitor_cmd.add_argument(
         "--attempts", type=int, default=5, help="retries when a scheduled run is in progress"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -33,6 +34,13 @@ class StatusReport:
     api: list[str] = field(default_factory=list)
 
 
+def _with_metrics(client: Any, version: Any) -> VersionInfo | None:
+    """A version as shown, with its own held-out metrics (from its logged model), or None."""
+    from adapters import registry
+
+    return None if version is None else views.version_info(version, registry.version_metrics(client, version))
+
+
 def _registry(settings: Settings, report: StatusReport) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -45,11 +53,11 @@ def _registry(settings: Settings, report: StatusReport) -> None:
         champion = registry.get_alias(client, model, names.CHAMPION)
         challenger = registry.get_alias(client, model, names.CHALLENGER)
         versions = client.search_model_versions(f"name='{model}'")
+        report.champion = _with_metrics(client, champion)
+        report.challenger = _with_metrics(client, challenger)
     except MlflowException as exc:
         report.registry_error = " ".join(str(exc).split())[:200]
         return
-    report.champion = views.version_info(champion) if champion is not None else None
-    report.challenger = views.version_info(challenger) if challenger is not None else None
     decided = [
         views.version_info(v)
         for v in versions

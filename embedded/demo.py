@@ -21,7 +21,7 @@ from uuid import UUID
 import httpx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
@@ -87,8 +87,9 @@ def stack_settings(settings: Settings) -> Settings:
 
 # --- registry -------------------------------------------------------------------------------------------
 def version_info(client: MlflowClient, settings: Settings, version: str) -> VersionInfo:
-    """Metrics and decision recorded on a version (tags written by training and the gate)."""
-    return views.version_info(client.get_model_version(settings.mlflow.model_name, version))
+    """Metrics (on its logged model) and decision (tags written by the gate) recorded on a version."""
+    found = client.get_model_version(settings.mlflow.model_name, version)
+    return views.version_info(found, registry.version_metrics(client, found))
 
 
 def champion_version(client: MlflowClient, settings: Settings) -> str | None:
@@ -131,23 +132,34 @@ def deployment_id(settings: Settings, name: str) -> UUID:
     return found
 
 
-def run_deployment_and_wait(settings: Settings, name: str, timeout_s: float) -> FlowRun:
+# Called on every poll of a flow run with the poll's Prefect client and the run as read (live progress).
+Watch = Callable[[SyncPrefectClient, FlowRun], None]
+
+
+def run_deployment_and_wait(
+    settings: Settings, name: str, timeout_s: float, watch: Watch | None = None
+) -> FlowRun:
     """Create a flow run of a deployment (the worker picks it up) and wait for a final state."""
     with prefect_api(settings), get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(deployment_id(settings, name))
     logger.info("started %s flow run %s", name, flow_run.name)
-    return wait_for_final(settings, flow_run.id, timeout_s)
+    return wait_for_final(settings, flow_run.id, timeout_s, watch)
 
 
-def wait_for_final(settings: Settings, flow_run_id: UUID, timeout_s: float) -> FlowRun:
-    """Wait for a flow run to reach a final state."""
+def wait_for_final(
+    settings: Settings, flow_run_id: UUID, timeout_s: float, watch: Watch | None = None
+) -> FlowRun:
+    """Wait for a flow run to reach a final state (polled every second when watched, else every 3 s)."""
 
     def final() -> FlowRun | None:
         with prefect_api(settings), get_client(sync_client=True) as client:
             run = client.read_flow_run(flow_run_id)
+            if watch is not None:
+                watch(client, run)
         return run if run.state is not None and run.state.is_final() else None
 
-    return wait_until(f"flow run {flow_run_id}", final, timeout_s, every_s=3.0)
+    every_s = 3.0 if watch is None else 1.0
+    return wait_until(f"flow run {flow_run_id}", final, timeout_s, every_s=every_s)
 
 
 def runs_since(settings: Settings, name: str, since: datetime) -> list[FlowRun]:
@@ -186,15 +198,15 @@ def ensure_champion(settings: Settings, client: MlflowClient, report: DemoReport
     return current
 
 
-def run_monitor(settings: Settings, attempts: int = 5) -> FlowRun:
-    """Run the monitor now and wait for it.
+def run_monitor(settings: Settings, attempts: int = 5, watch: Watch | None = None) -> FlowRun:
+    """Run the monitor now and wait for it (``watch`` sees every poll of the runs waited on).
 
     The deployment allows one run at a time (CANCEL_NEW): when ours is cancelled because a scheduled run
     is in progress, wait for that one to finish and try again, so a run starts after the traffic.
     """
     for _ in range(attempts):
         began = datetime.now(UTC)
-        run = run_deployment_and_wait(settings, names.MONITOR_DEPLOYMENT, timeout_s=300)
+        run = run_deployment_and_wait(settings, names.MONITOR_DEPLOYMENT, timeout_s=300, watch=watch)
         if run.state is not None and not run.state.is_cancelled():
             return run
         for other in runs_since(settings, names.MONITOR_DEPLOYMENT, began - timedelta(minutes=10)):
@@ -203,7 +215,7 @@ def run_monitor(settings: Settings, attempts: int = 5) -> FlowRun:
                 and other.state is not None
                 and (other.state.is_running() or other.state.is_pending())
             ):
-                wait_for_final(settings, other.id, timeout_s=300)
+                wait_for_final(settings, other.id, timeout_s=300, watch=watch)
     raise RuntimeError(f"the monitor run was cancelled {attempts} times (concurrency limit 1)")
 
 

@@ -25,7 +25,7 @@ class VersionInfo:
     """A registered version as the terminal shows it."""
 
     version: str
-    metrics: dict[str, str] = field(default_factory=dict)  # own held-out figures (training time)
+    metrics: dict[str, float] = field(default_factory=dict)  # own held-out figures (training time)
     decision: str | None = None
     reason: str | None = None
     detail: dict[str, Any] | None = None  # the gate's decision record (same evaluation rows)
@@ -34,14 +34,15 @@ class VersionInfo:
     decided_at: str | None = None
 
 
-def version_info(version: ModelVersion) -> VersionInfo:
-    """What training and the gate recorded on a version."""
+def version_info(version: ModelVersion, metrics: Mapping[str, float] | None = None) -> VersionInfo:
+    """What training and the gate recorded on a version.
+
+    Args:
+        version: The registered version (its tags hold the decision and the data hash).
+        metrics: Its own held-out metrics (``adapters.registry.version_metrics``, one request to MLflow);
+            None where only the decision is shown.
+    """
     tags = dict(version.tags or {})
-    metrics = {
-        key.removeprefix(names.Tag.METRIC_PREFIX): value
-        for key, value in sorted(tags.items())
-        if key.startswith(names.Tag.METRIC_PREFIX)
-    }
     detail = None
     if raw := tags.get(names.Tag.DECISION_DETAIL):
         try:
@@ -55,7 +56,7 @@ def version_info(version: ModelVersion) -> VersionInfo:
         )
     return VersionInfo(
         version=str(version.version),
-        metrics=metrics,
+        metrics=dict(metrics or {}),
         decision=tags.get(names.Tag.DECISION),
         reason=tags.get(names.Tag.DECISION_REASON),
         detail=detail,

@@ -11,10 +11,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.logging.loggers import PrefectLogAdapter
 
 from adapters import registry
 from adapters.prefect_api import api_url
 from monitoring import events, pipeline, store
+from monitoring.estimation import ChunkResult
 from monitoring.policy import Alert
 from reggaeton import names
 from reggaeton.settings import Settings
@@ -123,6 +125,27 @@ def _artifact_markdown(run: store.RunRecord, alerts: list[Alert], png_base64: st
     return "\n".join(lines)
 
 
+def chunk_line(chunk: ChunkResult, total: int) -> str:
+    """One analysed chunk window in a line: when, how many rows, the estimate, the drifted features."""
+    when = " .. ".join(f"{at:%Y-%m-%d %H:%M:%S}" if at else "?" for at in (chunk.start, chunk.end))
+    estimate = chunk.estimated.get("roc_auc")
+    estimated = f"{estimate.value:.3f}" if estimate is not None and estimate.value == estimate.value else "-"
+    drifted = ",".join(chunk.drifted_features) or "none"
+    return (
+        f"chunk {chunk.index + 1}/{total} {when}: {chunk.rows} rows, estimated ROC-AUC {estimated}, "
+        f"drifted: {drifted}"
+    )
+
+
+def _report_chunks(analysis: pipeline.Analysis) -> None:
+    """The chunk windows as lines of the run's progress log (``reggaeton monitor`` shows them live)."""
+    progress = get_run_logger()
+    if isinstance(progress, PrefectLogAdapter):
+        progress = progress.getChild(names.PROGRESS_LOG)
+    for chunk in analysis.chunks:
+        progress.info(chunk_line(chunk, len(analysis.chunks)))
+
+
 @task(cache_policy=NO_CACHE)
 def emit(settings: Settings, alerts: list[Alert]) -> int:
     """Send ``degraded``/``drifted`` alerts as events to the configured Prefect server."""
@@ -142,6 +165,7 @@ def monitor(settings: Settings | None = None) -> MonitorSummary:
     with pipeline.open_stores(settings) as stores:  # both databases once per run, disposed at its end
         window = read_window(settings, stores, version)
         analysis = analyse(reference, window, settings)
+        _report_chunks(analysis)
         alerts = decide(settings, stores, window, analysis)
         summary = record(settings, stores, window, analysis, alerts)
     emit(settings, alerts)

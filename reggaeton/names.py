@@ -21,6 +21,10 @@ WORK_POOL: Final = "reggaeton-pool"
 # zombie automation counts its silence in these beats.
 FLOW_HEARTBEAT_S: Final = 30
 
+# Child of a flow run's logger (``get_run_logger().getChild``) for the lines a terminal shows live while
+# it waits on the run (``reggaeton monitor``: one line per chunk window analysed).
+PROGRESS_LOG: Final = "progress"
+
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
 MODEL_ARTIFACT_NAME: Final = "model"
@@ -29,7 +33,13 @@ PROMOTION_ARTIFACT_KEY: Final = "reggaeton-promotion"
 
 
 class Tag:
-    """Tag keys set on registered model versions and runs."""
+    """Tag keys set on registered model versions and runs.
+
+    A version carries only what code reads or searches by: the flow run that made it, its retrain
+    request (searched to resume a crashed run), its data hash (shown by ``status``), its threshold (the
+    server serves with it) and the decision tags (the gate, rollback and ``status`` read them). Its
+    metrics are on its logged model, its family and data source are the logged model's parameters.
+    """
 
     FLOW_RUN_ID: Final = "reggaeton.flow_run_id"
     # The retrain request a run or version serves: its first flow run's id, shared by the reruns of
@@ -38,9 +48,8 @@ class Tag:
     DATA_HASH: Final = "reggaeton.data_hash"
     DATA_SOURCE: Final = "reggaeton.data_source"
     THRESHOLD: Final = "reggaeton.threshold"
-    MODEL_FAMILY: Final = "reggaeton.model_family"
-    REFERENCE_URI: Final = "reggaeton.reference_uri"
-    METRIC_PREFIX: Final = "reggaeton.metric."
+    # Read only: versions registered before their metrics moved to the logged model carry them as tags.
+    LEGACY_METRIC_PREFIX: Final = "reggaeton.metric."
     DECISION: Final = "reggaeton.decision"
     DECISION_REASON: Final = "reggaeton.decision_reason"
     DECIDED_BY: Final = "reggaeton.decided_by"

@@ -51,20 +51,17 @@ class RegistrySource:
         """
         from adapters import registry
 
-        self._connected()
+        client = self._connected()
         try:
             threshold = threshold_from_tags(version.tags, str(version.version))
         except NotServableError as exc:
             raise ModelCheckError(str(exc)) from exc
-        metrics = {}
-        for key, value in version.tags.items():
-            if key.startswith(names.Tag.METRIC_PREFIX):
-                try:
-                    metrics[key.removeprefix(names.Tag.METRIC_PREFIX)] = float(value)
-                except ValueError:
-                    logger.warning(
-                        "version %s: metric tag %s=%r is not a number", version.version, key, value
-                    )
+        # Read once per version loaded (off the request path): GET /model serves them from memory.
+        try:
+            metrics = registry.version_metrics(client, version)
+        except Exception as exc:  # figures to show, not a reason to refuse a servable version
+            logger.warning("version %s: its logged model's metrics are unreadable: %r", version.version, exc)
+            metrics = registry.legacy_tag_metrics(version)
         model = registry.load_pipeline(self.model_name, str(version.version))
         return ServedModel(
             name=self.model_name,

@@ -39,16 +39,32 @@ def test_register_alias_and_reference_round_trip(settings: Settings) -> None:
 
 
 def test_the_registry_reads_well_in_the_mlflow_ui(settings: Settings) -> None:
-    """The registered model says what it is; a version's description says the last decision and why."""
+    """The model says what it is; a version's description says the last decision and why; metrics are
+    the logged model's (no tag per metric), and versions registered before that show their metric tags."""
     client = registry.connect(settings)
     data = split(synthetic_dataset(300, seed=2), 0.3, seed=2)
     pipeline = build_pipeline(LOGISTIC_REGRESSION, {"C": 1.0}, seed=0)
     pipeline.fit(features_array(data.train), data.train[TARGET])
     experiment_id = registry.ensure_experiment(client, names.EXPERIMENT_TRAINING, settings)
     with mlflow.start_run(experiment_id=experiment_id):
+        mlflow.log_metric("pr_auc", 0.81)  # logged before the model: MLflow copies it onto the model
         info = registry.log_model(pipeline, data.holdout, threshold=0.5)
+        registry.log_model_metrics(info, {"pr_auc": 0.81, "brier": 0.03}, {"family": "lr"})
     version = registry.register(client, info, names.MODEL_NAME, {names.Tag.THRESHOLD: 0.5})
     assert client.get_registered_model(names.MODEL_NAME).description == registry.MODEL_DESCRIPTION
+    assert set(version.tags) == {names.Tag.THRESHOLD} and registry.logged_model_id(version) == info.model_id
+    logged = client.get_logged_model(info.model_id)
+    assert sorted(m.key for m in logged.metrics or []) == ["brier", "pr_auc"]  # each figure once
+    assert logged.params == {"family": "lr"}
+    assert registry.version_metrics(client, version) == {"pr_auc": 0.81, "brier": 0.03}
+
+    with mlflow.start_run(experiment_id=experiment_id):
+        older = registry.log_model(pipeline, data.holdout, threshold=0.5)
+    prefix = names.Tag.LEGACY_METRIC_PREFIX
+    legacy_tags = {names.Tag.THRESHOLD: 0.5, f"{prefix}pr_auc": 0.77, f"{prefix}f1": "n/a"}
+    legacy = registry.register(client, older, names.MODEL_NAME, legacy_tags)
+    # An unreadable figure is left out (and logged), not a failure to show the version.
+    assert registry.version_metrics(client, legacy) == {"pr_auc": 0.77}
 
     stamp = {names.Tag.DECIDED_BY: "dana", names.Tag.DECIDED_AT: "2026-11-30T21:00:00+00:00"}
     decisions.tag_decision(

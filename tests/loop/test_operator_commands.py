@@ -115,6 +115,19 @@ def _check_served_within_a_poll(settings: Settings, client: MlflowClient, versio
     assert waited <= settings.serving.poll_interval_s + load + 1.0, (waited, load)
 
 
+def _check_monitor_progress(output: str) -> None:
+    """`reggaeton monitor` showed the run as it went, in plain lines (its stdout is not a terminal here)."""
+    assert "\r" not in output and "\033[" not in output, output
+    assert re.search(r"^\[ *[\d.]+ s\] flow run \S+: Running$", output, re.MULTILINE), output
+    assert re.search(r"^\[ *[\d.]+ s\] task analyse\S*: Completed in [\d.]+ s$", output, re.MULTILINE), output
+    assert re.search(r"^\[ *[\d.]+ s\] flow run \S+: Completed$", output, re.MULTILINE), output
+    # One live line per chunk window the run analysed, as many as the run recorded (after the docs'
+    # `simulate` there are some, unless a scheduled run took that traffic first: then none on either side).
+    windows = re.findall(r"^\[ *[\d.]+ s\]   chunk \d+/\d+ .*rows, estimated ROC-AUC", output, re.MULTILINE)
+    recorded = re.search(r"^monitoring: last run .* (\d+) chunk\(s\)", output, re.MULTILINE)
+    assert recorded is not None and len(windows) == int(recorded.group(1)), output
+
+
 def _ensure_versions_for_the_docs(settings: Settings, env: dict[str, str], client: MlflowClient) -> None:
     """Versions 1 and 2 exist and 2 is not behind the champion alias alone (the docs' examples use them).
 
@@ -166,6 +179,8 @@ def test_every_docs_command_runs_against_the_running_stack(loop_stack: Settings)
         if _verb(command) == "promote":
             version = re.search(r"--version (\S+)", command).group(1)  # type: ignore[union-attr]
             _check_served_within_a_poll(settings, client, version, ended)
+        if _verb(command) == "monitor":
+            _check_monitor_progress(result.stdout)
         if _verb(command) == "status":
             text = result.stdout
             assert "services down: none" in text, text

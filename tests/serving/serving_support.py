@@ -74,7 +74,8 @@ def register_version(
     experiment_id = registry.ensure_experiment(client, names.EXPERIMENT_TRAINING, settings)
     with mlflow.start_run(experiment_id=experiment_id):
         info = registry.log_model(pipeline, data.holdout, threshold=threshold or 0.5)
-    tags: dict[str, Any] = {f"{names.Tag.METRIC_PREFIX}pr_auc": 0.9}
+        registry.log_model_metrics(info, {"pr_auc": 0.9}, {"family": LOGISTIC_REGRESSION})
+    tags: dict[str, Any] = {}
     if threshold is not None:
         tags[names.Tag.THRESHOLD] = threshold
     version = registry.register(client, info, names.MODEL_NAME, tags)

@@ -1,0 +1,112 @@
+"""Live progress of a flow run on the terminal, polled from the Prefect API while a command waits on it.
+
+Each poll shows what changed since the last one, one line each, oldest first: the flow run's state, each
+task run as it starts and ends (with its duration), and the lines the flow logs on its progress logger
+(``names.PROGRESS_LOG``: the monitor's chunk windows). On a terminal a last line, rewritten in place, says
+what is running and for how long; elsewhere (a pipe, CI logs) only the plain lines are written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import TextIO
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import FlowRun, TaskRun
+
+from adapters import prefect_api
+from reggaeton import names
+from reggaeton.settings import Settings
+
+# A line to show and when it happened (ISO text, so lines of one poll sort by time).
+Event = tuple[str, str]
+
+# After the run's final state, how long to wait for its last log lines (the worker ships them in batches).
+DRAIN_S = 5.0
+
+
+class RunProgress:
+    """A poll callback (``embedded.demo.Watch``) printing a flow run's progress as it happens."""
+
+    def __init__(self, out: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._out = out or sys.stdout
+        self._live = self._out.isatty()
+        self._clock = clock
+        self._began = clock()
+        self._state: dict[UUID, str] = {}  # flow or task run id -> the state last shown
+        self._logs_since: dict[UUID, datetime] = {}
+        self._logs_seen: set[UUID] = set()
+        self._running = ""
+
+    def __call__(self, client: SyncPrefectClient, run: FlowRun) -> None:
+        """Show what changed in ``run`` since the last poll."""
+        events = self._flow_events(run)
+        tasks = prefect_api.task_runs_of(client, run.id)
+        for task in tasks:
+            events += self._task_events(task)
+        events += self._new_logs(client, run.id)
+        running = [task.name for task in tasks if task.state is not None and task.state.is_running()]
+        self._running = f"{run.name} {run.state_name or 'unknown'}" + (
+            f": {', '.join(running)}" if running else ""
+        )
+        self._write(line for _, line in sorted(events, key=lambda event: event[0]))
+
+    def drain(self, settings: Settings, run: FlowRun) -> None:
+        """After the final state: the log lines still on their way, waited for at most ``DRAIN_S``."""
+        deadline = self._clock() + DRAIN_S
+        quiet = 0
+        while self._clock() < deadline and quiet < 2:
+            with prefect_api.prefect_api(settings), get_client(sync_client=True) as client:
+                lines = self._new_logs(client, run.id)
+            self._write(line for _, line in lines)
+            quiet = 0 if lines else quiet + 1
+            time.sleep(0.5)
+        self._clear()
+
+    # --- what changed ---------------------------------------------------------------------------------
+    def _flow_events(self, run: FlowRun) -> list[Event]:
+        name = run.state_name or "unknown"
+        if self._state.get(run.id) == name:
+            return []
+        self._state[run.id] = name
+        return [(str(run.state.timestamp if run.state else ""), f"flow run {run.name}: {name}")]
+
+    def _task_events(self, task: TaskRun) -> list[Event]:
+        state = task.state
+        name = task.state_name or "unknown"
+        if self._state.get(task.id) == name:
+            return []
+        self._state[task.id] = name
+        if state is not None and state.is_final():
+            took = f" in {task.total_run_time.total_seconds():.1f} s" if task.total_run_time else ""
+            return [(str(task.end_time or state.timestamp), f"task {task.name}: {name}{took}")]
+        return [(str(task.start_time or (state.timestamp if state else "")), f"task {task.name}: {name}")]
+
+    def _new_logs(self, client: SyncPrefectClient, run_id: UUID) -> list[Event]:
+        events = []
+        for log in prefect_api.logs_of(client, run_id, self._logs_since.get(run_id)):
+            self._logs_since[run_id] = log.timestamp
+            if log.id in self._logs_seen or not log.name.endswith(f".{names.PROGRESS_LOG}"):
+                continue
+            self._logs_seen.add(log.id)
+            events.append((str(log.timestamp), f"  {log.message}"))
+        return events
+
+    # --- the terminal ---------------------------------------------------------------------------------
+    def _write(self, lines: Iterable[str]) -> None:
+        elapsed = self._clock() - self._began
+        self._clear()
+        for line in lines:
+            self._out.write(f"[{elapsed:6.1f} s] {line}\n")
+        if self._live:
+            self._out.write(f"  ... {self._running}, {elapsed:.0f} s")
+        self._out.flush()
+
+    def _clear(self) -> None:
+        if self._live:
+            self._out.write("\r\033[K")
+            self._out.flush()
