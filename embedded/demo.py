@@ -22,17 +22,10 @@ import httpx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterName,
-    FlowRunFilter,
-    FlowRunFilterExpectedStartTime,
-)
 from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.sorting import FlowRunSort
 
 from adapters import registry
-from adapters.prefect_api import find_deployment, prefect_api
+from adapters.prefect_api import deployment_runs, find_deployment, prefect_api
 from embedded import stack, views
 from embedded.receiver import read_alerts
 from embedded.views import VersionInfo
@@ -152,15 +145,11 @@ def wait_for_final(settings: Settings, flow_run_id: UUID, timeout_s: float) -> F
 
 def runs_since(settings: Settings, name: str, since: datetime) -> list[FlowRun]:
     """Runs of a deployment expected to start between `since` and now (not future schedules), newest first."""
-    window = FlowRunFilterExpectedStartTime(after_=since, before_=datetime.now(UTC) + timedelta(minutes=1))
     with prefect_api(settings), get_client(sync_client=True) as client:
-        return list(
-            client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
-                flow_run_filter=FlowRunFilter(expected_start_time=window),
-                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-            )
-        )
+        found = find_deployment(client, name)
+        if found is None:
+            return []
+        return deployment_runs(client, found, since=since, until=datetime.now(UTC) + timedelta(minutes=1))
 
 
 # --- traffic --------------------------------------------------------------------------------------------

@@ -30,12 +30,11 @@ from prefect.events import Event as PrefectEvent
 from prefect.events.clients import get_events_client
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
-from adapters.prefect_api import prefect_api
+from adapters.prefect_api import CONCURRENCY_CANCEL_MESSAGE, HANDED_BACK_MESSAGE, prefect_api
 from embedded import demo, stack
 from embedded.receiver import read_alerts
 from flows.automations import FLOW_RUN_HEARTBEAT, FLOW_RUN_SUBMITTING, ZOMBIE_AFTER_S
 from flows.deploy import deploy
-from monitoring.watchdog import CONCURRENCY_CANCEL_MESSAGE, HANDED_BACK_MESSAGE
 from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT
 from reggaeton.settings import Settings
 

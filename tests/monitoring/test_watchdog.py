@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from flows import automations
@@ -69,6 +70,21 @@ def test_memory_survives_a_restart(tmp_path: Path) -> None:
     memory.save()
     again = watchdog.Memory.load(tmp_path / "watchdog.json")
     assert again.stale == {"monitor"} and again.cancelled_reported == {"monitor": NOW.isoformat()}
+
+
+def test_healthy_while_its_looks_succeed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container's health: the memory file is written after every successful look."""
+    settings = Settings(state_dir=tmp_path, watchdog={"every_s": 30})
+    assert not watchdog.healthy(settings)  # never looked
+    watchdog.Memory(tmp_path / "watchdog.json").save()
+    written = (tmp_path / "watchdog.json").stat().st_mtime
+    assert watchdog.healthy(settings, now=written + 90)  # three looks
+    assert not watchdog.healthy(settings, now=written + 91)
+    # The healthcheck's command, with the settings of its process.
+    monkeypatch.setenv("REGGAETON_STATE_DIR", str(tmp_path))
+    assert watchdog.main(["--healthy"]) == 0
+    monkeypatch.setenv("REGGAETON_STATE_DIR", str(tmp_path / "elsewhere"))
+    assert watchdog.main(["--healthy"]) == 1
 
 
 def test_stranded_rule_crashes_pending_runs_without_force() -> None:
