@@ -140,21 +140,40 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_monitor(ctx: Context, args: argparse.Namespace) -> int:
     """One monitoring pass now: a run of the monitor deployment on the stack's worker."""
-    from embedded import demo
+    from reggaeton.names import MONITOR_DEPLOYMENT
 
-    stack_endpoints.require(ctx.endpoints, "prefect")
-    print(f"monitor: flow run of the `monitor` deployment on {ctx.endpoints.prefect_ui} ...", flush=True)
-    try:
-        run = demo.run_monitor(ctx.settings, attempts=args.attempts)
-    except LookupError as exc:
-        raise CommandError(f"{exc} (or `reggaeton deploy`)") from exc
-    state = run.state.name if run.state else "unknown"
-    print(f"monitor run {run.name}: {state}")
+    run = _manual_run(ctx, MONITOR_DEPLOYMENT, args.wait_s)
     if ctx.endpoints.stack == stack_endpoints.LOCAL:
         from cli import status
 
         print("\n".join(status.monitoring_lines(ctx.settings)))
     return 0 if run.state is not None and run.state.is_completed() else EXIT_ERROR
+
+
+def cmd_retrain(ctx: Context, args: argparse.Namespace) -> int:
+    """A retrain now: a run of the train-and-promote deployment on the worker (what `degraded` starts)."""
+    from reggaeton.names import TRAIN_DEPLOYMENT
+
+    run = _manual_run(ctx, TRAIN_DEPLOYMENT, args.wait_s, timeout_s=args.timeout_s)
+    return 0 if run.state is not None and run.state.is_completed() else EXIT_ERROR
+
+
+def _manual_run(ctx: Context, name: str, wait_s: float, timeout_s: float = 900) -> Any:
+    """Run a deployment now, waiting for its one slot; when it stays taken, one line says by which run."""
+    from embedded import manual
+
+    stack_endpoints.require(ctx.endpoints, "prefect")
+    print(f"{name}: flow run of the `{name}` deployment on {ctx.endpoints.prefect_ui} ...", flush=True)
+    try:
+        run = manual.run_when_free(ctx.settings, name, wait_s=wait_s, timeout_s=timeout_s)
+    except LookupError as exc:
+        raise CommandError(f"{exc} (or `reggaeton deploy`)") from exc
+    except manual.SlotTaken as exc:
+        raise CommandError(str(exc)) from exc
+    state = run.state.name if run.state else "unknown"
+    message = f": {run.state.message}" if run.state is not None and run.state.message else ""
+    print(f"{name} run {run.name}: {state}{message}")
+    return run
 
 
 def cmd_simulate(ctx: Context, args: argparse.Namespace) -> int:

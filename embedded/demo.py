@@ -12,11 +12,9 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
-from uuid import UUID
+from typing import Any
 
 import httpx
 from mlflow import MlflowClient
@@ -27,6 +25,7 @@ from prefect.client.schemas.objects import FlowRun
 from adapters import registry
 from adapters.prefect_api import deployment_runs, find_deployment, prefect_api
 from embedded import stack, views
+from embedded.manual import deployment_id, run_when_free, wait_for_final, wait_until
 from embedded.receiver import read_alerts
 from embedded.views import VersionInfo
 from flows.deploy import deploy
@@ -36,7 +35,8 @@ from reggaeton.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-T = TypeVar("T")
+# A scheduled monitor run may hold the slot when the demo wants its own: it waits this long for it.
+MONITOR_WAIT_S = 300.0
 
 
 @dataclass
@@ -52,22 +52,6 @@ class DemoReport:
     retrain_state: str | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 2.0) -> T:
-    """Poll `probe` until it returns something other than None; bounded in time.
-
-    Raises:
-        TimeoutError: naming what was awaited.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 def stack_settings(settings: Settings) -> Settings:
@@ -115,32 +99,12 @@ def served_version(settings: Settings) -> str | None:
 
 
 # --- Prefect --------------------------------------------------------------------------------------------
-def deployment_id(settings: Settings, name: str) -> UUID:
-    """The id of a deployment by its name."""
-    with prefect_api(settings), get_client(sync_client=True) as client:
-        found = find_deployment(client, name)
-    if found is None:
-        raise LookupError(f"deployment {name!r} not found: run `python -m flows.deploy`")
-    return found
-
-
 def run_deployment_and_wait(settings: Settings, name: str, timeout_s: float) -> FlowRun:
     """Create a flow run of a deployment (the worker picks it up) and wait for a final state."""
     with prefect_api(settings), get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(deployment_id(settings, name))
     logger.info("started %s flow run %s", name, flow_run.name)
     return wait_for_final(settings, flow_run.id, timeout_s)
-
-
-def wait_for_final(settings: Settings, flow_run_id: UUID, timeout_s: float) -> FlowRun:
-    """Wait for a flow run to reach a final state."""
-
-    def final() -> FlowRun | None:
-        with prefect_api(settings), get_client(sync_client=True) as client:
-            run = client.read_flow_run(flow_run_id)
-        return run if run.state is not None and run.state.is_final() else None
-
-    return wait_until(f"flow run {flow_run_id}", final, timeout_s, every_s=3.0)
 
 
 def runs_since(settings: Settings, name: str, since: datetime) -> list[FlowRun]:
@@ -175,35 +139,14 @@ def ensure_champion(settings: Settings, client: MlflowClient, report: DemoReport
     return current
 
 
-def run_monitor(settings: Settings, attempts: int = 5) -> FlowRun:
-    """Run the monitor now and wait for it.
-
-    The deployment allows one run at a time (CANCEL_NEW): when ours is cancelled because a scheduled run
-    is in progress, wait for that one to finish and try again, so a run starts after the traffic.
-    """
-    for _ in range(attempts):
-        began = datetime.now(UTC)
-        run = run_deployment_and_wait(settings, names.MONITOR_DEPLOYMENT, timeout_s=300)
-        if run.state is not None and not run.state.is_cancelled():
-            return run
-        for other in runs_since(settings, names.MONITOR_DEPLOYMENT, began - timedelta(minutes=10)):
-            if (
-                other.id != run.id
-                and other.state is not None
-                and (other.state.is_running() or other.state.is_pending())
-            ):
-                wait_for_final(settings, other.id, timeout_s=300)
-    raise RuntimeError(f"the monitor run was cancelled {attempts} times (concurrency limit 1)")
-
-
 def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> None:
     """Stable then drifted traffic, the monitor, and the retrain the automation starts."""
     simulate(settings, "stable")
-    run_monitor(settings)
+    run_when_free(settings, names.MONITOR_DEPLOYMENT, MONITOR_WAIT_S)
     simulate(settings, "drift")
     loop_began = datetime.now(UTC)
     began = time.monotonic()
-    run_monitor(settings)
+    run_when_free(settings, names.MONITOR_DEPLOYMENT, MONITOR_WAIT_S)
 
     def first_retrain() -> FlowRun | None:
         # Not the weekly schedule's run, should the demo meet one (Monday 03:00 UTC).

@@ -93,6 +93,8 @@ def test_stranded_rule_crashes_pending_runs_without_force() -> None:
     # The worker's Pending state is named Submitting, and the event carries the name.
     assert trigger.after == {automations.FLOW_RUN_PENDING, automations.FLOW_RUN_SUBMITTING}  # type: ignore[union-attr]
     assert automations.FLOW_RUN_RUNNING in trigger.expect  # type: ignore[union-attr]
+    # A run a stopping worker handed back to the schedule leaves Pending: not stranded.
+    assert automations.FLOW_RUN_SCHEDULED in trigger.expect  # type: ignore[union-attr]
     assert trigger.expect >= automations.FLOW_RUN_FINAL  # type: ignore[union-attr]
     assert trigger.within == timedelta(seconds=45)  # type: ignore[union-attr]
     [action] = rule.actions
