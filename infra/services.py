@@ -117,10 +117,11 @@ APP_ENVIRONMENT: dict[str, str] = {
 }
 
 SECRET_CHECK = "check-secrets"
-# The worker's flow runs may finish within this after a stop; then what is left is killed and the runs
-# it was submitting are handed back, within HAND_BACK_S more, before Docker's SIGKILL.
-WORKER_GRACE_S = 50
-HAND_BACK_S = 15
+# After SIGTERM the Prefect worker stops its flow runs and exits (seconds); what is left of it after this
+# is killed, then the runs it was submitting are handed back, within HAND_BACK_S more, before Docker's
+# SIGKILL.
+WORKER_GRACE_S = 20
+HAND_BACK_S = 10
 
 SERVICES: tuple[Service, ...] = (
     Service(

@@ -3,10 +3,11 @@
 It runs ``prefect worker start`` as its child, named after the container, and on SIGTERM (``docker-compose
 stop``, Pulumi's replace or destroy) or SIGINT:
 
-1. passes SIGTERM to the worker alone: Prefect's worker stops taking runs and lets its flow runs go on;
-2. waits up to ``--grace-s`` (less than the container's stop grace period), then kills what is left of
-   the worker's process group (a flow run killed there is crashed by the zombie rule, and a crashed retrain
-   is rerun with its request id);
+1. passes SIGTERM to the worker alone: Prefect's worker stops taking runs, stops the flow runs it
+   started (a ``Running`` run cut off is crashed, by its engine or the zombie rule, and a crashed retrain
+   is rerun with its request id) and exits;
+2. waits up to ``--grace-s`` (less than the container's stop grace period) for the worker and its process
+   group, then kills what is left;
 3. hands the runs this worker left Pending back to the schedule (``adapters.prefect_api``), as
    ``make down`` does for the embedded stack: a stop never holds a deployment's concurrency slot.
 
