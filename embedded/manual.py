@@ -23,6 +23,7 @@ from reggaeton.settings import Settings
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+MANUAL_TAG = "manual"  # on the runs an operator started from the command line
 
 
 def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 2.0) -> T:
@@ -125,7 +126,7 @@ def run_when_free(settings: Settings, name: str, wait_s: float, timeout_s: float
     while True:
         wait_for_slot(settings, name, deployment, deadline, began)
         with prefect_api(settings), get_client(sync_client=True) as client:
-            created = client.create_flow_run_from_deployment(deployment, tags=["manual"])
+            created = client.create_flow_run_from_deployment(deployment, tags=[MANUAL_TAG])
         logger.info("%s: flow run %s started", name, created.name)
         final = wait_for_final(settings, created.id, timeout_s)
         if not _cancelled_by_limit(final):

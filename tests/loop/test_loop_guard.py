@@ -36,6 +36,7 @@ from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNam
 
 from adapters.prefect_api import CONCURRENCY_CANCEL_MESSAGE, HANDED_BACK_MESSAGE, prefect_api
 from embedded import demo, stack
+from embedded.manual import MANUAL_TAG, SlotTaken, run_when_free
 from embedded.receiver import read_alerts
 from flows.automations import FLOW_RUN_HEARTBEAT, FLOW_RUN_SUBMITTING, ZOMBIE_AFTER_S
 from flows.deploy import deploy
@@ -254,18 +255,21 @@ def _reggaeton(settings: Settings, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=PIPE, stderr=PIPE, text=True)
 
 
-def _refused_one_line(settings: Settings, deployment: str, command: str, holder: FlowRun) -> None:
-    """A manual run while `holder` holds the slot: nothing runs, one line names the holder, exit 1."""
-    before = {r.id for r in _runs(settings, deployment)}
-    cli = _reggaeton(settings, command, "--wait-s", "1")
+def _refused_start(settings: Settings, command: str) -> subprocess.Popen[str]:
+    """A manual run while another run holds the slot (started: it runs while the test goes on)."""
+    return _reggaeton(settings, command, "--wait-s", "1")
+
+
+def _refused_check(settings: Settings, cli: subprocess.Popen[str], deployment: str, holder: FlowRun) -> None:
+    """Nothing ran, the one last line names the holder, exit 1."""
     out, err = cli.communicate(timeout=120)
     # Log lines (its wait) may come first; the reason is the one last line.
     reason = err.strip().splitlines()[-1]
-    assert cli.returncode == 1 and reason.startswith(f"reggaeton {command}: {deployment} did not run"), err
+    assert cli.returncode == 1 and reason.startswith(f"reggaeton monitor: {deployment} did not run"), err
     assert f"held by run {holder.name} (" in reason and str(holder.id) in reason, reason
     assert "Traceback" not in out + err
-    # Never a run created and silently cancelled: the command started none.
-    created = {r.id for r in _runs(settings, deployment) if not r.auto_scheduled} - before
+    # Never a run created and silently cancelled: the command started none (its runs are tagged manual).
+    created = [r.name for r in _runs(settings, deployment) if MANUAL_TAG in r.tags]
     assert not created, created
 
 
@@ -336,6 +340,8 @@ def test_worker_killed_while_monitor_pending_the_run_is_crashed_and_monitoring_r
             and (r.state.message or "").startswith(CONCURRENCY_CANCEL_MESSAGE)
         )
 
+    # An operator's `reggaeton monitor` meanwhile: it does not run, and says which run holds the slot.
+    refused = _refused_start(settings, "monitor")
     demo.wait_until(
         "two monitor runs cancelled by the limit",
         lambda: True if cancelled_since() >= 2 else None,
@@ -350,8 +356,7 @@ def test_worker_killed_while_monitor_pending_the_run_is_crashed_and_monitoring_r
         timeout_s=30,
     )
 
-    # An operator's `reggaeton monitor` meanwhile: it does not run, and says which run holds the slot.
-    _refused_one_line(settings, MONITOR_DEPLOYMENT, "monitor", stranded)
+    _refused_check(settings, refused, MONITOR_DEPLOYMENT, stranded)
 
     _sigkill_worker(settings, marker)
     killed_at = datetime.now(UTC)
@@ -376,7 +381,10 @@ def test_worker_killed_while_retrain_pending_it_is_crashed_and_rerun_once(
     with prefect_api(settings), get_client(sync_client=True) as client:
         first = client.create_flow_run_from_deployment(demo.deployment_id(settings, TRAIN_DEPLOYMENT))
     assert _stalled_pending_run(settings, TRAIN_DEPLOYMENT, marker).id == first.id
-    _refused_one_line(settings, TRAIN_DEPLOYMENT, "retrain", _run(settings, first.id))
+    # A manual retrain meanwhile (what `reggaeton retrain` runs; its command line is tested above with
+    # `monitor`): in-process, so it looks at once, while the run is surely still Pending.
+    with pytest.raises(SlotTaken, match=f"held by run {first.name} .*{first.id}"):
+        run_when_free(settings, TRAIN_DEPLOYMENT, wait_s=0)
 
     _sigkill_worker(settings, marker)
     _wait_state(settings, first, StateType.CRASHED, timeout_s=STRANDED_AFTER_S + 90)
@@ -390,6 +398,7 @@ def test_worker_killed_while_retrain_pending_it_is_crashed_and_rerun_once(
     assert rerun.parameters == {"request_id": str(first.id)}  # the same retrain request
     _wait_state(settings, rerun, StateType.COMPLETED, timeout_s=120)
     time.sleep(5)  # a further rerun would show up by now
+    # Neither the manual attempt nor anything else added a run.
     assert [r.id for r in _runs(settings, TRAIN_DEPLOYMENT) if not r.auto_scheduled] == [first.id, rerun.id]
     assert (project / "flows" / "completions.txt").read_text().split() == [str(first.id)]
 
