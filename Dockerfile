@@ -35,7 +35,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
-    && mkdir -p /app /state/model-cache /state/prediction-spool /mlartifacts \
+    && mkdir -p /app /state/model-cache /state/prediction-spool /state/watchdog /mlartifacts \
     && chown -R app:app /state /mlartifacts
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app

@@ -1,4 +1,4 @@
-"""Which Prefect server this package's clients, flows and events talk to; deployments on it by name."""
+"""Which Prefect server this package's clients, flows and events talk to; deployments and their runs on it."""
 
 from __future__ import annotations
 
@@ -6,23 +6,31 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
     FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterExpectedStartTime,
     FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
     LogFilter,
     LogFilterFlowRunId,
     LogFilterLevel,
     LogFilterTimestamp,
+    WorkPoolFilter,
+    WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import Log, TaskRun
-from prefect.client.schemas.sorting import LogSort
+from prefect.client.schemas.objects import FlowRun, Log, State, StateType, TaskRun
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Scheduled
 
 from reggaeton.settings import Settings
 
@@ -96,3 +104,81 @@ def logs_of(
         timestamp=LogFilterTimestamp(after_=since) if since is not None else None,
     )
     return client.read_logs(log_filter=log_filter, limit=limit, sort=LogSort.TIMESTAMP_ASC)
+
+
+def deployment_runs(
+    client: SyncPrefectClient,
+    deployment_id: UUID,
+    *states: StateType,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    sort: FlowRunSort = FlowRunSort.EXPECTED_START_TIME_DESC,
+    limit: int = 200,
+) -> list[FlowRun]:
+    """Flow runs of one deployment, optionally only in ``states`` and expected to start in [since, until].
+
+    The one query of "runs of a deployment since T": the watchdog, the demo and the command line use it.
+    """
+    window = FlowRunFilterExpectedStartTime(after_=since, before_=until) if since or until else None
+    return list(
+        client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(states))) if states else None,
+                expected_start_time=window,
+            ),
+            sort=sort,
+            limit=limit,
+        )
+    )
+
+
+# The message Prefect's orchestration puts on a run it cancelled for its deployment's concurrency limit.
+CONCURRENCY_CANCEL_MESSAGE = "Deployment concurrency limit reached."
+# The states in which a run holds its deployment's concurrency slot.
+SLOT_STATES = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
+
+
+def slot_holders(client: SyncPrefectClient, deployment_id: UUID) -> list[FlowRun]:
+    """The runs of a deployment that hold one of its concurrency slots now."""
+    return deployment_runs(client, deployment_id, *SLOT_STATES)
+
+
+HANDED_BACK_MESSAGE = "Handed back by the stack's shutdown while it was being submitted."
+WORKER_NAME_LABEL = "prefect.worker.name"  # the label a Prefect worker gives the runs it submits
+
+
+def hand_back_pending_runs(work_pool: str, worker: str | None = None) -> list[str]:
+    """Put the runs of a work pool still Pending back to Scheduled, due now (Prefect API set by the caller).
+
+    For a shutdown, right after the worker stopped: a run it was submitting would otherwise stay Pending
+    and hold its deployment's concurrency slot until the stranded-run rule crashes it. Leaving Pending
+    frees the slot; the next worker submits the run again.
+
+    Args:
+        work_pool: The pool of the stopped worker.
+        worker: The stopped worker's name, when other workers may serve the pool: only the runs it
+            labelled as its own, or not yet labelled by any worker, are handed back. None: every Pending
+            run of the pool (the embedded stack's one worker).
+
+    Returns:
+        The names of the runs handed back.
+    """
+    handed = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))
+            ),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
+            limit=200,
+        )
+        for run in runs:
+            if worker is not None and run.labels.get(WORKER_NAME_LABEL, worker) != worker:
+                continue
+            back: State[Any] = Scheduled(scheduled_time=datetime.now(UTC), message=HANDED_BACK_MESSAGE)
+            # Forced: the orchestration would refuse Pending -> Scheduled; nothing else moves the run
+            # now that its worker is gone.
+            client.set_flow_run_state(run.id, back, force=True)
+            handed.append(run.name)
+    return handed

@@ -8,11 +8,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli import endpoints as stack_endpoints
 from cli.endpoints import Endpoints, Unreachable
 from reggaeton.settings import Settings
+
+if TYPE_CHECKING:  # the command line imports Prefect only for the commands that use it
+    from embedded.manual import Watch
 
 logger = logging.getLogger("reggaeton")
 
@@ -141,23 +144,44 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_monitor(ctx: Context, args: argparse.Namespace) -> int:
     """One monitoring pass now: a run of the monitor deployment on the stack's worker, shown as it goes."""
     from cli.progress import RunProgress
-    from embedded import demo
+    from reggaeton.names import MONITOR_DEPLOYMENT
 
-    stack_endpoints.require(ctx.endpoints, "prefect")
-    print(f"monitor: flow run of the `monitor` deployment on {ctx.endpoints.prefect_ui} ...", flush=True)
     progress = RunProgress()
-    try:
-        run = demo.run_monitor(ctx.settings, attempts=args.attempts, watch=progress)
-    except LookupError as exc:
-        raise CommandError(f"{exc} (or `reggaeton deploy`)") from exc
+    run = _manual_run(ctx, MONITOR_DEPLOYMENT, args.wait_s, watch=progress)
     progress.drain(ctx.settings, run)
-    state = run.state.name if run.state else "unknown"
-    print(f"monitor run {run.name}: {state}")
     if ctx.endpoints.stack == stack_endpoints.LOCAL:
         from cli import status
 
         print("\n".join(status.monitoring_lines(ctx.settings)))
     return 0 if run.state is not None and run.state.is_completed() else EXIT_ERROR
+
+
+def cmd_retrain(ctx: Context, args: argparse.Namespace) -> int:
+    """A retrain now: a run of the train-and-promote deployment on the worker (what `degraded` starts)."""
+    from reggaeton.names import TRAIN_DEPLOYMENT
+
+    run = _manual_run(ctx, TRAIN_DEPLOYMENT, args.wait_s, timeout_s=args.timeout_s)
+    return 0 if run.state is not None and run.state.is_completed() else EXIT_ERROR
+
+
+def _manual_run(
+    ctx: Context, name: str, wait_s: float, timeout_s: float = 900, watch: Watch | None = None
+) -> Any:
+    """Run a deployment now, waiting for its one slot; when it stays taken, one line says by which run."""
+    from embedded import manual
+
+    stack_endpoints.require(ctx.endpoints, "prefect")
+    print(f"{name}: flow run of the `{name}` deployment on {ctx.endpoints.prefect_ui} ...", flush=True)
+    try:
+        run = manual.run_when_free(ctx.settings, name, wait_s=wait_s, timeout_s=timeout_s, watch=watch)
+    except LookupError as exc:
+        raise CommandError(f"{exc} (or `reggaeton deploy`)") from exc
+    except manual.SlotTaken as exc:
+        raise CommandError(str(exc)) from exc
+    state = run.state.name if run.state else "unknown"
+    message = f": {run.state.message}" if run.state is not None and run.state.message else ""
+    print(f"{name} run {run.name}: {state}{message}")
+    return run
 
 
 def cmd_simulate(ctx: Context, args: argparse.Namespace) -> int:

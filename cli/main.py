@@ -27,6 +27,7 @@ from cli.commands import (
     cmd_gate,
     cmd_monitor,
     cmd_promote,
+    cmd_retrain,
     cmd_rollback,
     cmd_simulate,
     cmd_status,
@@ -135,13 +136,23 @@ def _add_model_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
 
 
 def _add_traffic_commands(add: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
-    """monitor, simulate, alerts."""
+    """monitor, retrain, simulate, alerts."""
     monitor_cmd = add(
         "monitor", cmd_monitor, "one monitoring pass now (a run of the monitor deployment), shown as it goes"
     )
-    monitor_cmd.add_argument(
-        "--attempts", type=int, default=5, help="retries when a scheduled run is in progress"
+    retrain_cmd = add(
+        "retrain", cmd_retrain, "a retrain now (a run of the train-and-promote deployment on the worker)"
     )
+    retrain_cmd.add_argument(
+        "--timeout-s", type=float, default=3600, help="how long to wait for it to finish (default 3600)"
+    )
+    for command in (monitor_cmd, retrain_cmd):
+        command.add_argument(
+            "--wait-s",
+            type=float,
+            default=300,
+            help="how long to wait for the deployment's one slot when another run holds it (default 300)",
+        )
     simulate_cmd = add("simulate", cmd_simulate, "send simulated traffic and late labels to the running API")
     simulate_cmd.add_argument("--scenario", default="stable", help="stable or drift (default: stable)")
     simulate_cmd.add_argument("--count", type=int, default=5000, help="songs to send (at most)")

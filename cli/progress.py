@@ -30,7 +30,7 @@ DRAIN_S = 5.0
 
 
 class RunProgress:
-    """A poll callback (``embedded.demo.Watch``) printing a flow run's progress as it happens."""
+    """A poll callback (``embedded.manual.Watch``) printing a flow run's progress as it happens."""
 
     def __init__(self, out: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._out = out or sys.stdout

@@ -12,28 +12,20 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
-from uuid import UUID
+from typing import Any
 
 import httpx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterName,
-    FlowRunFilter,
-    FlowRunFilterExpectedStartTime,
-)
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.sorting import FlowRunSort
 
 from adapters import registry
-from adapters.prefect_api import find_deployment, prefect_api
+from adapters.prefect_api import deployment_runs, find_deployment, prefect_api
 from embedded import stack, views
+from embedded.manual import deployment_id, run_when_free, wait_for_final, wait_until
 from embedded.receiver import read_alerts
 from embedded.views import VersionInfo
 from flows.deploy import deploy
@@ -43,7 +35,8 @@ from reggaeton.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-T = TypeVar("T")
+# A scheduled monitor run may hold the slot when the demo wants its own: it waits this long for it.
+MONITOR_WAIT_S = 300.0
 
 
 @dataclass
@@ -61,22 +54,6 @@ class DemoReport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 2.0) -> T:
-    """Poll `probe` until it returns something other than None; bounded in time.
-
-    Raises:
-        TimeoutError: naming what was awaited.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
-
-
 def stack_settings(settings: Settings) -> Settings:
     """The settings as the stack's processes see them (MLflow through the local server)."""
     if settings.mlflow.tracking_uri:
@@ -87,9 +64,8 @@ def stack_settings(settings: Settings) -> Settings:
 
 # --- registry -------------------------------------------------------------------------------------------
 def version_info(client: MlflowClient, settings: Settings, version: str) -> VersionInfo:
-    """Metrics (on its logged model) and decision (tags written by the gate) recorded on a version."""
-    found = client.get_model_version(settings.mlflow.model_name, version)
-    return views.version_info(found, registry.version_metrics(client, found))
+    """Metrics and decision recorded on a version (tags written by training and the gate)."""
+    return views.version_info(client.get_model_version(settings.mlflow.model_name, version))
 
 
 def champion_version(client: MlflowClient, settings: Settings) -> str | None:
@@ -123,56 +99,21 @@ def served_version(settings: Settings) -> str | None:
 
 
 # --- Prefect --------------------------------------------------------------------------------------------
-def deployment_id(settings: Settings, name: str) -> UUID:
-    """The id of a deployment by its name."""
-    with prefect_api(settings), get_client(sync_client=True) as client:
-        found = find_deployment(client, name)
-    if found is None:
-        raise LookupError(f"deployment {name!r} not found: run `python -m flows.deploy`")
-    return found
-
-
-# Called on every poll of a flow run with the poll's Prefect client and the run as read (live progress).
-Watch = Callable[[SyncPrefectClient, FlowRun], None]
-
-
-def run_deployment_and_wait(
-    settings: Settings, name: str, timeout_s: float, watch: Watch | None = None
-) -> FlowRun:
+def run_deployment_and_wait(settings: Settings, name: str, timeout_s: float) -> FlowRun:
     """Create a flow run of a deployment (the worker picks it up) and wait for a final state."""
     with prefect_api(settings), get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(deployment_id(settings, name))
     logger.info("started %s flow run %s", name, flow_run.name)
-    return wait_for_final(settings, flow_run.id, timeout_s, watch)
-
-
-def wait_for_final(
-    settings: Settings, flow_run_id: UUID, timeout_s: float, watch: Watch | None = None
-) -> FlowRun:
-    """Wait for a flow run to reach a final state (polled every second when watched, else every 3 s)."""
-
-    def final() -> FlowRun | None:
-        with prefect_api(settings), get_client(sync_client=True) as client:
-            run = client.read_flow_run(flow_run_id)
-            if watch is not None:
-                watch(client, run)
-        return run if run.state is not None and run.state.is_final() else None
-
-    every_s = 3.0 if watch is None else 1.0
-    return wait_until(f"flow run {flow_run_id}", final, timeout_s, every_s=every_s)
+    return wait_for_final(settings, flow_run.id, timeout_s)
 
 
 def runs_since(settings: Settings, name: str, since: datetime) -> list[FlowRun]:
     """Runs of a deployment expected to start between `since` and now (not future schedules), newest first."""
-    window = FlowRunFilterExpectedStartTime(after_=since, before_=datetime.now(UTC) + timedelta(minutes=1))
     with prefect_api(settings), get_client(sync_client=True) as client:
-        return list(
-            client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
-                flow_run_filter=FlowRunFilter(expected_start_time=window),
-                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-            )
-        )
+        found = find_deployment(client, name)
+        if found is None:
+            return []
+        return deployment_runs(client, found, since=since, until=datetime.now(UTC) + timedelta(minutes=1))
 
 
 # --- traffic --------------------------------------------------------------------------------------------
@@ -198,35 +139,14 @@ def ensure_champion(settings: Settings, client: MlflowClient, report: DemoReport
     return current
 
 
-def run_monitor(settings: Settings, attempts: int = 5, watch: Watch | None = None) -> FlowRun:
-    """Run the monitor now and wait for it (``watch`` sees every poll of the runs waited on).
-
-    The deployment allows one run at a time (CANCEL_NEW): when ours is cancelled because a scheduled run
-    is in progress, wait for that one to finish and try again, so a run starts after the traffic.
-    """
-    for _ in range(attempts):
-        began = datetime.now(UTC)
-        run = run_deployment_and_wait(settings, names.MONITOR_DEPLOYMENT, timeout_s=300, watch=watch)
-        if run.state is not None and not run.state.is_cancelled():
-            return run
-        for other in runs_since(settings, names.MONITOR_DEPLOYMENT, began - timedelta(minutes=10)):
-            if (
-                other.id != run.id
-                and other.state is not None
-                and (other.state.is_running() or other.state.is_pending())
-            ):
-                wait_for_final(settings, other.id, timeout_s=300, watch=watch)
-    raise RuntimeError(f"the monitor run was cancelled {attempts} times (concurrency limit 1)")
-
-
 def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> None:
     """Stable then drifted traffic, the monitor, and the retrain the automation starts."""
     simulate(settings, "stable")
-    run_monitor(settings)
+    run_when_free(settings, names.MONITOR_DEPLOYMENT, MONITOR_WAIT_S)
     simulate(settings, "drift")
     loop_began = datetime.now(UTC)
     began = time.monotonic()
-    run_monitor(settings)
+    run_when_free(settings, names.MONITOR_DEPLOYMENT, MONITOR_WAIT_S)
 
     def first_retrain() -> FlowRun | None:
         # Not the weekly schedule's run, should the demo meet one (Monday 03:00 UTC).

@@ -316,10 +316,13 @@ def _group_alive(pgid: int) -> bool:
 
 def _hand_back(settings: Settings) -> None:
     """Give the runs the stopped worker was submitting back to the schedule (the server still runs)."""
-    from monitoring.watchdog import hand_back_pending_runs  # Prefect's client: only when a worker stopped
+    # Prefect's client: imported only when a worker stopped.
+    from adapters.prefect_api import hand_back_pending_runs, prefect_api
 
     try:
-        handed = hand_back_pending_runs(settings)
+        with prefect_api(settings):
+            # The embedded stack has one worker per pool: every Pending run of the pool was its own.
+            handed = hand_back_pending_runs(settings.prefect.work_pool)
     except Exception as exc:  # the server is down too: the stranded-run rule covers what is left
         logger.warning("could not hand back the worker's pending runs: %s", exc)
         return

@@ -43,6 +43,8 @@ FLOW_RUN_RUNNING = "prefect.flow-run.Running"
 # A flow-run event is named after the state's name, not its type: a worker's Pending is "Submitting".
 FLOW_RUN_PENDING = "prefect.flow-run.Pending"
 FLOW_RUN_SUBMITTING = "prefect.flow-run.Submitting"
+# A run handed back to the schedule by a stopping worker (adapters.prefect_api.hand_back_pending_runs).
+FLOW_RUN_SCHEDULED = "prefect.flow-run.Scheduled"
 FLOW_RUN_FINAL = frozenset(
     {"prefect.flow-run.Completed", FLOW_RUN_FAILED, "prefect.flow-run.Cancelled", FLOW_RUN_CRASHED}
 )
@@ -247,7 +249,8 @@ def stranded_automation(settings: Settings) -> AutomationCore:
         "crash-stranded-flow-runs",
         f"A flow run Pending for {after_s} s (its worker died submitting it) is marked Crashed.",
         after={FLOW_RUN_PENDING, FLOW_RUN_SUBMITTING},
-        expect={FLOW_RUN_RUNNING, *FLOW_RUN_FINAL},
+        # Handed back to the schedule is not stranded: its next submission starts the clock again.
+        expect={FLOW_RUN_RUNNING, FLOW_RUN_SCHEDULED, *FLOW_RUN_FINAL},
         after_s=after_s,
         message=f"Pending for {after_s} s: its worker died while submitting it.",
     )

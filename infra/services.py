@@ -117,6 +117,11 @@ APP_ENVIRONMENT: dict[str, str] = {
 }
 
 SECRET_CHECK = "check-secrets"
+# After SIGTERM the Prefect worker stops its flow runs and exits (seconds); what is left of it after this
+# is killed, then the runs it was submitting are handed back, within HAND_BACK_S more, before Docker's
+# SIGKILL.
+WORKER_GRACE_S = 20
+HAND_BACK_S = 10
 
 SERVICES: tuple[Service, ...] = (
     Service(
@@ -194,20 +199,27 @@ SERVICES: tuple[Service, ...] = (
     Service(
         name="worker",
         image=APP_IMAGE,
-        command=(
-            "prefect",
-            "worker",
-            "start",
-            "--pool",
-            WORK_POOL,
-            "--type",
-            "process",
-            "--with-healthcheck",
-        ),
+        # `prefect worker start --with-healthcheck` as the child of infra.worker (exec form: it gets the
+        # SIGTERM), which hands the runs left Pending back to the schedule once the worker has stopped.
+        command=("python", "-m", "infra.worker", "--pool", WORK_POOL, "--grace-s", str(WORKER_GRACE_S)),
         environment=APP_ENVIRONMENT,
         healthcheck=_http_check("http://127.0.0.1:8080/health"),
         depends_on={"prefect-server": "service_healthy", "mlflow": "service_healthy"},
         memory_mb=2048,
+        stop_grace_s=WORKER_GRACE_S + HAND_BACK_S,
+    ),
+    Service(
+        name="watchdog",
+        image=APP_IMAGE,
+        # The same process as the embedded stack's: stranded runs, dead-man's switch, cancelled runs.
+        command=("python", "-m", "monitoring.watchdog"),
+        environment={**APP_ENVIRONMENT, "REGGAETON_STATE_DIR": "/state/watchdog"},
+        # Healthy while its looks at the Prefect API succeed (it writes its memory after each one).
+        healthcheck=Healthcheck(("python", "-m", "monitoring.watchdog", "--healthy")),
+        depends_on={"prefect-server": "service_healthy"},
+        # What it has announced (watchdog.json) survives a new container: nothing is announced twice.
+        volumes={"watchdog-state": "/state/watchdog"},
+        memory_mb=512,
     ),
     Service(
         name="bootstrap",

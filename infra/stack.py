@@ -231,8 +231,10 @@ def _container(
         attach=service.one_shot,
         wait=service.healthcheck is not None,
         wait_timeout=HEALTH_WAIT_S if service.healthcheck is not None else None,
-        # Stopped (SIGTERM, then this long) before a replace or destroy removes it, never just killed.
+        # Stopped (SIGTERM, then this long) before a replace or destroy removes it, never just killed;
+        # `docker stop` (no -t) and a daemon shutdown give it as long (compose's stop_grace_period).
         destroy_grace_seconds=service.stop_grace_s,
+        stop_timeout=service.stop_grace_s,
         opts=pulumi.ResourceOptions(
             depends_on=after,
             custom_timeouts=pulumi.CustomTimeouts(create=ONE_SHOT_CREATE_TIMEOUT)

@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,32 +39,22 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
-    FlowRunFilter,
-    FlowRunFilterDeploymentId,
-    FlowRunFilterExpectedStartTime,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    WorkPoolFilter,
-    WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import DeploymentResponse, OrchestrationResult
 from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events import Event as PrefectEvent
 from prefect.events.clients import get_events_client
-from prefect.states import Crashed, Scheduled
+from prefect.states import Crashed
 
 from adapters import prefect_events
-from adapters.prefect_api import prefect_api
+from adapters.prefect_api import CONCURRENCY_CANCEL_MESSAGE, deployment_runs, prefect_api, slot_holders
 from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# The message Prefect's orchestration puts on a run it cancelled for its deployment's concurrency limit.
-CONCURRENCY_CANCEL_MESSAGE = "Deployment concurrency limit reached."
-HANDED_BACK_MESSAGE = "Handed back by the stack's shutdown while it was being submitted."
 STRANDED_MESSAGE = "Pending for {after_s} s: its worker died while submitting it (watchdog)."
 
 
@@ -163,15 +155,7 @@ def _interval(deployment: DeploymentResponse) -> timedelta | None:
 
 
 def _runs(client: SyncPrefectClient, deployment_id: UUID, *types: StateType, **more: Any) -> list[FlowRun]:
-    return client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types))),
-            **more,
-        ),
-        sort=FlowRunSort.END_TIME_DESC,
-        limit=200,
-    )
+    return deployment_runs(client, deployment_id, *types, sort=FlowRunSort.END_TIME_DESC, **more)
 
 
 def emit(settings: Settings, name: str, deployment: str, payload: dict[str, Any]) -> None:
@@ -185,35 +169,6 @@ def emit(settings: Settings, name: str, deployment: str, payload: dict[str, Any]
     with prefect_api(settings):
         asyncio.run(send())
     logger.warning("%s %s %s", name, deployment, payload)
-
-
-def hand_back_pending_runs(settings: Settings) -> list[str]:
-    """Put the runs of the stack's work pool still Pending back to Scheduled, due now.
-
-    For `make down`, right after the worker stopped: a run it was submitting would otherwise stay
-    Pending and hold its deployment's concurrency slot until the stranded-run rule crashes it. Leaving
-    Pending frees the slot; the next worker submits the run again. (The embedded stack has one worker
-    per pool, so every Pending run of the pool was that worker's.)
-
-    Returns:
-        The names of the runs handed back.
-    """
-    handed = []
-    with prefect_api(settings), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))
-            ),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[settings.prefect.work_pool])),
-            limit=200,
-        )
-        for run in runs:
-            back: State[Any] = Scheduled(scheduled_time=datetime.now(UTC), message=HANDED_BACK_MESSAGE)
-            # Forced: the orchestration would refuse Pending -> Scheduled; nothing else moves the run
-            # now that its worker is gone.
-            client.set_flow_run_state(run.id, back, force=True)
-            handed.append(run.name)
-    return handed
 
 
 class Watchdog:
@@ -266,19 +221,14 @@ class Watchdog:
         self, client: SyncPrefectClient, deployment: DeploymentResponse, now: datetime
     ) -> list[str]:
         window = timedelta(seconds=self.settings.watchdog.cancelled_window_s)
-        recent = _runs(
-            client,
-            deployment.id,
-            StateType.CANCELLED,
-            expected_start_time=FlowRunFilterExpectedStartTime(after_=now - 2 * window),
-        )
+        recent = _runs(client, deployment.id, StateType.CANCELLED, since=now - 2 * window)
         cancelled = cancelled_by_limit(recent, now, window)
         last = self.memory.cancelled_reported.get(deployment.name)
         if len(cancelled) < self.settings.watchdog.cancelled_threshold:
             return []
         if last is not None and now - datetime.fromisoformat(last) < window:
             return []
-        holders = _runs(client, deployment.id, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
+        holders = slot_holders(client, deployment.id)
         payload = {
             "deployment": deployment.name,
             "cancelled": len(cancelled),
@@ -334,19 +284,37 @@ class Watchdog:
             time.sleep(self.settings.watchdog.every_s)
 
 
+def healthy(settings: Settings, now: float | None = None) -> bool:
+    """Its last successful look is recent: the memory file, written after each, is younger than three
+    looks (and at least a minute)."""
+    path = settings.state_path / "watchdog.json"
+    if not path.is_file():
+        return False
+    age = (now if now is not None else time.time()) - path.stat().st_mtime
+    return age <= max(3 * settings.watchdog.every_s, 60.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="look once and exit")
+    parser.add_argument(
+        "--healthy", action="store_true", help="exit 0 when a look succeeded lately (container health)"
+    )
     args = parser.parse_args(argv)
+    settings = Settings()
+    if args.healthy:
+        return 0 if healthy(settings) else 1
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    watchdog = Watchdog(Settings())
+    watchdog = Watchdog(settings)
     if args.once:
         watchdog.check()
         return 0
+    # A container's first process ignores SIGTERM unless it handles it: stop between two looks.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt):
         watchdog.run()
     return 0

@@ -14,7 +14,7 @@ from cli.main import build_parser, main
 
 REGGAETON = Path(sys.executable).with_name("reggaeton")
 COMMANDS: tuple[str, ...] = ("up", "down", "status", "demo", "deploy", "train", "gate", "promote", "rollback")
-COMMANDS += ("monitor",)
+COMMANDS += ("monitor", "retrain")
 COMMANDS += ("simulate", "alerts")
 
 

@@ -159,7 +159,10 @@ def container_shape(run: Run, image_name: str) -> dict[str, dict[str, Any]]:
             ),
             "memory_mb": inputs.get("memory"),
             "memory_swap_mb": inputs.get("memorySwap"),
-            "stop_grace_s": inputs.get("destroyGraceSeconds"),
+            # Pulumi's two stop settings (replace/destroy, `docker stop`) must agree to match compose's one.
+            "stop_grace_s": grace
+            if (grace := inputs.get("destroyGraceSeconds")) == inputs.get("stopTimeout")
+            else {"destroyGraceSeconds": grace, "stopTimeout": inputs.get("stopTimeout")},
             "one_shot": inputs.get("restart") == "no",
         }
     return shape

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from infra.services import SECRET_CHECK, SERVICES
+from infra.services import service as table_service
 from reggaeton.names import MODEL_NAME
 from reggaeton.schema import EXAMPLE_SONGS, INVALID_EXAMPLE_SONG
 
@@ -268,6 +269,28 @@ def test_api_serves_again_after_a_restart(stack: Stack) -> None:
     wait_for("the API to serve again after a restart", lambda: ready(stack), READY_TIMEOUT_S)
     response = predict(stack, [dict(EXAMPLE_SONGS[0])])
     assert response.status_code == 200, response.text
+
+
+def _healthy(stack: Stack, name: str) -> bool:
+    return bool(stack.inspect(stack.container(name))["State"]["Health"]["Status"] == "healthy")
+
+
+def test_the_worker_stops_cleanly_within_its_grace(stack: Stack) -> None:
+    """`docker-compose stop worker`: SIGTERM reaches the worker's process (exec form), which stops the
+    Prefect worker, hands back what it was submitting and exits 0 within its grace (137: Docker's SIGKILL)."""
+    grace = table_service("worker").stop_grace_s
+    began = time.monotonic()
+    stack.compose("stop", "worker", timeout_s=grace + 60)
+    took = time.monotonic() - began
+    state = stack.inspect(stack.container("worker"))["State"]
+    logs = stack.compose("logs", "--no-color", "--tail", "40", "worker", check=False).stdout
+    assert (state["Status"], state["ExitCode"]) == ("exited", 0), (state, logs)
+    assert took < grace, took
+    assert "worker: signal 15, stopping" in logs, logs
+    stack.compose("start", "worker", timeout_s=120)
+    wait_for("the worker to be healthy again", lambda: _healthy(stack, "worker"), READY_TIMEOUT_S)
+    # The watchdog runs beside it (healthy: its looks at the Prefect API succeed).
+    assert _healthy(stack, "watchdog")
 
 
 def test_image_is_non_root_and_its_size_is_reported(stack: Stack) -> None:

@@ -104,6 +104,8 @@ def test_pulumi_stack_and_compose_file_declare_the_same_stack(
         ("drop-env-key", "worker.environment"),
         ("add-env-key", "api.environment"),
         ("change-image", "mlflow.image"),
+        ("drop-watchdog", "service 'watchdog' only in one of them"),
+        ("shorter-worker-grace", "worker.stop_grace_s"),
     ],
 )
 def test_parity_fails_when_the_compose_file_drifts(
@@ -128,6 +130,10 @@ def test_parity_fails_when_the_compose_file_drifts(
         services["api"]["environment"]["REGGAETON_SERVING__DEBUG"] = "true"
     elif change == "change-image":
         services["mlflow"]["image"] = "mlflow/mlflow:latest"
+    elif change == "drop-watchdog":
+        del services["watchdog"]
+    elif change == "shorter-worker-grace":
+        services["worker"]["stop_grace_period"] = "10s"
     # Round-trip through YAML, as if someone had edited the file.
     edited = yaml.safe_load(yaml.safe_dump(mutated))
     found = drift(edited, pulumi_shapes)

@@ -103,6 +103,20 @@ def test_secrets_stay_secret_and_reach_only_the_containers_that_use_them(run: Ru
     assert PASSWORD not in everything_else and TOKEN not in everything_else
 
 
+def test_the_worker_and_the_watchdog_stop_cleanly(run: Run) -> None:
+    containers = run.mocks.of_type(CONTAINER)
+    worker, watchdog = containers["worker"], containers["watchdog"]
+    # The worker's wrapper gets SIGTERM (exec form), lets the worker stop within its own grace, hands the
+    # runs it was submitting back; Docker waits longer than that, on `docker stop` and on replace/destroy.
+    assert worker["command"][:3] == ["python", "-m", "infra.worker"]
+    wrapper_grace = float(worker["command"][worker["command"].index("--grace-s") + 1])
+    assert worker["stopTimeout"] == worker["destroyGraceSeconds"] >= wrapper_grace + 10
+    assert watchdog["command"] == ["python", "-m", "monitoring.watchdog"]
+    assert watchdog["healthcheck"]["tests"] == ["CMD", "python", "-m", "monitoring.watchdog", "--healthy"]
+    assert {c["containerPath"] for c in watchdog["volumes"]} == {"/state/watchdog"}
+    assert "REGGAETON_STATE_DIR=/state/watchdog" in watchdog["envs"]
+
+
 def test_missing_secret_fails_the_program() -> None:
     with pytest.raises(Exception, match="dbPassword"):
         run_program({"adminToken": TOKEN}, secret_keys=["adminToken"])
@@ -129,9 +143,11 @@ def test_a_rebuilt_image_changes_exactly_the_containers_that_run_it() -> None:
     first, same = (run_program(config, secret_keys=list(SECRETS)) for _ in range(2))
     rebuilt = run_program(config, secret_keys=list(SECRETS), image_id="sha256:2222")
     # Same config, same image: every resource gets the same inputs (nothing for a second `up` to change).
-    assert [(r.typ, r.name, r.inputs) for r in first.mocks.resources] == [
-        (r.typ, r.name, r.inputs) for r in same.mocks.resources
-    ]
+    # By resource, not by the order of registration, which follows when each one's inputs resolve.
+    assert {(r.typ, r.name): r.inputs for r in first.mocks.resources} == {
+        (r.typ, r.name): r.inputs for r in same.mocks.resources
+    }
+    assert len(first.mocks.resources) == len(same.mocks.resources)
     # Same tag, new build: only the containers of the app image see a new image (the provider replaces
     # a container whose image changes); nothing else changes.
     before, after = first.mocks.of_type(CONTAINER), rebuilt.mocks.of_type(CONTAINER)

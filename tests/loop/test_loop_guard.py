@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 from uuid import UUID
 
@@ -30,12 +34,12 @@ from prefect.events import Event as PrefectEvent
 from prefect.events.clients import get_events_client
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
-from adapters.prefect_api import prefect_api
+from adapters.prefect_api import CONCURRENCY_CANCEL_MESSAGE, HANDED_BACK_MESSAGE, prefect_api
 from embedded import demo, stack
+from embedded.manual import MANUAL_TAG, SlotTaken, run_when_free
 from embedded.receiver import read_alerts
 from flows.automations import FLOW_RUN_HEARTBEAT, FLOW_RUN_SUBMITTING, ZOMBIE_AFTER_S
 from flows.deploy import deploy
-from monitoring.watchdog import CONCURRENCY_CANCEL_MESSAGE, HANDED_BACK_MESSAGE
 from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT
 from reggaeton.settings import Settings
 
@@ -243,12 +247,30 @@ def _emit_for_run(settings: Settings, name: str, run: FlowRun) -> None:
         asyncio.run(send())
 
 
-def _sleep_checking(seconds: float, check: Callable[[], None]) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        check()
-        time.sleep(2)
-    check()
+def _reggaeton(settings: Settings, *args: str) -> subprocess.Popen[str]:
+    """The operator's command line on this stack (started; the caller waits for it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGGAETON_") and k != "PREFECT_API_URL"}
+    env.update(stack.settings_environment(settings))
+    command = [str(Path(sys.executable).with_name("reggaeton")), *args]
+    return subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=PIPE, stderr=PIPE, text=True)
+
+
+def _refused_start(settings: Settings, command: str) -> subprocess.Popen[str]:
+    """A manual run while another run holds the slot (started: it runs while the test goes on)."""
+    return _reggaeton(settings, command, "--wait-s", "1")
+
+
+def _refused_check(settings: Settings, cli: subprocess.Popen[str], deployment: str, holder: FlowRun) -> None:
+    """Nothing ran, the one last line names the holder, exit 1."""
+    out, err = cli.communicate(timeout=120)
+    # Log lines (its wait) may come first; the reason is the one last line.
+    reason = err.strip().splitlines()[-1]
+    assert cli.returncode == 1 and reason.startswith(f"reggaeton monitor: {deployment} did not run"), err
+    assert f"held by run {holder.name} (" in reason and str(holder.id) in reason, reason
+    assert "Traceback" not in out + err
+    # Never a run created and silently cancelled: the command started none (its runs are tagged manual).
+    created = [r.name for r in _runs(settings, deployment) if MANUAL_TAG in r.tags]
+    assert not created, created
 
 
 # --- the tests -----------------------------------------------------------------------------------------
@@ -260,13 +282,19 @@ def test_a_completed_run_is_never_flipped_to_crashed(guarded: tuple[Settings, Pa
     done = _next_completed_monitor(settings, datetime.min.replace(tzinfo=UTC), timeout_s=240)
     _emit_for_run(settings, FLOW_RUN_HEARTBEAT, done)  # a heartbeat delivered after the final state
     _emit_for_run(settings, FLOW_RUN_SUBMITTING, done)  # a late (replayed) Pending event
-    # Past both bounds (stranded 45 s, zombie 3 heartbeats of 30 s: Prefect's shortest) and the
-    # proactive triggers' evaluation.
-    _sleep_checking(ZOMBIE_AFTER_S + 20, lambda: _check_completed(settings, done))
-    # Both rules did fire on the late events, and the server refused their Crashed: the rules are not
-    # merely asleep.
-    refused = _refused_actions(settings, done)
-    assert {"stranded", "silent"} <= refused, refused
+
+    # Until both rules have fired on the late events (stranded after 45 s, zombie after 3 heartbeats of
+    # 30 s: Prefect's shortest) and the server refused their Crashed: the rules are not merely asleep,
+    # and the run stays Completed all along.
+    def both_refused() -> bool | None:
+        _check_completed(settings, done)
+        return True if {"stranded", "silent"} <= _refused_actions(settings, done) else None
+
+    try:
+        demo.wait_until("both rules to fire", both_refused, timeout_s=ZOMBIE_AFTER_S + 60, every_s=2)
+    except TimeoutError as exc:
+        raise AssertionError(f"refused so far: {_refused_actions(settings, done)}") from exc
+    _check_completed(settings, done)
 
 
 def _refused_actions(settings: Settings, run: FlowRun) -> set[str]:
@@ -312,6 +340,8 @@ def test_worker_killed_while_monitor_pending_the_run_is_crashed_and_monitoring_r
             and (r.state.message or "").startswith(CONCURRENCY_CANCEL_MESSAGE)
         )
 
+    # An operator's `reggaeton monitor` meanwhile: it does not run, and says which run holds the slot.
+    refused = _refused_start(settings, "monitor")
     demo.wait_until(
         "two monitor runs cancelled by the limit",
         lambda: True if cancelled_since() >= 2 else None,
@@ -326,11 +356,19 @@ def test_worker_killed_while_monitor_pending_the_run_is_crashed_and_monitoring_r
         timeout_s=30,
     )
 
+    _refused_check(settings, refused, MONITOR_DEPLOYMENT, stranded)
+
     _sigkill_worker(settings, marker)
     killed_at = datetime.now(UTC)
+    # Started now, it waits for the slot (freed when the stranded run is crashed), then runs.
+    waiting = _reggaeton(settings, "monitor", "--wait-s", str(STRANDED_AFTER_S + 90))
     crashed = _wait_state(settings, stranded, StateType.CRASHED, timeout_s=STRANDED_AFTER_S + 90)
     assert crashed.state is not None and "Pending for" in (crashed.state.message or ""), crashed.state
     _next_completed_monitor(settings, killed_at, timeout_s=120)
+    out, err = waiting.communicate(timeout=180)
+    assert waiting.returncode == 0, (out, err)
+    assert "waiting for the slot, held by run " + stranded.name in err, err
+    assert re.search(r"monitor run \S+: Completed", out), out
 
 
 @pytest.mark.slow
@@ -343,6 +381,10 @@ def test_worker_killed_while_retrain_pending_it_is_crashed_and_rerun_once(
     with prefect_api(settings), get_client(sync_client=True) as client:
         first = client.create_flow_run_from_deployment(demo.deployment_id(settings, TRAIN_DEPLOYMENT))
     assert _stalled_pending_run(settings, TRAIN_DEPLOYMENT, marker).id == first.id
+    # A manual retrain meanwhile (what `reggaeton retrain` runs; its command line is tested above with
+    # `monitor`): in-process, so it looks at once, while the run is surely still Pending.
+    with pytest.raises(SlotTaken, match=f"held by run {first.name} .*{first.id}"):
+        run_when_free(settings, TRAIN_DEPLOYMENT, wait_s=0)
 
     _sigkill_worker(settings, marker)
     _wait_state(settings, first, StateType.CRASHED, timeout_s=STRANDED_AFTER_S + 90)
@@ -356,6 +398,7 @@ def test_worker_killed_while_retrain_pending_it_is_crashed_and_rerun_once(
     assert rerun.parameters == {"request_id": str(first.id)}  # the same retrain request
     _wait_state(settings, rerun, StateType.COMPLETED, timeout_s=120)
     time.sleep(5)  # a further rerun would show up by now
+    # Neither the manual attempt nor anything else added a run.
     assert [r.id for r in _runs(settings, TRAIN_DEPLOYMENT) if not r.auto_scheduled] == [first.id, rerun.id]
     assert (project / "flows" / "completions.txt").read_text().split() == [str(first.id)]
 

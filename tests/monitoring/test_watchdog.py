@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from flows import automations
@@ -71,12 +72,29 @@ def test_memory_survives_a_restart(tmp_path: Path) -> None:
     assert again.stale == {"monitor"} and again.cancelled_reported == {"monitor": NOW.isoformat()}
 
 
+def test_healthy_while_its_looks_succeed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container's health: the memory file is written after every successful look."""
+    settings = Settings(state_dir=tmp_path, watchdog={"every_s": 30})
+    assert not watchdog.healthy(settings)  # never looked
+    watchdog.Memory(tmp_path / "watchdog.json").save()
+    written = (tmp_path / "watchdog.json").stat().st_mtime
+    assert watchdog.healthy(settings, now=written + 90)  # three looks
+    assert not watchdog.healthy(settings, now=written + 91)
+    # The healthcheck's command, with the settings of its process.
+    monkeypatch.setenv("REGGAETON_STATE_DIR", str(tmp_path))
+    assert watchdog.main(["--healthy"]) == 0
+    monkeypatch.setenv("REGGAETON_STATE_DIR", str(tmp_path / "elsewhere"))
+    assert watchdog.main(["--healthy"]) == 1
+
+
 def test_stranded_rule_crashes_pending_runs_without_force() -> None:
     rule = automations.stranded_automation(Settings(prefect={"stranded_after_s": 45}))
     trigger = rule.trigger
     # The worker's Pending state is named Submitting, and the event carries the name.
     assert trigger.after == {automations.FLOW_RUN_PENDING, automations.FLOW_RUN_SUBMITTING}  # type: ignore[union-attr]
     assert automations.FLOW_RUN_RUNNING in trigger.expect  # type: ignore[union-attr]
+    # A run a stopping worker handed back to the schedule leaves Pending: not stranded.
+    assert automations.FLOW_RUN_SCHEDULED in trigger.expect  # type: ignore[union-attr]
     assert trigger.expect >= automations.FLOW_RUN_FINAL  # type: ignore[union-attr]
     assert trigger.within == timedelta(seconds=45)  # type: ignore[union-attr]
     [action] = rule.actions

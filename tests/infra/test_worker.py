@@ -1,0 +1,75 @@
+"""The worker container's process (infra/worker.py): how it stops, with real child processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from infra import worker
+
+# A stand-in worker: it writes its flow run's PID, the flow run ignores SIGTERM, the worker exits on it.
+WORKER = """
+import signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+open(sys.argv[1], "w").write(str(child.pid))
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0) if sys.argv[2] == "exit" else None)
+time.sleep(600)
+"""
+
+
+def _start(tmp_path: Path, on_sigterm: str) -> tuple[subprocess.Popen[bytes], int]:
+    pid_file = tmp_path / "flow-run.pid"
+    child = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(pid_file), on_sigterm], start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return child, int(pid_file.read_text())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie (not our child: the stand-in's) is gone for this purpose.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _gone_soon(pid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _gone(pid)
+
+
+def test_a_worker_that_outlives_its_grace_is_killed_with_its_flow_runs(tmp_path: Path) -> None:
+    child, flow_run = _start(tmp_path, on_sigterm="ignore")
+    began = time.monotonic()
+    worker.stop_worker(child, grace_s=1.0)
+    assert 1.0 <= time.monotonic() - began < 10
+    assert child.returncode == -9
+    assert _gone_soon(flow_run)
+
+
+def test_a_worker_that_stops_in_time_is_not_killed(tmp_path: Path) -> None:
+    child, flow_run = _start(tmp_path, on_sigterm="exit")
+    # Its flow run still runs (ignoring SIGTERM, as one finishing its work): the grace waits for it too.
+    began = time.monotonic()
+    worker.stop_worker(child, grace_s=1.5)
+    assert child.returncode == 0  # the worker itself got SIGTERM and exited on it
+    assert time.monotonic() - began >= 1.5  # then its flow run had the rest of the grace
+    assert _gone_soon(flow_run)
+
+
+def test_the_command_names_the_worker_and_serves_its_healthcheck() -> None:
+    command = worker.worker_command("reggaeton-pool", "host-1")
+    assert command[1:5] == ["-m", "prefect", "worker", "start"]
+    assert command[command.index("--pool") + 1] == "reggaeton-pool"
+    assert command[command.index("--name") + 1] == "host-1"
+    assert "--with-healthcheck" in command and "process" in command
