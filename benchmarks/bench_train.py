@@ -19,6 +19,7 @@ Usage: python benchmarks/bench_train.py [--data FOLDER] [--trials N] [--jobs N] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import statistics
@@ -77,7 +78,7 @@ class Bench:
         )
         parent = self.client.create_run(self.experiment_id, run_name=name).info.run_id
         recorder = TrialRecorder(self.client, self.experiment_id, parent) if log else None
-        with recorder or _Nothing():
+        with recorder if recorder is not None else contextlib.nullcontext():
             return tuning.tune(
                 self.X,
                 self.y,
@@ -110,14 +111,6 @@ class Bench:
         return evaluate_holdout(
             BASELINE, pipeline, self.parts.holdout, BASELINE_THRESHOLD, rounds=rounds, seed=seed
         )
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
 
 
 def _pr_auc(evaluation: Evaluation) -> str:
