@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +126,7 @@ def _side_by_side(bench: Bench) -> dict[str, list[tuple[float, float, Any]]]:
         order = (RETRAIN, TODAY) if run % 2 == 0 else (TODAY, RETRAIN)
         for kind in order:
             name = f"{'retrain' if kind == RETRAIN else 'today'}-{run}"
-            measured[kind].append(
-                _timed(lambda n=name, k=kind: bench.study(n, retrain=k == RETRAIN, log=True))
-            )
+            measured[kind].append(_timed(partial(bench.study, name, retrain=kind == RETRAIN, log=True)))
     return measured
 
 
@@ -138,11 +137,10 @@ def _logging_overhead(bench: Bench, configurations: list[dict[str, Any]]) -> dic
     for start in range(0, len(configurations), BLOCK):
         block = configurations[start : start + BLOCK]
         for log in (False, True):
-            wall, cpu, _ = _timed(
-                lambda b=block, lg=log: bench.study(
-                    f"replay-{lg}", retrain=True, log=lg, storage=storages[lg], enqueue=b, n_trials=len(b)
-                )
+            replay = partial(
+                bench.study, f"replay-{log}", retrain=True, log=log, storage=storages[log], enqueue=block
             )
+            wall, cpu, _ = _timed(partial(replay, n_trials=len(block)))
             totals[log][0] += wall
             totals[log][1] += cpu
     return totals

@@ -142,12 +142,15 @@ def cross_validate(
     )
 
 
-def _pruning_report(trial: Trial) -> FoldReport:
-    """Report the running mean PR-AUC after each fold; stop the trial when the pruner says so."""
+def _pruning_report(trial: Trial, folds: int) -> FoldReport:
+    """Report the running mean PR-AUC after each fold; stop the trial when the pruner says so.
+
+    Never after the last fold: the work is done by then, and the trial's score is complete.
+    """
 
     def report(index: int, scores: tuple[float, ...]) -> None:
         trial.report(float(np.mean(scores)), index)
-        if trial.should_prune():
+        if len(scores) < folds and trial.should_prune():
             trial.set_user_attr(CV_MEAN, float(np.mean(scores)))
             trial.set_user_attr(CV_STD, float(np.std(scores)))
             trial.set_user_attr(FOLDS_SCORED, len(scores))
@@ -169,7 +172,7 @@ def objective(
         try:
             # OpenMP thread limits are per thread: set them in the trial's own worker thread.
             with threadpool_limits(limits=threads, user_api="openmp"):
-                result = cross_validate(family, params, folds, seed, _pruning_report(trial))
+                result = cross_validate(family, params, folds, seed, _pruning_report(trial, len(folds)))
         finally:
             trial.set_user_attr(FIT_SECONDS, time.perf_counter() - started)
         trial.set_user_attr(CV_MEAN, result.mean)
