@@ -113,13 +113,16 @@ def log_nested_run(
     run_name: str,
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
+    tags: Mapping[str, str] | None = None,
 ) -> str:
-    """A finished child run of ``parent_run_id`` with params and metrics, in three store calls.
+    """A finished child run of ``parent_run_id`` with params, metrics and tags, in three store calls.
 
     Uses the client, not the fluent API, so it is safe from Optuna's worker threads (the fluent
     active-run stack is per thread).
     """
-    run = client.create_run(experiment_id, tags={MLFLOW_PARENT_RUN_ID: parent_run_id}, run_name=run_name)
+    run = client.create_run(
+        experiment_id, tags={**(tags or {}), MLFLOW_PARENT_RUN_ID: parent_run_id}, run_name=run_name
+    )
     now = int(time.time() * 1000)
     client.log_batch(
         run.info.run_id,

@@ -5,15 +5,18 @@ Logs through MLflow's fluent API on the tracking store ``registry.connect`` conf
 
 from __future__ import annotations
 
+import ast
 import logging
-from collections.abc import Callable
+import queue
+import threading
+from typing import Any
 
 import mlflow
 import optuna
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunInfo, RunStatus
 from mlflow.exceptions import MlflowException
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import OperationalError
 
 from adapters import registry
@@ -28,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 
 BASELINE_PREFIX = "baseline_"
+
+
+BEST_PREFIX = "best."  # the best trial's family and parameters on the parent run
 
 
 PR_CURVE_ARTIFACT = "plots/precision_recall.png"
@@ -93,36 +99,117 @@ def start_training_run(
         return run.info
 
 
-def trial_logger(
-    client: MlflowClient, experiment_id: str, parent_run_id: str
-) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """An Optuna callback recording each finished trial as a nested run (params, CV mean and spread)."""
+def _trial_record(trial: FrozenTrial) -> tuple[dict[str, Any], dict[str, float], dict[str, str]]:
+    """Params, metrics and tags of a finished or pruned trial's nested run."""
+    family, params = tuning.trial_family_and_params(trial)
+    attrs = trial.user_attrs
+    metrics = {
+        "cv_pr_auc_mean": attrs[tuning.CV_MEAN],
+        "cv_pr_auc_std": attrs[tuning.CV_STD],
+        "cv_folds_scored": attrs[tuning.FOLDS_SCORED],
+        "cv_seconds": attrs[tuning.FIT_SECONDS],
+    }
+    if tuning.THRESHOLD in attrs:
+        metrics["cv_threshold"] = attrs[tuning.THRESHOLD]
+    return {tuning.FAMILY_PARAM: family, **params}, metrics, {TRIAL_STATE_TAG: trial.state.name}
 
-    def _log(study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.value is None:
-            return
-        family, params = tuning.trial_family_and_params(trial)
+
+TRIAL_STATE_TAG = "optuna.state"
+
+
+class TrialRecorder:
+    """An Optuna callback recording each finished or pruned trial as a nested run, off the trials' path.
+
+    The callback only queues the trial; one background thread writes the nested runs (three store
+    calls each), so a trial never waits for MLflow and the writes overlap the next trials' fitting.
+    ``close`` (or leaving the ``with`` block) waits until every queued trial is written.
+    A pruned trial's run has the mean and spread of the folds it scored (``cv_folds_scored``) and the
+    tag ``optuna.state=PRUNED``.
+    """
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+        self._client, self._experiment_id, self._parent = client, experiment_id, parent_run_id
+        self._queue: queue.SimpleQueue[FrozenTrial | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._drain, name="mlflow-trial-recorder", daemon=True)
+        self._thread.start()
+        self.recorded = 0
+        self.lost = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self._queue.put(trial)
+
+    def __enter__(self) -> TrialRecorder:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self, timeout_s: float = 120.0) -> None:
+        """Write what is queued, then stop the writer thread (bounded wait)."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("trial recorder still writing after %.0f s: some trials may be missing", timeout_s)
+
+    def _drain(self) -> None:
+        while (trial := self._queue.get()) is not None:
+            self._record(trial)
+
+    def _record(self, trial: FrozenTrial) -> None:
+        params, metrics, tags = _trial_record(trial)
         try:
             registry.log_nested_run(
-                client,
-                experiment_id,
-                parent_run_id,
-                run_name=f"trial-{trial.number:03d}",
-                params={tuning.FAMILY_PARAM: family, **params},
-                metrics={
-                    "cv_pr_auc_mean": trial.value,
-                    "cv_pr_auc_std": trial.user_attrs[tuning.CV_STD],
-                    "cv_threshold": trial.user_attrs[tuning.THRESHOLD],
-                    "cv_seconds": trial.user_attrs[tuning.FIT_SECONDS],
-                },
+                self._client,
+                self._experiment_id,
+                self._parent,
+                f"trial-{trial.number:03d}",
+                params,
+                metrics,
+                tags,
             )
-        except Exception as error:
-            if not is_transient_error(error):
-                raise
+            self.recorded += 1
+        except Exception as error:  # the writer thread must outlive any one failed write
+            self.lost += 1
             # A lost trial record must not throw away the study; the parent run keeps the best trial.
-            logger.warning("could not record trial %d of %s in MLflow", trial.number, study.study_name)
+            level = logging.WARNING if is_transient_error(error) else logging.ERROR
+            logger.log(level, "could not record trial %d in MLflow: %s", trial.number, error)
 
-    return _log
+
+def champion_trial(client: MlflowClient, settings: Settings) -> tuple[str, dict[str, Any]] | None:
+    """The champion's family and tuned parameters (its training run's ``best.*`` params), or None.
+
+    None also when the champion has no such record (the baseline, an operator's version) or MLflow
+    does not answer: a warm start is an optimisation, never a reason to fail a retrain.
+    """
+    try:
+        champion = registry.get_alias(client, settings.mlflow.model_name, names.CHAMPION)
+        if champion is None or champion.run_id is None:
+            return None
+        recorded = client.get_run(champion.run_id).data.params
+    except Exception as error:
+        if not (is_transient_error(error) or isinstance(error, MlflowException)):
+            raise
+        logger.warning("no warm start from the champion: %s", error)
+        return None
+    family = recorded.get(f"{BEST_PREFIX}family")
+    if family is None:
+        return None
+    skip = {f"{BEST_PREFIX}family", f"{BEST_PREFIX}trial"}
+    params = {
+        key.removeprefix(BEST_PREFIX): _parse_param(value)
+        for key, value in recorded.items()
+        if key.startswith(BEST_PREFIX) and key not in skip
+    }
+    return family, params
+
+
+def _parse_param(value: str) -> Any:
+    """A parameter as MLflow stored it (text) back to its Python value: numbers, None, else text."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
 
 
 def log_evaluation(settings: Settings, run_id: str, parts: Split, candidates: Candidates) -> None:
@@ -239,9 +326,10 @@ def log_best_trial(client: MlflowClient, run_id: str, result: tuning.TuningResul
         run_id,
         params=[
             Param("study_name", result.study_name),
-            Param("best.family", result.family),
-            Param("best.trial", str(result.best_trial)),
-            *(Param(f"best.{key}", str(value)) for key, value in result.params.items()),
+            Param(f"{BEST_PREFIX}family", result.family),
+            Param(f"{BEST_PREFIX}trial", str(result.best_trial)),
+            Param("trials_pruned", str(result.pruned)),
+            *(Param(f"{BEST_PREFIX}{key}", str(value)) for key, value in result.params.items()),
         ],
         metrics=[
             Metric("cv_pr_auc_mean", result.cv_mean, 0, 0),

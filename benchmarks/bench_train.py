@@ -1,26 +1,32 @@
-"""Benchmark: 50 Optuna trials on the original data, and the cost of recording each trial in MLflow.
+"""Benchmark: 50 Optuna trials on the original data, side by side with today's study, and trial logging.
 
-Prints the wall time of a 50-trial TPE study (2 parallel trials, one OpenMP/BLAS thread each, a nested
-MLflow run per trial) and the logging overhead: the same 50 configurations replayed with and without
-the MLflow trial logger, in this run, as a ratio. Targets: 50 trials <= 30 s on 2 cores, ratio <= 1.05.
+Prints, for the retrain's study (median pruner on per-fold scores, the baseline's equivalent as the
+first trial, parallel trials x threads = the machine's cores, nested MLflow runs written by a
+background thread) and for the same study without pruning and warm start (what training did before),
+measured alternately in this run: wall and CPU seconds (median of ``--runs``) and their ratio; the
+held-out PR-AUC of each run's best model and of the data scientist's baseline, on the same split,
+with bootstrap intervals; and the logging overhead: the retrain study's configurations replayed with
+and without the trial recorder, in alternating blocks of ten, as a ratio. Targets: 50 trials
+<= 30 s wall on 2 cores, logging ratio <= 1.05, tuned held-out PR-AUC >= today's and >= the baseline's.
 
-On a shared machine wall times follow the other processes' load, so the replays alternate in blocks
-of ten configurations (load drifts hit both sides alike; in-memory Optuna storage), and CPU seconds
-(all threads of this process) are reported beside wall seconds: their ratio does not depend on how
-many cores the other processes take.
+On a shared machine wall times follow the other processes' load: CPU seconds (all threads of this
+process) are printed beside them, and the ratios compare runs made under the same load.
 
-Usage: python benchmarks/bench_train.py [--data FOLDER] [--trials N] [--jobs N]
+Usage: python benchmarks/bench_train.py [--data FOLDER] [--trials N] [--jobs N] [--runs N]
 (default data: $REGGAETON_BENCH_DATA, else ../shared/data/reggaeton-2018 beside the repository).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +34,20 @@ import optuna
 from optuna.storages import InMemoryStorage
 
 from adapters import registry
-from adapters.tracking import trial_logger
-from reggaeton.data import features_array, load_folder, split
+from adapters.tracking import TrialRecorder
+from reggaeton import tuning
+from reggaeton.data import Split, features_array, load_folder, split
+from reggaeton.model import BASELINE
 from reggaeton.schema import TARGET
 from reggaeton.settings import DataSettings, Settings
-from reggaeton.tuning import tune
+from reggaeton.training import BASELINE_THRESHOLD, Evaluation, evaluate_holdout, fit_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "reggaeton-2018"
 TARGET_WALL_S = 30.0
 TARGET_RATIO = 1.05
-
-
 BLOCK = 10
+RETRAIN, TODAY = "retrain study", "today's study"
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
@@ -48,6 +55,149 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
     return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+class Bench:
+    """The data, the tracking store and the study options shared by every measurement."""
+
+    def __init__(self, args: argparse.Namespace, state: Path) -> None:
+        self.args = args
+        self.settings = Settings(state_dir=state, data=DataSettings(folder=args.data))
+        self.parts: Split = split(
+            load_folder(args.data), self.settings.data.holdout_fraction, self.settings.data.seed
+        )
+        self.X, self.y = features_array(self.parts.train), self.parts.train[TARGET].to_numpy()
+        self.client = registry.connect(self.settings)
+        self.experiment_id = registry.ensure_experiment(self.client, "bench-train", self.settings)
+        self.settings.ensure_state_dir()
+
+    def study(self, name: str, *, retrain: bool, log: bool, storage: Any = None, **options: Any) -> Any:
+        """One study: the retrain's (pruning, warm start) or today's; trials recorded when ``log``."""
+        training = self.settings.training
+        warm = (
+            tuning.warm_start_trials(training.families, None) if retrain and "enqueue" not in options else []
+        )
+        parent = self.client.create_run(self.experiment_id, run_name=name).info.run_id
+        recorder = TrialRecorder(self.client, self.experiment_id, parent) if log else None
+        with recorder if recorder is not None else contextlib.nullcontext():
+            return tuning.tune(
+                self.X,
+                self.y,
+                storage=storage or self.settings.optuna_storage,
+                study_name=name,
+                families=training.families,
+                n_trials=options.pop("n_trials", self.args.trials),
+                folds=training.cv_folds,
+                repeats=training.cv_repeats,
+                seed=training.seed,
+                n_jobs=self.args.jobs,
+                callbacks=[recorder] if recorder else [],
+                progress_bar=False,
+                warm_start=warm,
+                pruning=retrain,
+                **options,
+            )
+
+    def held_out(self, result: tuning.TuningResult) -> Evaluation:
+        """The best trial refitted on the training part, scored on the held-out part."""
+        seed, rounds = self.settings.training.seed, self.settings.training.bootstrap_rounds
+        pipeline = fit_pipeline(result.family, result.params, self.parts.train, seed)
+        return evaluate_holdout(
+            result.family, pipeline, self.parts.holdout, result.threshold, rounds=rounds, seed=seed
+        )
+
+    def baseline(self) -> Evaluation:
+        seed, rounds = self.settings.training.seed, self.settings.training.bootstrap_rounds
+        pipeline = fit_pipeline(BASELINE, {}, self.parts.train, seed=0)
+        return evaluate_holdout(
+            BASELINE, pipeline, self.parts.holdout, BASELINE_THRESHOLD, rounds=rounds, seed=seed
+        )
+
+
+def _pr_auc(evaluation: Evaluation) -> str:
+    interval = evaluation.intervals["pr_auc"]
+    return f"{interval.estimate:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def _side_by_side(bench: Bench) -> dict[str, list[tuple[float, float, Any]]]:
+    """Both studies ``--runs`` times, alternating which goes first; (wall, CPU, result) per run."""
+    measured: dict[str, list[tuple[float, float, Any]]] = {RETRAIN: [], TODAY: []}
+    for run in range(bench.args.runs):
+        order = (RETRAIN, TODAY) if run % 2 == 0 else (TODAY, RETRAIN)
+        for kind in order:
+            name = f"{'retrain' if kind == RETRAIN else 'today'}-{run}"
+            measured[kind].append(_timed(partial(bench.study, name, retrain=kind == RETRAIN, log=True)))
+    return measured
+
+
+def _logging_overhead(bench: Bench, configurations: list[dict[str, Any]]) -> dict[bool, list[float]]:
+    """The same configurations with and without the recorder, alternating blocks; logged? -> [wall, CPU]."""
+    totals = {False: [0.0, 0.0], True: [0.0, 0.0]}
+    storages = {log: InMemoryStorage() for log in (False, True)}  # enqueued trials: thread-safe storage
+    for start in range(0, len(configurations), BLOCK):
+        block = configurations[start : start + BLOCK]
+        for log in (False, True):
+            replay = partial(
+                bench.study, f"replay-{log}", retrain=True, log=log, storage=storages[log], enqueue=block
+            )
+            wall, cpu, _ = _timed(partial(replay, n_trials=len(block)))
+            totals[log][0] += wall
+            totals[log][1] += cpu
+    return totals
+
+
+def _report(
+    bench: Bench, measured: dict[str, list[tuple[float, float, Any]]], totals: dict[bool, list[float]]
+) -> None:
+    args, training = bench.args, bench.settings.training
+    parallel, threads = tuning.parallel_plan(args.jobs)
+    load = os.getloadavg()
+    print(
+        f"bench-train: {args.trials} trials, {training.cv_folds}-fold CV, "
+        f"families {', '.join(training.families)}"
+    )
+    print(
+        f"  machine: {tuning.available_cores()} cores, {parallel} parallel trials x {threads} threads, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    medians = {}
+    for kind, runs in measured.items():
+        wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        medians[kind] = (wall, cpu)
+        pruned = statistics.median(r[2].pruned for r in runs)
+        print(
+            f"  {kind:14s} median of {len(runs)}: {wall:6.1f} s wall, {cpu:6.1f} CPU-s, "
+            f"{pruned:.0f} trials pruned "
+            f"(runs: {', '.join(f'{r[0]:.1f}' for r in runs)} s)"
+        )
+    (wall, cpu), (old_wall, old_cpu) = medians[RETRAIN], medians[TODAY]
+    print(
+        f"  retrain / today: {wall / old_wall:.2f} wall, {cpu / old_cpu:.2f} CPU; retrain study "
+        f"{'met' if wall <= TARGET_WALL_S else 'MISSED'} the {TARGET_WALL_S:.0f} s target "
+        f"(CPU-s / {parallel} = {cpu / parallel:.1f} s on {parallel} idle cores)"
+    )
+    print("  held-out PR-AUC [95 % bootstrap interval], same split and seed, each run's best trial:")
+    baseline = bench.baseline()
+    for kind, runs in measured.items():
+        scores = [bench.held_out(r[2]) for r in runs]
+        cells = ", ".join(f"{e.name} {_pr_auc(e)}" for e in scores)
+        print(f"    {kind:14s} {cells}")
+    print(f"    baseline       {_pr_auc(baseline)}")
+    (plain, plain_cpu), (logged, logged_cpu) = totals[False], totals[True]
+    ratio, cpu_ratio = logged / plain, logged_cpu / plain_cpu
+    print(
+        f"  retrain study's configurations replayed without logging: {plain:6.1f} s wall, "
+        f"{plain_cpu:6.1f} CPU-s"
+    )
+    print(
+        f"  the same with the background trial recorder:             {logged:6.1f} s wall, "
+        f"{logged_cpu:6.1f} CPU-s"
+    )
+    print(
+        f"  logging overhead ratio: {ratio:.3f} wall (target <= {TARGET_RATIO}: "
+        f"{'met' if ratio <= TARGET_RATIO else 'MISSED'}), {cpu_ratio:.3f} CPU "
+        f"(~{(logged_cpu - plain_cpu) / args.trials * 1000:.0f} CPU-ms per trial)"
+    )
 
 
 def main() -> None:
@@ -58,84 +208,18 @@ def main() -> None:
         "--data", type=Path, default=Path(os.environ.get("REGGAETON_BENCH_DATA", DEFAULT_DATA))
     )
     parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=None, help="parallel trials (default: one per core)")
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(state_dir=Path(tmp) / "state", data=DataSettings(folder=args.data))
-        training = settings.training
-        parts = split(load_folder(args.data), settings.data.holdout_fraction, settings.data.seed)
-        X, y = features_array(parts.train), parts.train[TARGET].to_numpy()
-        client = registry.connect(settings)
-        experiment_id = registry.ensure_experiment(client, "bench-train", settings)
-        settings.ensure_state_dir()
-
-        parents: dict[str, str] = {}
-        # Replays enqueue trials: in-memory storage (thread-safe), one per side, kept across blocks.
-        replay_storage = {name: InMemoryStorage() for name in ("replay-plain", "replay-logged")}
-
-        def study(name: str, log: bool, enqueue: list[dict[str, Any]] | None = None) -> Any:
-            callbacks = []
-            if log:
-                if name not in parents:
-                    parents[name] = client.create_run(experiment_id, run_name=name).info.run_id
-                callbacks.append(trial_logger(client, experiment_id, parents[name]))
-            return tune(
-                X,
-                y,
-                storage=replay_storage.get(name, settings.optuna_storage),
-                study_name=name,
-                families=training.families,
-                n_trials=len(enqueue) if enqueue else args.trials,
-                folds=training.cv_folds,
-                repeats=training.cv_repeats,
-                seed=training.seed,
-                n_jobs=args.jobs,
-                callbacks=callbacks,
-                progress_bar=False,
-                enqueue=enqueue or [],
-            )
-
-        wall, cpu, best = _timed(lambda: study("tpe-logged", log=True))
-        configurations = [
-            trial.params
-            for trial in optuna.load_study(study_name="tpe-logged", storage=settings.optuna_storage).trials
-        ]
-        totals = {False: [0.0, 0.0], True: [0.0, 0.0]}  # logged? -> [wall, cpu]
-        for start in range(0, len(configurations), BLOCK):
-            block = configurations[start : start + BLOCK]
-            for log in (False, True):
-                name = "replay-logged" if log else "replay-plain"
-                block_wall, block_cpu, _ = _timed(lambda: study(name, log=log, enqueue=block))  # noqa: B023
-                totals[log][0] += block_wall
-                totals[log][1] += block_cpu
-        trial_runs = len(client.search_runs([experiment_id], max_results=1000))
-
-    (plain, plain_cpu), (logged, logged_cpu) = totals[False], totals[True]
-    ratio, cpu_ratio = logged / plain, logged_cpu / plain_cpu
-    per_trial_ms = (logged_cpu - plain_cpu) / args.trials * 1000
-    load = os.getloadavg()
-    print(
-        f"bench-train: {args.trials} trials, {args.jobs} parallel, {training.cv_folds}-fold CV, "
-        f"families {', '.join(training.families)}"
-    )
-    print(f"  machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(
-        f"  TPE study with a nested MLflow run per trial: {wall:6.1f} s wall, {cpu:6.1f} CPU-s "
-        f"(target <= {TARGET_WALL_S:.0f} s wall: {'met' if wall <= TARGET_WALL_S else 'MISSED'}; "
-        f"CPU-s / {args.jobs} = {cpu / args.jobs:.1f} s on {args.jobs} idle cores)"
-    )
-    print(f"  best: {best.family} CV PR-AUC {best.cv_mean:.3f} +- {best.cv_std:.3f}")
-    print(f"  same configurations replayed without logging: {plain:6.1f} s wall, {plain_cpu:6.1f} CPU-s")
-    print(f"  same configurations replayed with logging:    {logged:6.1f} s wall, {logged_cpu:6.1f} CPU-s")
-    print(
-        f"  logging overhead ratio: {ratio:.3f} wall (target <= {TARGET_RATIO}: "
-        f"{'met' if ratio <= TARGET_RATIO else 'MISSED'}), {cpu_ratio:.3f} CPU "
-        f"(~{per_trial_ms:.0f} CPU-ms per trial)"
-    )
-    print(f"  MLflow runs recorded: {trial_runs} (2 parents + {trial_runs - 2} trials)")
+        bench = Bench(args, Path(tmp) / "state")
+        measured = _side_by_side(bench)
+        study = optuna.load_study(study_name="retrain-0", storage=bench.settings.optuna_storage)
+        configurations = [trial.params for trial in study.trials]
+        totals = _logging_overhead(bench, configurations)
+        _report(bench, measured, totals)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,12 @@ logger = logging.getLogger(__name__)
 # A scheduled monitor run may hold the slot when the demo wants its own: it waits this long for it.
 MONITOR_WAIT_S = 300.0
 
+DRIFT_TO_SERVED = "drift detected -> decision served"
+# Issue 13's target for the retrain loop: the monitor's run on drifted traffic to the API serving the
+# gate's decision (the new champion, or the old one kept).
+DRIFT_TO_SERVED_TARGET_S = 60.0
+TARGETS = {DRIFT_TO_SERVED: DRIFT_TO_SERVED_TARGET_S}
+
 
 @dataclass
 class DemoReport:
@@ -168,7 +174,7 @@ def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> No
             f"the API serving version {champion}", lambda: served_version(settings) == champion or None, 180
         )
     report.served_after = served_version(settings)
-    report.timings["drift detected -> decision served"] = time.monotonic() - began
+    report.timings[DRIFT_TO_SERVED] = time.monotonic() - began
 
 
 def summary(settings: Settings, report: DemoReport) -> str:
@@ -184,7 +190,9 @@ def summary(settings: Settings, report: DemoReport) -> str:
     lines.append(f"API served: {report.served_before} -> {report.served_after}")
     lines.append(f"alerts received ({len(report.alerts)}), also in {settings.alerts_path}:")
     lines.extend(f"  {alert['received_at']}  {alert['subject']}" for alert in report.alerts)
-    lines.extend(f"time, {name}: {seconds:.0f} s" for name, seconds in report.timings.items())
+    lines.extend(
+        views.timing_line(name, seconds, TARGETS.get(name)) for name, seconds in report.timings.items()
+    )
     lines += [
         f"Prefect UI:  {stack.prefect_ui_url(settings)}",
         f"MLflow UI:   {stack.mlflow_url(settings)}",

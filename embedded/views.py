@@ -124,3 +124,11 @@ def decision_lines(info: VersionInfo) -> list[str]:
             f"[{float(gain['low']):+.3f}, {float(gain['high']):+.3f}]"
         )
     return lines
+
+
+def timing_line(name: str, seconds: float, target_s: float | None = None) -> str:
+    """``time, NAME: 42 s``, with the target and whether it was met when there is one."""
+    line = f"time, {name}: {seconds:.0f} s"
+    if target_s is None:
+        return line
+    return f"{line} (target <= {target_s:.0f} s: {'met' if seconds <= target_s else 'MISSED'})"

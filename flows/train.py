@@ -92,24 +92,33 @@ def tune_candidates(
     experiment_id: str,
     progress_bar: bool = True,
 ) -> tuning.TuningResult:
-    """Run the Optuna study on the training part, one nested run per trial; best params on the parent."""
+    """Run the Optuna study on the training part, one nested run per trial; best params on the parent.
+
+    With ``training.warm_start``, the champion's parameters and the baseline's equivalent are the first
+    trials; the nested runs are written by a background thread while the study runs.
+    """
     training = settings.training
     settings.ensure_state_dir()
-    result = tuning.tune(
-        features_array(parts.train),
-        parts.train[TARGET].to_numpy(),
-        storage=settings.optuna_storage,
-        study_name=f"{training.study_name}-{run_id}",
-        families=training.families,
-        n_trials=training.n_trials,
-        folds=training.cv_folds,
-        repeats=training.cv_repeats,
-        seed=training.seed,
-        n_jobs=training.n_jobs,
-        timeout_s=training.timeout_s,
-        callbacks=[tracking.trial_logger(client, experiment_id, run_id)],
-        progress_bar=progress_bar,
-    )
+    champion = tracking.champion_trial(client, settings) if training.warm_start else None
+    warm_start = tuning.warm_start_trials(training.families, champion) if training.warm_start else []
+    with tracking.TrialRecorder(client, experiment_id, run_id) as recorder:
+        result = tuning.tune(
+            features_array(parts.train),
+            parts.train[TARGET].to_numpy(),
+            storage=settings.optuna_storage,
+            study_name=f"{training.study_name}-{run_id}",
+            families=training.families,
+            n_trials=training.n_trials,
+            folds=training.cv_folds,
+            repeats=training.cv_repeats,
+            seed=training.seed,
+            n_jobs=training.n_jobs,
+            timeout_s=training.timeout_s,
+            callbacks=[recorder],
+            progress_bar=progress_bar,
+            warm_start=warm_start,
+            pruning=training.pruning,
+        )
     tracking.log_best_trial(client, run_id, result)
     return result
 

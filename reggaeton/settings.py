@@ -59,7 +59,10 @@ class TrainingSettings(_Section):
     timeout_s: float | None = None
     cv_folds: int = Field(default=5, ge=2)
     cv_repeats: int = Field(default=1, ge=1)
-    n_jobs: int = Field(default=2, ge=1)  # parallel trials; each trial uses one thread
+    # Parallel trials; None: one per core. Trials x native threads per trial never exceed the cores.
+    n_jobs: int | None = Field(default=None, ge=1)
+    pruning: bool = True  # stop poor trials after a CV fold (median pruner)
+    warm_start: bool = True  # evaluate the champion's parameters and the baseline's equivalent first
     families: tuple[str, ...] = ("hist_gradient_boosting", "logistic_regression", "random_forest")
     optuna_storage: str | None = None  # default: SQLite file in the state folder
     study_name: str = "reggaeton"

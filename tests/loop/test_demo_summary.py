@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from embedded.demo import DemoReport, VersionInfo, summary
+from embedded.demo import DRIFT_TO_SERVED, DemoReport, VersionInfo, summary
 from reggaeton.settings import Settings
 
 # The decision record the gate writes on a version (reggaeton.decision_detail), trimmed.
@@ -32,6 +32,7 @@ def test_summary_names_versions_decision_alerts_and_urls(tmp_path: Path) -> None
         served_after="2",
         retrain_state="Completed",
         alerts=[{"received_at": "t1", "subject": "[reggaeton] model degraded: retraining"}],
+        timings={"first champion": 70.2, DRIFT_TO_SERVED: 61.4},
     )
     text = summary(settings, report)
     # Each version's own held-out figures, labelled as not comparable...
@@ -48,5 +49,8 @@ def test_summary_names_versions_decision_alerts_and_urls(tmp_path: Path) -> None
     assert "PR-AUC gain +0.410, interval [+0.330, +0.490]" in text
     assert "API served: 1 -> 2" in text
     assert "t1  [reggaeton] model degraded: retraining" in text
+    # The retrain loop's time against its target (issue 13: 60 s); other timings without one.
+    assert "time, drift detected -> decision served: 61 s (target <= 60 s: MISSED)" in text
+    assert "time, first champion: 70 s\n" in text
     for url in ("http://127.0.0.1:4200", "http://127.0.0.1:5000", "http://127.0.0.1:8123/docs"):
         assert url in text

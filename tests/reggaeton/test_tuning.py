@@ -5,10 +5,21 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pytest
+from optuna.storages import InMemoryStorage
+from optuna.trial import TrialState
+from sklearn.metrics import average_precision_score
 
 from reggaeton import tuning
 from reggaeton.data import features_array, synthetic_dataset
-from reggaeton.model import IMBALANCE, IMBALANCE_CHOICES, LOGISTIC_REGRESSION
+from reggaeton.folds import Folds
+from reggaeton.model import (
+    HIST_GRADIENT_BOOSTING,
+    IMBALANCE,
+    IMBALANCE_CHOICES,
+    LOGISTIC_REGRESSION,
+    RANDOM_FOREST,
+    build_pipeline,
+)
 from reggaeton.settings import Settings
 
 
@@ -27,7 +38,8 @@ def test_every_search_space_builds_a_pipeline_that_cross_validates(
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     chosen, params = tuning.suggest(trial, [family])
     params = {**params, IMBALANCE: imbalance}
-    result = tuning.cross_validate(chosen, params, X, y, folds=3, repeats=2, seed=0)
+    folds = Folds(X, y, folds=3, repeats=2, seed=0)
+    result = tuning.cross_validate(chosen, params, folds, seed=0)
     assert chosen == family
     assert len(result.fold_scores) == 6
     assert 0.0 <= result.mean <= 1.0 and result.std >= 0.0
@@ -35,14 +47,19 @@ def test_every_search_space_builds_a_pipeline_that_cross_validates(
     assert result.mean > 2 * y.mean()
     assert 0.0 < result.threshold < 1.0
     assert result.oof_proba.shape == y.shape
+    # The prepared folds hand the estimator what the whole pipeline would: the same scores.
+    for index, (train_idx, valid_idx) in enumerate(folds.splits):
+        pipeline = build_pipeline(family, params, 0).fit(X[train_idx], y[train_idx])
+        proba = pipeline.predict_proba(X[valid_idx])[:, 1]
+        assert result.fold_scores[index] == pytest.approx(average_precision_score(y[valid_idx], proba))
 
 
 def test_cross_validation_is_deterministic_for_a_seed(xy: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = xy
     params = {"C": 1.0, IMBALANCE: "smote"}
-    first = tuning.cross_validate(LOGISTIC_REGRESSION, params, X, y, folds=3, repeats=1, seed=3)
-    again = tuning.cross_validate(LOGISTIC_REGRESSION, params, X, y, folds=3, repeats=1, seed=3)
-    other = tuning.cross_validate(LOGISTIC_REGRESSION, params, X, y, folds=3, repeats=1, seed=4)
+    first = tuning.cross_validate(LOGISTIC_REGRESSION, params, Folds(X, y, folds=3, repeats=1, seed=3), 3)
+    again = tuning.cross_validate(LOGISTIC_REGRESSION, params, Folds(X, y, folds=3, repeats=1, seed=3), 3)
+    other = tuning.cross_validate(LOGISTIC_REGRESSION, params, Folds(X, y, folds=3, repeats=1, seed=4), 4)
     assert first.fold_scores == again.fold_scores
     assert first.fold_scores != other.fold_scores
 
@@ -89,3 +106,70 @@ def test_unknown_family_is_refused(settings: Settings, xy: tuple[np.ndarray, np.
             seed=0,
             progress_bar=False,
         )
+
+
+def test_poor_trials_are_pruned_after_a_fold_and_keep_their_partial_scores(
+    xy: tuple[np.ndarray, np.ndarray],
+) -> None:
+    X, y = xy
+    common = {
+        "storage": InMemoryStorage(),
+        "families": [LOGISTIC_REGRESSION, RANDOM_FOREST],  # far apart: the weaker one gets pruned
+        "n_trials": 12,
+        "folds": 4,
+        "repeats": 1,
+        "seed": 2,
+        "progress_bar": False,
+    }
+    tuning.tune(X, y, study_name="pruned", **common)
+    study = optuna.load_study(study_name="pruned", storage=common["storage"])
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert pruned and complete
+    for trial in pruned:
+        scored = trial.user_attrs[tuning.FOLDS_SCORED]
+        assert 2 <= scored < 4  # never on the first fold alone, never after the last
+        assert trial.user_attrs[tuning.CV_MEAN] == pytest.approx(trial.intermediate_values[scored - 1])
+    for trial in complete:
+        assert trial.user_attrs[tuning.FOLDS_SCORED] == 4 and len(trial.intermediate_values) == 4
+    tuning.tune(X, y, study_name="unpruned", pruning=False, **common)
+    unpruned = optuna.load_study(study_name="unpruned", storage=common["storage"])
+    assert all(t.state == TrialState.COMPLETE for t in unpruned.trials)
+
+
+def test_warm_start_trials_come_first_and_once(settings: Settings, xy: tuple[np.ndarray, np.ndarray]) -> None:
+    X, y = xy
+    settings.ensure_state_dir()
+    champion = (RANDOM_FOREST, {"n_estimators": 60, "max_depth": 4, "min_samples_leaf": 3,
+                                "max_features": 0.5, IMBALANCE: "class_weight"})  # fmt: skip
+    families = [RANDOM_FOREST, HIST_GRADIENT_BOOSTING]
+    warm = tuning.warm_start_trials(families, champion)
+    assert tuning.warm_start_trials([LOGISTIC_REGRESSION], champion) == []
+    common = {
+        "storage": settings.optuna_storage,  # SQLite: warm-start trials run one at a time
+        "study_name": "warm",
+        "families": families,
+        "folds": 3,
+        "repeats": 1,
+        "seed": 0,
+        "progress_bar": False,
+        "n_jobs": 2,
+        "warm_start": warm,
+    }
+    tuning.tune(X, y, n_trials=3, **common)
+    tuning.tune(X, y, n_trials=1, **common)  # resumed: the warm-start trials are not repeated
+    trials = optuna.load_study(study_name="warm", storage=settings.optuna_storage).trials
+    assert len(trials) == 4
+    assert tuning.trial_family_and_params(trials[0]) == (RANDOM_FOREST, champion[1])
+    assert tuning.trial_family_and_params(trials[1]) == (HIST_GRADIENT_BOOSTING, tuning.BASELINE_IN_SPACE)
+    assert all(tuning.trial_family_and_params(t)[1] != tuning.BASELINE_IN_SPACE for t in trials[2:])
+
+
+@pytest.mark.parametrize(
+    ("n_jobs", "cores", "plan"),
+    [(None, 2, (2, 1)), (None, 8, (8, 1)), (1, 2, (1, 2)), (2, 8, (2, 4)), (4, 2, (2, 1))],
+)
+def test_parallel_trials_times_threads_never_exceed_the_cores(
+    n_jobs: int | None, cores: int, plan: tuple[int, int]
+) -> None:
+    assert tuning.parallel_plan(n_jobs, cores) == plan

@@ -1,0 +1,72 @@
+"""Cross-validation folds computed once per study, with the per-fold work no trial parameter changes.
+
+Every trial of a study scores its pipeline on the same stratified folds. The steps before the
+estimator (feature scaling, SMOTE with the study's seed) depend only on the fold and on which steps a
+pipeline has, never on the estimator's hyper-parameters, so their output is computed once per fold
+and step list and shared by the trials (threads) that need it. The estimator then sees exactly the
+arrays the full pipeline would hand it, so the scores equal those of ``pipeline.fit`` on the fold.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import RepeatedStratifiedKFold
+
+Steps = Sequence[tuple[str, Any]]
+# Training features, training target, validation features.
+Prepared = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _apply(steps: Steps, X_fit: np.ndarray, y_fit: np.ndarray, X_valid: np.ndarray) -> Prepared:
+    """Fit the steps on the training fold as a pipeline does: samplers resample it, transformers map both."""
+    for _, step in steps:
+        fitted = clone(step)
+        if hasattr(fitted, "fit_resample"):
+            X_fit, y_fit = fitted.fit_resample(X_fit, y_fit)
+        else:
+            X_fit = fitted.fit_transform(X_fit, y_fit)
+            X_valid = fitted.transform(X_valid)
+    return X_fit, y_fit, X_valid
+
+
+class Folds:
+    """Stratified repeated k-fold splits of one training set, and their prepared arrays (thread-safe)."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, *, folds: int, repeats: int, seed: int) -> None:
+        self.X = np.asarray(X)
+        self.y = np.asarray(y)
+        self.repeats = repeats
+        cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+        self.splits: tuple[tuple[np.ndarray, np.ndarray], ...] = tuple(cv.split(self.X, self.y))
+        self._prepared: dict[tuple[int, str], Prepared] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.splits)
+
+    def prepared(self, fold: int, steps: Steps) -> Prepared:
+        """Training features and target, and validation features, of ``fold`` after ``steps``.
+
+        Args:
+            fold: Index into ``splits``.
+            steps: A pipeline's steps before its estimator (``(name, unfitted step)`` pairs); their
+                representation, which includes their parameters and seeds, is the cache key.
+        """
+        key = (fold, repr(list(steps)))
+        with self._lock:
+            found = self._prepared.get(key)
+        if found is not None:
+            return found
+        train_idx, valid_idx = self.splits[fold]
+        prepared = _apply(steps, self.X[train_idx], self.y[train_idx], self.X[valid_idx])
+        with self._lock:
+            return self._prepared.setdefault(key, prepared)
+
+    def valid_target(self, fold: int) -> np.ndarray:
+        """The validation fold's target."""
+        return self.y[self.splits[fold][1]]
