@@ -21,6 +21,9 @@ WORK_POOL: Final = "reggaeton-pool"
 # zombie automation counts its silence in these beats.
 FLOW_HEARTBEAT_S: Final = 30
 
+# The response header naming the API replica (process) that answered: see the spread behind a balancer.
+REPLICA_HEADER: Final = "x-reggaeton-replica"
+
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
 MODEL_ARTIFACT_NAME: Final = "model"
