@@ -31,6 +31,7 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 
@@ -80,8 +81,16 @@ def make_engine(url: str) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the log's tables if they do not exist (idempotent)."""
-    metadata.create_all(engine)
+    """Create the log's tables if they do not exist (idempotent, also when several processes start at once).
+
+    API replicas starting together on a fresh database race to create the tables: Postgres refuses the
+    loser's ``CREATE TABLE`` (a duplicate type or relation). By then the tables exist, so the second
+    pass finds them and creates nothing.
+    """
+    try:
+        metadata.create_all(engine)
+    except (IntegrityError, ProgrammingError):
+        metadata.create_all(engine)
 
 
 def labelled_traffic(engine: Engine) -> pd.DataFrame:

@@ -16,8 +16,7 @@ from typing import Any
 import yaml
 
 from infra.services import (
-    APP_IMAGE,
-    IMAGE_REPOSITORY,
+    BUILT_IMAGES,
     IMAGE_TAG,
     INIT_SQL_PATH,
     NETWORK,
@@ -33,7 +32,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 INIT_SQL_FILE = REPO_ROOT / "infra" / "postgres" / "init.sql"
 INIT_SQL_MOUNT = f"./infra/postgres/init.sql:{INIT_SQL_PATH}:ro"
-APP_IMAGE_REF = f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
+# The built images by their compose reference (repository:${IMAGE_TAG:-latest}), and back.
+IMAGE_REFS = {image: f"{repository}:{IMAGE_TAG}" for image, (repository, _) in BUILT_IMAGES.items()}
+_BUILT_BY_REF = {ref: image for image, ref in IMAGE_REFS.items()}
 
 HEADER = """\
 # The whole stack on one machine: `cp .env.example .env`, edit the secrets, `docker-compose up -d`.
@@ -58,12 +59,14 @@ def _healthcheck(check: Healthcheck) -> dict[str, Any]:
 
 def _compose_service(service: Service) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if service.image == APP_IMAGE:
-        out["image"] = APP_IMAGE_REF
-        # Every app service may build: docker-compose v1 would otherwise try to pull the image.
-        out["build"] = {"context": "."}
+    if service.image in BUILT_IMAGES:
+        out["image"] = IMAGE_REFS[service.image]
+        # Every service of a built image may build: docker-compose v1 would otherwise try to pull it.
+        out["build"] = {"context": ".", "target": BUILT_IMAGES[service.image][1]}
     else:
         out["image"] = service.image
+    if service.replicas is not None:
+        out["scale"] = service.replicas
     if service.command is not None:
         out["command"] = list(service.command)
     if service.environment:
@@ -124,8 +127,8 @@ def _seconds(value: Any) -> int | None:
 def compose_shape(document: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Normalise a compose document to the shape compared with the table and with Pulumi.
 
-    Per service: image (``app`` for the project's image), command, environment keys, ports as
-    ``(ip, host port, container port)``, healthcheck command, dependencies, volumes, memory and
+    Per service: image (the table's name for a built image), replica count, command, environment keys,
+    ports as ``(ip, host port, container port)``, healthcheck command, dependencies, volumes, memory and
     memory+swap, stop grace period, one-shot.
     Templates are rendered with ``values`` (what ``.env`` or the Pulumi config would hold).
     """
@@ -154,7 +157,8 @@ def compose_shape(document: Mapping[str, Any], values: Mapping[str, str]) -> dic
         if isinstance(depends, list):
             depends = {dep: {"condition": "service_started"} for dep in depends}
         shape[name] = {
-            "image": APP_IMAGE if image == APP_IMAGE_REF else image,
+            "image": _BUILT_BY_REF.get(image, image),
+            "replicas": int(render(str(spec.get("scale", 1)), values)),
             "command": fill(spec.get("command")),
             "environment": sorted(environment),
             "ports": sorted(ports),
@@ -184,6 +188,7 @@ def table_shape(
     return {
         service.name: {
             "image": service.image,
+            "replicas": int(render(service.replicas or "1", values)),
             "command": fill(service.command),
             "environment": sorted(service.environment),
             "ports": sorted(

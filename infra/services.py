@@ -15,14 +15,27 @@ from typing import Literal
 
 from reggaeton import names
 
-APP_IMAGE = "app"  # the project's own image (Dockerfile), tagged reggaeton-mlops:${IMAGE_TAG}
+APP_IMAGE = "app"  # the project's platform image (Dockerfile target `platform`), reggaeton-mlops:${IMAGE_TAG}
+SERVING_IMAGE = "serving"  # the slim API image (target `serving`), reggaeton-serving:${IMAGE_TAG}
+BALANCER_IMAGE = (
+    "balancer"  # HAProxy from Debian's packages (target `balancer`), reggaeton-balancer:${IMAGE_TAG}
+)
 POSTGRES_IMAGE = "postgres:15"
 IMAGE_REPOSITORY = "reggaeton-mlops"
+# The images built from the Dockerfile: the table's image name -> (repository, build target).
+BUILT_IMAGES: dict[str, tuple[str, str]] = {
+    APP_IMAGE: (IMAGE_REPOSITORY, "platform"),
+    SERVING_IMAGE: ("reggaeton-serving", "serving"),
+    BALANCER_IMAGE: ("reggaeton-balancer", "balancer"),
+}
 IMAGE_TAG = "${IMAGE_TAG:-latest}"
 NETWORK = "reggaeton"
 WORK_POOL = names.WORK_POOL
 DATABASES = ("prefect", "mlflow", "predictions", "optuna")
 INIT_SQL_PATH = "/docker-entrypoint-initdb.d/10-databases.sql"
+# The balancer finds the API replicas by their network alias (Docker's DNS), up to this many
+# (HAProxy's server-template); each replica claims one of as many spool subfolders.
+MAX_API_REPLICAS = 16
 # How long the bootstrap job waits for the first training (its container may run this long, plus deploying).
 TRAIN_TIMEOUT_S = 3600
 
@@ -47,6 +60,7 @@ VARIABLES: dict[str, Variable] = {
     "MLFLOW_PORT": Variable("mlflowPort", "5000"),
     "PREFECT_PORT": Variable("prefectPort", "4200"),
     "API_PORT": Variable("apiPort", "8000"),
+    "API_REPLICAS": Variable("apiReplicas", "2"),
     "TRAINING_TRIALS": Variable("trainingTrials", "20"),
 }
 
@@ -75,7 +89,7 @@ class Service:
     """One container of the stack."""
 
     name: str
-    image: str  # APP_IMAGE or a public image name
+    image: str  # a key of BUILT_IMAGES or a public image name
     command: tuple[str, ...] | None
     environment: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[Port, ...] = ()
@@ -85,6 +99,7 @@ class Service:
     memory_mb: int = 1024  # also the memory+swap limit: no swap, and nothing for Docker to compute
     one_shot: bool = False  # runs to completion once (restart "no"), everything else restarts
     stop_grace_s: int = 30  # SIGTERM, then this long before SIGKILL (compose down, Pulumi replace/destroy)
+    replicas: str | None = None  # template of the container count (compose `scale`); None: exactly one
 
 
 def _pg(database: str, driver: str = "postgresql") -> str:
@@ -232,21 +247,37 @@ SERVICES: tuple[Service, ...] = (
         one_shot=True,
     ),
     Service(
+        # N replicas (API_REPLICAS / apiReplicas, or `--scale api=N`), reached only through the balancer.
+        # Each polls the registry and hot-swaps on its own, and logs to the one Postgres prediction log.
         name="api",
-        image=APP_IMAGE,
+        image=SERVING_IMAGE,
         command=("python", "-m", "serving"),
         environment={
             **APP_ENVIRONMENT,
             "REGGAETON_SERVING__HOST": "0.0.0.0",
             "REGGAETON_SERVING__PORT": "8000",
             "REGGAETON_SERVING__MODEL_CACHE_DIR": "/state/model-cache",
-            # The prediction log's journal: answered rows wait here while Postgres is unavailable.
+            # The prediction log's journal: answered rows wait here while Postgres is unavailable. The
+            # volume is shared; each replica claims its own subfolder (a journal has one writer).
             "REGGAETON_SERVING__SPOOL_DIR": "/state/prediction-spool",
+            "REGGAETON_SERVING__SPOOL_SLOTS": str(MAX_API_REPLICAS),
         },
-        ports=(Port(8000, "${API_PORT:-8000}"),),
         healthcheck=_http_check("http://127.0.0.1:8000/health"),
         depends_on={"bootstrap": "service_completed_successfully", "mlflow": "service_healthy"},
         volumes={"model-cache": "/state/model-cache", "api-spool": "/state/prediction-spool"},
+        replicas="${API_REPLICAS:-2}",
+    ),
+    Service(
+        # HAProxy on the published API port: round robin over the replicas whose /ready answers 200
+        # (checked every second), retrying on another replica a request no replica accepted.
+        name="balancer",
+        image=BALANCER_IMAGE,
+        command=None,
+        ports=(Port(8000, "${API_PORT:-8000}"),),
+        # 200 while at least one replica is in rotation (infra/balancer/haproxy.cfg).
+        healthcheck=_http_check("http://127.0.0.1:8404/health"),
+        depends_on={"api": "service_healthy"},
+        memory_mb=256,
     ),
 )
 

@@ -2,7 +2,8 @@
 
 Config (``pulumi config set``; keys in :data:`infra.services.VARIABLES`): ``dbPassword`` and ``adminToken``
 are required secrets (an example value is refused); ``dbUser``, ``imageTag``, ``mlflowPort``, ``prefectPort``,
-``apiPort`` and ``trainingTrials`` have defaults; ``memoryMb`` (an object, service -> MB) overrides sizes.
+``apiPort``, ``apiReplicas`` (API containers behind the balancer) and ``trainingTrials`` have defaults;
+``memoryMb`` (an object, service -> MB) overrides sizes.
 
 What the provider does not do by itself, the program does: containers run the built image by its id (a
 rebuild replaces them), a container that depends on a one-shot job's success is created only when the
@@ -22,8 +23,7 @@ import pulumi
 import pulumi_docker as docker
 
 from infra.services import (
-    APP_IMAGE,
-    IMAGE_REPOSITORY,
+    BUILT_IMAGES,
     IMAGE_TAG,
     INIT_SQL_PATH,
     NETWORK,
@@ -146,18 +146,18 @@ def _container_name(service: str) -> str:
 
 @dataclass(frozen=True)
 class _Shared:
-    """What every container of the stack refers to: the built image, the network, the volumes."""
+    """What every container of the stack refers to: the built images, the network, the volumes."""
 
-    app_image: docker.Image
+    built_images: dict[str, docker.Image]
     network: docker.Network
     volumes: dict[str, docker.Volume]
     remote_images: dict[str, docker.RemoteImage] = field(default_factory=dict)
 
     def image_of(self, service: Service) -> pulumi.Input[str]:
-        if service.image == APP_IMAGE:
+        if service.image in self.built_images:
             # The built image's id, not its tag: a rebuild under the same tag changes it, and so replaces
             # exactly the containers that run this image.
-            return self.app_image.repo_digest
+            return self.built_images[service.image].repo_digest
         if service.image not in self.remote_images:
             self.remote_images[service.image] = docker.RemoteImage(
                 service.image.replace(":", "-"), name=service.image, keep_locally=True
@@ -168,42 +168,61 @@ class _Shared:
 def _shared(config: StackConfig) -> _Shared:
     prefix = _prefix()
     tag = render(IMAGE_TAG, config.values)
-    app_image = docker.Image(
-        "app-image",
-        image_name=f"{IMAGE_REPOSITORY}:{tag}",
-        build=docker.DockerBuildArgs(
-            context=config.context, dockerfile=str(Path(config.context) / "Dockerfile")
-        ),
-        skip_push=True,
-    )
+    used = {service.image for service in SERVICES}
+    built_images = {
+        image: docker.Image(
+            f"{image}-image",
+            image_name=f"{repository}:{tag}",
+            build=docker.DockerBuildArgs(
+                context=config.context, dockerfile=str(Path(config.context) / "Dockerfile"), target=target
+            ),
+            skip_push=True,
+        )
+        for image, (repository, target) in BUILT_IMAGES.items()
+        if image in used
+    }
     network = docker.Network(NETWORK, name=f"{prefix}-{NETWORK}")
     # `pulumi destroy` leaves the data where it is, as `docker-compose down` does; a later `up` reuses it.
     volumes = {
         name: docker.Volume(name, name=f"{prefix}-{name}", opts=pulumi.ResourceOptions(retain_on_delete=True))
         for name in VOLUMES
     }
-    return _Shared(app_image, network, volumes)
+    return _Shared(built_images, network, volumes)
+
+
+def replica_names(service: Service, config: StackConfig) -> list[str]:
+    """The container names of a service: itself, or ``<name>-1`` .. ``<name>-N`` for a replicated one."""
+    if service.replicas is None:
+        return [service.name]
+    count = int(render(service.replicas, config.values))
+    if count < 1:
+        raise ValueError(f"{service.name} needs at least one replica, not {count}")
+    return [f"{service.name}-{k}" for k in range(1, count + 1)]
 
 
 def _container(
-    service: Service, config: StackConfig, shared: _Shared, containers: Mapping[str, docker.Container]
+    service: Service,
+    config: StackConfig,
+    shared: _Shared,
+    containers: Mapping[str, list[docker.Container]],
+    name: str,
 ) -> docker.Container:
-    """One service of the table as a container, after the containers it depends on."""
+    """One container of a service of the table (``name``: one of its replicas), after what it depends on."""
     uploads = (
         [docker.ContainerUploadArgs(file=INIT_SQL_PATH, content=init_sql())]
         if service.name == "postgres"
         else None
     )
-    after: list[pulumi.Input[pulumi.Resource]] = [containers[name] for name in service.depends_on]
+    after: list[pulumi.Input[pulumi.Resource]] = [c for dep in service.depends_on for c in containers[dep]]
     after += [
-        completed_successfully(containers[name], name)
-        for name, condition in service.depends_on.items()
+        completed_successfully(containers[dep][0], dep)
+        for dep, condition in service.depends_on.items()
         if condition == "service_completed_successfully"
     ]
     memory = config.memory_mb.get(service.name, service.memory_mb)
     return docker.Container(
-        service.name,
-        name=_container_name(service.name),
+        name,
+        name=_container_name(name),
         image=shared.image_of(service),
         command=[fill(part, config) for part in service.command] if service.command else None,
         envs=_envs(service, config),
@@ -215,6 +234,7 @@ def _container(
         ],
         healthcheck=_healthcheck(service, config),
         networks_advanced=[
+            # Replicas share the service's alias: Docker's DNS answers all of them (the balancer's discovery).
             docker.ContainerNetworksAdvancedArgs(name=shared.network.name, aliases=[service.name])
         ],
         volumes=[
@@ -245,12 +265,15 @@ def _container(
 
 
 def build_stack(config: StackConfig) -> dict[str, docker.Container]:
-    """Declare the image, network, volumes and one container per service of the table."""
+    """Declare the images, network, volumes and the containers of every service of the table."""
     shared = _shared(config)
-    containers: dict[str, docker.Container] = {}
+    containers: dict[str, list[docker.Container]] = {}
+    declared: dict[str, docker.Container] = {}
     for service in SERVICES:
-        containers[service.name] = _container(service, config, shared, containers)
-    return containers
+        names = replica_names(service, config)
+        containers[service.name] = [_container(service, config, shared, containers, name) for name in names]
+        declared.update(zip(names, containers[service.name], strict=True))
+    return declared
 
 
 def export_endpoints(config: StackConfig) -> None:

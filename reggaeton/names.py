@@ -25,6 +25,9 @@ FLOW_HEARTBEAT_S: Final = 30
 # it waits on the run (``reggaeton monitor``: one line per chunk window analysed).
 PROGRESS_LOG: Final = "progress"
 
+# The response header naming the API replica (process) that answered: see the spread behind a balancer.
+REPLICA_HEADER: Final = "x-reggaeton-replica"
+
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
 MODEL_ARTIFACT_NAME: Final = "model"

@@ -6,6 +6,7 @@ e.g. ``REGGAETON_MLFLOW__TRACKING_URI`` or ``REGGAETON_SERVING__PORT``.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit
@@ -92,6 +93,9 @@ class ServingSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Named in every response's replica header (names.REPLICA_HEADER); default: the host name (in a
+    # container, its id), so a balancer's spread over replicas can be seen.
+    replica_name: str | None = None
     poll_interval_s: float = Field(default=5.0, gt=0)
     max_batch: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
@@ -107,6 +111,8 @@ class ServingSettings(_Section):
     # batch) before its response leaves, and waits there while the log database is unavailable.
     durable_log: bool = True
     spool_dir: Path | None = None  # default: folder in the state folder (a named volume in containers)
+    # Above 1, spool_dir is shared by API replicas: each claims a free subfolder replica-0 .. replica-<n-1>.
+    spool_slots: int = Field(default=1, ge=1, le=256)
     spool_max_bytes: int = Field(default=256 * 2**20, ge=4096)  # over this, /predict answers 503
     spool_segment_bytes: int = Field(default=4 * 2**20, ge=1024)  # journal files rotate at this size
     spool_fsync: bool = False  # fsync each write: survives power loss, not only a killed process
@@ -268,6 +274,11 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         """Local cache of the last good served model."""
         return self.serving.model_cache_dir or self.state_path / "model-cache"
+
+    @property
+    def replica_name(self) -> str:
+        """The name this API process gives in the replica header (``serving.replica_name``, else the host)."""
+        return self.serving.replica_name or socket.gethostname()
 
     @property
     def spool_dir(self) -> Path:

@@ -84,6 +84,7 @@ def _journal(settings: Settings) -> Journal | None:
         max_bytes=serving.spool_max_bytes,
         segment_bytes=serving.spool_segment_bytes,
         fsync=serving.spool_fsync,
+        slots=serving.spool_slots,
     )
 
 

@@ -26,6 +26,7 @@ from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reggaeton.names import REPLICA_HEADER
 from serving.log_writer import LogUnavailableError
 from serving.parsing import parse_songs, receive_body, response_body
 from serving.service import NoModelError
@@ -39,8 +40,10 @@ _FAILED = b"Internal Server Error"
 _FOR_THE_ROUTE = (RequestValidationError, HTTPException, ClientDisconnect, NoModelError, LogUnavailableError)
 
 
-async def _send(send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes]) -> None:
-    headers = [content_type, (b"content-length", str(len(body)).encode())]
+async def _send(
+    send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes], replica: tuple[bytes, bytes]
+) -> None:
+    headers = [content_type, (b"content-length", str(len(body)).encode()), replica]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -57,6 +60,17 @@ def _replaying(received: list[Message], receive: Receive) -> Receive:
     return replay
 
 
+def _naming(send: Send, replica: tuple[bytes, bytes]) -> Send:
+    """A ``send`` that adds the replica header to the response it starts."""
+
+    async def named(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), replica]}
+        await send(message)
+
+    return named
+
+
 class PredictFastPath:
     """Answers valid ``POST /predict`` requests directly; hands every other request to ``framework``."""
 
@@ -64,17 +78,26 @@ class PredictFastPath:
         self.framework = framework  # FastAPI's own middlewares and routes
         self.state = state  # the app's state, where the lifespan puts the services
         self.answered = 0  # requests this layer answered itself (tests and operators can tell)
+        self._replica: tuple[bytes, bytes] | None = None  # the header, once the services exist
+
+    def _header(self, services: Any) -> tuple[bytes, bytes]:
+        if self._replica is None:
+            self._replica = (REPLICA_HEADER.encode(), services.settings.replica_name.encode())
+        return self._replica
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Any = getattr(self.state, "services", None)
+        if services is None:  # before the lifespan started (or outside a server): nothing to name yet
+            await self.framework(scope, receive, send)
+            return
+        replica = self._header(services)
         if (
             scope["type"] != "http"
             or scope["path"] != PATH
             or scope["method"] != "POST"
-            or services is None
             or services.settings.serving.api_key is not None
         ):
-            await self.framework(scope, receive, send)
+            await self.framework(scope, receive, _naming(send, replica) if scope["type"] == "http" else send)
             return
         serving = services.settings.serving
         received: list[Message] = []
@@ -82,12 +105,12 @@ class PredictFastPath:
             body = await receive_body(scope, receive, serving.max_body_bytes, received)
             predictions = await services.predictions.predict(parse_songs(body, serving.max_batch))
         except _FOR_THE_ROUTE:  # nothing was scored or logged: the route answers, with the same body
-            await self.framework(scope, _replaying(received, receive), send)
+            await self.framework(scope, _replaying(received, receive), _naming(send, replica))
             return
         except Exception:  # a model that fails to score (the batcher logged it once for the whole batch)
-            await _send(send, 500, _FAILED, _TEXT)
+            await _send(send, 500, _FAILED, _TEXT, replica)
             return
-        await _send(send, 200, response_body(predictions), _JSON)
+        await _send(send, 200, response_body(predictions), _JSON, replica)
         self.answered += 1
 
 

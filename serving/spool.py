@@ -56,8 +56,11 @@ class SpoolLockedError(RuntimeError):
 class Journal:
     """Append-only segment files in one folder, bounded in bytes; appends on the event loop only."""
 
-    def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int, fsync: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, max_bytes: int, segment_bytes: int, fsync: bool = False, slots: int = 1
+    ) -> None:
         self.directory = directory
+        self._slots = slots  # > 1: ``directory`` holds one subfolder per replica (see :meth:`open`)
         self.max_bytes = max_bytes
         self._segment_bytes = max(1024, min(segment_bytes, max_bytes // _SEGMENTS_PER_BOUND))
         self._fsync = fsync
@@ -70,17 +73,27 @@ class Journal:
     def open(self) -> Position | None:
         """Open a new segment after those left by an earlier process; returns where those start, if any.
 
+        With ``slots`` > 1 the folder is shared by replicas (one volume for all of them): each claims the
+        first of ``replica-0`` .. ``replica-<slots - 1>`` that no live process holds, and replays what an
+        earlier holder of that subfolder left.
+
         Raises:
-            SpoolLockedError: another live process uses this folder (each server needs its own).
+            SpoolLockedError: another live process uses this folder (each server needs its own), or
+                every slot is held.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = os.open(self.directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)
-            self._lock = -1
-            raise SpoolLockedError(f"{self.directory} is the spool of another running server") from None
+        candidates = (
+            [self.directory]
+            if self._slots == 1
+            else [self.directory / f"replica-{k}" for k in range(self._slots)]
+        )
+        for candidate in candidates:
+            if self._claim(candidate):
+                self.directory = candidate
+                break
+        else:
+            raise SpoolLockedError(
+                f"{self.directory} is the spool of another running server (every slot is held)"
+            )
         for path in self.directory.iterdir():
             match = _SEGMENT.match(path.name)
             if match:
@@ -92,6 +105,18 @@ class Journal:
         self._open_current()
         self.backlog_end = Position(self._current, 0)
         return Position(left[0], 0) if left else None
+
+    def _claim(self, folder: Path) -> bool:
+        """Take the folder's lock (held until :meth:`close` or the process ends); False when held."""
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock = fd
+        return True
 
     @property
     def bytes(self) -> int:

@@ -16,6 +16,7 @@ REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
 APP_IMAGE_ID = "sha256:1111"
+APP_IMAGE_RESOURCE = "app-image"
 # How the engine receives a secret value (Pulumi's wire format for secrets).
 SECRET_SIGNATURE = "4dabf18193072939515e22adb298388d"
 
@@ -51,8 +52,11 @@ class RecordingMocks(Mocks):
         if args.typ == REMOTE_IMAGE:
             outputs["imageId"] = args.inputs["name"]
         if args.typ == IMAGE:
-            # A local, unpushed image: the provider's repoDigest is the image id.
-            outputs["repoDigest"] = self.image_id
+            # A local, unpushed image: the provider's repoDigest is the image id (``image_id`` for the
+            # platform image, one per name for the others).
+            outputs["repoDigest"] = (
+                self.image_id if args.name == APP_IMAGE_RESOURCE else f"sha256:{args.name}"
+            )
         if args.typ == CONTAINER and args.inputs.get("attach"):
             outputs["exitCode"] = self.exit_codes.get(args.name, 0)
         return f"{args.name}-id", outputs
@@ -134,26 +138,43 @@ def run_program(
     return run
 
 
-def container_shape(run: Run, image_name: str) -> dict[str, dict[str, Any]]:
-    """The declared containers in the shape of ``infra.compose.compose_shape``.
+def service_of(container: str, replicated: set[str]) -> str:
+    """The table's service a container belongs to: ``api-2`` -> ``api`` when ``api`` is replicated."""
+    base, _, number = container.rpartition("-")
+    return base if base in replicated and number.isdigit() else container
 
-    ``app`` stands for the image built as ``image_name``, which containers reference by its id.
+
+def container_shape(run: Run, tag: str, replicated: set[str]) -> dict[str, dict[str, Any]]:
+    """The declared containers in the shape of ``infra.compose.compose_shape``, replicas grouped.
+
+    A built image (platform, serving, balancer) is named as in the table (``app``, ...): containers
+    reference it by its id. Every built image is tagged ``tag``.
     """
-    assert [image["imageName"] for image in run.mocks.of_type(IMAGE).values()] == [image_name]
+    from infra.services import BUILT_IMAGES
+
+    images = run.mocks.of_type(IMAGE)
+    ids = {run.mocks.image_id if name == APP_IMAGE_RESOURCE else f"sha256:{name}": name for name in images}
+    by_resource = {f"{image}-image": image for image in BUILT_IMAGES}
+    for name, inputs in images.items():
+        repository, target = BUILT_IMAGES[by_resource[name]]
+        assert (inputs["imageName"], inputs["build"]["target"]) == (f"{repository}:{tag}", target)
     prefix = f"reggaeton-{STACK}-"
     volume_names = {inputs["name"]: name for name, inputs in run.mocks.of_type(VOLUME).items()}
     shape: dict[str, dict[str, Any]] = {}
-    for name, inputs in run.mocks.of_type(CONTAINER).items():
-        assert inputs["name"] == prefix + name
+    counts: dict[str, int] = {}
+    for container, inputs in run.mocks.of_type(CONTAINER).items():
+        assert inputs["name"] == prefix + container
+        name = service_of(container, replicated)
+        counts[name] = counts.get(name, 0) + 1
         image = inputs["image"]
         health = inputs.get("healthcheck")
-        shape[name] = {
-            "image": "app" if image == run.mocks.image_id else image,
+        spec = {
+            "image": by_resource[ids[image]] if image in ids else image,
             "command": list(inputs["command"]) if inputs.get("command") else None,
             "environment": sorted(env.split("=", 1)[0] for env in inputs.get("envs", [])),
             "ports": sorted((p["ip"], p["external"], p["internal"]) for p in inputs.get("ports", [])),
             "healthcheck": list(health["tests"][1:]) if health and health["tests"][0] != "NONE" else None,
-            "depends_on": run.depends_on.get(name, []),
+            "depends_on": sorted({service_of(dep, replicated) for dep in run.depends_on.get(container, [])}),
             "volumes": sorted(
                 f"{volume_names[v['volumeName']]}:{v['containerPath']}" for v in inputs.get("volumes", [])
             ),
@@ -165,4 +186,6 @@ def container_shape(run: Run, image_name: str) -> dict[str, dict[str, Any]]:
             else {"destroyGraceSeconds": grace, "stopTimeout": inputs.get("stopTimeout")},
             "one_shot": inputs.get("restart") == "no",
         }
-    return shape
+        # Replicas of one service are declared alike: one shape for all of them.
+        assert shape.setdefault(name, spec) == spec, (container, shape[name], spec)
+    return {name: {**spec, "replicas": counts[name]} for name, spec in shape.items()}

@@ -1,11 +1,13 @@
-"""The compose stack for real: build, converge, predict, retrain through the worker, restart, tear down;
-and, with the image it built, `up` refused while a secret holds its example value.
+"""The compose stack for real: build, converge, predict through the balancer to 2 API replicas, retrain
+through the worker, promote and kill a replica under load, restart, tear down; and, with the image it
+built, `up` refused while a secret holds its example value.
 
 Needs a Docker engine (locally: skipped with the reason; under CI=true: a failure). `.ci/run` prepares one.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import secrets
@@ -25,7 +27,7 @@ import pytest
 
 from infra.services import SECRET_CHECK, SERVICES
 from infra.services import service as table_service
-from reggaeton.names import MODEL_NAME
+from reggaeton.names import MODEL_NAME, REPLICA_HEADER
 from reggaeton.schema import EXAMPLE_SONGS, INVALID_EXAMPLE_SONG
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3000)]
@@ -35,6 +37,7 @@ TRAIN_DEPLOYMENT = "train-and-promote"
 UP_TIMEOUT_S = 2400  # first build included
 READY_TIMEOUT_S = 300
 TRAIN_TIMEOUT_S = 1200
+API_REPLICAS = 2
 
 
 def compose_command() -> list[str] | None:
@@ -102,6 +105,10 @@ class Stack:
     def container(self, service: str) -> str:
         return self.compose("ps", "-a", "-q", service).stdout.strip()
 
+    def containers(self, service: str) -> list[str]:
+        """Every container of a service (the replicas of a scaled one)."""
+        return self.compose("ps", "-a", "-q", service).stdout.split()
+
     def inspect(self, target: str, kind: str = "container") -> dict[str, Any]:
         out = subprocess.run(["docker", kind, "inspect", target], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -137,6 +144,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MLFLOW_PORT": str(free_port()),
         "PREFECT_PORT": str(free_port()),
         "API_PORT": str(free_port()),
+        "API_REPLICAS": str(API_REPLICAS),
         "TRAINING_TRIALS": "3",
     }
     env_file = tmp_path_factory.mktemp("compose") / ".env"
@@ -165,6 +173,76 @@ def predict(stack: Stack, songs: list[dict[str, float]]) -> httpx.Response:
     return httpx.post(f"{stack.url('API_PORT')}/predict", json=songs, timeout=30)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One request of a :class:`Load`: when it ended, its status (0: no HTTP answer), who answered what."""
+
+    at: float  # time.monotonic()
+    status: int
+    replica: str = ""
+    version: str = ""
+    prediction_id: str = ""
+    detail: str = ""
+
+
+class Load:
+    """Bounded loopback load through the balancer: ``threads`` clients, one song a request, until stopped."""
+
+    def __init__(self, stack: Stack, threads: int = 4, pause_s: float = 0.01, max_s: float = 180) -> None:
+        self.url = stack.url("API_PORT")
+        self.answers: list[Answer] = []  # list.append is atomic: the threads share it
+        self._stop = threading.Event()
+        self._pause_s, self._max_s = pause_s, max_s
+        self._threads = [threading.Thread(target=self._run, name=f"load-{i}") for i in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self._max_s
+        with httpx.Client(base_url=self.url, timeout=5.0) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    response = client.post("/predict", json=EXAMPLE_SONGS[0])
+                except httpx.HTTPError as exc:
+                    self.answers.append(Answer(time.monotonic(), 0, detail=f"{type(exc).__name__}: {exc}"))
+                    continue
+                replica = response.headers.get(REPLICA_HEADER, "")
+                if response.status_code == 200:
+                    (prediction,) = response.json()["predictions"]
+                    answer = Answer(
+                        time.monotonic(), 200, replica, str(prediction["model_version"]), prediction["id"]
+                    )
+                else:
+                    answer = Answer(
+                        time.monotonic(), response.status_code, replica, detail=response.text[:200]
+                    )
+                self.answers.append(answer)
+                time.sleep(self._pause_s)
+
+    @property
+    def ok(self) -> list[Answer]:
+        return [a for a in self.answers if a.status == 200]
+
+    @property
+    def failures(self) -> list[Answer]:
+        return [a for a in self.answers if a.status != 200]
+
+    def latest_versions(self) -> dict[str, str]:
+        """The version each replica served in its latest answer."""
+        latest: dict[str, str] = {}
+        for answer in sorted(self.ok, key=lambda a: a.at):
+            latest[answer.replica] = answer.version
+        return latest
+
+
 def registry_versions(stack: Stack) -> list[int]:
     from mlflow import MlflowClient
 
@@ -173,18 +251,19 @@ def registry_versions(stack: Stack) -> list[int]:
 
 
 def test_stack_converges_with_every_service_healthy(stack: Stack) -> None:
+    assert len(stack.containers("api")) == API_REPLICAS
     for service in SERVICES:
-        container = stack.container(service.name)
-        if service.one_shot:
-            state = stack.inspect(container)["State"]
-            assert (state["Status"], state["ExitCode"]) == ("exited", 0), (service.name, stack.logs())
-        else:
-            # `up -d` waits only for what something depends on; the API (a leaf) may still be starting.
-            wait_for(
-                f"{service.name} to be healthy",
-                lambda c=container: stack.inspect(c)["State"]["Health"]["Status"] == "healthy",
-                READY_TIMEOUT_S,
-            )
+        for container in stack.containers(service.name):
+            if service.one_shot:
+                state = stack.inspect(container)["State"]
+                assert (state["Status"], state["ExitCode"]) == ("exited", 0), (service.name, stack.logs())
+            else:
+                # `up -d` waits only for what something depends on; a leaf may still be starting.
+                wait_for(
+                    f"{service.name} to be healthy",
+                    lambda c=container: stack.inspect(c)["State"]["Health"]["Status"] == "healthy",
+                    READY_TIMEOUT_S,
+                )
 
 
 def test_predictions_through_loopback(stack: Stack) -> None:
@@ -232,7 +311,7 @@ def _reggaeton(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_promote_from_the_host_moves_the_alias_and_the_api_serves_it(stack: Stack) -> None:
+def test_promote_under_load_moves_every_replica_without_a_failed_request(stack: Stack) -> None:
     from mlflow import MlflowClient
 
     wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
@@ -241,21 +320,42 @@ def test_promote_from_the_host_moves_the_alias_and_the_api_serves_it(stack: Stac
     others = [str(v) for v in registry_versions(stack) if str(v) != champion]
     assert others, "the training test registers a second version"
     target = others[-1]
-    result = _reggaeton(stack, "promote", "--version", target, "--reason", "from the host")
-    ended = time.monotonic()
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == target
+    since = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() - 1))
 
     def served() -> dict[str, Any] | None:
         response = httpx.get(f"{stack.url('API_PORT')}/model", timeout=5)
         body = response.json() if response.status_code == 200 else None
         return body if body is not None and str(body["version"]) == target else None
 
-    wait_for(f"the API to serve version {target}", lambda: served() is not None, 60, every_s=0.1)
-    waited, body = time.monotonic() - ended, served()
+    with Load(stack) as load:
+        time.sleep(1)
+        result = _reggaeton(stack, "promote", "--version", target, "--reason", "from the host")
+        ended = time.monotonic()
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == target
+        wait_for(f"the API to serve version {target}", lambda: served() is not None, 60, every_s=0.1)
+        waited, body = time.monotonic() - ended, served()
+        # Each replica polls and swaps on its own: both answer with the new version (their header).
+        wait_for(
+            f"both replicas to answer with version {target}",
+            lambda: list(load.latest_versions().values()) == [target] * API_REPLICAS,
+            60,
+            every_s=0.2,
+        )
+        time.sleep(1)
     assert body is not None
     # One poll interval (the default, 5 s) plus the time the API took to load the version.
     assert waited <= 5.0 + float(body["load_seconds"]) + 1.0, (waited, body)
+    ok = load.ok
+    print(f"\npromote under load: {len(load.answers)} requests, spread {_spread(ok)}")
+    assert load.failures == []
+    assert len(_spread(ok)) == API_REPLICAS
+    # Every 200 is one row in the one Postgres log, written by whichever replica answered.
+    answered = {a.prediction_id for a in ok}
+    wait_for("every answered prediction in the log", lambda: set(_logged_since(stack, since)) >= answered, 60)
+    logged = _logged_since(stack, since)
+    assert len(logged) == len(set(logged)) == len(ok)
+    assert set(logged) == answered
 
     status = _reggaeton(stack, "status")
     assert status.returncode == 0, status.stderr[-3000:]
@@ -264,11 +364,90 @@ def test_promote_from_the_host_moves_the_alias_and_the_api_serves_it(stack: Stac
     assert "usage: reggaeton" in inside.stdout
 
 
+def _spread(answers: list[Answer]) -> dict[str, int]:
+    """Answers per replica."""
+    spread: dict[str, int] = {}
+    for answer in answers:
+        spread[answer.replica] = spread.get(answer.replica, 0) + 1
+    return spread
+
+
+# infra/balancer/haproxy.cfg: a check every second (`inter 1s`), out of rotation after 2 failed ones
+# (`fall 2`), each failing within the connect timeout (1 s). So a killed replica receives requests for at
+# most 2 x (1 + 1) = 4 s; 1 s more for the client's own clock and thread scheduling.
+KILL_BOUND_S = 2 * (1.0 + 1.0) + 1.0
+
+
+def test_a_killed_replica_costs_failures_only_within_the_health_check_bound(stack: Stack) -> None:
+    wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
+    victim = stack.containers("api")[0]
+    victim_name = stack.inspect(victim)["Config"]["Hostname"]
+    with Load(stack) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        subprocess.run(["docker", "kill", victim], capture_output=True, timeout=60, check=True)
+        time.sleep(KILL_BOUND_S + 10)
+        victim_down = not stack.inspect(victim)["State"]["Running"]
+        # Back: it loads its model from the cache and rejoins once its /ready answers, with no failure.
+        restarted_at = time.monotonic()
+        subprocess.run(["docker", "start", victim], capture_output=True, timeout=60, check=True)
+        wait_for(
+            "the restarted replica to answer again",
+            lambda: any(a.replica == victim_name and a.at > restarted_at for a in load.ok),
+            READY_TIMEOUT_S,
+            every_s=0.5,
+        )
+        time.sleep(2)
+    failed = load.failures
+    in_window = [a for a in load.answers if killed_at <= a.at <= killed_at + KILL_BOUND_S]
+    details = [a.detail or a.status for a in failed[:5]]
+    print(
+        f"\nreplica killed under load: {len(failed)} failed of {len(in_window)} requests in the "
+        f"{KILL_BOUND_S:.0f} s bound, {len(load.answers)} in all: {details}"
+    )
+    assert all(killed_at <= a.at <= killed_at + KILL_BOUND_S for a in failed), failed
+    after = [a for a in load.answers if killed_at + KILL_BOUND_S < a.at < restarted_at]
+    assert after and all(a.status == 200 for a in after)
+    if victim_down:  # Docker does not restart a killed container (a manual stop); the balancer skipped it
+        assert victim_name not in {a.replica for a in after}
+    assert {a.replica for a in load.ok if a.at > restarted_at} >= {victim_name}
+
+
+_WAIT_READY = """
+import time, urllib.request
+while True:
+    try:
+        if urllib.request.urlopen("http://127.0.0.1:8000/ready", timeout=1).status == 200:
+            break
+    except Exception:
+        time.sleep(0.02)
+print(time.time())
+"""
+
+
+def _started_at(stack: Stack, container: str) -> float:
+    """When Docker started the container, in seconds since the epoch."""
+    stamp = stack.inspect(container)["State"]["StartedAt"]  # e.g. 2026-12-01T02:30:01.123456789Z
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{fraction or 0}")
+
+
 def test_api_serves_again_after_a_restart(stack: Stack) -> None:
     stack.compose("restart", "api", timeout_s=180)
     wait_for("the API to serve again after a restart", lambda: ready(stack), READY_TIMEOUT_S)
     response = predict(stack, [dict(EXAMPLE_SONGS[0])])
     assert response.status_code == 200, response.text
+    # A slim replica from container start to /ready, its model from the cache volume (printed for the
+    # README; not a timed assertion).
+    replica = stack.containers("api")[0]
+    subprocess.run(["docker", "stop", replica], capture_output=True, timeout=120, check=True)
+    subprocess.run(["docker", "start", replica], capture_output=True, timeout=120, check=True)
+    probe = subprocess.run(
+        ["docker", "exec", replica, "python", "-c", _WAIT_READY], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 0, probe.stderr
+    startup_s = float(probe.stdout) - _started_at(stack, replica)
+    print(f"\nslim API replica: container start to /ready from the model cache {startup_s:.2f} s")
 
 
 def _healthy(stack: Stack, name: str) -> bool:
@@ -294,16 +473,20 @@ def test_the_worker_stops_cleanly_within_its_grace(stack: Stack) -> None:
 
 
 def test_image_is_non_root_and_its_size_is_reported(stack: Stack) -> None:
-    image = stack.inspect(f"reggaeton-mlops:{stack.env['IMAGE_TAG']}", kind="image")
-    print(f"\nimage reggaeton-mlops:{stack.env['IMAGE_TAG']}: {image['Size'] / 1e6:.0f} MB")
-    assert image["Config"]["User"] not in ("", "0", "root")
+    for repository in ("reggaeton-mlops", "reggaeton-serving", "reggaeton-balancer"):
+        image = stack.inspect(f"{repository}:{stack.env['IMAGE_TAG']}", kind="image")
+        print(f"\nimage {repository}:{stack.env['IMAGE_TAG']}: {image['Size'] / 1e6:.0f} MB")
+        assert image["Config"]["User"] not in ("", "0", "root"), repository
     uid = stack.compose("exec", "-T", "api", "id", "-u").stdout.strip()
     assert uid not in ("", "0"), uid
     # The database is not published; only 127.0.0.1 bindings exist.
     for service in SERVICES:
-        bindings = stack.inspect(stack.container(service.name))["HostConfig"]["PortBindings"] or {}
-        host_ips = {b["HostIp"] for entries in bindings.values() for b in entries or []}
-        assert host_ips <= {"127.0.0.1"}, (service.name, bindings)
+        for container in stack.containers(service.name):
+            bindings = stack.inspect(container)["HostConfig"]["PortBindings"] or {}
+            host_ips = {b["HostIp"] for entries in bindings.values() for b in entries or []}
+            assert host_ips <= {"127.0.0.1"}, (service.name, bindings)
+            # Only the balancer publishes the API port: the replicas are reached through it.
+            assert not (service.name == "api" and bindings), bindings
 
 
 def test_an_example_secret_stops_compose_before_any_service_starts(stack: Stack, tmp_path: Path) -> None:
@@ -385,12 +568,11 @@ def test_the_api_keeps_answering_while_postgres_is_stopped(stack: Stack) -> None
         stop.set()
         for worker in workers:
             worker.join(timeout=60)
+    # Every replica writes its own spool back; /metrics answers for one replica at a time, so wait on
+    # the log itself.
     wait_for(
-        "the API to write its spool to Postgres",
-        lambda: (
-            _api_metric(stack, "reggaeton_prediction_log_queue_rows") == 0
-            and _api_metric(stack, "reggaeton_prediction_log_database_up") == 1
-        ),
+        "the replicas to write their spools to Postgres",
+        lambda: set(_logged_since(stack, since)) >= set(answered),
         READY_TIMEOUT_S,
     )
     logged = _logged_since(stack, since)

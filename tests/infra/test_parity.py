@@ -23,14 +23,14 @@ CUSTOM = SECRETS | {
     "MLFLOW_PORT": "15001",
     "PREFECT_PORT": "14201",
     "API_PORT": "18001",
+    "API_REPLICAS": "3",
     "TRAINING_TRIALS": "3",
 }
 VALUE_SETS = {"defaults": SECRETS, "custom": CUSTOM}
 PULUMI_SECRETS = [v.config_key for v in VARIABLES.values() if v.secret]
 
 
-def image_name(values: dict[str, str]) -> str:
-    return f"reggaeton-mlops:{values.get('IMAGE_TAG', VARIABLES['IMAGE_TAG'].default)}"
+REPLICATED = {s.name for s in SERVICES if s.replicas is not None}
 
 
 def pulumi_run_shape(values: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -38,7 +38,9 @@ def pulumi_run_shape(values: dict[str, str]) -> dict[str, dict[str, Any]]:
     from pulumi_harness import container_shape
 
     config = {VARIABLES[name].config_key: value for name, value in values.items()}
-    return comparable(container_shape(run_program(config, PULUMI_SECRETS), image_name=image_name(values)))
+    tag = values.get("IMAGE_TAG", VARIABLES["IMAGE_TAG"].default)
+    assert tag is not None
+    return comparable(container_shape(run_program(config, PULUMI_SECRETS), tag, REPLICATED))
 
 
 def comparable(shape: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -90,7 +92,14 @@ def test_pulumi_stack_and_compose_file_declare_the_same_stack(
 ) -> None:
     for shape in pulumi_shapes.values():
         assert set(shape) == {s.name for s in SERVICES}
-    assert pulumi_shapes["custom"]["api"]["ports"] == [("127.0.0.1", 18001, 8000)]
+    assert pulumi_shapes["custom"]["balancer"]["ports"] == [("127.0.0.1", 18001, 8000)]
+    assert pulumi_shapes["custom"]["api"]["ports"] == []  # replicas are reached through the balancer
+    assert (pulumi_shapes["defaults"]["api"]["replicas"], pulumi_shapes["custom"]["api"]["replicas"]) == (
+        2,
+        3,
+    )
+    assert pulumi_shapes["custom"]["api"]["image"] == "serving"
+    assert pulumi_shapes["custom"]["balancer"]["image"] == "balancer"
     assert drift(compose_document, pulumi_shapes) == []
 
 
@@ -98,7 +107,10 @@ def test_pulumi_stack_and_compose_file_declare_the_same_stack(
     ("change", "expected"),
     [
         ("rename-service", "service 'model-api' only in one of them"),
-        ("change-port", "api.ports"),
+        ("change-port", "balancer.ports"),
+        ("change-replicas", "[custom] api.replicas"),
+        ("change-balancer-image", "balancer.image"),
+        ("drop-balancer-check", "balancer.healthcheck"),
         ("rename-port-variable", "[custom] mlflow.ports"),
         ("change-command", "worker.command"),
         ("drop-env-key", "worker.environment"),
@@ -119,7 +131,13 @@ def test_parity_fails_when_the_compose_file_drifts(
     if change == "rename-service":
         services["model-api"] = services.pop("api")
     elif change == "change-port":
-        services["api"]["ports"] = ["127.0.0.1:${API_PORT:-8080}:8000"]
+        services["balancer"]["ports"] = ["127.0.0.1:${API_PORT:-8080}:8000"]
+    elif change == "change-replicas":
+        services["api"]["scale"] = "${API_REPLICA_COUNT:-2}"
+    elif change == "change-balancer-image":
+        services["balancer"]["image"] = "haproxy:2.6"
+    elif change == "drop-balancer-check":
+        del services["balancer"]["healthcheck"]
     elif change == "rename-port-variable":
         services["mlflow"]["ports"] = ["127.0.0.1:${MLFLOW_HOST_PORT:-5000}:5000"]
     elif change == "change-command":
@@ -147,9 +165,11 @@ def _replace(service_name: str, /, **changes: Any) -> tuple[Service, ...]:
 @pytest.mark.parametrize(
     ("table", "expected"),
     [
-        (_replace("api", name="model-api"), "service 'model-api' only in one of them"),
+        (_replace("balancer", name="lb"), "service 'lb' only in one of them"),
         (_replace("mlflow", ports=(Port(5000, "${MLFLOW_PORT:-5001}"),)), "mlflow.ports"),
         (_replace("api", command=("uvicorn", "serving.app:app")), "api.command"),
+        (_replace("api", replicas="4"), "api.replicas"),
+        (_replace("balancer", depends_on={}), "balancer.depends_on"),
     ],
 )
 def test_parity_fails_when_the_pulumi_side_drifts(

@@ -17,9 +17,20 @@ from pulumi_harness import (
     RecordingMocks,
     Run,
     run_program,
+    service_of,
 )
 
-from infra.services import APP_IMAGE, INIT_SQL_PATH, SERVICES, TRAIN_TIMEOUT_S, VARIABLES, VOLUMES, init_sql
+from infra.services import (
+    APP_IMAGE,
+    BUILT_IMAGES,
+    INIT_SQL_PATH,
+    SERVICES,
+    TRAIN_TIMEOUT_S,
+    VARIABLES,
+    VOLUMES,
+    init_sql,
+)
+from infra.services import service as table_service
 
 PASSWORD = "pw-under-test-7f3a"
 TOKEN = "token-under-test-91c2"
@@ -32,31 +43,64 @@ def run() -> Run:
     return run_program({**SECRETS, "imageTag": "t1", "apiPort": "18000"}, secret_keys=list(SECRETS))
 
 
-def test_declares_one_image_one_network_the_volumes_and_a_container_per_service(run: Run) -> None:
+REPLICATED = {s.name for s in SERVICES if s.replicas is not None}
+
+
+def containers_of(run: Run, name: str) -> dict[str, dict[str, object]]:
+    """The declared containers of one service of the table (its replicas, or itself)."""
+    return {c: i for c, i in run.mocks.of_type(CONTAINER).items() if service_of(c, REPLICATED) == name}
+
+
+def test_declares_the_images_one_network_the_volumes_and_the_containers(run: Run) -> None:
     mocks = run.mocks
-    assert list(mocks.of_type(IMAGE)) == ["app-image"]
-    image = mocks.of_type(IMAGE)["app-image"]
-    assert image["imageName"] == "reggaeton-mlops:t1"
-    assert image["skipPush"] is True
-    assert Path(image["build"]["dockerfile"]).name == "Dockerfile"
-    assert (Path(image["build"]["context"]) / "Dockerfile").is_file()
+    images = mocks.of_type(IMAGE)
+    assert sorted(images) == sorted(f"{image}-image" for image in BUILT_IMAGES)
+    for image, (repository, target) in BUILT_IMAGES.items():
+        inputs = images[f"{image}-image"]
+        assert inputs["imageName"] == f"{repository}:t1"
+        assert inputs["skipPush"] is True
+        assert inputs["build"]["target"] == target
+        assert Path(inputs["build"]["dockerfile"]).name == "Dockerfile"
+        assert (Path(inputs["build"]["context"]) / "Dockerfile").is_file()
     assert list(mocks.of_type(REMOTE_IMAGE).values()) == [{"name": "postgres:15", "keepLocally": True}]
     assert [n["name"] for n in mocks.of_type(NETWORK).values()] == ["reggaeton-dev-reggaeton"]
     assert sorted(v["name"] for v in mocks.of_type(VOLUME).values()) == sorted(
         f"reggaeton-dev-{v}" for v in VOLUMES
     )
-    assert sorted(mocks.of_type(CONTAINER)) == sorted(s.name for s in SERVICES)
+    assert sorted(mocks.of_type(CONTAINER)) == sorted(
+        [s.name for s in SERVICES if s.name != "api"] + ["api-1", "api-2"]
+    )
+
+
+def test_api_replicas_come_from_config_and_share_the_alias_the_balancer_resolves() -> None:
+    run = run_program({**SECRETS, "apiReplicas": "3"}, secret_keys=list(SECRETS))
+    replicas = containers_of(run, "api")
+    assert sorted(replicas) == ["api-1", "api-2", "api-3"]
+    for inputs in replicas.values():
+        assert inputs["networksAdvanced"] == [{"name": "reggaeton-dev-reggaeton", "aliases": ["api"]}]
+        assert not inputs.get("ports")  # only the balancer publishes the API port
+        assert inputs["image"] == "sha256:serving-image"
+    # The balancer starts once every replica is healthy (Pulumi waits for each).
+    assert run.depends_on["balancer"] == ["api-1", "api-2", "api-3"]
+    with pytest.raises(Exception, match="at least one replica"):
+        run_program({**SECRETS, "apiReplicas": "0"}, secret_keys=list(SECRETS))
 
 
 def test_containers_are_wired_to_the_network_image_volumes_and_dependencies(run: Run) -> None:
     containers = run.mocks.of_type(CONTAINER)
-    for service in SERVICES:
-        inputs = containers[service.name]
+    for container, inputs in containers.items():
+        service = table_service(service_of(container, REPLICATED))
         assert inputs["networksAdvanced"] == [{"name": "reggaeton-dev-reggaeton", "aliases": [service.name]}]
-        # The built image by its id (what the provider reports for a local image), never by its tag.
-        expected_image = APP_IMAGE_ID if service.image == APP_IMAGE else service.image
-        assert inputs["image"] == expected_image
-        assert run.depends_on[service.name] == sorted(service.depends_on)
+        # A built image by its id (what the provider reports for a local image), never by its tag.
+        if service.image == APP_IMAGE:
+            assert inputs["image"] == APP_IMAGE_ID
+        elif service.image in BUILT_IMAGES:
+            assert inputs["image"] == f"sha256:{service.image}-image"
+        else:
+            assert inputs["image"] == service.image
+        assert sorted({service_of(d, REPLICATED) for d in run.depends_on[container]}) == sorted(
+            service.depends_on
+        )
         mounted = {v["volumeName"]: v["containerPath"] for v in inputs.get("volumes", [])}
         assert mounted == {f"reggaeton-dev-{name}": path for name, path in service.volumes.items()}
         # Long-running containers must become healthy; the one-shot job runs to completion.
@@ -78,7 +122,7 @@ def test_ports_come_from_config_and_bind_only_to_loopback(run: Run) -> None:
     assert published == {
         "mlflow": [{"internal": 5000, "external": 5000, "ip": "127.0.0.1"}],
         "prefect-server": [{"internal": 4200, "external": 4200, "ip": "127.0.0.1"}],
-        "api": [{"internal": 8000, "external": 18000, "ip": "127.0.0.1"}],
+        "balancer": [{"internal": 8000, "external": 18000, "ip": "127.0.0.1"}],
     }
 
 
@@ -86,18 +130,18 @@ def test_secrets_stay_secret_and_reach_only_the_containers_that_use_them(run: Ru
     containers = run.mocks.of_type(CONTAINER)
     envs = {name: dict(e.split("=", 1) for e in c.get("envs", [])) for name, c in containers.items()}
     assert envs["postgres"]["POSTGRES_PASSWORD"] == PASSWORD
-    assert PASSWORD in envs["api"]["REGGAETON_SERVING__PREDICTION_LOG_URL"]
-    assert envs["api"]["REGGAETON_SERVING__ADMIN_TOKEN"] == TOKEN
+    assert PASSWORD in envs["api-1"]["REGGAETON_SERVING__PREDICTION_LOG_URL"]
+    assert envs["api-1"]["REGGAETON_SERVING__ADMIN_TOKEN"] == TOKEN
     assert PASSWORD in " ".join(containers["mlflow"]["command"])
     # Every input that carries a secret is itself a Pulumi secret (encrypted in state, masked in logs),
     # in the program and on the wire to the engine; inputs without one stay plain.
-    assert run.secret["postgres"]["envs"] and run.secret["api"]["envs"]
+    assert run.secret["postgres"]["envs"] and run.secret["api-1"]["envs"]
     assert run.secret["mlflow"]["command"] and not run.secret["mlflow"]["envs"]
-    assert not run.secret["api"]["command"]
+    assert not run.secret["api-1"]["command"]
     wire = run.mocks.secret_inputs(CONTAINER)
     assert wire["mlflow"] == {"command"}
     assert wire["postgres"] == {"envs"}
-    assert wire["api"] == {"envs"}
+    assert wire["api-1"] == {"envs"}
     # Secrets never reach the image build or the resource names.
     everything_else = json.dumps([r.inputs for r in run.mocks.resources if r.typ != CONTAINER])
     assert PASSWORD not in everything_else and TOKEN not in everything_else
@@ -125,10 +169,10 @@ def test_missing_secret_fails_the_program() -> None:
 def test_memory_sizes_are_config() -> None:
     run = run_program({**SECRETS, "memoryMb": json.dumps({"api": 3072})}, secret_keys=list(SECRETS))
     containers = run.mocks.of_type(CONTAINER)
-    assert containers["api"]["memory"] == 3072
+    assert containers["api-2"]["memory"] == 3072
     assert containers["worker"]["memory"] == next(s.memory_mb for s in SERVICES if s.name == "worker")
     # Memory+swap follows: a raised limit never exceeds a stale swap limit (Docker refuses that).
-    assert containers["api"]["memorySwap"] == 3072
+    assert containers["api-2"]["memorySwap"] == 3072
 
 
 def test_example_secrets_are_refused_naming_the_config_key() -> None:
@@ -151,13 +195,12 @@ def test_a_rebuilt_image_changes_exactly_the_containers_that_run_it() -> None:
     # Same tag, new build: only the containers of the app image see a new image (the provider replaces
     # a container whose image changes); nothing else changes.
     before, after = first.mocks.of_type(CONTAINER), rebuilt.mocks.of_type(CONTAINER)
-    for service in SERVICES:
-        changed = {
-            key for key in before[service.name] if before[service.name][key] != after[service.name][key]
-        }
-        assert changed == ({"image"} if service.image == APP_IMAGE else set()), service.name
-        if service.image == APP_IMAGE:
-            assert after[service.name]["image"] == "sha256:2222"
+    for container in before:
+        platform = table_service(service_of(container, REPLICATED)).image == APP_IMAGE
+        changed = {key for key in before[container] if before[container][key] != after[container][key]}
+        assert changed == ({"image"} if platform else set()), container
+        if platform:
+            assert after[container]["image"] == "sha256:2222"
 
 
 def needs(job: str) -> set[str]:
@@ -183,22 +226,23 @@ def test_a_failed_one_shot_job_fails_the_update_and_blocks_what_needs_it(job: st
 
 
 def test_a_job_that_exited_0_lets_what_needs_it_start(run: Run) -> None:
-    assert needs("bootstrap") == {"api"}
-    assert {"api", "postgres"} <= set(run.mocks.of_type(CONTAINER))
+    assert needs("bootstrap") == {"api", "balancer"}
+    assert {"api-1", "api-2", "balancer", "postgres"} <= set(run.mocks.of_type(CONTAINER))
 
 
 def test_containers_stop_gracefully_with_explicit_swap(run: Run) -> None:
     containers = run.mocks.of_type(CONTAINER)
-    for service in SERVICES:
-        inputs = containers[service.name]
-        assert inputs["destroyGraceSeconds"] == service.stop_grace_s >= 10, service.name
-        assert inputs["memorySwap"] == inputs["memory"] == service.memory_mb, service.name
+    for container, inputs in containers.items():
+        service = table_service(service_of(container, REPLICATED))
+        assert inputs["destroyGraceSeconds"] == service.stop_grace_s >= 10, container
+        assert inputs["memorySwap"] == inputs["memory"] == service.memory_mb, container
     assert containers["postgres"]["destroyGraceSeconds"] >= 60
 
 
 def test_one_shot_jobs_may_run_longer_than_the_bootstrap_training_timeout(run: Run) -> None:
-    for service in SERVICES:
-        timeouts = run.options[service.name].custom_timeouts
+    for container in run.mocks.of_type(CONTAINER):
+        service = table_service(service_of(container, REPLICATED))
+        timeouts = run.options[container].custom_timeouts
         if service.one_shot:
             assert timeouts is not None and timeouts.create is not None
             assert timeouts.create.endswith("m") and int(timeouts.create[:-1]) * 60 > TRAIN_TIMEOUT_S

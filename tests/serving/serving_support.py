@@ -147,6 +147,8 @@ def server_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
         env["REGGAETON_MLFLOW__ARTIFACT_ROOT"] = settings.mlflow.artifact_root
     if serving.api_key is not None:
         env["REGGAETON_SERVING__API_KEY"] = serving.api_key.get_secret_value()
+    if serving.replica_name is not None:
+        env["REGGAETON_SERVING__REPLICA_NAME"] = serving.replica_name
     env.update(extra or {})
     return env
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from serving_support import Registry, Server, make_settings, run_server
 from sqlalchemy import func, select
 
 from adapters.prediction_log import make_engine, predictions
+from reggaeton.names import REPLICA_HEADER
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, INVALID_EXAMPLE_SONG
 
 SONG = EXAMPLE_SONGS[0]
@@ -208,7 +210,9 @@ def test_predictions_are_logged(served: Server) -> None:
 def test_api_key_guards_predict_when_configured(
     tmp_path: Path, registry_versions: Registry, served: Server
 ) -> None:
-    settings = make_settings(tmp_path / "state", registry_versions.settings, api_key="client-key-1")
+    settings = make_settings(
+        tmp_path / "state", registry_versions.settings, api_key="client-key-1", replica_name="replica-b"
+    )
     with run_server(settings) as keyed, keyed.client() as client:
         missing = client.post("/predict", json=SONG)
         wrong = client.post("/predict", json=SONG, headers={"X-API-Key": "client-key-2"})
@@ -217,6 +221,8 @@ def test_api_key_guards_predict_when_configured(
     assert missing.status_code == wrong.status_code == 401
     assert "X-API-Key" in missing.json()["detail"]
     assert right.status_code == 200 and right.json()["predictions"][0]["model_version"]
+    # The configured replica name, on the route's answers (a key turns the fast path off) as on errors.
+    assert {r.headers[REPLICA_HEADER] for r in (missing, wrong, right)} == {"replica-b"}
     assert spec["paths"]["/predict"]["post"]["security"] == [{"APIKeyHeader": []}]
     # Without a key configured the endpoint is open and its docs ask for none.
     with served.client() as client:
@@ -239,3 +245,24 @@ def test_chunked_body_is_served_like_a_sized_one(served: Server) -> None:
     assert sized.headers["content-type"] == chunked.headers["content-type"] == "application/json"
     for a, b in zip(sized.json()["predictions"], chunked.json()["predictions"], strict=True):
         assert a.keys() == b.keys() and a["probability"] == b["probability"] and a["id"] != b["id"]
+
+
+def test_every_response_names_the_replica_that_answered(served: Server) -> None:
+    """The fast path, FastAPI's route (a chunked body, an error) and the other endpoints alike."""
+
+    def chunks() -> Iterator[bytes]:
+        yield json.dumps(SONG).encode()
+
+    with served.client() as client:
+        answers = {
+            "fast path": client.post("/predict", json=SONG),
+            "route": client.post("/predict", content=chunks(), headers={"Content-Type": "application/json"}),
+            "422": client.post("/predict", json=INVALID_EXAMPLE_SONG),
+            "ready": client.get("/ready"),
+            "metrics": client.get("/metrics"),
+            "404": client.get("/no-such-path"),
+        }
+    assert {name: r.headers.get(REPLICA_HEADER) for name, r in answers.items()} == dict.fromkeys(
+        answers, socket.gethostname()
+    )
+    assert answers["fast path"].status_code == answers["route"].status_code == 200

@@ -424,3 +424,24 @@ def test_one_spool_folder_serves_one_server_at_a_time(tmp_path: Path) -> None:
     second = Journal(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=1024)
     assert second.open() is None  # free again, and nothing left to replay
     second.close(second.end)
+
+
+def test_replicas_sharing_a_spool_folder_each_claim_their_own_slot(tmp_path: Path) -> None:
+    def journal() -> Journal:
+        return Journal(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=1024, slots=2)
+
+    first, second = journal(), journal()
+    first.open()
+    second.open()
+    assert {first.directory.name, second.directory.name} == {"replica-0", "replica-1"}
+    with pytest.raises(SpoolLockedError, match="every slot is held"):
+        journal().open()
+    # A replica that starts again finds a free slot, and what its earlier holder left there.
+    first.append(_entry(0))
+    released = first.directory
+    first.close(None)  # as if killed: the lock goes with the process, the segment stays
+    third = journal()
+    assert third.open() is not None
+    assert third.directory == released
+    third.close(third.end)
+    second.close(second.end)
