@@ -49,6 +49,7 @@ down: ## Stop exactly the processes the stack started (by their PID files)
 lock: uv ## Re-resolve the lockfiles from pyproject.toml
 	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c constraints.txt pyproject.toml -o requirements.lock
 	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c constraints.txt --extra dev --extra infra pyproject.toml -o requirements-dev.lock
+	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c requirements.lock requirements-serving.in -o requirements-serving.lock
 
 .PHONY: lint
 lint: install ## Ruff lint and format check, and the import contracts (the house plan, pyproject.toml)
