@@ -125,7 +125,7 @@ def cross_validate(
     scores: list[float] = []
     for index, (_, valid_idx) in enumerate(folds.splits):
         *steps, (_, estimator) = model.build_pipeline(family, params, seed).steps
-        X_fit, y_fit, X_valid = folds.prepared(index, steps)
+        X_fit, y_fit, X_valid = folds.for_estimator(index, steps, estimator)
         estimator.fit(X_fit, y_fit)
         proba = estimator.predict_proba(X_valid)[:, 1]
         oof_sum[valid_idx] += proba
