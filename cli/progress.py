@@ -17,6 +17,7 @@ from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.settings import get_current_settings
 
 from adapters import prefect_api
 from reggaeton import names
@@ -25,8 +26,9 @@ from reggaeton.settings import Settings
 # A line to show and when it happened (ISO text, so lines of one poll sort by time).
 Event = tuple[str, str]
 
-# After the run's final state, how long to wait for its last log lines (the worker ships them in batches).
-DRAIN_S = 5.0
+# After the run's final state, how long at most to wait for its last log lines, and how often to ask.
+DRAIN_S = 10.0
+DRAIN_POLL_S = 0.5
 
 
 class RunProgress:
@@ -56,15 +58,22 @@ class RunProgress:
         self._write(line for _, line in sorted(events, key=lambda event: event[0]))
 
     def drain(self, settings: Settings, run: FlowRun) -> None:
-        """After the final state: the log lines still on their way, waited for at most ``DRAIN_S``."""
+        """After the final state: the log lines still on their way, waited for at most ``DRAIN_S``.
+
+        A flow's log handler sends its lines in batches, one every ``logging.to_api.batch_interval``
+        seconds (Prefect's setting, 2 s by default; read here as the flow's process has it unless
+        configured apart): the drain ends once a whole interval and a poll have brought nothing new.
+        """
+        quiet_s = get_current_settings().logging.to_api.batch_interval + DRAIN_POLL_S
         deadline = self._clock() + DRAIN_S
-        quiet = 0
-        while self._clock() < deadline and quiet < 2:
+        last_line = self._clock()
+        while self._clock() < deadline and self._clock() - last_line < quiet_s:
             with prefect_api.prefect_api(settings), get_client(sync_client=True) as client:
                 lines = self._new_logs(client, run.id)
             self._write(line for _, line in lines)
-            quiet = 0 if lines else quiet + 1
-            time.sleep(0.5)
+            if lines:
+                last_line = self._clock()
+            time.sleep(DRAIN_POLL_S)
         self._clear()
 
     # --- what changed ---------------------------------------------------------------------------------
