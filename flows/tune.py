@@ -68,6 +68,7 @@ def _submit(
             "experiment_id": experiment_id,
             "study_name": study_name,
             "n_trials": quota,
+            "run_index": index,
             "training": shared,
         }
         deployment = f"{names.TUNE_FLOW}/{names.TUNE_DEPLOYMENT}"
@@ -144,6 +145,7 @@ def tune_study(
     experiment_id: str,
     study_name: str,
     n_trials: int,
+    run_index: int = 0,
     training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tune ``n_trials`` trials of a retrain's shared study, each recorded under the parent's MLflow run.
@@ -153,6 +155,8 @@ def tune_study(
         experiment_id: Its experiment.
         study_name: The study in the Optuna storage shared with the parent (this worker's settings).
         n_trials: This run's quota.
+        run_index: Its place among the parent's runs: its sampler's seed is the study's seed + 1 + it, so
+            the runs (and the parent, on the study's seed) do not sample the same points.
         training: The parent's training settings among ``SHARED_TRAINING``.
     """
     settings = Settings()
@@ -166,6 +170,6 @@ def tune_study(
             storage=settings.optuna_storage, study_name=study_name, families=config.families,
             n_trials=n_trials, folds=config.cv_folds, repeats=config.cv_repeats, seed=config.seed,
             n_jobs=config.n_jobs, timeout_s=config.timeout_s, callbacks=[recorder], progress_bar=False,
-            pruning=config.pruning, worker=config.worker_name,
+            pruning=config.pruning, worker=config.worker_name, sampler_seed=config.seed + 1 + run_index,
         )  # fmt: skip
     return {"study": study_name, "trials": n_trials, "recorded": recorder.recorded}

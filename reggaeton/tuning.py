@@ -329,6 +329,7 @@ def tune(
     warm_start: Sequence[Mapping[str, Any]] = (),
     pruning: bool = True,
     worker: str | None = None,
+    sampler_seed: int | None = None,
 ) -> TuningResult:
     """Run ``n_trials`` trials: the warm-start ones first, one at a time, then the rest in parallel.
 
@@ -357,11 +358,13 @@ def tune(
             time (safe on any storage); skipped when the study already has them (a resumed study).
         pruning: Stop poor trials after a fold (median pruner); off, every trial scores every fold.
         worker: Recorded on each trial (``WORKER``); default: this host's name.
+        sampler_seed: Seed of this process's sampler (default: ``seed``). Processes sharing a study need
+            different ones, or they sample the same points; the folds and models keep ``seed``.
     """
     unknown = [f for f in families if f not in SEARCH_SPACES]
     if unknown:
         raise ValueError(f"no search space for {', '.join(unknown)}; known: {', '.join(SEARCH_SPACES)}")
-    study = create_study(storage, study_name, seed, pruning=pruning)
+    study = create_study(storage, study_name, seed if sampler_seed is None else sampler_seed, pruning=pruning)
     parallel, threads = parallel_plan(n_jobs)
     prepared = Folds(X, y, folds=folds, repeats=repeats, seed=seed)
     run = objective(prepared, families, seed=seed, threads=threads, worker=worker)

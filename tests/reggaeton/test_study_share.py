@@ -25,12 +25,14 @@ def test_trials_are_split_evenly_and_no_run_gets_an_empty_quota(
     assert split_quotas(n_trials, runs) == quotas
 
 
-def _tune(storage: str, name: str, n_trials: int, worker: str) -> tuning.TuningResult:
+def _tune(
+    storage: str, name: str, n_trials: int, worker: str, sampler_seed: int | None = None
+) -> tuning.TuningResult:
     data = synthetic_dataset(400, seed=3)
     return tuning.tune(
         features_array(data.frame), data.y.to_numpy(), storage=storage, study_name=name,
         families=[LOGISTIC_REGRESSION], n_trials=n_trials, folds=2, repeats=1, seed=1, n_jobs=1,
-        progress_bar=False, worker=worker,
+        progress_bar=False, worker=worker, sampler_seed=sampler_seed,
     )  # fmt: skip
 
 
@@ -55,3 +57,14 @@ def test_a_crashed_runs_trial_is_failed_and_the_best_is_read_back_from_storage(t
         tuned.params,
     )
     assert result.n_trials == 4 and np.isfinite(result.threshold)
+
+
+def test_runs_sharing_a_study_with_their_own_sampler_seeds_sample_different_points(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for run in range(2):  # as two tuning runs of one retrain (flows.tune: seed + 1 + run index)
+        _tune(storage, "shared", 3, worker=f"box-{run}", sampler_seed=2 + run)
+    points = [
+        tuple(sorted(t.params.items()))
+        for t in optuna.load_study(study_name="shared", storage=storage).trials
+    ]
+    assert len(points) == 6 and len(set(points)) == 6
