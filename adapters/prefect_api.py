@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -24,13 +26,17 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
     LogFilterLevel,
     LogFilterTimestamp,
+    WorkerFilter,
+    WorkerFilterStatus,
     WorkPoolFilter,
     WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, Log, State, StateType, TaskRun
+from prefect.client.schemas.objects import FlowRun, Log, State, StateType, TaskRun, WorkerStatus
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
+from prefect.deployments import run_deployment
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Scheduled
+from prefect.states import Cancelled, Cancelling, Scheduled
 
 from reggaeton.settings import Settings
 
@@ -182,3 +188,62 @@ def hand_back_pending_runs(work_pool: str, worker: str | None = None) -> list[st
             client.set_flow_run_state(run.id, back, force=True)
             handed.append(run.name)
     return handed
+
+
+def submit_run(deployment: str, parameters: dict[str, Any], idempotency_key: str) -> UUID:
+    """Schedule a run of ``deployment`` ("<flow>/<deployment>") now, without waiting; its id.
+
+    Inside a flow or task the run shows as its subflow. A second call with the same key returns the
+    same run (a retried task does not submit twice).
+    """
+    run = run_deployment(deployment, parameters=parameters, timeout=0, idempotency_key=idempotency_key)
+    return cast(FlowRun, run).id
+
+
+def online_workers(work_pool: str) -> list[str]:
+    """The names of the workers of a pool that are online (heartbeat recent); none when it does not exist."""
+    online = WorkerFilter(status=WorkerFilterStatus(any_=[WorkerStatus.ONLINE.value]))
+    with get_client(sync_client=True) as client:
+        try:
+            return [worker.name for worker in client.read_workers_for_work_pool(work_pool, online)]
+        except PrefectHTTPStatusError as error:
+            if error.response.status_code == httpx.codes.NOT_FOUND:
+                return []
+            raise
+
+
+def wait_for_runs(run_ids: Sequence[UUID], timeout_s: float, poll_s: float = 2.0) -> dict[UUID, StateType]:
+    """Wait until every run is in a final state or ``timeout_s`` passed; return each run's state type."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids)))
+            )
+            states = {run.id: run.state.type for run in runs if run.state is not None}
+            done = all(state in FINAL_STATES for state in states.values()) and len(states) == len(run_ids)
+            if done or time.monotonic() >= deadline:
+                return states
+            time.sleep(poll_s)
+
+
+FINAL_STATES = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
+
+
+def cancel_runs(run_ids: Sequence[UUID], message: str) -> list[UUID]:
+    """Cancel the runs not yet in a final state; return those cancelled.
+
+    A run no worker has started is Cancelled at once; a started one is Cancelling (its worker stops it).
+    """
+    asked = []
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            run = client.read_flow_run(run_id)
+            state = run.state.type if run.state is not None else StateType.SCHEDULED
+            if state in FINAL_STATES:
+                continue
+            unstarted = state in (StateType.SCHEDULED, StateType.PENDING)
+            stop: State[Any] = Cancelled(message=message) if unstarted else Cancelling(message=message)
+            client.set_flow_run_state(run_id, stop, force=True)
+            asked.append(run_id)
+    return asked

@@ -8,11 +8,14 @@ from __future__ import annotations
 import ast
 import logging
 import queue
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import optuna
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunInfo, RunStatus
 from mlflow.exceptions import MlflowException
@@ -111,7 +114,10 @@ def _trial_record(trial: FrozenTrial) -> tuple[dict[str, Any], dict[str, float],
     }
     if tuning.THRESHOLD in attrs:
         metrics["cv_threshold"] = attrs[tuning.THRESHOLD]
-    return {tuning.FAMILY_PARAM: family, **params}, metrics, {TRIAL_STATE_TAG: trial.state.name}
+    tags = {TRIAL_STATE_TAG: trial.state.name}
+    if tuning.WORKER in attrs:
+        tags[names.Tag.WORKER] = str(attrs[tuning.WORKER])
+    return {tuning.FAMILY_PARAM: family, **params}, metrics, tags
 
 
 TRIAL_STATE_TAG = "optuna.state"
@@ -174,6 +180,25 @@ class TrialRecorder:
             # A lost trial record must not throw away the study; the parent run keeps the best trial.
             level = logging.WARNING if is_transient_error(error) else logging.ERROR
             logger.log(level, "could not record trial %d in MLflow: %s", trial.number, error)
+
+
+TUNING_DATA_ARTIFACT = "tuning/train.csv"
+
+
+def log_tuning_data(client: MlflowClient, run_id: str, train: pd.DataFrame) -> None:
+    """Store the rows a study tunes on (features + target) on the training run, for its tuning runs.
+
+    They read them from here, never from the data source: with labelled traffic included, the source
+    can change between the parent and its tuning runs. CSV keeps every float exactly (shortest repr).
+    """
+    client.log_text(run_id, train.to_csv(index=False), TUNING_DATA_ARTIFACT)
+
+
+def load_tuning_data(client: MlflowClient, run_id: str) -> pd.DataFrame:
+    """The rows a training run tunes on, as ``log_tuning_data`` stored them."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, TUNING_DATA_ARTIFACT, folder)
+        return pd.read_csv(Path(path))
 
 
 def champion_trial(client: MlflowClient, settings: Settings) -> tuple[str, dict[str, Any]] | None:

@@ -1,6 +1,7 @@
-"""`python -m flows.deploy`: work pool, deployments (prefect.yaml) and automations, idempotently.
+"""`python -m flows.deploy`: work pools, deployments (prefect.yaml) and automations, idempotently.
 
-Run it as often as you like against the same server: the work pool is created only when missing,
+Run it as often as you like against the same server: the work pools (main and tuning) are created only
+when missing,
 `prefect deploy` updates each deployment of prefect.yaml in place (their trigger automations are replaced by
 name) and the notification automations are created, updated or left alone by name.
 """
@@ -22,6 +23,7 @@ from prefect.workers.process import ProcessWorker
 
 from adapters.prefect_api import prefect_api
 from flows.automations import apply_automations
+from reggaeton import names
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,9 +32,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 PREFECT_FILE = "prefect.yaml"
 
 
-def ensure_work_pool(settings: Settings) -> bool:
-    """Create the process work pool when missing. Returns True when it was created."""
-    name = settings.prefect.work_pool
+def ensure_work_pool(settings: Settings, name: str | None = None) -> bool:
+    """Create a process work pool (default: the settings' main pool) when missing. True when created."""
+    name = name or settings.prefect.work_pool
     with prefect_api(settings), get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
@@ -48,6 +50,11 @@ def ensure_work_pool(settings: Settings) -> bool:
             )
             logger.info("created work pool %s", name)
             return True
+
+
+def deployment_pool(settings: Settings, deployment: str) -> str:
+    """The work pool a deployment runs on: the tuning pool for the tuning runs, else the main one."""
+    return settings.prefect.tuning_pool if deployment == names.TUNE_DEPLOYMENT else settings.prefect.work_pool
 
 
 def deploy_environment(settings: Settings) -> dict[str, str]:
@@ -68,7 +75,7 @@ def deployment_names(project_dir: Path = PROJECT_DIR, prefect_file: str = PREFEC
 
 
 def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file: str = PREFECT_FILE) -> None:
-    """`prefect deploy` of every deployment in the file, from the project folder, on the configured pool.
+    """`prefect deploy` of every deployment in the file, from the project folder, on its configured pool.
 
     One deployment per call: `prefect deploy --all` ignores `--pool`, and the pool name comes from the
     settings. The worker later runs the flows from the folder deployed from (the default pull step).
@@ -77,6 +84,7 @@ def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file
         RuntimeError: a command failed; its output is in the message.
     """
     for name in deployment_names(project_dir, prefect_file):
+        pool = deployment_pool(settings, name)
         command = [
             sys.executable,
             "-m",
@@ -88,7 +96,7 @@ def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file
             "--name",
             name,
             "--pool",
-            settings.prefect.work_pool,
+            pool,
         ]
         result = subprocess.run(
             command,
@@ -102,7 +110,7 @@ def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file
         if result.returncode != 0:
             output = f"{result.stdout}\n{result.stderr}"
             raise RuntimeError(f"prefect deploy --name {name} failed ({result.returncode}):\n{output}")
-        logger.info("deployed %s on pool %s", name, settings.prefect.work_pool)
+        logger.info("deployed %s on pool %s", name, pool)
 
 
 def deploy(
@@ -114,6 +122,7 @@ def deploy(
         What happened to each notification automation (see `apply_automations`).
     """
     ensure_work_pool(settings)
+    ensure_work_pool(settings, settings.prefect.tuning_pool)
     deploy_all(settings, project_dir, prefect_file)
     return apply_automations(settings)
 

@@ -175,6 +175,7 @@ def train_and_promote(
     n_trials: int | None = None,
     settings: Settings | None = None,
     request_id: str | None = None,
+    parallel_workers: int | None = None,
 ) -> dict[str, Any]:
     """Train and register a challenger, then gate it against the champion on the same evaluation data.
 
@@ -185,8 +186,9 @@ def train_and_promote(
         request_id: The retrain request this run serves. A rerun of a crashed run passes the crashed
             run's request (the rerun automation does), so a version that run registered is gated, not
             trained and registered a second time. Default: this flow run's id, a new request.
+        parallel_workers: Tuning runs on the tuning pool (default: ``training.parallel_workers``).
     """
-    settings = train.with_overrides(settings or Settings(), data_folder, n_trials)
+    settings = train.with_overrides(settings or Settings(), data_folder, n_trials, parallel_workers)
     request = request_id or str(flow_run.id)
     version = train.resume_task(settings, request)
     if version is None:

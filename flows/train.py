@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from adapters import registry, tracking, traffic
+from flows import tune
 from reggaeton import tuning
 from reggaeton.data import Dataset, Split, features_array, load_dataset, split, with_extra_rows
 from reggaeton.model import BASELINE
@@ -95,30 +96,34 @@ def tune_candidates(
     """Run the Optuna study on the training part, one nested run per trial; best params on the parent.
 
     With ``training.warm_start``, the champion's parameters and the baseline's equivalent are the first
-    trials; the nested runs are written by a background thread while the study runs.
+    trials; the nested runs are written by a background thread while the study runs. With
+    ``training.parallel_workers`` above 1 the trials run on the tuning pool (``flows.tune``), and what
+    they did not finish runs here.
     """
     training = settings.training
     settings.ensure_state_dir()
     champion = tracking.champion_trial(client, settings) if training.warm_start else None
     warm_start = tuning.warm_start_trials(training.families, champion) if training.warm_start else []
+    study_name = f"{training.study_name}-{run_id}"
     with tracking.TrialRecorder(client, experiment_id, run_id) as recorder:
-        result = tuning.tune(
-            features_array(parts.train),
-            parts.train[TARGET].to_numpy(),
-            storage=settings.optuna_storage,
-            study_name=f"{training.study_name}-{run_id}",
-            families=training.families,
-            n_trials=training.n_trials,
-            folds=training.cv_folds,
-            repeats=training.cv_repeats,
-            seed=training.seed,
-            n_jobs=training.n_jobs,
-            timeout_s=training.timeout_s,
-            callbacks=[recorder],
-            progress_bar=progress_bar,
-            warm_start=warm_start,
-            pruning=training.pruning,
-        )
+
+        def in_process(n_trials: int) -> tuning.TuningResult:
+            return tuning.tune(
+                features_array(parts.train), parts.train[TARGET].to_numpy(),
+                storage=settings.optuna_storage, study_name=study_name, families=training.families,
+                n_trials=n_trials, folds=training.cv_folds, repeats=training.cv_repeats,
+                seed=training.seed, n_jobs=training.n_jobs, timeout_s=training.timeout_s,
+                callbacks=[recorder], progress_bar=progress_bar, warm_start=warm_start,
+                pruning=training.pruning, worker=training.worker_name,
+            )  # fmt: skip
+
+        runs = tune.tuning_runs(settings)
+        if runs > 1:
+            ids = (run_id, experiment_id)
+            tune.spread_study(client, settings, parts.train, ids, study_name, runs, warm_start)
+            result = tune.complete_study(settings.optuna_storage, study_name, training.n_trials, in_process)
+        else:
+            result = in_process(training.n_trials)
     tracking.log_best_trial(client, run_id, result)
     return result
 
@@ -285,16 +290,23 @@ resume_task = _mlflow_task(tracking.resume_request, "resume-request")
 
 
 def with_overrides(
-    settings: Settings, data_folder: str | None = None, n_trials: int | None = None
+    settings: Settings,
+    data_folder: str | None = None,
+    n_trials: int | None = None,
+    parallel_workers: int | None = None,
 ) -> Settings:
-    """Settings with the flow's command-line/deployment overrides applied."""
+    """Settings with the flow's command-line/deployment overrides applied (None: keep the setting)."""
     data = (
         settings.data
         if data_folder is None
         else settings.data.model_copy(update={"folder": Path(data_folder)})
     )
-    training = (
-        settings.training if n_trials is None else settings.training.model_copy(update={"n_trials": n_trials})
+    updates = {"n_trials": n_trials, "parallel_workers": parallel_workers}
+    training = settings.training.model_validate(
+        {
+            **settings.training.model_dump(),
+            **{key: value for key, value in updates.items() if value is not None},
+        }
     )
     return settings.model_copy(update={"data": data, "training": training})
 
@@ -305,13 +317,14 @@ def train_flow(
     n_trials: int | None = None,
     settings: Settings | None = None,
     request_id: str | None = None,
+    parallel_workers: int | None = None,
 ) -> int:
     """Tune, fit, evaluate and register a challenger version; return its version number.
 
     ``request_id`` (the retrain request, see ``tracking.resume_request``) is recorded on the run and
-    the version.
+    the version; ``parallel_workers`` overrides ``training.parallel_workers``.
     """
-    settings = with_overrides(settings or Settings(), data_folder, n_trials)
+    settings = with_overrides(settings or Settings(), data_folder, n_trials, parallel_workers)
     result = run_steps(
         TASK_STEPS, settings, None, flow_run_id=str(flow_run.id), request_id=request_id, progress_bar=True
     )

@@ -31,6 +31,7 @@ BUILT_IMAGES: dict[str, tuple[str, str]] = {
 IMAGE_TAG = "${IMAGE_TAG:-latest}"
 NETWORK = "reggaeton"
 WORK_POOL = names.WORK_POOL
+TUNING_POOL = names.TUNING_POOL
 DATABASES = ("prefect", "mlflow", "predictions", "optuna")
 INIT_SQL_PATH = "/docker-entrypoint-initdb.d/10-databases.sql"
 # The balancer finds the API replicas by their network alias (Docker's DNS), up to this many
@@ -61,7 +62,9 @@ VARIABLES: dict[str, Variable] = {
     "PREFECT_PORT": Variable("prefectPort", "4200"),
     "API_PORT": Variable("apiPort", "8000"),
     "API_REPLICAS": Variable("apiReplicas", "2"),
+    "WORKER_REPLICAS": Variable("workerReplicas", "1"),
     "TRAINING_TRIALS": Variable("trainingTrials", "20"),
+    "TRAINING_PARALLEL_WORKERS": Variable("trainingParallelWorkers", "1"),
 }
 
 
@@ -121,11 +124,14 @@ APP_ENVIRONMENT: dict[str, str] = {
     "REGGAETON_TRAINING__OPTUNA_STORAGE": _pg("optuna"),
     "REGGAETON_TRAINING__N_TRIALS": "${TRAINING_TRIALS:-20}",
     "REGGAETON_TRAINING__N_JOBS": "1",
+    # Tuning runs per retrain on the tuning pool (at most one per worker container); 1: in the retrain.
+    "REGGAETON_TRAINING__PARALLEL_WORKERS": "${TRAINING_PARALLEL_WORKERS:-1}",
     "REGGAETON_SERVING__PREDICTION_LOG_URL": _pg("predictions"),
     "REGGAETON_SERVING__ADMIN_TOKEN": "${ADMIN_TOKEN:?set ADMIN_TOKEN}",
     "REGGAETON_MONITORING__RESULTS_URL": _pg("predictions"),
     "REGGAETON_PREFECT__API_URL": PREFECT_API,
     "REGGAETON_PREFECT__WORK_POOL": WORK_POOL,
+    "REGGAETON_PREFECT__TUNING_POOL": TUNING_POOL,
     "PREFECT_API_URL": PREFECT_API,
     # Flow runs prove they are alive this often; the loop's automation crashes runs silent for 3 beats.
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(names.FLOW_HEARTBEAT_S),
@@ -215,13 +221,19 @@ SERVICES: tuple[Service, ...] = (
         name="worker",
         image=APP_IMAGE,
         # `prefect worker start --with-healthcheck` as the child of infra.worker (exec form: it gets the
-        # SIGTERM), which hands the runs left Pending back to the schedule once the worker has stopped.
-        command=("python", "-m", "infra.worker", "--pool", WORK_POOL, "--grace-s", str(WORKER_GRACE_S)),
+        # SIGTERM), which hands the runs left Pending back to the schedule once the worker has stopped;
+        # beside it a worker on the tuning pool taking one run at a time (one tuning run per container).
+        # N replicas (WORKER_REPLICAS / workerReplicas, or `--scale worker=N`).
+        command=(
+            *("python", "-m", "infra.worker", "--pool", WORK_POOL),
+            *("--tuning-pool", TUNING_POOL, "--grace-s", str(WORKER_GRACE_S)),
+        ),
         environment=APP_ENVIRONMENT,
         healthcheck=_http_check("http://127.0.0.1:8080/health"),
         depends_on={"prefect-server": "service_healthy", "mlflow": "service_healthy"},
         memory_mb=2048,
         stop_grace_s=WORKER_GRACE_S + HAND_BACK_S,
+        replicas="${WORKER_REPLICAS:-1}",
     ),
     Service(
         name="watchdog",

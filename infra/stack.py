@@ -2,7 +2,9 @@
 
 Config (``pulumi config set``; keys in :data:`infra.services.VARIABLES`): ``dbPassword`` and ``adminToken``
 are required secrets (an example value is refused); ``dbUser``, ``imageTag``, ``mlflowPort``, ``prefectPort``,
-``apiPort``, ``apiReplicas`` (API containers behind the balancer) and ``trainingTrials`` have defaults;
+``apiPort``, ``apiReplicas`` (API containers behind the balancer), ``workerReplicas`` (worker containers,
+each serving the work pool and, one run at a time, the tuning pool), ``trainingTrials`` and
+``trainingParallelWorkers`` (tuning runs per retrain) have defaults;
 ``memoryMb`` (an object, service -> MB) overrides sizes.
 
 What the provider does not do by itself, the program does: containers run the built image by its id (a

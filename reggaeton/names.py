@@ -17,6 +17,13 @@ MONITOR_DEPLOYMENT: Final = "monitor"
 # The process work pool every worker polls (the settings' default; prefect.yaml and the container
 # stack are checked against it by tests/test_contracts.py).
 WORK_POOL: Final = "reggaeton-pool"
+# The prefect.yaml deployment that runs a share of a retrain's Optuna study (``training.parallel_workers``).
+TUNE_DEPLOYMENT: Final = "tune"
+# Its flow's name (``run_deployment`` takes "<flow>/<deployment>").
+TUNE_FLOW: Final = "tune-study"
+# The work pool of the tuning runs: each worker container also runs a worker on it with `--limit 1`, so
+# the runs of one retrain spread one per machine.
+TUNING_POOL: Final = "reggaeton-tuning"
 # Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by both stacks); the
 # zombie automation counts its silence in these beats.
 FLOW_HEARTBEAT_S: Final = 30
@@ -61,6 +68,7 @@ class Tag:
     DECISION_AGAINST: Final = "reggaeton.decision_against"  # champion version the gate compared with
     DECISION_DATA: Final = "reggaeton.decision_data"  # content hash of the gate's evaluation data
     DECISION_DETAIL: Final = "reggaeton.decision_detail"  # the decision's numbers as JSON
+    WORKER: Final = "reggaeton.worker"  # on a trial's nested run: the worker (host) that ran it
 
 
 class Event:

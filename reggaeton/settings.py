@@ -69,6 +69,13 @@ class TrainingSettings(_Section):
     study_name: str = "reggaeton"
     bootstrap_rounds: int = Field(default=1000, ge=100)
     seed: int = 42
+    # Above 1, the study runs as this many runs of the tuning deployment on the tuning pool (at most
+    # one per online tuning worker), sharing the study in optuna_storage; 1: in the training run.
+    parallel_workers: int = Field(default=1, ge=1)
+    # How long the training run waits for its tuning runs (queued, then running) before cancelling them.
+    spread_timeout_s: float = Field(default=3600.0, gt=0)
+    # Recorded on each trial (tuning.WORKER) and its MLflow run; default: the host name (a container's id).
+    worker_name: str | None = None
 
 
 class PromotionSettings(_Section):
@@ -150,6 +157,7 @@ class PrefectSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 4200
     work_pool: str = names.WORK_POOL
+    tuning_pool: str = names.TUNING_POOL  # one tuning run per worker container (`--limit 1`)
     webhook_url: str | None = None  # notifications; default: the local alert receiver
     alert_receiver_port: int = 8765
     notification_block: str = "reggaeton-alerts"  # name of the CustomWebhookNotificationBlock

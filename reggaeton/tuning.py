@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ FOLDS_SCORED: Final = "cv_folds_scored"
 THRESHOLD: Final = "threshold"
 PARAMS: Final = "params"
 FIT_SECONDS: Final = "cv_seconds"
+WORKER: Final = "worker"  # the worker (host name by default) that ran the trial
 
 SearchSpace = Callable[[Trial, str], dict[str, Any]]
 
@@ -160,12 +162,17 @@ def _pruning_report(trial: Trial, folds: int) -> FoldReport:
 
 
 def objective(
-    folds: Folds, families: Sequence[str], *, seed: int, threads: int = 1
+    folds: Folds, families: Sequence[str], *, seed: int, threads: int = 1, worker: str | None = None
 ) -> Callable[[Trial], float]:
-    """The Optuna objective: mean CV PR-AUC of the suggested pipeline (maximise), each fold reported."""
+    """The Optuna objective: mean CV PR-AUC of the suggested pipeline (maximise), each fold reported.
+
+    Each trial records ``worker`` (default: this host's name) as its ``WORKER`` user attribute.
+    """
+    worker = worker or socket.gethostname()
 
     def _objective(trial: Trial) -> float:
         family, params = suggest(trial, families)
+        trial.set_user_attr(WORKER, worker)
         trial.set_user_attr(FAMILY, family)
         trial.set_user_attr(PARAMS, params)
         started = time.perf_counter()
@@ -281,6 +288,11 @@ def create_study(
     )
 
 
+def study_result(storage: str | BaseStorage, study_name: str) -> TuningResult:
+    """The best trial of a study in storage (tuned by this process or by others)."""
+    return _result(optuna.load_study(study_name=study_name, storage=storage))
+
+
 def _result(study: optuna.Study) -> TuningResult:
     best = study.best_trial
     family, params = trial_family_and_params(best)
@@ -316,6 +328,8 @@ def tune(
     enqueue: Sequence[Mapping[str, Any]] = (),
     warm_start: Sequence[Mapping[str, Any]] = (),
     pruning: bool = True,
+    worker: str | None = None,
+    sampler_seed: int | None = None,
 ) -> TuningResult:
     """Run ``n_trials`` trials: the warm-start ones first, one at a time, then the rest in parallel.
 
@@ -343,14 +357,17 @@ def tune(
         warm_start: Trial parameters (study names, see ``warm_start_trials``) evaluated first, one at a
             time (safe on any storage); skipped when the study already has them (a resumed study).
         pruning: Stop poor trials after a fold (median pruner); off, every trial scores every fold.
+        worker: Recorded on each trial (``WORKER``); default: this host's name.
+        sampler_seed: Seed of this process's sampler (default: ``seed``). Processes sharing a study need
+            different ones, or they sample the same points; the folds and models keep ``seed``.
     """
     unknown = [f for f in families if f not in SEARCH_SPACES]
     if unknown:
         raise ValueError(f"no search space for {', '.join(unknown)}; known: {', '.join(SEARCH_SPACES)}")
-    study = create_study(storage, study_name, seed, pruning=pruning)
+    study = create_study(storage, study_name, seed if sampler_seed is None else sampler_seed, pruning=pruning)
     parallel, threads = parallel_plan(n_jobs)
     prepared = Folds(X, y, folds=folds, repeats=repeats, seed=seed)
-    run = objective(prepared, families, seed=seed, threads=threads)
+    run = objective(prepared, families, seed=seed, threads=threads, worker=worker)
     logger.info(
         "tuning %s: %d trials, %d parallel x %d threads, families %s, pruning %s, %d warm-start",
         study_name, n_trials, parallel, threads, families, pruning, len(warm_start),

@@ -1,6 +1,6 @@
 """The compose stack for real: build, converge, predict through the balancer to 2 API replicas, retrain
-through the worker, promote and kill a replica under load, restart, tear down; and, with the image it
-built, `up` refused while a secret holds its example value.
+with its tuning spread over 2 worker containers, promote and kill a replica under load, restart, tear
+down; and, with the image it built, `up` refused while a secret holds its example value.
 
 Needs a Docker engine (locally: skipped with the reason; under CI=true: a failure). `.ci/run` prepares one.
 """
@@ -27,7 +27,7 @@ import pytest
 
 from infra.services import SECRET_CHECK, SERVICES
 from infra.services import service as table_service
-from reggaeton.names import MODEL_NAME, REPLICA_HEADER
+from reggaeton.names import MODEL_NAME, REPLICA_HEADER, TUNING_POOL, Tag
 from reggaeton.schema import EXAMPLE_SONGS, INVALID_EXAMPLE_SONG
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3000)]
@@ -277,24 +277,67 @@ def test_predictions_through_loopback(stack: Stack) -> None:
     assert invalid.status_code == 422 and "loudness" in invalid.text
 
 
-def test_training_flow_runs_on_the_worker_and_registers_a_version(stack: Stack) -> None:
+def _scale_workers(stack: Stack, count: int) -> None:
+    stack.compose(
+        "up", "-d", "--no-build", "--no-recreate", "--scale", f"worker={count}", "worker", timeout_s=300
+    )
+
+
+def _online_tuning_workers(stack: Stack) -> int:
+    from adapters.prefect_api import online_workers, prefect_api_at
+
+    with prefect_api_at(f"{stack.url('PREFECT_PORT')}/api"):
+        return len(online_workers(TUNING_POOL))
+
+
+def test_training_flow_spreads_its_tuning_over_two_workers_and_registers_one_version(stack: Stack) -> None:
+    """The issue's retrain: 2 worker containers, parallel_workers=2: trials ran on both (their MLflow
+    records say which), exactly one version registered, the gate's decision recorded on it."""
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    before = registry_versions(stack)
-    with temporary_settings({PREFECT_API_URL: f"{stack.url('PREFECT_PORT')}/api"}):
-        with get_client(sync_client=True) as client:
-            deployments = client.read_deployments(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[TRAIN_DEPLOYMENT]))
+    _scale_workers(stack, 2)
+    try:
+        wait_for("2 tuning workers online", lambda: _online_tuning_workers(stack) == 2, READY_TIMEOUT_S)
+        hosts = {stack.inspect(c)["Config"]["Hostname"] for c in stack.containers("worker")}
+        assert len(hosts) == 2
+        before = registry_versions(stack)
+        with temporary_settings({PREFECT_API_URL: f"{stack.url('PREFECT_PORT')}/api"}):
+            with get_client(sync_client=True) as client:
+                deployments = client.read_deployments(
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[TRAIN_DEPLOYMENT]))
+                )
+            assert deployments, f"the bootstrap job did not deploy {TRAIN_DEPLOYMENT!r}"
+            parameters = {"n_trials": 6, "parallel_workers": 2}
+            flow_run = cast(
+                FlowRun,
+                run_deployment(
+                    deployments[0].id, parameters=parameters, timeout=TRAIN_TIMEOUT_S, poll_interval=5
+                ),
             )
-        assert deployments, f"the bootstrap job did not deploy {TRAIN_DEPLOYMENT!r}"
-        flow_run = cast(FlowRun, run_deployment(deployments[0].id, timeout=TRAIN_TIMEOUT_S, poll_interval=5))
-    assert flow_run.state is not None and flow_run.state.is_completed(), (flow_run.state, stack.logs())
+        assert flow_run.state is not None and flow_run.state.is_completed(), (flow_run.state, stack.logs())
+    finally:
+        _scale_workers(stack, 1)  # the later tests stop and restart the one worker
     after = registry_versions(stack)
-    assert len(after) > len(before) and max(after) > max(before, default=0)
+    assert len(after) == len(before) + 1 and max(after) > max(before, default=0)
+
+    client = MlflowClient(tracking_uri=stack.url("MLFLOW_PORT"), registry_uri=stack.url("MLFLOW_PORT"))
+    version = client.get_model_version(MODEL_NAME, str(max(after)))
+    assert version.tags[Tag.FLOW_RUN_ID] and version.run_id
+    assert {Tag.DECISION, Tag.DECISION_REASON, Tag.DECIDED_BY, Tag.DECIDED_AT} <= set(version.tags), (
+        version.tags
+    )
+    parent = client.get_run(version.run_id)
+    trials = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{version.run_id}'"
+    )
+    assert len(trials) >= 6
+    assert {trial.data.tags.get(Tag.WORKER) for trial in trials} == hosts
 
 
 def _reggaeton(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

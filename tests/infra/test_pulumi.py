@@ -26,8 +26,10 @@ from infra.services import (
     INIT_SQL_PATH,
     SERVICES,
     TRAIN_TIMEOUT_S,
+    TUNING_POOL,
     VARIABLES,
     VOLUMES,
+    WORK_POOL,
     init_sql,
 )
 from infra.services import service as table_service
@@ -68,7 +70,7 @@ def test_declares_the_images_one_network_the_volumes_and_the_containers(run: Run
         f"reggaeton-dev-{v}" for v in VOLUMES
     )
     assert sorted(mocks.of_type(CONTAINER)) == sorted(
-        [s.name for s in SERVICES if s.name != "api"] + ["api-1", "api-2"]
+        [s.name for s in SERVICES if s.name not in REPLICATED] + ["api-1", "api-2", "worker-1"]
     )
 
 
@@ -84,6 +86,19 @@ def test_api_replicas_come_from_config_and_share_the_alias_the_balancer_resolves
     assert run.depends_on["balancer"] == ["api-1", "api-2", "api-3"]
     with pytest.raises(Exception, match="at least one replica"):
         run_program({**SECRETS, "apiReplicas": "0"}, secret_keys=list(SECRETS))
+
+
+def test_worker_replicas_come_from_config_each_serving_both_pools() -> None:
+    run = run_program({**SECRETS, "workerReplicas": "3"}, secret_keys=list(SECRETS))
+    workers = containers_of(run, "worker")
+    assert sorted(workers) == ["worker-1", "worker-2", "worker-3"]
+    for inputs in workers.values():
+        command = inputs["command"]
+        assert command[command.index("--pool") + 1] == WORK_POOL
+        assert command[command.index("--tuning-pool") + 1] == TUNING_POOL
+        assert not inputs.get("ports")
+    with pytest.raises(Exception, match="at least one replica"):
+        run_program({**SECRETS, "workerReplicas": "0"}, secret_keys=list(SECRETS))
 
 
 def test_containers_are_wired_to_the_network_image_volumes_and_dependencies(run: Run) -> None:
@@ -149,7 +164,7 @@ def test_secrets_stay_secret_and_reach_only_the_containers_that_use_them(run: Ru
 
 def test_the_worker_and_the_watchdog_stop_cleanly(run: Run) -> None:
     containers = run.mocks.of_type(CONTAINER)
-    worker, watchdog = containers["worker"], containers["watchdog"]
+    worker, watchdog = containers["worker-1"], containers["watchdog"]
     # The worker's wrapper gets SIGTERM (exec form), lets the worker stop within its own grace, hands the
     # runs it was submitting back; Docker waits longer than that, on `docker stop` and on replace/destroy.
     assert worker["command"][:3] == ["python", "-m", "infra.worker"]
@@ -170,7 +185,7 @@ def test_memory_sizes_are_config() -> None:
     run = run_program({**SECRETS, "memoryMb": json.dumps({"api": 3072})}, secret_keys=list(SECRETS))
     containers = run.mocks.of_type(CONTAINER)
     assert containers["api-2"]["memory"] == 3072
-    assert containers["worker"]["memory"] == next(s.memory_mb for s in SERVICES if s.name == "worker")
+    assert containers["worker-1"]["memory"] == next(s.memory_mb for s in SERVICES if s.name == "worker")
     # Memory+swap follows: a raised limit never exceeds a stale swap limit (Docker refuses that).
     assert containers["api-2"]["memorySwap"] == 3072
 

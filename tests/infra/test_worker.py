@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def _gone_soon(pid: int) -> bool:
 def test_a_worker_that_outlives_its_grace_is_killed_with_its_flow_runs(tmp_path: Path) -> None:
     child, flow_run = _start(tmp_path, on_sigterm="ignore")
     began = time.monotonic()
-    worker.stop_worker(child, grace_s=1.0)
+    worker.stop_workers([child], grace_s=1.0)
     assert 1.0 <= time.monotonic() - began < 10
     assert child.returncode == -9
     assert _gone_soon(flow_run)
@@ -61,7 +62,7 @@ def test_a_worker_that_stops_in_time_is_not_killed(tmp_path: Path) -> None:
     child, flow_run = _start(tmp_path, on_sigterm="exit")
     # Its flow run still runs (ignoring SIGTERM, as one finishing its work): the grace waits for it too.
     began = time.monotonic()
-    worker.stop_worker(child, grace_s=1.5)
+    worker.stop_workers([child], grace_s=1.5)
     assert child.returncode == 0  # the worker itself got SIGTERM and exited on it
     assert time.monotonic() - began >= 1.5  # then its flow run had the rest of the grace
     assert _gone_soon(flow_run)
@@ -73,3 +74,45 @@ def test_the_command_names_the_worker_and_serves_its_healthcheck() -> None:
     assert command[command.index("--pool") + 1] == "reggaeton-pool"
     assert command[command.index("--name") + 1] == "host-1"
     assert "--with-healthcheck" in command and "process" in command
+
+
+def test_the_tuning_worker_takes_one_run_at_a_time_and_leaves_the_healthcheck_to_the_main_one() -> None:
+    command = worker.worker_command(
+        "reggaeton-tuning", worker.tuning_worker_name("host-1"), healthcheck=False, limit=1
+    )
+    assert command[command.index("--pool") + 1] == "reggaeton-tuning"
+    assert command[command.index("--name") + 1] == "host-1-tuning"
+    assert command[command.index("--limit") + 1] == "1"
+    assert "--with-healthcheck" not in command
+
+
+def _stand_in(tmp_path: Path, name: str, on_sigterm: str, exit_after_s: float = 600) -> list[str]:
+    """A stand-in worker writing its flow run's PID to ``<name>.pid``; it may exit by itself."""
+    body = WORKER.replace("time.sleep(600)\n", f"time.sleep({exit_after_s}); sys.exit(3)\n")
+    return [sys.executable, "-c", body, str(tmp_path / f"{name}.pid"), on_sigterm]
+
+
+def _flow_run(tmp_path: Path, name: str) -> int:
+    pid_file = tmp_path / f"{name}.pid"
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+def test_a_stop_signal_stops_both_workers_and_kills_the_one_that_outlives_the_grace(tmp_path: Path) -> None:
+    commands = [_stand_in(tmp_path, "main", "exit"), _stand_in(tmp_path, "tuning", "ignore")]
+    stopping: list[int] = []
+    threading.Timer(2.0, stopping.append, args=[15]).start()
+    began = time.monotonic()
+    assert worker.run_workers(commands, 1.0, stopping) == 0
+    assert 3.0 <= time.monotonic() - began < 15
+    assert _gone_soon(_flow_run(tmp_path, "main")) and _gone_soon(_flow_run(tmp_path, "tuning"))
+
+
+def test_when_one_worker_exits_the_other_is_stopped_and_its_code_returned(tmp_path: Path) -> None:
+    commands = [_stand_in(tmp_path, "main", "exit"), _stand_in(tmp_path, "tuning", "exit", exit_after_s=2)]
+    began = time.monotonic()
+    assert worker.run_workers(commands, 1.0, []) == 3
+    assert time.monotonic() - began < 15
+    assert _gone_soon(_flow_run(tmp_path, "main")) and _gone_soon(_flow_run(tmp_path, "tuning"))

@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 
 from adapters.prefect_api import prefect_api
 from flows import automations, deploy
-from reggaeton.names import Event
+from reggaeton.names import TUNE_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +64,15 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
     assert first["pool"] == ("reggaeton-pool-test", "process")
     train = first["deployments"]["train-and-promote"]
     assert train["pool"] == "reggaeton-pool-test"
+    # The tuning runs: their own pool (created too), no schedule, no concurrency limit.
+    tune = first["deployments"][TUNE_DEPLOYMENT]
+    assert (tune["pool"], tune["schedules"], tune["concurrency"]) == (
+        loop_settings.prefect.tuning_pool,
+        [],
+        (None, None),
+    )
+    with prefect_api(loop_settings), get_client(sync_client=True) as client:
+        assert client.read_work_pool(loop_settings.prefect.tuning_pool).type == "process"
     assert train["concurrency"] == (1, "CANCEL_NEW")
     assert any('"interval":604800.0' in s for s in train["schedules"])
     monitor = first["deployments"]["monitor"]
@@ -111,11 +120,13 @@ def test_weekly_retrain_is_anchored_on_monday_0300_utc() -> None:
 
 def test_prefect_yaml_agrees_with_settings() -> None:
     config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    pools = {d["work_pool"]["name"] for d in config["deployments"]}
-    assert pools == {Settings().prefect.work_pool}
+    pools = {d["name"]: d["work_pool"]["name"] for d in config["deployments"]}
+    assert pools.pop(TUNE_DEPLOYMENT) == Settings().prefect.tuning_pool
+    assert set(pools.values()) == {Settings().prefect.work_pool}
     assert {d["entrypoint"] for d in config["deployments"]} == {
         "flows/promote.py:train_and_promote",
         "flows/monitor.py:monitor",
+        "flows/tune.py:tune_study",
     }
 
 

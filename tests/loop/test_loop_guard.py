@@ -109,6 +109,9 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
     project = root / "project"
     (project / "flows").mkdir(parents=True)
     config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    # Only the deployments this stand-in project has flows for (no tuning pool is served here).
+    stood_in = (MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT)
+    config["deployments"] = [entry for entry in config["deployments"] if entry["name"] in stood_in]
     for entry in config["deployments"]:
         if entry["name"] == MONITOR_DEPLOYMENT:
             entry["schedules"] = [{"interval": MONITOR_EVERY_S, "active": True}]

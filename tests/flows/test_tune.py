@@ -1,0 +1,86 @@
+"""The study spread over the tuning pool: the parent's finishing step, and its fallback with no worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import TrialState
+
+from adapters import registry
+from flows import tune
+from flows.train import train
+from reggaeton import names, tuning
+from reggaeton.data import features_array, synthetic_dataset
+from reggaeton.model import LOGISTIC_REGRESSION
+from reggaeton.settings import DataSettings, PrefectSettings, Settings, TrainingSettings
+
+
+def test_the_parent_fails_a_crashed_runs_trial_and_runs_the_missing_ones_itself(tmp_path: Path) -> None:
+    storage, name = f"sqlite:///{tmp_path / 'optuna.db'}", "retrain-1"
+    data = synthetic_dataset(400, seed=3)
+    X, y = features_array(data.frame), data.y.to_numpy()
+
+    def run(n_trials: int, worker: str) -> tuning.TuningResult:
+        return tuning.tune(
+            X, y, storage=storage, study_name=name, families=[LOGISTIC_REGRESSION], n_trials=n_trials,
+            folds=2, repeats=1, seed=1, n_jobs=1, progress_bar=False, worker=worker,
+        )  # fmt: skip
+
+    run(2, "box-a")  # one tuning run finished its quota...
+    crashed = optuna.load_study(study_name=name, storage=storage).ask()  # ...the other crashed mid-trial
+    topped_up: list[int] = []
+
+    def top_up(missing: int) -> tuning.TuningResult:
+        topped_up.append(missing)
+        return run(missing, "parent")
+
+    result = tune.complete_study(storage, name, 5, top_up)
+
+    assert topped_up == [3]
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    states = [trial.state for trial in trials]
+    assert states[crashed.number] == TrialState.FAIL
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 5
+    assert result.n_trials == 6
+    assert result == tuning.study_result(storage, name)
+    # Nothing missing: the result is read back, nothing runs.
+    assert tune.complete_study(storage, name, 5, top_up) == result and topped_up == [3]
+
+
+def _settings(state: Path, prefect_api_url: str, parallel_workers: int) -> Settings:
+    return Settings(
+        state_dir=state,
+        data=DataSettings(synthetic_rows=600, include_feedback=False),
+        prefect=PrefectSettings(api_url=prefect_api_url),
+        training=TrainingSettings(
+            n_trials=4,
+            cv_folds=2,
+            n_jobs=1,
+            bootstrap_rounds=100,
+            families=(LOGISTIC_REGRESSION,),
+            parallel_workers=parallel_workers,
+            worker_name="this-box",
+        ),
+    )
+
+
+def test_with_no_tuning_worker_online_the_retrain_tunes_in_its_own_run(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    settings = _settings(tmp_path / "spread", prefect_api_url, parallel_workers=2)
+    assert tune.tuning_runs(settings) == 1  # the pool has no worker (it does not even exist)
+
+    spread = train(settings)
+    alone = train(_settings(tmp_path / "alone", prefect_api_url, parallel_workers=1))
+
+    assert (spread.family, spread.params, spread.threshold) == (alone.family, alone.params, alone.threshold)
+    assert spread.metrics == alone.metrics
+    client = registry.connect(settings)
+    parent = client.get_run(spread.run_id)
+    trials = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{spread.run_id}'"
+    )
+    assert len(trials) == 4
+    assert {trial.data.tags[names.Tag.WORKER] for trial in trials} == {"this-box"}
