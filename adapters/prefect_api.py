@@ -220,14 +220,11 @@ def wait_for_runs(run_ids: Sequence[UUID], timeout_s: float, poll_s: float = 2.0
             runs = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids)))
             )
-            states = {run.id: run.state.type for run in runs if run.state is not None}
-            done = all(state in FINAL_STATES for state in states.values()) and len(states) == len(run_ids)
+            states = {run.id: run.state for run in runs if run.state is not None}
+            done = len(states) == len(run_ids) and all(state.is_final() for state in states.values())
             if done or time.monotonic() >= deadline:
-                return states
+                return {run_id: state.type for run_id, state in states.items()}
             time.sleep(poll_s)
-
-
-FINAL_STATES = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 
 
 def cancel_runs(run_ids: Sequence[UUID], message: str) -> list[UUID]:
@@ -238,11 +235,10 @@ def cancel_runs(run_ids: Sequence[UUID], message: str) -> list[UUID]:
     asked = []
     with get_client(sync_client=True) as client:
         for run_id in run_ids:
-            run = client.read_flow_run(run_id)
-            state = run.state.type if run.state is not None else StateType.SCHEDULED
-            if state in FINAL_STATES:
+            state = client.read_flow_run(run_id).state
+            if state is not None and state.is_final():
                 continue
-            unstarted = state in (StateType.SCHEDULED, StateType.PENDING)
+            unstarted = state is None or state.type in (StateType.SCHEDULED, StateType.PENDING)
             stop: State[Any] = Cancelled(message=message) if unstarted else Cancelling(message=message)
             client.set_flow_run_state(run_id, stop, force=True)
             asked.append(run_id)

@@ -22,9 +22,8 @@ from prefect.runtime import flow_run
 from adapters import registry, tracking, traffic
 from flows import tune
 from reggaeton import tuning
-from reggaeton.data import Dataset, Split, features_array, load_dataset, split, with_extra_rows
+from reggaeton.data import Dataset, Split, load_dataset, split, with_extra_rows
 from reggaeton.model import BASELINE
-from reggaeton.schema import TARGET
 from reggaeton.settings import Settings
 from reggaeton.training import (
     BASELINE_THRESHOLD,
@@ -108,13 +107,9 @@ def tune_candidates(
     with tracking.TrialRecorder(client, experiment_id, run_id) as recorder:
 
         def in_process(n_trials: int) -> tuning.TuningResult:
-            return tuning.tune(
-                features_array(parts.train), parts.train[TARGET].to_numpy(),
-                storage=settings.optuna_storage, study_name=study_name, families=training.families,
-                n_trials=n_trials, folds=training.cv_folds, repeats=training.cv_repeats,
-                seed=training.seed, n_jobs=training.n_jobs, timeout_s=training.timeout_s,
-                callbacks=[recorder], progress_bar=progress_bar, warm_start=warm_start,
-                pruning=training.pruning, worker=training.worker_name,
+            return tune.run_trials(
+                training, parts.train, settings.optuna_storage, study_name, n_trials, recorder,
+                progress_bar=progress_bar, warm_start=warm_start,
             )  # fmt: skip
 
         runs = tune.tuning_runs(settings)

@@ -37,6 +37,30 @@ SHARED_TRAINING = ("families", "cv_folds", "cv_repeats", "seed", "pruning", "tim
 TopUp = Callable[[int], tuning.TuningResult]
 
 
+def run_trials(
+    config: TrainingSettings,
+    frame: pd.DataFrame,
+    storage: str,
+    study_name: str,
+    n_trials: int,
+    recorder: tracking.TrialRecorder,
+    **options: Any,
+) -> tuning.TuningResult:
+    """``n_trials`` trials of ``study_name`` on ``frame``'s rows with ``config``'s options, each recorded.
+
+    The one place training settings become a ``tuning.tune`` call: the training run (alone, or topping
+    up a spread study) and each tuning run. ``options``: ``tune``'s per-caller ones (progress bar, warm
+    start, sampler seed).
+    """
+    return tuning.tune(
+        features_array(frame), frame[TARGET].to_numpy(),
+        storage=storage, study_name=study_name, families=config.families, n_trials=n_trials,
+        folds=config.cv_folds, repeats=config.cv_repeats, seed=config.seed, n_jobs=config.n_jobs,
+        timeout_s=config.timeout_s, callbacks=[recorder], pruning=config.pruning,
+        worker=config.worker_name, **options,
+    )  # fmt: skip
+
+
 def tuning_runs(settings: Settings) -> int:
     """How many tuning runs a retrain asks for: ``parallel_workers``, at most the online tuning workers.
 
@@ -165,11 +189,9 @@ def tune_study(
     client = registry.connect(settings)
     frame = tracking.load_tuning_data(client, parent_run_id)
     with tracking.TrialRecorder(client, experiment_id, parent_run_id) as recorder:
-        tuning.tune(
-            features_array(frame), frame[TARGET].to_numpy(),
-            storage=settings.optuna_storage, study_name=study_name, families=config.families,
-            n_trials=n_trials, folds=config.cv_folds, repeats=config.cv_repeats, seed=config.seed,
-            n_jobs=config.n_jobs, timeout_s=config.timeout_s, callbacks=[recorder], progress_bar=False,
-            pruning=config.pruning, worker=config.worker_name, sampler_seed=config.seed + 1 + run_index,
+        seed = config.seed + 1 + run_index
+        run_trials(
+            config, frame, settings.optuna_storage, study_name, n_trials, recorder,
+            progress_bar=False, sampler_seed=seed,
         )  # fmt: skip
     return {"study": study_name, "trials": n_trials, "recorded": recorder.recorded}
