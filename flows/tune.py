@@ -192,6 +192,6 @@ def tune_study(
         seed = config.seed + 1 + run_index
         run_trials(
             config, frame, settings.optuna_storage, study_name, n_trials, recorder,
-            progress_bar=False, sampler_seed=seed,
+            progress_bar=False, sampler_seed=seed, shared=True,
         )  # fmt: skip
     return {"study": study_name, "trials": n_trials, "recorded": recorder.recorded}

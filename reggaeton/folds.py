@@ -7,10 +7,12 @@ and step list and shared by the trials (threads) that need it. The estimator the
 arrays the full pipeline would hand it, so the scores equal those of ``pipeline.fit`` on the fold.
 
 One estimator-specific step is shared too: histogram gradient boosting with class weights computes its
-bin edges as weighted percentiles, 254 per feature, which is most of a fit on data this small (~1.5 s
-of ~1.7 s per fold on the original data). The edges depend only on the fold's rows and the class
-weights, so ``for_estimator`` bins each fold once and hands the estimator the bin indices: it re-bins
-them into the same bins (fewer than 255 distinct values: midpoints), and grows the same trees.
+bin edges as weighted percentiles, 254 per feature, one call each, which is most of a fit on data this
+small (~1.5 s of ~1.7 s per fold on the original data). The edges depend only on the fold's rows and
+the class weights, so ``for_estimator`` bins each fold once and hands the estimator the bin indices: it
+re-bins them into the same bins (fewer than 255 distinct values: midpoints), and grows the same trees.
+The edges are computed as the estimator computes them, with scikit-learn's own weighted percentile,
+but for all percentiles and features in one call: 0.09 s instead of 0.9 s per fold, the same edges.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier
-
-# The only private scikit-learn name used here: the binner the estimator itself runs (the folds test
-# checks the scores against a full pipeline fit, for every family and imbalance option).
-from sklearn.ensemble._hist_gradient_boosting.binning import _BinMapper
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.utils.class_weight import compute_sample_weight
+
+# The only private scikit-learn name used here: the weighted percentile the estimator's binner calls (the
+# folds test checks the scores against a full pipeline fit, for every family and imbalance option).
+from sklearn.utils.stats import _weighted_percentile
 
 Steps = Sequence[tuple[str, Any]]
 # Training features, training target, validation features.
@@ -112,6 +114,32 @@ def _weighted_binning(estimator: Any) -> bool:
     )
 
 
+# Histogram gradient boosting computes its bin edges on a random subsample above this many rows; such
+# data is left for the estimator to bin itself.
+BINNING_SUBSAMPLE = 200_000
+
+
+def _bin_edges(X: np.ndarray, sample_weight: np.ndarray, max_bins: int) -> list[np.ndarray]:
+    """Each feature's bin edges as the estimator's binner computes them with these weights.
+
+    Midpoints of the distinct values when there are at most ``max_bins`` of them; otherwise the
+    distinct weighted percentiles ("averaged inverted CDF") at ``max_bins - 1`` equally spaced ranks.
+    """
+    ranks = np.linspace(0, 100, num=max_bins + 1)[1:-1]
+    percentiles = np.atleast_2d(_weighted_percentile(X, sample_weight, ranks, average=True))
+    edges = []
+    for feature in range(X.shape[1]):
+        distinct = np.unique(X[:, feature])
+        if len(distinct) == 1:
+            found = np.asarray([], dtype=np.float64)
+        elif len(distinct) <= max_bins:
+            found = np.lib.stride_tricks.sliding_window_view(distinct, 2).mean(axis=1)
+        else:
+            found = np.unique(percentiles[feature])
+        edges.append(np.clip(found, None, np.finfo(np.float64).max))
+    return edges
+
+
 def _binned(
     estimator: HistGradientBoostingClassifier, X_fit: np.ndarray, y_fit: np.ndarray, X_valid: np.ndarray
 ) -> Prepared:
@@ -120,8 +148,14 @@ def _binned(
     Data the binner would treat differently (missing values, or more rows than it subsamples to at
     random) is returned as it is: the estimator bins it itself, as in the whole pipeline.
     """
-    mapper = _BinMapper(n_bins=estimator.max_bins + 1, n_threads=1)
-    if len(X_fit) > mapper.subsample or np.isnan(X_fit).any() or np.isnan(X_valid).any():
+    if len(X_fit) > BINNING_SUBSAMPLE or np.isnan(X_fit).any() or np.isnan(X_valid).any():
         return X_fit, y_fit, X_valid
-    mapper.fit(X_fit, sample_weight=compute_sample_weight(estimator.class_weight, y_fit))
-    return mapper.transform(X_fit).astype(np.float64), y_fit, mapper.transform(X_valid).astype(np.float64)
+    weights = compute_sample_weight(estimator.class_weight, y_fit)
+    edges = _bin_edges(np.asarray(X_fit, dtype=np.float64), weights, estimator.max_bins)
+
+    def to_bins(X: np.ndarray) -> np.ndarray:
+        # Bin i holds the values in (edges[i - 1], edges[i]], as the estimator maps them.
+        columns = [np.searchsorted(edge, X[:, feature], side="left") for feature, edge in enumerate(edges)]
+        return np.column_stack(columns).astype(np.float64)
+
+    return to_bins(X_fit), y_fit, to_bins(X_valid)

@@ -6,12 +6,13 @@ The decision threshold is the F1-optimal one on the out-of-fold validation proba
 A study is cheap: folds and their parameter-independent preparation are computed once
 (``reggaeton.folds``), each fold's score is reported so the median pruner stops poor trials early,
 known-good points (the champion, the baseline's equivalent) are evaluated first, and parallel
-trials times native threads per trial never exceed the machine's cores.
+trials are scored in worker processes (``reggaeton.trial_pool``), one per core, one native thread each.
 No MLflow here: the caller passes Optuna callbacks (one per finished trial) to record trials.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ from typing import Any, Final
 
 import numpy as np
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 from sklearn.metrics import average_precision_score
 from threadpoolctl import threadpool_limits
@@ -30,6 +31,8 @@ from threadpoolctl import threadpool_limits
 from reggaeton import model
 from reggaeton.folds import Folds
 from reggaeton.metrics import best_f1_threshold
+from reggaeton.study_share import FINISHED
+from reggaeton.trial_pool import FoldReport, TrialPool
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +110,6 @@ class CVResult:
     oof_proba: np.ndarray  # mean over repeats of the out-of-fold probability of each row
 
 
-FoldReport = Callable[[int, tuple[float, ...]], None]
-
-
 def cross_validate(
     family: str, params: Mapping[str, Any], folds: Folds, seed: int, on_fold: FoldReport | None = None
 ) -> CVResult:
@@ -161,12 +161,30 @@ def _pruning_report(trial: Trial, folds: int) -> FoldReport:
     return report
 
 
+Score = Callable[[str, Mapping[str, Any], FoldReport | None], CVResult]
+
+
+def in_process(folds: Folds, seed: int) -> Score:
+    """Score trials in the calling thread (one trial at a time: see ``trial_pool`` for why)."""
+
+    def score(family: str, params: Mapping[str, Any], on_fold: FoldReport | None) -> CVResult:
+        # OpenMP thread limits are per thread: set them in the trial's own thread.
+        with threadpool_limits(limits=THREADS_PER_TRIAL, user_api="openmp"):
+            return cross_validate(family, params, folds, seed, on_fold)
+
+    return score
+
+
 def objective(
-    folds: Folds, families: Sequence[str], *, seed: int, threads: int = 1, worker: str | None = None
+    score: Score, families: Sequence[str], *, folds: int, worker: str | None = None
 ) -> Callable[[Trial], float]:
     """The Optuna objective: mean CV PR-AUC of the suggested pipeline (maximise), each fold reported.
 
-    Each trial records ``worker`` (default: this host's name) as its ``WORKER`` user attribute.
+    Args:
+        score: Scores a pipeline on the study's folds (``in_process``, or a ``TrialPool``'s workers).
+        families: Model families to search over.
+        folds: Folds per trial (CV folds x repeats), for the pruning reports.
+        worker: Recorded on each trial (``WORKER``); default: this host's name.
     """
     worker = worker or socket.gethostname()
 
@@ -177,9 +195,7 @@ def objective(
         trial.set_user_attr(PARAMS, params)
         started = time.perf_counter()
         try:
-            # OpenMP thread limits are per thread: set them in the trial's own worker thread.
-            with threadpool_limits(limits=threads, user_api="openmp"):
-                result = cross_validate(family, params, folds, seed, _pruning_report(trial, len(folds)))
+            result = score(family, params, _pruning_report(trial, folds))
         finally:
             trial.set_user_attr(FIT_SECONDS, time.perf_counter() - started)
         trial.set_user_attr(CV_MEAN, result.mean)
@@ -252,16 +268,21 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def parallel_plan(n_jobs: int | None, cores: int | None = None) -> tuple[int, int]:
-    """Parallel trials and native (OpenMP/BLAS) threads per trial, their product at most ``cores``.
+# Native (OpenMP/BLAS) threads per trial. Parallel trials use the cores instead: on data this small two
+# OpenMP threads made a histogram gradient boosting fit slower than one (0.57 vs 0.28 s), and 10-20x
+# slower on a loaded machine (their spin-waits compete with the other processes).
+THREADS_PER_TRIAL: Final = 1
+
+
+def parallel_trials(n_jobs: int | None, cores: int | None = None) -> int:
+    """Trials scored at once (one worker process each): ``n_jobs``, one per core when None, at most the cores.
 
     Args:
-        n_jobs: Parallel trials asked for; None means one per core. Never more than the cores.
+        n_jobs: Parallel trials asked for.
         cores: The machine's cores (default: ``available_cores()``).
     """
     cores = cores or available_cores()
-    trials = max(1, min(n_jobs or cores, cores))
-    return trials, max(1, cores // trials)
+    return max(1, min(n_jobs or cores, cores))
 
 
 def create_study(
@@ -310,6 +331,52 @@ def _result(study: optuna.Study) -> TuningResult:
     )
 
 
+def _write_through(stored: optuna.Study) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """A callback copying each finished trial of an in-memory study to ``stored`` (its persistent copy)."""
+
+    def write(_study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state not in FINISHED:
+            return
+        try:
+            stored.add_trial(trial)
+        except Exception as error:  # the study goes on in memory; only resuming would lose this trial
+            logger.warning("could not store trial %d of %s: %s", trial.number, stored.study_name, error)
+
+    return write
+
+
+def _scoring(
+    stack: contextlib.ExitStack[Any], pool: TrialPool | None, X: np.ndarray, y: np.ndarray, parallel: int,
+    *, folds: int, repeats: int, seed: int,
+) -> tuple[Score, int]:  # fmt: skip
+    """How trials are scored, and how many at a time: a given pool, new worker processes, or here."""
+    if pool is not None:
+        if not pool.serves(X, y, folds=folds, repeats=repeats, seed=seed):
+            raise ValueError("the trial pool was started for other rows or folds than this study's")
+        return pool.evaluate, min(pool.processes, parallel)
+    if parallel > 1:
+        started = TrialPool(
+            cross_validate, X, y, processes=parallel, folds=folds, repeats=repeats, seed=seed,
+            threads=THREADS_PER_TRIAL,
+        )  # fmt: skip
+        return stack.enter_context(started).evaluate, parallel
+    return in_process(Folds(X, y, folds=folds, repeats=repeats, seed=seed), seed), 1
+
+
+def _open_study(
+    storage: str | BaseStorage, study_name: str, sampler_seed: int, *, pruning: bool, shared: bool
+) -> tuple[optuna.Study, list[Callable[[optuna.Study, FrozenTrial], None]]]:
+    """The study to optimize, and the callback writing its trials to storage when it is a copy in memory."""
+    stored = create_study(storage, study_name, sampler_seed, pruning=pruning)
+    if shared:
+        return stored, []
+    study = create_study(InMemoryStorage(), study_name, sampler_seed, pruning=pruning)
+    # Failed trials too, so the copy numbers its trials as the stored study does (RUNNING or WAITING ones
+    # belong to nobody here: a crashed run's are failed by ``study_share.finish_study``).
+    study.add_trials(stored.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)))
+    return study, [_write_through(stored)]
+
+
 def tune(
     X: np.ndarray,
     y: np.ndarray,
@@ -330,8 +397,10 @@ def tune(
     pruning: bool = True,
     worker: str | None = None,
     sampler_seed: int | None = None,
+    shared: bool = False,
+    pool: TrialPool | None = None,
 ) -> TuningResult:
-    """Run ``n_trials`` trials: the warm-start ones first, one at a time, then the rest in parallel.
+    """Run ``n_trials`` trials, the warm-start ones first, ``n_jobs`` at a time.
 
     Results are reproducible for a given seed and data with ``n_jobs=1``; parallel trials finish in
     a timing-dependent order, which changes what TPE samples next and what the pruner compares with.
@@ -347,48 +416,66 @@ def tune(
         folds: Folds per CV repeat.
         repeats: CV repeats.
         seed: Seed of the sampler, the CV splits and the models.
-        n_jobs: Parallel trials (None: one per core); see ``parallel_plan``.
+        n_jobs: Parallel trials (None: one per core); see ``parallel_trials``. Above 1 they are scored
+            in that many worker processes (``TrialPool``); the study and the callbacks stay here.
         timeout_s: Stop starting trials after this many seconds.
         callbacks: Called after each finished or pruned trial, in the trial's thread.
         progress_bar: Show Optuna's progress bar on the terminal.
         enqueue: Trial parameters (study names) to evaluate first, in order, in parallel (replaying a
-            study). With ``n_jobs > 1`` use an in-memory storage: on SQLite two threads can claim the
-            same enqueued trial (no row locks), and Optuna then fails with "Cannot tell a COMPLETE trial".
-        warm_start: Trial parameters (study names, see ``warm_start_trials``) evaluated first, one at a
-            time (safe on any storage); skipped when the study already has them (a resumed study).
+            study). Not with ``shared`` and ``n_jobs > 1`` on SQLite: two threads can claim the same
+            enqueued trial (no row locks), and Optuna then fails with "Cannot tell a COMPLETE trial".
+        warm_start: Trial parameters (study names, see ``warm_start_trials``) evaluated first (one at a
+            time when ``shared``); skipped when the study already has them (a resumed study).
         pruning: Stop poor trials after a fold (median pruner); off, every trial scores every fold.
         worker: Recorded on each trial (``WORKER``); default: this host's name.
         sampler_seed: Seed of this process's sampler (default: ``seed``). Processes sharing a study need
             different ones, or they sample the same points; the folds and models keep ``seed``.
+        shared: Other processes tune the study at the same time (a tuning run of a spread study):
+            work on the storage itself, so each sees the others' trials. Otherwise the study is tuned
+            in memory, starting from the stored study's finished trials, and each finished trial is
+            written to the storage as it ends (one write instead of ~15 reads and writes per trial:
+            on SQLite those cost ~230 CPU-ms a trial, taken from the cores the trials run on). The
+            stored copy then numbers the trials in the order they finished.
+        pool: Worker processes already started for these rows and folds (``TrialPool.serves``), used
+            instead of starting ``n_jobs`` new ones (several studies on the same data).
     """
     unknown = [f for f in families if f not in SEARCH_SPACES]
     if unknown:
         raise ValueError(f"no search space for {', '.join(unknown)}; known: {', '.join(SEARCH_SPACES)}")
-    study = create_study(storage, study_name, seed if sampler_seed is None else sampler_seed, pruning=pruning)
-    parallel, threads = parallel_plan(n_jobs)
-    prepared = Folds(X, y, folds=folds, repeats=repeats, seed=seed)
-    run = objective(prepared, families, seed=seed, threads=threads, worker=worker)
+    parallel = min(parallel_trials(n_jobs), n_trials)
     logger.info(
-        "tuning %s: %d trials, %d parallel x %d threads, families %s, pruning %s, %d warm-start",
-        study_name, n_trials, parallel, threads, families, pruning, len(warm_start),
+        "tuning %s: %d trials, %d at a time (in worker processes above 1), families %s, pruning %s, "
+        "%d warm-start",
+        study_name, n_trials, parallel, families, pruning, len(warm_start),
     )  # fmt: skip
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    called = list(callbacks)
+    with contextlib.ExitStack() as stack:
+        # The workers start first: they import while the study is loaded here (~3 s vs ~1 s).
+        score, parallel = _scoring(stack, pool, X, y, parallel, folds=folds, repeats=repeats, seed=seed)
+        sampler = seed if sampler_seed is None else sampler_seed
+        study, write_through = _open_study(storage, study_name, sampler, pruning=pruning, shared=shared)
+        called = [*write_through, *callbacks]
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
-    def optimize(trials: int, jobs: int) -> None:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        study.optimize(
-            run, n_trials=trials, timeout=remaining, n_jobs=jobs, callbacks=called,
-            show_progress_bar=progress_bar,
-        )  # fmt: skip
+        def optimize(trials: int, jobs: int) -> None:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            study.optimize(
+                run, n_trials=trials, timeout=remaining, n_jobs=jobs, callbacks=called,
+                show_progress_bar=progress_bar,
+            )  # fmt: skip
 
-    # BLAS pools are process-wide: limit them for the whole study (OpenMP is limited per trial).
-    with threadpool_limits(limits=threads):
+        run = objective(score, families, folds=folds * repeats, worker=worker)
+        # BLAS pools are process-wide: limit them here too (OpenMP is limited per trial).
+        stack.enter_context(threadpool_limits(limits=THREADS_PER_TRIAL))
         for params in warm_start:
             study.enqueue_trial(dict(params), skip_if_exists=True)
-        first = min(n_trials, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
-        if first:
-            optimize(first, 1)
+        first = 0
+        if shared:
+            # On a shared storage (SQLite above all: no row locks) two threads could take the same
+            # waiting trial: those run one at a time. In memory, threads take distinct ones, and the
+            # other workers start sampling meanwhile (TPE's first trials are random anyway).
+            first = min(n_trials, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
+            if first:
+                optimize(first, 1)
         for params in enqueue:
             study.enqueue_trial(dict(params))
         if n_trials > first:

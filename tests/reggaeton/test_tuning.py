@@ -166,10 +166,7 @@ def test_warm_start_trials_come_first_and_once(settings: Settings, xy: tuple[np.
 
 
 @pytest.mark.parametrize(
-    ("n_jobs", "cores", "plan"),
-    [(None, 2, (2, 1)), (None, 8, (8, 1)), (1, 2, (1, 2)), (2, 8, (2, 4)), (4, 2, (2, 1))],
+    ("n_jobs", "cores", "parallel"), [(None, 2, 2), (None, 8, 8), (1, 2, 1), (2, 8, 2), (4, 2, 2)]
 )
-def test_parallel_trials_times_threads_never_exceed_the_cores(
-    n_jobs: int | None, cores: int, plan: tuple[int, int]
-) -> None:
-    assert tuning.parallel_plan(n_jobs, cores) == plan
+def test_parallel_trials_never_exceed_the_cores(n_jobs: int | None, cores: int, parallel: int) -> None:
+    assert tuning.parallel_trials(n_jobs, cores) == parallel
