@@ -42,6 +42,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     NML_DISABLE_USAGE_LOGGING=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     DO_NOT_TRACK=1 \
+    MLFLOW_DISABLE_TELEMETRY=true \
     REGGAETON_STATE_DIR=/state
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \

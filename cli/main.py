@@ -37,6 +37,7 @@ from cli.commands import (
     one_line,
 )
 from cli.endpoints import Unreachable
+from reggaeton import names
 from reggaeton.settings import Settings
 
 logger = logging.getLogger("reggaeton")
@@ -171,8 +172,8 @@ def _add_traffic_commands(add: Callable[[str, Handler, str], argparse.ArgumentPa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reggaeton`` console script."""
-    os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for key, value in names.TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, SecretStr
 
+from reggaeton import names
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -97,10 +98,9 @@ def stack_environment(settings: Settings) -> dict[str, str]:
             "REGGAETON_MLFLOW__TRACKING_URI": settings.mlflow.tracking_uri or mlflow_url(settings),
             "PREFECT_API_URL": settings.prefect_api_url,
             "PREFECT_HOME": str(settings.prefect_home),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            **names.TELEMETRY_OFF,
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.prefect.heartbeat_s),
-            "NML_DISABLE_USAGE_LOGGING": "1",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "PYTHONUNBUFFERED": "1",
         }

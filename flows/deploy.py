@@ -63,8 +63,7 @@ def deploy_environment(settings: Settings) -> dict[str, str]:
         **os.environ,
         "PREFECT_API_URL": settings.prefect_api_url,
         "PREFECT_CLI_PROMPT": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "NML_DISABLE_USAGE_LOGGING": "1",
+        **names.TELEMETRY_OFF,
     }
 
 

@@ -1,5 +1,7 @@
 """Names that are contracts between the parts of the system: registry, aliases, tags, events."""
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 MODEL_NAME: Final = "reggaeton-classifier"
@@ -27,6 +29,17 @@ TUNING_POOL: Final = "reggaeton-tuning"
 # Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by both stacks); the
 # zombie automation counts its silence in these beats.
 FLOW_HEARTBEAT_S: Final = 30
+
+# The environment every process of the system runs with: usage analytics off (without a network,
+# NannyML's and Prefect's would wait on DNS). MLflow 3 reads DO_NOT_TRACK only when it is "true", so it
+# gets its own switch. The images set the same (the Dockerfile, checked by tests/test_contracts.py).
+TELEMETRY_OFF: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "NML_DISABLE_USAGE_LOGGING": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+)
 
 # Child of a flow run's logger (``get_run_logger().getChild``) for the lines a terminal shows live while
 # it waits on the run (``reggaeton monitor``: one line per chunk window analysed).

@@ -40,3 +40,10 @@ def test_both_stacks_run_workers_on_the_pool_with_the_automations_heartbeat() ->
     assert worker.command[worker.command.index("--pool") + 1] == names.WORK_POOL
     assert worker.environment["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(names.FLOW_HEARTBEAT_S)
     assert worker.environment["REGGAETON_PREFECT__WORK_POOL"] == names.WORK_POOL
+
+
+def test_every_image_runs_with_the_telemetry_switches_the_local_processes_get() -> None:
+    dockerfile = (PROJECT_DIR / "Dockerfile").read_text()
+    base = dockerfile[dockerfile.index(" AS base") :]
+    for key, value in names.TELEMETRY_OFF.items():
+        assert f"{key}={value}" in base, key
