@@ -7,13 +7,17 @@ from pathlib import Path
 import optuna
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import StateType
 
-from adapters import registry
+from adapters import prefect_api, registry
 from flows import tune
 from flows.train import train
 from reggaeton import names, tuning
 from reggaeton.data import features_array, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION
+from reggaeton.schema import TARGET
 from reggaeton.settings import DataSettings, PrefectSettings, Settings, TrainingSettings
 
 
@@ -49,11 +53,14 @@ def test_the_parent_fails_a_crashed_runs_trial_and_runs_the_missing_ones_itself(
     assert tune.complete_study(storage, name, 5, top_up) == result and topped_up == [3]
 
 
-def _settings(state: Path, prefect_api_url: str, parallel_workers: int) -> Settings:
+def _settings(
+    state: Path, prefect_api_url: str, parallel_workers: int, spread_timeout_s: float = 3600.0,
+    tuning_pool: str = names.TUNING_POOL,
+) -> Settings:  # fmt: skip
     return Settings(
         state_dir=state,
         data=DataSettings(synthetic_rows=600, include_feedback=False),
-        prefect=PrefectSettings(api_url=prefect_api_url),
+        prefect=PrefectSettings(api_url=prefect_api_url, tuning_pool=tuning_pool),
         training=TrainingSettings(
             n_trials=4,
             cv_folds=2,
@@ -61,6 +68,7 @@ def _settings(state: Path, prefect_api_url: str, parallel_workers: int) -> Setti
             bootstrap_rounds=100,
             families=(LOGISTIC_REGRESSION,),
             parallel_workers=parallel_workers,
+            spread_timeout_s=spread_timeout_s,
             worker_name="this-box",
         ),
     )
@@ -84,3 +92,41 @@ def test_with_no_tuning_worker_online_the_retrain_tunes_in_its_own_run(
     )
     assert len(trials) == 4
     assert {trial.data.tags[names.Tag.WORKER] for trial in trials} == {"this-box"}
+
+
+def test_tuning_runs_nobody_starts_are_cancelled_at_the_timeout_and_the_parent_tunes_alone(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    settings = _settings(tmp_path / "late", prefect_api_url, parallel_workers=2, spread_timeout_s=3.0)
+    pool = "nobody-serves-this"
+    settings = settings.model_copy(
+        update={"prefect": settings.prefect.model_copy(update={"tuning_pool": pool})}
+    )
+    with prefect_api.prefect_api(settings), get_client(sync_client=True) as prefect:
+        prefect.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = prefect.create_flow_from_name(names.TUNE_FLOW)
+        deployment_id = prefect.create_deployment(flow_id, names.TUNE_DEPLOYMENT, work_pool_name=pool)
+    settings.ensure_state_dir()
+    client = registry.connect(settings)
+    experiment_id = registry.ensure_experiment(client, "late-tuning", settings)
+    parent = client.create_run(experiment_id).info.run_id
+    frame = synthetic_dataset(400, seed=3).frame
+
+    tune.spread_study(client, settings, frame, (parent, experiment_id), "late-study", runs=2)
+
+    with prefect_api.prefect_api(settings), get_client(sync_client=True) as prefect:
+        states = [run.state_type for run in prefect_api.deployment_runs(prefect, deployment_id)]
+    assert states == [StateType.CANCELLED, StateType.CANCELLED]
+    topped_up: list[int] = []
+
+    def top_up(missing: int) -> tuning.TuningResult:
+        topped_up.append(missing)
+        return tuning.tune(
+            features_array(frame), frame[TARGET].to_numpy(), storage=settings.optuna_storage,
+            study_name="late-study", families=[LOGISTIC_REGRESSION], n_trials=missing, folds=2, repeats=1,
+            seed=1, n_jobs=1, progress_bar=False,
+        )  # fmt: skip
+
+    result = tune.complete_study(settings.optuna_storage, "late-study", settings.training.n_trials, top_up)
+    assert topped_up == [settings.training.n_trials]
+    assert result.n_trials == settings.training.n_trials
