@@ -101,6 +101,7 @@ def stack_environment(settings: Settings) -> dict[str, str]:
             **names.TELEMETRY_OFF,
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.prefect.heartbeat_s),
+            "PREFECT_WORKER_QUERY_SECONDS": str(settings.prefect.worker_poll_s),
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "PYTHONUNBUFFERED": "1",
         }

@@ -135,6 +135,8 @@ APP_ENVIRONMENT: dict[str, str] = {
     "PREFECT_API_URL": PREFECT_API,
     # Flow runs prove they are alive this often; the loop's automation crashes runs silent for 3 beats.
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(names.FLOW_HEARTBEAT_S),
+    # Workers ask for runs this often: a triggered retrain starts within it (Prefect's default: 10 s).
+    "PREFECT_WORKER_QUERY_SECONDS": str(names.WORKER_POLL_S),
 }
 
 SECRET_CHECK = "check-secrets"

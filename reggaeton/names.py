@@ -29,6 +29,9 @@ TUNING_POOL: Final = "reggaeton-tuning"
 # Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by both stacks); the
 # zombie automation counts its silence in these beats.
 FLOW_HEARTBEAT_S: Final = 30
+# Workers ask their pool for runs this often (PREFECT_WORKER_QUERY_SECONDS, set by both stacks). Prefect's
+# 10 s default was ~10 s of every triggered run's start (the demo's monitor, the drift retrain).
+WORKER_POLL_S: Final = 2
 
 # The environment every process of the system runs with: usage analytics off (without a network,
 # NannyML's and Prefect's would wait on DNS). MLflow 3 reads DO_NOT_TRACK only when it is "true", so it

@@ -164,6 +164,8 @@ class PrefectSettings(_Section):
     debounce_s: int = Field(default=600, ge=0)  # repeated `degraded` events within this notify once
     # Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by the stack).
     heartbeat_s: int = Field(default=names.FLOW_HEARTBEAT_S, ge=30)  # Prefect refuses less than 30
+    # Workers ask their pool for runs this often (PREFECT_WORKER_QUERY_SECONDS, set by the stack).
+    worker_poll_s: float = Field(default=names.WORKER_POLL_S, gt=0)
     # A flow run Pending (submitted, its process not yet Running) longer than this is marked Crashed:
     # its worker died while submitting it, and it holds its deployment's one concurrency slot.
     stranded_after_s: int = Field(default=120, ge=10)

@@ -39,6 +39,7 @@ def test_both_stacks_run_workers_on_the_pool_with_the_automations_heartbeat() ->
     worker = next(service for service in services.SERVICES if service.name == "worker")
     assert worker.command[worker.command.index("--pool") + 1] == names.WORK_POOL
     assert worker.environment["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(names.FLOW_HEARTBEAT_S)
+    assert worker.environment["PREFECT_WORKER_QUERY_SECONDS"] == str(names.WORKER_POLL_S)
     assert worker.environment["REGGAETON_PREFECT__WORK_POOL"] == names.WORK_POOL
 
 
