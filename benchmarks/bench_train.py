@@ -144,9 +144,10 @@ def _logging_overhead(bench: Bench, configurations: list[dict[str, Any]]) -> dic
     storages = {log: InMemoryStorage() for log in (False, True)}  # enqueued trials: thread-safe storage
     training = bench.settings.training
     # One set of trial workers for every block: their start-up is not part of what logging costs.
+    processes = tuning.parallel_trials(bench.args.jobs, bench.args.trials)
     with TrialPool(
-        tuning.cross_validate, bench.X, bench.y, processes=tuning.parallel_trials(bench.args.jobs),
-        folds=training.cv_folds, repeats=training.cv_repeats, seed=training.seed,
+        tuning.cross_validate, bench.X, bench.y, processes=processes, folds=training.cv_folds,
+        repeats=training.cv_repeats, seed=training.seed,
     ) as pool:  # fmt: skip
         for start in range(0, len(configurations), BLOCK):
             block = configurations[start : start + BLOCK]
@@ -165,7 +166,7 @@ def _report(
     bench: Bench, measured: dict[str, list[tuple[float, float, Any]]], totals: dict[bool, list[float]]
 ) -> None:
     args, training = bench.args, bench.settings.training
-    parallel, threads = tuning.parallel_trials(args.jobs), tuning.THREADS_PER_TRIAL
+    parallel, threads = tuning.parallel_trials(args.jobs, args.trials), tuning.THREADS_PER_TRIAL
     load = os.getloadavg()
     print(
         f"bench-train: {args.trials} trials, {training.cv_folds}-fold CV, "

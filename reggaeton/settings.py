@@ -60,7 +60,8 @@ class TrainingSettings(_Section):
     timeout_s: float | None = None
     cv_folds: int = Field(default=5, ge=2)
     cv_repeats: int = Field(default=1, ge=1)
-    # Parallel trials; None: one per core. Trials x native threads per trial never exceed the cores.
+    # Parallel trials, each in a worker process above 1 (tuning.parallel_trials); None: one per core, and
+    # at most one per tuning.TRIALS_PER_WORKER trials. One native thread per trial.
     n_jobs: int | None = Field(default=None, ge=1)
     pruning: bool = True  # stop poor trials after a CV fold (median pruner)
     warm_start: bool = True  # evaluate the champion's parameters and the baseline's equivalent first

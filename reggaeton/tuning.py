@@ -274,15 +274,22 @@ def available_cores() -> int:
 THREADS_PER_TRIAL: Final = 1
 
 
-def parallel_trials(n_jobs: int | None, cores: int | None = None) -> int:
-    """Trials scored at once (one worker process each): ``n_jobs``, one per core when None, at most the cores.
+# A worker process takes ~3 s to start (imports), the time of 3-5 trials on this data: when the number
+# of parallel trials is left to the machine, each worker must have at least this many trials to score.
+TRIALS_PER_WORKER: Final = 5
+
+
+def parallel_trials(n_jobs: int | None, n_trials: int, cores: int | None = None) -> int:
+    """Trials scored at once (one worker process each above 1), never more than the cores or the trials.
 
     Args:
-        n_jobs: Parallel trials asked for.
+        n_jobs: Parallel trials asked for; None: one per core, and one per ``TRIALS_PER_WORKER`` trials.
+        n_trials: Trials the study will run.
         cores: The machine's cores (default: ``available_cores()``).
     """
     cores = cores or available_cores()
-    return max(1, min(n_jobs or cores, cores))
+    wanted = n_jobs if n_jobs is not None else max(1, n_trials // TRIALS_PER_WORKER)
+    return max(1, min(wanted, cores, n_trials))
 
 
 def create_study(
@@ -416,7 +423,8 @@ def tune(
         folds: Folds per CV repeat.
         repeats: CV repeats.
         seed: Seed of the sampler, the CV splits and the models.
-        n_jobs: Parallel trials (None: one per core); see ``parallel_trials``. Above 1 they are scored
+        n_jobs: Parallel trials (None: decided from the cores and ``n_trials``); see ``parallel_trials``.
+            Above 1 they are scored
             in that many worker processes (``TrialPool``); the study and the callbacks stay here.
         timeout_s: Stop starting trials after this many seconds.
         callbacks: Called after each finished or pruned trial, in the trial's thread.
@@ -442,7 +450,7 @@ def tune(
     unknown = [f for f in families if f not in SEARCH_SPACES]
     if unknown:
         raise ValueError(f"no search space for {', '.join(unknown)}; known: {', '.join(SEARCH_SPACES)}")
-    parallel = min(parallel_trials(n_jobs), n_trials)
+    parallel = parallel_trials(n_jobs, n_trials)
     logger.info(
         "tuning %s: %d trials, %d at a time (in worker processes above 1), families %s, pruning %s, "
         "%d warm-start",

@@ -166,7 +166,19 @@ def test_warm_start_trials_come_first_and_once(settings: Settings, xy: tuple[np.
 
 
 @pytest.mark.parametrize(
-    ("n_jobs", "cores", "parallel"), [(None, 2, 2), (None, 8, 8), (1, 2, 1), (2, 8, 2), (4, 2, 2)]
+    ("n_jobs", "n_trials", "cores", "parallel"),
+    [
+        (None, 50, 2, 2),  # one per core...
+        (None, 50, 8, 8),
+        (None, 12, 8, 2),  # ...and a worker's start-up paid by at least TRIALS_PER_WORKER trials
+        (None, 4, 2, 1),  # a short study is tuned in this process
+        (1, 50, 2, 1),
+        (2, 3, 8, 2),  # asked for: never more than the cores or the trials
+        (4, 50, 2, 2),
+        (4, 3, 8, 3),
+    ],
 )
-def test_parallel_trials_never_exceed_the_cores(n_jobs: int | None, cores: int, parallel: int) -> None:
-    assert tuning.parallel_trials(n_jobs, cores) == parallel
+def test_parallel_trials_never_exceed_the_cores_or_the_trials(
+    n_jobs: int | None, n_trials: int, cores: int, parallel: int
+) -> None:
+    assert tuning.parallel_trials(n_jobs, n_trials, cores) == parallel
