@@ -4,8 +4,8 @@ A trial's fits on data this small are mostly Python (tree growing, SMOTE, the pi
 run in threads share one interpreter lock, and two threads on two cores ran a study *slower* than one
 (68 s vs 47.5 s for 50 trials on the original data). So the study stays in the calling process (Optuna's
 threads ask for parameters, report each fold to the pruner, tell the result, run the callbacks that
-record the trial) and only the cross-validation runs in a pool of spawned worker processes, one per
-parallel trial. Each worker prepares the folds once (``reggaeton.folds``) and scores trials sent to it,
+record the trial) and only the cross-validation runs in a pool of worker processes, one per parallel
+trial. Each worker prepares the folds once (``reggaeton.folds``) and scores trials sent to it,
 sending back each fold's score and waiting for the go-on, so the pruner decides exactly as in one
 process. The storage can be anything (in-memory too): the workers never touch it.
 
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 # Messages from a worker: ("fold", index, scores so far), ("done", result), ("stopped",), ("error", text).
 FOLD, DONE, STOPPED, ERROR = "fold", "done", "stopped", "error"
-JOIN_S = 10.0  # how long close() waits for a worker to exit before terminating it
+JOIN_S = 10.0  # how long close() waits for a worker to exit before killing it
 
 FoldReport = Callable[[int, tuple[float, ...]], None]
 

@@ -440,7 +440,7 @@ def tune(
             different ones, or they sample the same points; the folds and models keep ``seed``.
         shared: Other processes tune the study at the same time (a tuning run of a spread study):
             work on the storage itself, so each sees the others' trials. Otherwise the study is tuned
-            in memory, starting from the stored study's finished trials, and each finished trial is
+            in memory, starting from the stored study's ended trials, and each finished trial is
             written to the storage as it ends (one write instead of ~15 reads and writes per trial:
             on SQLite those cost ~230 CPU-ms a trial, taken from the cores the trials run on). The
             stored copy then numbers the trials in the order they finished.
