@@ -42,7 +42,6 @@ from reggaeton.model import BASELINE
 from reggaeton.schema import TARGET
 from reggaeton.settings import DataSettings, Settings
 from reggaeton.training import BASELINE_THRESHOLD, Evaluation, evaluate_holdout, fit_pipeline
-from reggaeton.trial_pool import TrialPool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "reggaeton-2018"
@@ -144,11 +143,14 @@ def _logging_overhead(bench: Bench, configurations: list[dict[str, Any]]) -> dic
     storages = {log: InMemoryStorage() for log in (False, True)}  # enqueued trials: thread-safe storage
     training = bench.settings.training
     # One set of trial workers for every block: their start-up is not part of what logging costs.
-    processes = tuning.parallel_trials(bench.args.jobs, bench.args.trials)
-    with TrialPool(
-        tuning.cross_validate, bench.X, bench.y, processes=processes, folds=training.cv_folds,
-        repeats=training.cv_repeats, seed=training.seed,
-    ) as pool:  # fmt: skip
+    with tuning.start_pool(
+        bench.X,
+        bench.y,
+        processes=tuning.parallel_trials(bench.args.jobs, bench.args.trials),
+        folds=training.cv_folds,
+        repeats=training.cv_repeats,
+        seed=training.seed,
+    ) as pool:
         for start in range(0, len(configurations), BLOCK):
             block = configurations[start : start + BLOCK]
             for log in (False, True) if start // BLOCK % 2 == 0 else (True, False):

@@ -352,6 +352,16 @@ def _write_through(stored: optuna.Study) -> Callable[[optuna.Study, FrozenTrial]
     return write
 
 
+def start_pool(
+    X: np.ndarray, y: np.ndarray, *, processes: int, folds: int, repeats: int, seed: int
+) -> TrialPool:
+    """Worker processes scoring this module's cross-validation of ``X, y`` on these folds, one thread each."""
+    return TrialPool(
+        cross_validate, X, y, processes=processes, folds=folds, repeats=repeats, seed=seed,
+        threads=THREADS_PER_TRIAL,
+    )  # fmt: skip
+
+
 def _scoring(
     stack: contextlib.ExitStack[Any], pool: TrialPool | None, X: np.ndarray, y: np.ndarray, parallel: int,
     *, folds: int, repeats: int, seed: int,
@@ -362,10 +372,7 @@ def _scoring(
             raise ValueError("the trial pool was started for other rows or folds than this study's")
         return pool.evaluate, min(pool.processes, parallel)
     if parallel > 1:
-        started = TrialPool(
-            cross_validate, X, y, processes=parallel, folds=folds, repeats=repeats, seed=seed,
-            threads=THREADS_PER_TRIAL,
-        )  # fmt: skip
+        started = start_pool(X, y, processes=parallel, folds=folds, repeats=repeats, seed=seed)
         return stack.enter_context(started).evaluate, parallel
     return in_process(Folds(X, y, folds=folds, repeats=repeats, seed=seed), seed), 1
 
