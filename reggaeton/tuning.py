@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -338,16 +339,30 @@ def _result(study: optuna.Study) -> TuningResult:
     )
 
 
-def _write_through(stored: optuna.Study) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """A callback copying each finished trial of an in-memory study to ``stored`` (its persistent copy)."""
+def _write_through(stored: optuna.Study, first: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """A callback copying each ended trial of an in-memory study to ``stored``, its persistent copy.
+
+    Trials are written in the order of their numbers, from ``first`` (the copy's next number): one that
+    ends before an earlier one waits for it, so the stored copy numbers its trials as the study does
+    (warm-start trials first, MLflow's ``trial-NNN`` runs). A crash loses at most the waiting ones.
+    """
+    waiting: dict[int, FrozenTrial] = {}
+    lock = threading.Lock()
+    following = first
 
     def write(_study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state not in FINISHED:
-            return
-        try:
-            stored.add_trial(trial)
-        except Exception as error:  # the study goes on in memory; only resuming would lose this trial
-            logger.warning("could not store trial %d of %s: %s", trial.number, stored.study_name, error)
+        nonlocal following
+        with lock:
+            waiting[trial.number] = trial
+            while following in waiting:
+                ended = waiting.pop(following)
+                following += 1
+                try:
+                    stored.add_trial(ended)
+                except Exception as error:  # the study goes on in memory; only a resume would miss it
+                    logger.warning(
+                        "could not store trial %d of %s: %s", ended.number, stored.study_name, error
+                    )
 
     return write
 
@@ -388,7 +403,7 @@ def _open_study(
     # Failed trials too, so the copy numbers its trials as the stored study does (RUNNING or WAITING ones
     # belong to nobody here: a crashed run's are failed by ``study_share.finish_study``).
     study.add_trials(stored.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)))
-    return study, [_write_through(stored)]
+    return study, [_write_through(stored, len(study.trials))]
 
 
 def tune(
@@ -449,8 +464,8 @@ def tune(
             work on the storage itself, so each sees the others' trials. Otherwise the study is tuned
             in memory, starting from the stored study's ended trials, and each finished trial is
             written to the storage as it ends (one write instead of ~15 reads and writes per trial:
-            on SQLite those cost ~230 CPU-ms a trial, taken from the cores the trials run on). The
-            stored copy then numbers the trials in the order they finished.
+            on SQLite those cost ~230 CPU-ms a trial, taken from the cores the trials run on), in
+            the order of their numbers.
         pool: Worker processes already started for these rows and folds (``TrialPool.serves``), used
             instead of starting ``n_jobs`` new ones (several studies on the same data).
     """
