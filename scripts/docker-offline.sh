@@ -13,8 +13,9 @@
 # bundle, so `pip install` inside `docker build` reaches the package registry through this
 # machine's proxy. The postgres one honours POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB and
 # keeps its data in /var/lib/postgresql/data and runs /docker-entrypoint-initdb.d/*.sql|*.sh on
-# first start, like the official image. Images already present are
-# kept (delete them to rebuild). Logs go to $DOCKER_OFFLINE_LOGS (default /tmp).
+# first start, like the official image. Images already present are kept: a pulled one always, a
+# stand-in while it was built by this script's current recipe (a label records it), so a changed
+# recipe rebuilds it. Logs go to $DOCKER_OFFLINE_LOGS (default /tmp).
 set -euo pipefail
 
 LOGS=${DOCKER_OFFLINE_LOGS:-/tmp}
@@ -46,6 +47,18 @@ engine() {
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
+RECIPE_LABEL=org.reggaeton.standin-recipe
+# The recipe of a stand-in: the text of the functions that build it.
+recipe() { declare -f "$@" | sha256sum | cut -c1-16; }
+
+current() {  # current TAG RECIPE: present, and either pulled or a stand-in of this recipe
+  have_image "$1" || return 1
+  [ "$(docker image inspect -f '{{.Comment}}' "$1")" = "Imported from -" ] || return 0
+  [ "$(docker image inspect -f "{{index .Config.Labels \"$RECIPE_LABEL\"}}" "$1")" = "$2" ] && return 0
+  log "$1 is a stand-in of an older recipe: rebuilding it"
+  return 1
+}
+
 # The real image when a registry answers; the stand-in is only for machines that cannot pull.
 pulled() { [ -z "${DOCKER_OFFLINE_NO_PULL:-}" ] && timeout 120 docker pull -q "$1" >/dev/null 2>&1; }
 
@@ -58,26 +71,49 @@ rootfs() {  # rootfs DIR PACKAGES
   cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
 }
 
+slim() {  # slim DIR: what Debian's -slim images leave out (docs, man pages, locales), now and on later installs
+  local dir=$1
+  cat >"$dir/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOS'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/lintian/overrides/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/man/*
+EOS
+  find "$dir/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  find "$dir/usr/share/doc" -mindepth 1 -type d -empty -delete
+  rm -rf "$dir"/usr/share/groff/* "$dir"/usr/share/info/* "$dir"/usr/share/linda/* \
+    "$dir"/usr/share/lintian/overrides/* "$dir"/usr/share/locale/* "$dir"/usr/share/man/*
+}
+
 python_image() {
-  local tag=${1:-python:3.11-slim} dir=/tmp/docker-offline.python-rootfs
+  local tag=${1:-python:3.11-slim} dir=/tmp/docker-offline.python-rootfs made
+  made=$(recipe rootfs slim python_image)
   engine
-  if have_image "$tag"; then log "$tag present"; return; fi
+  if current "$tag" "$made"; then log "$tag present"; return; fi
   if pulled "$tag"; then log "pulled $tag"; return; fi
-  rootfs "$dir" python3,python3-venv,python3-pip,python3-dev,ca-certificates,curl
+  # What python:3.11-slim has: the interpreter, venv and pip on a slim Debian (no compiler, no headers:
+  # every locked dependency installs from a wheel).
+  rootfs "$dir" python3,python3-venv,python3-pip,ca-certificates
+  slim "$dir"
   ln -sf /usr/bin/python3 "$dir/usr/local/bin/python"
   ln -sf /usr/bin/pip3 "$dir/usr/local/bin/pip"
   tar -C "$dir" -c . | docker import \
     -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     -c 'ENV PIP_BREAK_SYSTEM_PACKAGES=1' -c 'ENV LANG=C.UTF-8' \
-    -c 'CMD ["python3"]' - "$tag" >/dev/null
+    -c 'CMD ["python3"]' -c "LABEL $RECIPE_LABEL=$made" - "$tag" >/dev/null
   rm -rf "$dir"
   log "built $tag"
 }
 
 postgres_image() {
-  local tag=${1:-postgres:15} dir=/tmp/docker-offline.postgres-rootfs
+  local tag=${1:-postgres:15} dir=/tmp/docker-offline.postgres-rootfs made
+  made=$(recipe rootfs postgres_image)
   engine
-  if have_image "$tag"; then log "$tag present"; return; fi
+  if current "$tag" "$made"; then log "$tag present"; return; fi
   if pulled "$tag"; then log "pulled $tag"; return; fi
   rootfs "$dir" postgresql-15,ca-certificates
   cat >"$dir/usr/local/bin/docker-entrypoint.sh" <<'EOS'
@@ -118,7 +154,8 @@ EOS
   tar -C "$dir" -c . | docker import \
     -c 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' \
     -c 'ENV PGDATA=/var/lib/postgresql/data' -c 'ENV LANG=C.UTF-8' -c 'EXPOSE 5432' \
-    -c 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' - "$tag" >/dev/null
+    -c 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' -c "LABEL $RECIPE_LABEL=$made" \
+    - "$tag" >/dev/null
   rm -rf "$dir"
   log "built $tag"
 }
