@@ -66,7 +66,7 @@ COPY infra/__init__.py infra/healthcheck.py infra/
 # HOME elsewhere: importing Prefect writes its profile, which must not end up owned by root.
 RUN PYTHONDONTWRITEBYTECODE= HOME=/tmp/warm-up python -c "import serving.__main__, serving.app, adapters.registry, \
 reggaeton.model, reggaeton.scorer, mlflow.sklearn, mlflow.pyfunc, skops.io, prefect.events, psycopg, \
-sqlalchemy.dialects.postgresql"
+sqlalchemy.dialects.postgresql, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl, uvicorn.lifespan.on"
 USER 10001:10001
 CMD ["python", "-m", "serving"]
 

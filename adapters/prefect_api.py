@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,20 +37,8 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled, Cancelling, Scheduled
 
+from adapters.prefect_url import api_url
 from reggaeton.settings import Settings
-
-
-def api_url(settings: Settings, *, keep_configured: bool = False) -> str:
-    """The Prefect API URL to talk to: the only function that chooses it.
-
-    Args:
-        settings: The settings; their ``prefect_api_url`` is the stack's server.
-        keep_configured: Prefer the URL Prefect already has (``PREFECT_API_URL`` from the environment,
-            a profile or an enclosing block) and fall back on the settings' only without one: for the
-            command-line entry points, which a person may aim at any server. Off for the tools that
-            manage the stack the settings describe (deploy, demo, automations, the monitor's events).
-    """
-    return (PREFECT_API_URL.value() if keep_configured else None) or settings.prefect_api_url
 
 
 @contextmanager
@@ -70,21 +57,6 @@ def prefect_api(settings: Settings, *, keep_configured: bool = False) -> Iterato
     """
     with prefect_api_at(api_url(settings, keep_configured=keep_configured)):
         yield
-
-
-def export_api_url(settings: Settings, *, only_explicit: bool = False) -> None:
-    """Set ``PREFECT_API_URL`` for this process and its children unless the environment already has one.
-
-    Args:
-        settings: The settings.
-        only_explicit: Export only a URL set in the settings (``REGGAETON_PREFECT__API_URL``), not the
-            local default: for the API server, which sends events only where it was told to.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    if only_explicit and not settings.prefect.api_url:
-        return
-    os.environ["PREFECT_API_URL"] = api_url(settings)
 
 
 def find_deployment(client: SyncPrefectClient, name: str) -> UUID | None:

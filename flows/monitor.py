@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging.loggers import PrefectLogAdapter
 
 from adapters import registry
-from adapters.prefect_api import api_url
+from adapters.prefect_url import api_url
 from monitoring import events, pipeline, store
 from monitoring.estimation import ChunkResult
 from monitoring.policy import Alert

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import cast
 
-from adapters.prefect_api import export_api_url
+from adapters.prefect_url import export_api_url
 from infra.services import TRAIN_TIMEOUT_S
 from reggaeton import names
 from reggaeton.settings import Settings

@@ -7,7 +7,7 @@ import os
 
 import uvicorn
 
-from adapters.prefect_api import export_api_url
+from adapters.prefect_url import export_api_url
 from reggaeton.settings import Settings
 from serving.app import create_app
 
