@@ -1,8 +1,8 @@
 """Faults the loop survives, with real processes on free loopback ports.
 
-A worker killed in the middle of a retrain (a stand-in flow, then the real one killed before and after
-registering its version: one version per retrain request), and the MLflow server restarted while the
-real `train-and-promote` deployment is training.
+A worker killed in the middle of the real `train-and-promote` retrain, before and after registering its
+version (the rerun serves the same request: one version per retrain request), and the MLflow server
+restarted while the retrain is training.
 """
 
 from __future__ import annotations
@@ -31,23 +31,6 @@ from reggaeton.promotion import PROMOTED
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# The first run blocks (long enough to be killed); the rerun finishes at once.
-SLOW_FIRST_RUN = """
-import time
-from pathlib import Path
-
-from prefect import flow
-
-
-@flow(name="train-and-promote")
-def train_and_promote(request_id: str | None = None) -> str:
-    marker = Path(__file__).with_name("first-run-started")
-    if not marker.exists():
-        marker.write_text("started")
-        time.sleep(900)
-    return "ok"
-"""
 
 
 def _retrain_runs(settings: Settings) -> list[FlowRun]:
@@ -123,32 +106,6 @@ def _wait_completed(settings: Settings, run: FlowRun) -> None:
     assert final.state is not None and final.state.is_completed(), final.state
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_worker_killed_mid_retrain_the_retrain_runs_again(
-    project: Path, tmp_path: Path, free_port: Callable[[], int]
-) -> None:
-    """A stand-in flow: the rerun is created, serves the same request, and completes."""
-    (project / "flows" / "promote.py").write_text(SLOW_FIRST_RUN)
-    marker = project / "flows" / "first-run-started"
-    settings = Settings(state_dir=tmp_path / "state", prefect={"port": free_port()})
-    try:
-        stack.up(settings, ["prefect-server"])
-        deploy(settings, project_dir=project)
-        stack.up(settings, ["worker"])
-        first = _start_retrain(settings)
-        demo.wait_until("the first run to start", lambda: marker.exists() or None, timeout_s=180)
-        _kill_worker(settings, first)
-        rerun = _rerun(settings, 1)
-        _wait_completed(settings, rerun)
-        assert rerun.parameters == {"request_id": str(first.id)}  # the same retrain request
-        time.sleep(5)
-        assert len(_retrain_runs(settings)) == 2  # one rerun, not a loop of them
-    finally:
-        stack.down(settings)
-
-
-# --- the real flow -------------------------------------------------------------------------------------
 N_TRIALS = 3
 # urllib3, under MLflow's REST client, logs each retry of a request the server did not answer.
 CONNECTION_RETRY = re.compile(r"Retrying \(.*\) after connection broken by .*(refused|NewConnectionError)")
