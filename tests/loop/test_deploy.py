@@ -89,6 +89,26 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
         assert names[notice.name][3] == "send-notification"
 
 
+@pytest.mark.slow
+def test_a_failing_deployment_is_named_and_the_others_still_deploy(
+    project: Path, loop_settings: Settings
+) -> None:
+    """The `prefect deploy` commands run at once: one failing fails the call, naming it, after all ended."""
+    (project / "flows" / "monitor.py").write_text("# the monitor flow went missing\n")
+    pool = "reggaeton-pool-broken"
+    settings = loop_settings.model_copy(
+        update={"prefect": loop_settings.prefect.model_copy(update={"work_pool": pool})}
+    )
+    deploy.ensure_work_pool(settings)
+    deploy.ensure_work_pool(settings, settings.prefect.tuning_pool)
+    with pytest.raises(RuntimeError, match=r"prefect deploy --name monitor failed") as failed:
+        deploy.deploy_all(settings, project_dir=project)
+    assert "'monitor' not found in 'flows/monitor.py'" in str(failed.value)  # Prefect's own output
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        pools = {d.name: d.work_pool_name for d in client.read_deployments()}
+    assert pools["train-and-promote"] == pool  # deployed by its own command, beside the failing one
+
+
 def test_notices_cover_every_event_of_the_contract() -> None:
     covered = set().union(*(n.events for n in automations.notices(Settings())))
     assert {
