@@ -30,6 +30,9 @@ from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# A service without a health URL that is still alive this long after its start counts as started.
+SETTLE_S = 3.0
+
 
 @dataclass(frozen=True)
 class Service:
@@ -239,10 +242,12 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _wait_ready(service: Service, settings: Settings, record: Record, log_path: Path) -> None:
+def _wait_ready(
+    service: Service, settings: Settings, record: Record, log_path: Path, settle_until: float
+) -> None:
+    """Until the service answers its health URL; one without a URL: until ``settle_until``, alive."""
     url = service.health_url(settings)
     deadline = time.monotonic() + service.startup_timeout_s
-    settle_until = time.monotonic() + 3.0
     while time.monotonic() < deadline:
         if not record.is_running():
             raise RuntimeError(
@@ -292,12 +297,16 @@ def start(services: Sequence[Service], settings: Settings) -> dict[str, str]:
     A service that fails to become ready is stopped, and the error names it with the tail of its log.
     """
     launched = {service.name: _launch(service, settings) for service in services}
+    # Services without a health URL count as ready once alive for SETTLE_S, all from one moment (they
+    # started together); one that was already running (reused) has settled long ago.
+    settled_at = time.monotonic() + SETTLE_S
     for service in services:
         outcome, record = launched[service.name]
         if record is None:
             continue
+        settle_until = settled_at if outcome == "started" else 0.0
         try:
-            _wait_ready(service, settings, record, log_dir(settings) / f"{service.name}.log")
+            _wait_ready(service, settings, record, log_dir(settings) / f"{service.name}.log", settle_until)
         except Exception:
             if outcome == "started":
                 stop(service.name, settings)
@@ -333,33 +342,45 @@ def _hand_back(settings: Settings) -> None:
 
 def stop(name: str, settings: Settings, timeout_s: float = 20.0) -> str:
     """Stop one service this stack started (by its recorded PID). Returns "stopped" or "not running"."""
-    record = read_record(settings, name)
-    path = pid_dir(settings) / f"{name}.json"
-    if record is None:
-        return "not running"
-    outcome = "not running"
+    return stop_together([name], settings, timeout_s)[name]
 
-    def alive() -> bool:
+
+def stop_together(names: Sequence[str], settings: Settings, timeout_s: float = 20.0) -> dict[str, str]:
+    """Stop these services at once: SIGTERM to each, then one wait (SIGKILL for what outlives it).
+
+    One at a time, a stop that needs its whole grace (a worker finishing a flow run, a server draining
+    its connections) made ``down`` wait for the sum of them; together it waits for the longest.
+    """
+    records = {name: read_record(settings, name) for name in names}
+
+    def alive(name: str, record: Record) -> bool:
         # The worker's flow runs may outlive it in its group; what is left there is ours to stop.
         return record.is_running() or (name == "worker" and _group_alive(record.pid))
 
-    if alive():
+    running = {name: record for name, record in records.items() if record is not None and alive(name, record)}
+    for record in running.values():
         # The service leads its own session, so its group id is its PID: its children go with it.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(record.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while alive() and time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout_s
+    while any(alive(*item) for item in running.items()) and time.monotonic() < deadline:
+        for record in running.values():
             _reap(record.pid)
-            time.sleep(0.2)
-        if alive():
+        time.sleep(0.2)
+    for name, record in running.items():
+        if alive(name, record):
+            logger.warning("%s still running %.0f s after SIGTERM: killed", name, timeout_s)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(record.pid, signal.SIGKILL)
         _reap(record.pid)
-        outcome = "stopped"
-    path.unlink(missing_ok=True)
-    if name == "worker" and outcome == "stopped":
-        _hand_back(settings)
-    logger.info("%s: %s", name, outcome)
+    outcome = {}
+    for name in names:
+        if records[name] is not None:
+            (pid_dir(settings) / f"{name}.json").unlink(missing_ok=True)
+        outcome[name] = "stopped" if name in running else "not running"
+        if name == "worker" and name in running:
+            _hand_back(settings)
+        logger.info("%s: %s", name, outcome[name])
     return outcome
 
 
@@ -424,11 +445,13 @@ def up(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, st
 
 
 def down(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, str]:
-    """Stop the named services that this stack started, in reverse order.
+    """Stop the named services that this stack started, phase by phase in reverse order.
 
     The recorded endpoints go when nothing of the stack is left running.
     """
-    outcome = {name: stop(name, settings) for name in reversed(SERVICE_NAMES) if name in names}
+    outcome: dict[str, str] = {}
+    for phase in reversed(PHASES):  # each phase's services together, the later phase first
+        outcome.update(stop_together([name for name in phase if name in names], settings))
     if not any(value.startswith("running") for value in status(settings).values()):
         endpoints_path(settings).unlink(missing_ok=True)
     return outcome

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,3 +93,24 @@ def test_settings_round_trip_through_the_environment(tmp_path: Path, monkeypatch
     for key, value in stack.settings_environment(settings).items():
         monkeypatch.setenv(key, value)
     assert Settings() == settings
+
+
+def test_services_of_a_phase_are_stopped_together_within_one_grace(tmp_path: Path) -> None:
+    """Two services that ignore SIGTERM: both killed after one grace, not one grace each."""
+    settings = Settings(state_dir=tmp_path / "state")
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+    processes = []
+    for name in ("api", "watchdog"):
+        command = [sys.executable, "-c", stubborn + "time.sleep(600)"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, start_new_session=True)
+        assert process.stdout is not None and process.stdout.readline() == b"up\n"  # its handler is set
+        record = stack.Record(name, process.pid, stack._start_ticks(process.pid), ["python"])
+        stack._write_record(settings, record)
+        processes.append(process)
+    began = time.monotonic()
+    outcome = stack.stop_together(["api", "watchdog"], settings, timeout_s=3.0)
+    took = time.monotonic() - began
+    assert outcome == {"api": "stopped", "watchdog": "stopped"}
+    assert [process.wait(timeout=10) for process in processes] == [-signal.SIGKILL, -signal.SIGKILL]
+    assert 3.0 <= took < 6.0, took  # one grace of 3 s, not two
+    assert stack.read_record(settings, "api") is None and stack.read_record(settings, "watchdog") is None
