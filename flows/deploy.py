@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from subprocess import PIPE
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PREFECT_FILE = "prefect.yaml"
-DEPLOY_TIMEOUT_S = 600  # one `prefect deploy` (all run at once)
+DEPLOY_TIMEOUT_S = 600  # the `prefect deploy` commands, which run at once
 
 
 def ensure_work_pool(settings: Settings, name: str | None = None) -> bool:
@@ -108,9 +109,10 @@ def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file
         for name, command in commands.items()
     }
     failures = []
+    deadline = time.monotonic() + DEPLOY_TIMEOUT_S  # one bound for all: they run at once
     for name, process in started.items():
         try:
-            stdout, stderr = process.communicate(timeout=DEPLOY_TIMEOUT_S)
+            stdout, stderr = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
             stdout, stderr = process.communicate()
