@@ -214,9 +214,14 @@ class Record:
         return self.start_ticks is None or _start_ticks(self.pid) == self.start_ticks
 
 
+def record_path(settings: Settings, name: str) -> Path:
+    """Where the PID file of a service is."""
+    return pid_dir(settings) / f"{name}.json"
+
+
 def read_record(settings: Settings, name: str) -> Record | None:
     """The PID file of a service, if any."""
-    path = pid_dir(settings) / f"{name}.json"
+    path = record_path(settings, name)
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
@@ -224,7 +229,7 @@ def read_record(settings: Settings, name: str) -> Record | None:
 
 
 def _write_record(settings: Settings, record: Record) -> None:
-    path = pid_dir(settings) / f"{record.name}.json"
+    path = record_path(settings, record.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record.__dict__))
 
@@ -376,7 +381,7 @@ def stop_together(names: Sequence[str], settings: Settings, timeout_s: float = 2
     outcome = {}
     for name in names:
         if records[name] is not None:
-            (pid_dir(settings) / f"{name}.json").unlink(missing_ok=True)
+            record_path(settings, name).unlink(missing_ok=True)
         outcome[name] = "stopped" if name in running else "not running"
         if name == "worker" and name in running:
             _hand_back(settings)

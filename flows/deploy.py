@@ -121,7 +121,7 @@ def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file
                 f"prefect deploy --name {name} failed ({process.returncode}):\n{stdout}\n{stderr}"
             )
         else:
-            logger.info("deployed %s on pool %s", name, commands[name][-1])
+            logger.info("deployed %s on pool %s", name, deployment_pool(settings, name))
     if failures:
         raise RuntimeError(failures[0])
 

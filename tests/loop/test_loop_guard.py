@@ -188,7 +188,7 @@ def _sigkill_worker(settings: Settings, marker: Path) -> None:
     # Not `stack.stop`: that would hand the Pending run back, as a clean shutdown does.
     with contextlib.suppress(ChildProcessError):
         os.waitpid(record.pid, 0)
-    (stack.pid_dir(settings) / "worker.json").unlink()
+    stack.record_path(settings, "worker").unlink()
     assert stack.up(settings, ["worker"]) == {"worker": "started"}
 
 
