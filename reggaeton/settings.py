@@ -113,6 +113,9 @@ class ServingSettings(_Section):
     log_queue_size: int = Field(default=100_000, ge=1)
     log_batch_size: int = Field(default=500, ge=1)
     log_flush_interval_s: float = Field(default=0.2, gt=0)
+    # A log write not returned after this long counts as the log database being unavailable (metric,
+    # event), e.g. a table lock held elsewhere; the rows wait in the journal meanwhile.
+    log_write_stall_s: float = Field(default=5.0, gt=0)
     model_cache_dir: Path | None = None  # default: folder in the state folder
     micro_batch_max: int = Field(default=64, ge=1)
     # The prediction log's local journal: every answered row is written there (one write per model

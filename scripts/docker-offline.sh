@@ -148,7 +148,16 @@ EOF
     su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
   fi
 fi
-exec su postgres -s /bin/sh -c "exec $PGBIN/postgres -D '$PGDATA' -c listen_addresses='*'"
+# The official image stops with SIGINT (its STOPSIGNAL): Postgres's fast shutdown, which ends every session
+# cleanly. `docker import` cannot set STOPSIGNAL, so the SIGTERM of `docker stop` is passed on as SIGINT.
+# (Under `su`, Postgres was killed 2 s after a stop, and a client could be left with a connection that
+# was never reset.)
+setpriv --reuid=postgres --regid=postgres --init-groups "$PGBIN/postgres" -D "$PGDATA" -c listen_addresses='*' &
+pid=$!
+trap 'kill -INT "$pid" 2>/dev/null' TERM INT
+set +e
+while :; do wait "$pid"; status=$?; kill -0 "$pid" 2>/dev/null || break; done  # a trap ends a wait early
+exit "$status"
 EOS
   chmod +x "$dir/usr/local/bin/docker-entrypoint.sh"
   tar -C "$dir" -c . | docker import \

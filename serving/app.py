@@ -111,6 +111,7 @@ def _build_services(settings: Settings, metrics: ServingMetrics) -> Services:
         capacity_rows=serving.log_queue_size,
         batch_rows=serving.log_batch_size,
         flush_interval_s=serving.log_flush_interval_s,
+        write_stall_s=serving.log_write_stall_s,
         journal=journal,
         retry_after_s=serving.retry_after_s,
         close_timeout_s=serving.log_close_timeout_s,

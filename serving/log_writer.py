@@ -6,7 +6,9 @@ When the database is slow or down the in-memory queue fills; then it is dropped 
 the rows back from the journal (spilled), so memory stays bounded while the journal grows up to its
 own bound. When the journal is full or cannot be written, or, without a journal, when the queue is
 full, a new request is refused at once (:class:`LogUnavailableError`, answered 503): it never waits.
-A failed write is retried with the rows kept; rows are inserted with ``ON CONFLICT DO NOTHING`` on
+A failed write is retried with the rows kept; a write that has not returned after ``write_stall_s`` (a
+lock held elsewhere, a server that stopped answering) reports the database unavailable too, while the
+writer keeps waiting for it. Rows are inserted with ``ON CONFLICT DO NOTHING`` on
 the prediction id, so replaying the journal after a crash inserts each row exactly once.
 """
 
@@ -51,6 +53,7 @@ class PredictionLogWriter:
         capacity_rows: int,
         batch_rows: int,
         flush_interval_s: float,
+        write_stall_s: float = 5.0,
         journal: Journal | None = None,
         retry_after_s: float = 1.0,
         close_timeout_s: float = 10.0,
@@ -62,6 +65,7 @@ class PredictionLogWriter:
         self._capacity = capacity_rows
         self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
+        self._write_stall_s = write_stall_s
         self._journal = journal
         self._retry_after_s = retry_after_s
         self._close_timeout_s = close_timeout_s
@@ -75,7 +79,8 @@ class PredictionLogWriter:
         self._cursor: Position | None = None  # the journal is committed to the database up to here
         self._oldest: datetime | None = None  # creation time of the oldest row not yet in the database
         self._journal_error: tuple[float, str] | None = None  # (monotonic time, error) of a failed append
-        self._db_error: str | None = None  # the last write error while the database is unavailable
+        self._db_error: str | None = None  # why the database is unavailable (the last write error, a stall)
+        self._stalled = False  # _db_error is a write that has not returned yet, not an error
         self._flushed: list[tuple[int, asyncio.Future[None]]] = []
         self._data = asyncio.Event()
         self._batch_ready = asyncio.Event()
@@ -320,14 +325,13 @@ class PredictionLogWriter:
         delay = 0.05
         while True:
             try:
-                await loop.run_in_executor(self._executor, self._write, entries)
+                await self._await_write(loop.run_in_executor(self._executor, self._write, entries))
             except Exception as exc:
                 self._metrics.log_write_errors.inc()
-                if self._db_error is None:
-                    self._db_error = f"{type(exc).__name__}: {exc}"[:500]
+                if self._db_error is None or self._stalled:
                     logger.exception("prediction log write failed; rows kept, retrying")
-                    if self._on_state is not None:
-                        self._on_state(False, self._db_error)
+                self._stalled = False
+                self._unavailable(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_RETRY_DELAY_S)
                 continue
@@ -336,7 +340,27 @@ class PredictionLogWriter:
                 if self._on_state is not None:
                     self._on_state(True, self._db_error)
                 self._db_error = None
+                self._stalled = False
             return
+
+    async def _await_write(self, write: asyncio.Future[None]) -> None:
+        """Wait for a write; one not returned after ``write_stall_s`` marks the database unavailable."""
+        try:
+            await asyncio.wait_for(asyncio.shield(write), timeout=self._write_stall_s)
+        except TimeoutError:
+            if not write.done():  # else it ended at the deadline, or raised TimeoutError itself
+                stall = f"a write has not returned for {self._write_stall_s:g} s"
+                logger.warning("prediction log: %s; rows kept, waiting", stall)
+                self._stalled = True
+                self._unavailable(stall)
+            await write
+
+    def _unavailable(self, reason: str) -> None:
+        """Record why the database cannot take rows; the state listener hears when it first becomes so."""
+        first = self._db_error is None
+        self._db_error = reason[:500]
+        if first and self._on_state is not None:
+            self._on_state(False, self._db_error)
 
     def _write(self, entries: list[LogEntry]) -> None:
         parameters = self._insert.parameters(entries)

@@ -555,6 +555,14 @@ def test_an_example_secret_stops_compose_before_any_service_starts(stack: Stack,
 
 
 OUTAGE_S = 30.0
+# Long enough for a write on a connection to a server that no longer answers to fail (libpq's
+# tcp_user_timeout, 10 s, in adapters/prediction_log.POSTGRES_CONNECT_ARGS); without it, TCP retries ~15 min.
+PARTITION_S = 16.0
+
+_REPLICA_METRICS = """
+import urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=5).read().decode())
+"""
 
 
 def _logged_since(stack: Stack, since: str) -> list[str]:
@@ -565,16 +573,42 @@ def _logged_since(stack: Stack, since: str) -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
-def _api_metric(stack: Stack, name: str) -> float:
-    text = httpx.get(f"{stack.url('API_PORT')}/metrics", timeout=10).text
+def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(f"{name} "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
 
 
-def test_the_api_keeps_answering_while_postgres_is_stopped(stack: Stack) -> None:
+def _api_metric(stack: Stack, name: str) -> float:
+    """A metric of whichever replica the balancer picks."""
+    return _metric(httpx.get(f"{stack.url('API_PORT')}/metrics", timeout=10).text, name)
+
+
+def _replica_metrics(stack: Stack, name: str) -> dict[str, float]:
+    """A metric of every API replica, read inside each container (the balancer picks one)."""
+    values = {}
+    for container in stack.containers("api"):
+        out = subprocess.run(
+            ["docker", "exec", container, "python", "-c", _REPLICA_METRICS],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        values[container] = _metric(out.stdout, name)
+    return values
+
+
+def _docker(*args: str) -> None:
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"docker {' '.join(args)}: {out.stderr}"
+
+
+def test_the_api_keeps_answering_while_postgres_is_stopped_or_unreachable(stack: Stack) -> None:
     # Last in the module: Postgres also backs MLflow and Prefect, which only need to come back afterwards.
+    # Stopped: the server ends its connections. Unreachable (taken off the network, as a crashed host or a
+    # network split looks): nothing answers and nothing resets the connections, so a write would hang.
     wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
     since = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() - 1))
     answered: list[str] = []
@@ -583,7 +617,7 @@ def test_the_api_keeps_answering_while_postgres_is_stopped(stack: Stack) -> None
 
     def load() -> None:
         with httpx.Client(base_url=stack.url("API_PORT"), timeout=1.0) as client:
-            for _ in range(20_000):  # bounded in count and by the stop event
+            for _ in range(40_000):  # bounded in count and by the stop event
                 if stop.is_set():
                     return
                 try:
@@ -597,19 +631,38 @@ def test_the_api_keeps_answering_while_postgres_is_stopped(stack: Stack) -> None
                     failures.append(f"{response.status_code}: {response.text[:200]}")
                 time.sleep(0.01)
 
+    def ready_for(seconds: float) -> list[bool]:
+        during = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            during.append(ready(stack))
+            time.sleep(1)
+        return during
+
+    postgres = stack.container("postgres")
+    network = next(iter(stack.inspect(postgres)["NetworkSettings"]["Networks"]))
     workers = [threading.Thread(target=load, name=f"load-{i}") for i in range(4)]
     for worker in workers:
         worker.start()
     try:
         time.sleep(2)
         stack.compose("stop", "postgres", timeout_s=120)
-        deadline = time.monotonic() + OUTAGE_S
-        ready_during = []
-        while time.monotonic() < deadline:
-            ready_during.append(ready(stack))
-            time.sleep(1)
+        ready_during = ready_for(OUTAGE_S)
         down = _api_metric(stack, "reggaeton_prediction_log_database_up")
         stack.compose("start", "postgres", timeout_s=120)
+        wait_for(
+            "every replica to write to Postgres again",
+            lambda: set(_replica_metrics(stack, "reggaeton_prediction_log_database_up").values()) == {1},
+            READY_TIMEOUT_S,
+        )
+        errors_before = _replica_metrics(stack, "reggaeton_prediction_log_write_errors_total")
+        _docker("network", "disconnect", network, postgres)
+        try:
+            ready_during += ready_for(PARTITION_S)
+            up_unreachable = _replica_metrics(stack, "reggaeton_prediction_log_database_up")
+            errors_unreachable = _replica_metrics(stack, "reggaeton_prediction_log_write_errors_total")
+        finally:
+            _docker("network", "connect", "--alias", "postgres", network, postgres)
         time.sleep(2)
     finally:
         stop.set()
@@ -626,6 +679,12 @@ def test_the_api_keeps_answering_while_postgres_is_stopped(stack: Stack) -> None
     assert failures == []
     assert all(ready_during)  # the spool took every row: ready all along
     assert down == 0
+    assert set(up_unreachable.values()) == {0}, up_unreachable
+    # Each replica's writes failed (not hung) while nothing answered them.
+    assert all(errors_unreachable[c] > errors_before[c] for c in errors_before), (
+        errors_before,
+        errors_unreachable,
+    )
     assert len(answered) > 100
     assert len(logged) == len(set(logged)) == len(answered)
     assert set(logged) == set(answered)

@@ -134,6 +134,7 @@ def server_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
             "REGGAETON_SERVING__MAX_BATCH": str(serving.max_batch),
             "REGGAETON_SERVING__MAX_BODY_BYTES": str(serving.max_body_bytes),
             "REGGAETON_SERVING__LOG_QUEUE_SIZE": str(serving.log_queue_size),
+            "REGGAETON_SERVING__LOG_WRITE_STALL_S": str(serving.log_write_stall_s),
             "REGGAETON_LOG_LEVEL": "INFO",
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",

@@ -1,7 +1,8 @@
 """A prediction-log outage: the server keeps answering from its journal, never hangs, loses nothing.
 
 The outage is real: another connection holds an exclusive SQLite transaction on the log, so the
-server's inserts fail (after SQLite's 5 s busy timeout) until it is released. Held for 8 s here rather
+server's inserts wait (reported as a stall after ``log_write_stall_s``), then fail after SQLite's 5 s
+busy timeout, until it is released. Held for 8 s here rather
 than the issue's 30 s: long enough for the writer to fail, spill its queue to the journal and read it
 back, which is all a longer hold would add.
 """
@@ -34,6 +35,8 @@ def _segments(folder: Path) -> list[Path]:
 
 
 LOCK_S = 8.0
+STALL_S = 1.0  # the server's log_write_stall_s in the locked-log test
+STALL_READ_S = 3.0  # into the lock: after the stall is reported, before SQLite's busy timeout fails the write
 CLIENT_TIMEOUT_S = 1.0
 CONCURRENCY = 8
 MAX_REQUESTS = 50_000  # a bound on the load loop besides its duration
@@ -154,16 +157,21 @@ def test_a_locked_log_database_neither_fails_nor_hangs_a_request(
 ) -> None:
     promote(registry_versions.settings, registry_versions.good[0])
     # A small queue in memory, so the writer spills it and reads the rows back from the journal.
-    settings = make_settings(tmp_path / "state", registry_versions.settings, log_queue_size=200)
+    settings = make_settings(
+        tmp_path / "state", registry_versions.settings, log_queue_size=200, log_write_stall_s=STALL_S
+    )
     started = time.time()
     with run_server(settings, extra_env={"PREFECT_API_URL": prefect_api_url}) as server:
         ready_during: list[int] = []
+        stalled = ""
         with Load(server.url) as load:
             time.sleep(0.5)
             with log_locked(_log_path(server)):
-                deadline = time.monotonic() + LOCK_S
-                while time.monotonic() < deadline:
+                locked = time.monotonic()
+                while time.monotonic() < locked + LOCK_S:
                     ready_during.append(httpx.get(server.url + "/ready", timeout=5).status_code)
+                    if not stalled and time.monotonic() > locked + STALL_READ_S:
+                        stalled = httpx.get(server.url + "/metrics", timeout=10).text
                     time.sleep(0.5)
                 during = httpx.get(server.url + "/metrics", timeout=10).text
             time.sleep(1.0)
@@ -180,6 +188,9 @@ def test_a_locked_log_database_neither_fails_nor_hangs_a_request(
     assert load.failures == []
     assert load.refused == 0  # the spool took every row: nothing to refuse
     assert set(ready_during) == {200}  # the spool was usable the whole time: still ready
+    # A write waiting on the lock is reported before it fails: the database is down, with no error yet.
+    assert _metric(stalled, "reggaeton_prediction_log_database_up") == 0
+    assert _metric(stalled, "reggaeton_prediction_log_write_errors_total") == 0
     assert _metric(during, "reggaeton_prediction_log_database_up") == 0
     assert _metric(during, "reggaeton_prediction_log_spool_bytes") > 0
     assert _metric(during, "reggaeton_prediction_log_spool_oldest_age_seconds") > 1
