@@ -8,10 +8,9 @@ label arrived later.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import (
     Column,
     DateTime,
@@ -35,6 +34,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+
+if TYPE_CHECKING:  # pandas is imported by the readers: the API server, which only writes, starts without it
+    import pandas as pd
 
 metadata: Final = MetaData()
 
@@ -120,6 +122,8 @@ def labelled_traffic(engine: Engine) -> pd.DataFrame:
     ``prediction`` and the true label as the target column. Empty (same columns) when the log has
     no tables yet or no feedback.
     """
+    import pandas as pd
+
     columns = [
         predictions.c[PREDICTION_ID],
         predictions.c[CREATED_AT],
@@ -192,6 +196,8 @@ def _window_query(
 
 def _labels_by_position(frame: pd.DataFrame, labelled: list[Any]) -> np.ndarray:
     """The feedback labels placed on the frame's rows by prediction id (NaN where none arrived)."""
+    import pandas as pd
+
     label = np.full(len(frame), np.nan)
     if labelled and len(frame):
         ids, values = zip(*labelled, strict=True)
@@ -225,6 +231,8 @@ def read_window(
         Columns ``WINDOW_COLUMNS`` (without the features when ``features`` is False): ``created_at``
         as UTC timestamps, ``label`` as float (NaN when no feedback arrived).
     """
+    import pandas as pd
+
     rows_query, columns = _window_query(engine.dialect.name, model_version, after, until, features)
     # Labels in a query of their own, without a join: joining a million rows to feedback costs an index
     # probe per row. A label arrives after its prediction, so labels received before the window (less

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where a frame is validated: the API server starts without it
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ def validate_frame(frame: pd.DataFrame, source: str, *, require_target: bool = F
     Raises:
         SchemaError: naming the source, the column and how many rows are wrong.
     """
+    import pandas as pd
+
     if frame.empty:
         raise SchemaError(source, "no rows", rows=0)
     columns = list(FEATURE_NAMES) + ([TARGET] if require_target else [])

@@ -19,6 +19,10 @@ example songs plus rows spread over every feature's schema range), its probabili
 pipeline's to ``TOLERANCE``: the check, not this code, is the guarantee, so a future scikit-learn
 that changes these steps (some attributes read here are private) falls back to the pipeline instead of
 serving different predictions.
+
+Every rebuilt piece is a small picklable object of numpy arrays, and scikit-learn is imported only to
+rebuild: a rebuilt scorer saved by the server's model cache loads, and serves, without importing
+scikit-learn (an API replica starts faster).
 """
 
 from __future__ import annotations
@@ -29,17 +33,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
-from scipy.special import expit
-from sklearn.compose import ColumnTransformer
-from sklearn.dummy import DummyClassifier
-from sklearn.ensemble import (
-    GradientBoostingClassifier,
-    HistGradientBoostingClassifier,
-    RandomForestClassifier,
-)
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
 
 from reggaeton.schema import FEATURES
 
@@ -65,7 +58,36 @@ class Scorer:
 
 def pipeline_scorer(model: Any) -> Scorer:
     """The model's own ``predict_proba``, positive class."""
-    return Scorer(_own_predict_proba(model), PIPELINE)
+    return Scorer(OwnPredictProba(model), PIPELINE)
+
+
+def expit(x: np.ndarray) -> np.ndarray:
+    """The logistic function, as ``scipy.special.expit`` (without importing SciPy at start-up)."""
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for very negative x: 1 / inf is 0
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass(frozen=True, eq=False)
+class OwnPredictProba:
+    """A model's own ``predict_proba``, positive class."""
+
+    model: Any
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_proba(features)[:, 1], dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class Chain:
+    """A rebuilt pipeline: its transforming steps in order, then its final estimator."""
+
+    transforms: tuple[Transform, ...]
+    estimator: Probabilities
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        for transform in self.transforms:
+            features = transform(features)
+        return self.estimator(features)
 
 
 def verification_rows(examples: np.ndarray, rows: int = VERIFICATION_ROWS, seed: int = 0) -> np.ndarray:
@@ -102,6 +124,8 @@ def choose_scorer(model: Any, check_rows: np.ndarray) -> Scorer:
 def rebuild(model: Any) -> Probabilities | None:
     """The pipeline's steps as numpy operations and its final estimator rebuilt where its type is known
     (else its own ``predict_proba``), or None if a transforming step is not rebuilt."""
+    from sklearn.pipeline import Pipeline
+
     if not isinstance(model, Pipeline):  # imbalanced-learn's Pipeline is a subclass
         return None
     *steps, (_, final) = model.steps
@@ -115,34 +139,39 @@ def rebuild(model: Any) -> Probabilities | None:
         transforms.append(transform)
     if not hasattr(final, "predict_proba") or len(getattr(final, "classes_", ())) != 2:
         return None
-    estimator = _estimator(final)
-
-    def probabilities(features: np.ndarray) -> np.ndarray:
-        for transform in transforms:
-            features = transform(features)
-        return estimator(features)
-
-    return probabilities
+    return Chain(tuple(transforms), _estimator(final))
 
 
 def _estimator(final: Any) -> Probabilities:
     """The final estimator's positive-class probability, rebuilt when its type is known."""
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.linear_model import LogisticRegression
+
     kind = type(final)
     if kind is GradientBoostingClassifier:
-        return _gradient_boosting(final) or _own_predict_proba(final)
+        return _gradient_boosting(final) or OwnPredictProba(final)
     if kind is HistGradientBoostingClassifier:
-        return _hist_gradient_boosting(final) or _own_predict_proba(final)
+        return _hist_gradient_boosting(final) or OwnPredictProba(final)
     if kind is RandomForestClassifier:
-        return _random_forest(final) or _own_predict_proba(final)
+        return _random_forest(final) or OwnPredictProba(final)
     if kind is LogisticRegression:
-        coef, intercept = final.coef_.T, final.intercept_
-        return lambda features: np.asarray(expit(features @ coef + intercept), dtype=np.float64).ravel()
-    return _own_predict_proba(final)
+        return Linear(final.coef_.T, final.intercept_)
+    return OwnPredictProba(final)
 
 
-def _own_predict_proba(model: Any) -> Probabilities:
-    predict_proba = model.predict_proba
-    return lambda features: np.asarray(predict_proba(features)[:, 1], dtype=np.float64)
+@dataclass(frozen=True, eq=False)
+class Linear:
+    """Logistic regression: the logistic function of a linear function."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(expit(features @ self.coef + self.intercept), dtype=np.float64).ravel()
 
 
 class Tree(NamedTuple):
@@ -220,7 +249,35 @@ def _sklearn_tree(tree: Any, value: np.ndarray) -> Tree:
     )
 
 
-def _gradient_boosting(model: GradientBoostingClassifier) -> Probabilities | None:
+@dataclass(frozen=True, eq=False)
+class Boosted:
+    """A boosted ensemble's probability: the logistic function of its start plus its trees' sum."""
+
+    forest: Forest
+    start: float
+    rate: float  # the learning rate (1.0 when the leaves hold it already)
+    float32: bool  # the trees compare float32 inputs, as fitted
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        if self.float32:
+            features = features.astype(np.float32)
+        return expit(self.start + self.rate * self.forest.leaf_values(features).sum(axis=1))
+
+
+@dataclass(frozen=True, eq=False)
+class Averaged:
+    """A random forest's probability: the mean of its trees' leaf fractions (float32 inputs, as fitted)."""
+
+    forest: Forest
+    size: int
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return self.forest.leaf_values(features.astype(np.float32)).sum(axis=1) / self.size
+
+
+def _gradient_boosting(model: Any) -> Probabilities | None:
+    from sklearn.dummy import DummyClassifier
+
     if model.loss != "log_loss" or not (model.init_ == "zero" or type(model.init_) is DummyClassifier):
         return None  # a custom init estimator makes the starting score depend on the row
     forest = Forest.of(
@@ -228,15 +285,10 @@ def _gradient_boosting(model: GradientBoostingClassifier) -> Probabilities | Non
     )
     one_row = np.zeros((1, model.n_features_in_), dtype=np.float32)
     start = float(model._raw_predict_init(one_row)[0, 0])
-    rate = model.learning_rate
-
-    def probabilities(features: np.ndarray) -> np.ndarray:  # trees compare float32 inputs, as fitted
-        return expit(start + rate * forest.leaf_values(features.astype(np.float32)).sum(axis=1))
-
-    return probabilities
+    return Boosted(forest, start, float(model.learning_rate), float32=True)
 
 
-def _hist_gradient_boosting(model: HistGradientBoostingClassifier) -> Probabilities | None:
+def _hist_gradient_boosting(model: Any) -> Probabilities | None:
     if model.n_trees_per_iteration_ != 1 or model.loss != "log_loss" or model._preprocessor is not None:
         return None  # (the preprocessor reorders columns when categorical features are declared)
     nodes = [predictor.nodes for (predictor,) in model._predictors]
@@ -257,10 +309,10 @@ def _hist_gradient_boosting(model: HistGradientBoostingClassifier) -> Probabilit
         ]
     )
     start = float(np.ravel(model._baseline_prediction)[0])
-    return lambda features: expit(start + forest.leaf_values(features).sum(axis=1))
+    return Boosted(forest, start, 1.0, float32=False)
 
 
-def _random_forest(model: RandomForestClassifier) -> Probabilities | None:
+def _random_forest(model: Any) -> Probabilities | None:
     if model.n_outputs_ != 1:
         return None
     trees = []
@@ -268,12 +320,13 @@ def _random_forest(model: RandomForestClassifier) -> Probabilities | None:
         counts = estimator.tree_.value[:, 0, :]
         totals = counts.sum(axis=1)
         trees.append(_sklearn_tree(estimator.tree_, counts[:, 1] / np.where(totals == 0, 1.0, totals)))
-    forest = Forest.of(trees)
-    size = len(trees)
-    return lambda features: forest.leaf_values(features.astype(np.float32)).sum(axis=1) / size
+    return Averaged(Forest.of(trees), len(trees))
 
 
 def _transform(step: Any) -> Transform | None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
     if type(step) is MinMaxScaler:
         return _min_max(step)
     if type(step) is StandardScaler:
@@ -283,46 +336,75 @@ def _transform(step: Any) -> Transform | None:
     return None
 
 
-def _min_max(step: MinMaxScaler) -> Transform:
-    scale, offset = step.scale_, step.min_
-    low, high = step.feature_range
-    clip = bool(step.clip)
+@dataclass(frozen=True, eq=False)
+class MinMax:
+    """As ``MinMaxScaler.transform``: X *= scale_; X += min_; then clipped if asked."""
 
-    def min_max(features: np.ndarray) -> np.ndarray:  # as MinMaxScaler.transform: X *= scale_; X += min_
-        out = features * scale
-        out += offset
-        if clip:
-            np.clip(out, low, high, out=out)
+    scale: np.ndarray
+    offset: np.ndarray
+    low: float
+    high: float
+    clip: bool
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        out = features * self.scale
+        out += self.offset
+        if self.clip:
+            np.clip(out, self.low, self.high, out=out)
         return out
 
-    return min_max
+
+@dataclass(frozen=True, eq=False)
+class Standard:
+    """As ``StandardScaler.transform``: X -= mean_; X /= scale_ (each when the scaler uses it)."""
+
+    mean: np.ndarray | None
+    scale: np.ndarray | None
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        out = features.copy()
+        if self.mean is not None:
+            out -= self.mean
+        if self.scale is not None:
+            out /= self.scale
+        return out
 
 
-def _standard(step: StandardScaler) -> Transform | None:
+@dataclass(frozen=True, eq=False)
+class Columns:
+    """As ``ColumnTransformer.transform``: each part's columns, transformed or passed through, in order."""
+
+    parts: tuple[tuple[np.ndarray, Transform | None], ...]
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        blocks = [
+            features[:, indices] if transform is None else transform(features[:, indices])
+            for indices, transform in self.parts
+        ]
+        return np.hstack(blocks)
+
+
+def _min_max(step: Any) -> Transform:
+    low, high = step.feature_range
+    return MinMax(step.scale_, step.min_, low, high, bool(step.clip))
+
+
+def _standard(step: Any) -> Transform | None:
     if step.with_mean and step.mean_ is None:
         return None
-    mean = step.mean_ if step.with_mean else None
-    scale = step.scale_ if step.with_std else None
-
-    def standard(features: np.ndarray) -> np.ndarray:  # as StandardScaler.transform: X -= mean_; X /= scale_
-        out = features.copy()
-        if mean is not None:
-            out -= mean
-        if scale is not None:
-            out /= scale
-        return out
-
-    return standard
+    return Standard(step.mean_ if step.with_mean else None, step.scale_ if step.with_std else None)
 
 
 def _is_identity(transformer: Any) -> bool:
     """``"passthrough"``, or what scikit-learn 1.9 turns a passthrough remainder into."""
+    from sklearn.preprocessing import FunctionTransformer
+
     if isinstance(transformer, str):
         return transformer == "passthrough"
     return type(transformer) is FunctionTransformer and transformer.func is None
 
 
-def _columns(step: ColumnTransformer) -> Transform | None:
+def _columns(step: Any) -> Transform | None:
     if getattr(step, "sparse_output_", False):
         return None
     parts: list[tuple[np.ndarray, Transform | None]] = []
@@ -343,12 +425,4 @@ def _columns(step: ColumnTransformer) -> Transform | None:
         if transform is None:
             return None
         parts.append((indices, transform))
-
-    def column_transform(features: np.ndarray) -> np.ndarray:
-        blocks = [
-            features[:, indices] if transform is None else transform(features[:, indices])
-            for indices, transform in parts
-        ]
-        return np.hstack(blocks)
-
-    return column_transform
+    return Columns(tuple(parts))

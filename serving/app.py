@@ -19,7 +19,7 @@ from reggaeton.settings import Settings
 from serving.cache import ModelCache
 from serving.events import emit_log_state
 from serving.fast_path import ServingApp
-from serving.holder import ModelHolder, ServedModel, prepared
+from serving.holder import ModelHolder, ServedModel
 from serving.log_writer import PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.middleware import MetricsMiddleware
@@ -63,8 +63,7 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
 
 async def _load_cached(services: Services, cache: ModelCache) -> None:
     def load() -> ServedModel | None:
-        cached = cache.load(services.settings.mlflow.model_name)
-        return None if cached is None else prepared(cached)
+        return cache.load(services.settings.mlflow.model_name)
 
     try:
         cached = await in_daemon_thread(load, name="cache-load")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from reggaeton.scorer import Scorer, ScorerKind, pipeline_scorer
-from reggaeton.servable import NotServableError, servable_scorer
+from reggaeton.servable import NotServableError, example_problems, servable_scorer, threshold_problems
 
 
 class ModelCheckError(RuntimeError):
@@ -25,7 +25,7 @@ class ServedModel:
     name: str
     version: str
     run_id: str | None
-    model: Any
+    model: Any  # the pipeline; None when served from the model cache's rebuilt scorer alone
     threshold: float
     loaded_at: datetime
     source: str  # "registry" or "cache"
@@ -64,6 +64,20 @@ def prepared(served: ServedModel) -> ServedModel:
     except NotServableError as exc:
         raise ModelCheckError(str(exc)) from exc
     return dataclasses.replace(served, scorer=scorer)
+
+
+def checked(served: ServedModel) -> ServedModel:
+    """A model whose scorer was chosen before (the model cache's), checked again on the example songs.
+
+    Raises:
+        ModelCheckError: the model must not be served (the threshold or the example songs' scores).
+    """
+    assert served.scorer is not None  # set in __post_init__
+    problems = threshold_problems(served.threshold, served.version)
+    problems += example_problems(served.scorer, served.version)
+    if problems:
+        raise ModelCheckError("; ".join(problems))
+    return served
 
 
 class ModelHolder:

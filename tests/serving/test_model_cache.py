@@ -1,0 +1,119 @@
+"""The model cache: a replica starts from the cached scorer alone; the cached pipeline is the fallback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from reggaeton.data import features_array, split, synthetic_dataset
+from reggaeton.model import build_pipeline
+from reggaeton.schema import TARGET
+from reggaeton.scorer import REBUILT, TOLERANCE, verification_rows
+from reggaeton.servable import examples_array
+from serving import cache as cache_module
+from serving.cache import MODEL_FILE, ModelCache
+from serving.holder import ModelCheckError, ServedModel, prepared
+
+NAME = "reggaeton-classifier"
+_DATA = split(synthetic_dataset(600, seed=7), 0.3, seed=7)
+# One of each rebuilt estimator and step the project's families use.
+_MODELS = {
+    "baseline": {"n_estimators": 40},
+    "hist_gradient_boosting": {"max_iter": 20},
+    "random_forest": {"n_estimators": 10},
+    "logistic_regression": {},
+}
+HEAVY = ("sklearn", "imblearn", "scipy", "pandas")
+
+_LOAD = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from serving.cache import ModelCache
+rows = np.load(sys.argv[1])
+out = {}
+for folder in sys.argv[3:]:
+    served = ModelCache(Path(folder)).load(sys.argv[2])
+    out[folder] = {"kind": served.scorer_kind, "model": served.model is not None,
+                   "p": served.probabilities(rows).tolist()}
+heavy = [name for name in %r if name in sys.modules]
+print(json.dumps({"loaded": out, "heavy": heavy}))
+"""
+
+
+def _prepared(family: str, version: str = "1", threshold: float = 0.5) -> ServedModel:
+    pipeline = build_pipeline(family, _MODELS[family], seed=0)
+    pipeline.fit(features_array(_DATA.train), _DATA.train[TARGET])
+    served = ServedModel(NAME, version, "run", pipeline, threshold, datetime.now().astimezone(), "registry")
+    return prepared(served)
+
+
+def test_a_replica_starts_from_the_cached_scorer_without_scikit_learn(tmp_path: Path) -> None:
+    rows = verification_rows(examples_array(), rows=64, seed=3)
+    np.save(tmp_path / "rows.npy", rows)
+    expected = {}
+    for family in _MODELS:
+        served = _prepared(family)
+        assert served.scorer_kind == REBUILT, family
+        ModelCache(tmp_path / family).save(served)
+        expected[str(tmp_path / family)] = served.model.predict_proba(rows)[:, 1]
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD % (HEAVY,), str(tmp_path / "rows.npy"), NAME, *expected],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(result.stdout)
+    assert report["heavy"] == []
+    for folder, pipeline_p in expected.items():
+        loaded = report["loaded"][folder]
+        assert loaded["kind"] == REBUILT and not loaded["model"], folder
+        np.testing.assert_allclose(loaded["p"], pipeline_p, rtol=0, atol=TOLERANCE)
+
+
+def test_a_scorer_from_other_code_is_rebuilt_from_the_cached_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = _prepared("hist_gradient_boosting", version="3")
+    cache = ModelCache(tmp_path)
+    cache.save(served)
+    monkeypatch.setattr(cache_module, "scorer_code", lambda: "another version of reggaeton/scorer.py")
+    loaded = cache.load(NAME)
+    assert loaded is not None and loaded.version == "3" and loaded.source == "cache"
+    assert loaded.model is not None and loaded.scorer_kind == REBUILT  # verified again against it
+    rows = examples_array()
+    np.testing.assert_allclose(loaded.probabilities(rows), served.probabilities(rows), rtol=0, atol=TOLERANCE)
+    (tmp_path / MODEL_FILE).unlink()  # without its pipeline, that scorer is not used
+    assert cache.load(NAME) is None
+
+
+def test_a_pipeline_file_of_another_version_is_never_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ModelCache(tmp_path)
+    cache.save(_prepared("logistic_regression", version="1"))
+    newer = ModelCache(tmp_path / "newer")
+    newer.save(_prepared("logistic_regression", version="2"))
+    # As a crash between the two writes of version 2 leaves it: its pipeline beside version 1's scorer.
+    (tmp_path / "newer" / MODEL_FILE).replace(tmp_path / MODEL_FILE)
+    loaded = cache.load(NAME)
+    assert loaded is not None and loaded.version == "1" and loaded.model is None  # the scorer alone serves
+    monkeypatch.setattr(cache_module, "scorer_code", lambda: "other")
+    assert cache.load(NAME) is None  # and version 2's pipeline is not taken for version 1's
+
+
+def test_a_cached_model_is_checked_again_before_it_is_served(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path)
+    served: Any = _prepared("logistic_regression")
+    cache.save(ServedModel(NAME, "4", None, None, 1.5, served.loaded_at, "registry", scorer=served.scorer))
+    with pytest.raises(ModelCheckError, match="threshold"):
+        cache.load(NAME)
+    assert ModelCache(tmp_path / "empty").load(NAME) is None
