@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -130,3 +135,65 @@ def test_tuning_runs_nobody_starts_are_cancelled_at_the_timeout_and_the_parent_t
     result = tune.complete_study(settings.optuna_storage, "late-study", settings.training.n_trials, top_up)
     assert topped_up == [settings.training.n_trials]
     assert result.n_trials == settings.training.n_trials
+
+
+_STOPPED_PARENT = """
+import sys
+from pathlib import Path
+from prefect import flow
+from adapters import registry
+from flows import tune
+from reggaeton.data import synthetic_dataset
+from reggaeton.settings import Settings
+
+settings = Settings.model_validate_json(Path(sys.argv[1]).read_text())
+
+@flow(name="stopped-parent")
+def parent() -> None:
+    client = registry.connect(settings)
+    experiment_id = registry.ensure_experiment(client, "stopped-tuning", settings)
+    run = client.create_run(experiment_id).info.run_id
+    frame = synthetic_dataset(400, seed=3).frame
+    tune.spread_study(client, settings, frame, (run, experiment_id), "stopped-study", runs=2)
+
+parent()
+"""
+
+
+def test_a_training_run_stopped_while_it_waits_cancels_its_tuning_runs(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    # As a worker stops a cancelled training run: SIGTERM to its process, which Prefect's flow engine
+    # turns into an exception inside the flow. The tuning runs, here on a pool nobody serves so they
+    # wait, must not outlive it: left Scheduled, a worker would run them later for nothing.
+    pool = "nobody-serves-this-either"
+    settings = _settings(tmp_path / "stopped", prefect_api_url, parallel_workers=2, tuning_pool=pool)
+    settings.ensure_state_dir()
+    with prefect_api.prefect_api(settings), get_client(sync_client=True) as prefect:
+        prefect.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = prefect.create_flow_from_name(names.TUNE_FLOW)
+        deployment_id = prefect.create_deployment(flow_id, names.TUNE_DEPLOYMENT, work_pool_name=pool)
+    (tmp_path / "settings.json").write_text(settings.model_dump_json())
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _STOPPED_PARENT, str(tmp_path / "settings.json")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        with prefect_api.prefect_api(settings), get_client(sync_client=True) as prefect:
+            while len(prefect_api.deployment_runs(prefect, deployment_id)) < 2:
+                assert parent.poll() is None, parent.communicate()[0]
+                assert time.monotonic() < deadline, "the tuning runs were never submitted"
+                time.sleep(0.5)
+        parent.send_signal(signal.SIGTERM)
+        output = parent.communicate(timeout=60)[0]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert parent.returncode != 0, output
+    with prefect_api.prefect_api(settings), get_client(sync_client=True) as prefect:
+        runs = prefect_api.deployment_runs(prefect, deployment_id)
+    assert [run.state_type for run in runs] == [StateType.CANCELLED, StateType.CANCELLED], output
+    assert all("its training run failed" in (run.state.message or "") for run in runs if run.state)
