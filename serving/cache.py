@@ -4,8 +4,8 @@ Two files, each replaced atomically. ``champion.joblib`` holds the version's met
 scorer: for a rebuilt scorer (``reggaeton/scorer.py``) that is numpy arrays only, so a server starts
 from it without importing scikit-learn (an API replica is ready ~1.5 s sooner). ``champion-model.joblib``
 holds the pipeline, read only when the scorer cannot be used: written by another version of
-``reggaeton/scorer.py`` (its code hash differs), or unreadable. Either way the example songs are scored
-again before anything is served.
+``reggaeton/scorer.py`` (its code hash differs), or it cannot be unpickled (it is pickled on its own, so
+the metadata stays readable). Either way the example songs are scored again before anything is served.
 
 The cache is written by this server from a model it loaded from the registry and checked; it is a
 joblib (pickle) file, so the cache folder must be as trusted as the server's own code.
@@ -13,11 +13,11 @@ joblib (pickle) file, so the cache folder must be as trusted as the server's own
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import logging
 import os
+import pickle
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -69,7 +69,7 @@ class ModelCache:
                 "run_id": served.run_id,
                 "threshold": served.threshold,
                 "metrics": dict(served.metrics),
-                "scorer": served.scorer,
+                "scorer": pickle.dumps(served.scorer, protocol=pickle.HIGHEST_PROTOCOL),
                 "scorer_code": scorer_code(),
             },
         )
@@ -88,25 +88,34 @@ class ModelCache:
         if payload.get("format") != _FORMAT or payload.get("name") != model_name:
             logger.warning("model cache %s is for another model or format; ignoring it", self.path)
             return None
+        version = str(payload["version"])
+        scorer = None
+        if payload.get("scorer_code") == scorer_code():
+            try:
+                scorer = pickle.loads(payload["scorer"])
+            except Exception:
+                logger.exception("cached scorer of version %s cannot be read", version)
+        else:
+            logger.info("cached scorer was made by other code; rebuilding it from the cached pipeline")
+        model = None
+        if scorer is None:
+            stored = self._read(self.model_path)
+            if stored is None or stored.get("format") != _FORMAT or str(stored.get("version")) != version:
+                logger.warning("no cached pipeline of version %s; ignoring the cache", version)
+                return None
+            model = stored["model"]
         served = ServedModel(
             name=payload["name"],
-            version=str(payload["version"]),
+            version=version,
             run_id=payload["run_id"],
-            model=None,
+            model=model,
             threshold=float(payload["threshold"]),
             loaded_at=datetime.now().astimezone(),
             source="cache",
             metrics=payload["metrics"],
-            scorer=payload["scorer"],
+            scorer=scorer,
         )
-        if payload.get("scorer_code") == scorer_code():
-            return checked(served)
-        logger.info("cached scorer was made by other code; rebuilding it from the cached pipeline")
-        stored = self._read(self.model_path)
-        if stored is None or stored.get("format") != _FORMAT or str(stored.get("version")) != served.version:
-            logger.warning("no cached pipeline of version %s; ignoring the cache", served.version)
-            return None
-        return prepared(dataclasses.replace(served, model=stored["model"], scorer=None))
+        return checked(served) if scorer is not None else prepared(served)
 
     @staticmethod
     def _write(path: Path, payload: dict[str, Any]) -> None:

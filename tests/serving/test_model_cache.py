@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ from reggaeton.schema import TARGET
 from reggaeton.scorer import REBUILT, TOLERANCE, verification_rows
 from reggaeton.servable import examples_array
 from serving import cache as cache_module
-from serving.cache import MODEL_FILE, ModelCache
+from serving.cache import CACHE_FILE, MODEL_FILE, ModelCache
 from serving.holder import ModelCheckError, ServedModel, prepared
 
 NAME = "reggaeton-classifier"
@@ -93,6 +94,16 @@ def test_a_scorer_from_other_code_is_rebuilt_from_the_cached_pipeline(
     np.testing.assert_allclose(loaded.probabilities(rows), served.probabilities(rows), rtol=0, atol=TOLERANCE)
     (tmp_path / MODEL_FILE).unlink()  # without its pipeline, that scorer is not used
     assert cache.load(NAME) is None
+
+
+def test_a_scorer_that_cannot_be_read_is_rebuilt_from_the_cached_pipeline(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path)
+    cache.save(_prepared("random_forest", version="5"))
+    payload = joblib.load(tmp_path / CACHE_FILE)
+    joblib.dump({**payload, "scorer": b"not a pickle"}, tmp_path / CACHE_FILE)  # e.g. a class renamed since
+    loaded = cache.load(NAME)
+    assert loaded is not None and loaded.version == "5"
+    assert loaded.model is not None and loaded.scorer_kind == REBUILT
 
 
 def test_a_pipeline_file_of_another_version_is_never_used(
