@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
 import optuna
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 
 from adapters import prefect_api, registry
 from flows import tune
@@ -99,6 +100,13 @@ def test_with_no_tuning_worker_online_the_retrain_tunes_in_its_own_run(
     assert {trial.data.tags[names.Tag.WORKER] for trial in trials} == {"this-box"}
 
 
+def _study_runs(settings: Settings, deployment_id: UUID, study_name: str) -> list[FlowRun]:
+    """The tuning runs of one study (the tests share the Prefect server, and the tune deployment's name)."""
+    with prefect_api.prefect_api(settings), get_client(sync_client=True) as prefect:
+        runs = prefect_api.deployment_runs(prefect, deployment_id)
+    return [run for run in runs if run.parameters.get("study_name") == study_name]
+
+
 def test_tuning_runs_nobody_starts_are_cancelled_at_the_timeout_and_the_parent_tunes_alone(
     prefect_api_url: str, tmp_path: Path
 ) -> None:
@@ -119,8 +127,7 @@ def test_tuning_runs_nobody_starts_are_cancelled_at_the_timeout_and_the_parent_t
 
     tune.spread_study(client, settings, frame, (parent, experiment_id), "late-study", runs=2)
 
-    with prefect_api.prefect_api(settings), get_client(sync_client=True) as prefect:
-        states = [run.state_type for run in prefect_api.deployment_runs(prefect, deployment_id)]
+    states = [run.state_type for run in _study_runs(settings, deployment_id, "late-study")]
     assert states == [StateType.CANCELLED, StateType.CANCELLED]
     topped_up: list[int] = []
 
@@ -181,11 +188,10 @@ def test_a_training_run_stopped_while_it_waits_cancels_its_tuning_runs(
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        with prefect_api.prefect_api(settings), get_client(sync_client=True) as prefect:
-            while len(prefect_api.deployment_runs(prefect, deployment_id)) < 2:
-                assert parent.poll() is None, parent.communicate()[0]
-                assert time.monotonic() < deadline, "the tuning runs were never submitted"
-                time.sleep(0.5)
+        while len(_study_runs(settings, deployment_id, "stopped-study")) < 2:
+            assert parent.poll() is None, parent.communicate()[0]
+            assert time.monotonic() < deadline, "the tuning runs were never submitted"
+            time.sleep(0.5)
         parent.send_signal(signal.SIGTERM)
         output = parent.communicate(timeout=60)[0]
     finally:
@@ -193,7 +199,6 @@ def test_a_training_run_stopped_while_it_waits_cancels_its_tuning_runs(
             parent.kill()
             parent.wait()
     assert parent.returncode != 0, output
-    with prefect_api.prefect_api(settings), get_client(sync_client=True) as prefect:
-        runs = prefect_api.deployment_runs(prefect, deployment_id)
+    runs = _study_runs(settings, deployment_id, "stopped-study")
     assert [run.state_type for run in runs] == [StateType.CANCELLED, StateType.CANCELLED], output
-    assert all("its training run failed" in (run.state.message or "") for run in runs if run.state)
+    assert all(run.state and "its training run failed" in (run.state.message or "") for run in runs), output
