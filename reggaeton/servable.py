@@ -81,7 +81,16 @@ def servable_scorer(model: Any, threshold: float, version: str) -> Scorer:
         NotServableError: naming every problem found.
     """
     scorer = choose_scorer(model, verification_rows(examples_array()))
+    check_servable(scorer, threshold, version)
+    return scorer
+
+
+def check_servable(scorer: Scorer, threshold: float, version: str) -> None:
+    """The servability rule for a scorer already chosen: its threshold, and the example songs' scores.
+
+    Raises:
+        NotServableError: naming every problem found.
+    """
     problems = threshold_problems(threshold, version) + example_problems(scorer, version)
     if problems:
         raise NotServableError(problems)
-    return scorer

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from reggaeton.scorer import Scorer, ScorerKind, pipeline_scorer
-from reggaeton.servable import NotServableError, example_problems, servable_scorer, threshold_problems
+from reggaeton.servable import NotServableError, check_servable, servable_scorer
 
 
 class ModelCheckError(RuntimeError):
@@ -73,10 +73,10 @@ def checked(served: ServedModel) -> ServedModel:
         ModelCheckError: the model must not be served (the threshold or the example songs' scores).
     """
     assert served.scorer is not None  # set in __post_init__
-    problems = threshold_problems(served.threshold, served.version)
-    problems += example_problems(served.scorer, served.version)
-    if problems:
-        raise ModelCheckError("; ".join(problems))
+    try:
+        check_servable(served.scorer, served.threshold, served.version)
+    except NotServableError as exc:
+        raise ModelCheckError(str(exc)) from exc
     return served
 
 
