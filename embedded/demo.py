@@ -70,8 +70,9 @@ def stack_settings(settings: Settings) -> Settings:
 
 # --- registry -------------------------------------------------------------------------------------------
 def version_info(client: MlflowClient, settings: Settings, version: str) -> VersionInfo:
-    """Metrics and decision recorded on a version (tags written by training and the gate)."""
-    return views.version_info(client.get_model_version(settings.mlflow.model_name, version))
+    """Metrics (on its logged model) and decision (tags written by the gate) recorded on a version."""
+    found = client.get_model_version(settings.mlflow.model_name, version)
+    return views.version_info(found, registry.version_metrics(client, found))
 
 
 def champion_version(client: MlflowClient, settings: Settings) -> str | None:

@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from adapters import registry
-from embedded import demo
+from embedded import demo, views
 from reggaeton import names
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
@@ -26,6 +26,7 @@ def test_champion_and_newest_version(settings: Settings) -> None:
     experiment_id = registry.ensure_experiment(client, settings.mlflow.training_experiment, settings)
     with mlflow.start_run(experiment_id=experiment_id):
         info = registry.log_model(pipeline, data.holdout, threshold=0.5)
+        registry.log_model_metrics(info, {"pr_auc": 0.81, "roc_auc": 0.93}, {})
     for _ in range(3):
         registry.register(client, info, settings.mlflow.model_name, {})
     client.set_registered_model_alias(settings.mlflow.model_name, names.CHAMPION, "2")
@@ -34,6 +35,10 @@ def test_champion_and_newest_version(settings: Settings) -> None:
 
     assert demo.champion_version(client, settings) == "2"
     assert demo.latest_version(client, settings) == "3"
+    # The summary's figures are the version's own, read from its logged model.
+    shown = demo.version_info(client, settings, "2")
+    assert shown.metrics == {"pr_auc": 0.81, "roc_auc": 0.93}
+    assert "pr_auc=0.810, roc_auc=0.930" in views.held_out_line("champion", shown)
 
 
 def test_champion_is_unknown_while_mlflow_does_not_answer(

@@ -95,6 +95,10 @@ def test_degraded_to_new_champion_served(loop_stack: Settings) -> None:
     assert report.after is not None and report.after.version != first
     assert report.served_after == report.after.version
     assert {first, report.after.version} <= traffic.versions
+    # The summary shows each version's own held-out figures (read from its logged model).
+    assert report.before is not None and "pr_auc" in report.before.metrics
+    assert "pr_auc" in report.after.metrics
+    assert "no metrics recorded" not in demo.summary(settings, report)
 
     # The notifications reached the local webhook.
     subjects = [alert["subject"] for alert in read_alerts(settings.alerts_path)]
