@@ -30,10 +30,10 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.settings import with_postgres_timeouts
 
 if TYPE_CHECKING:  # pandas is imported by the readers: the API server, which only writes, starts without it
     import pandas as pd
@@ -67,28 +67,13 @@ feedback: Final = Table(
 )
 
 
-# libpq settings for a Postgres log. A server that is gone without closing its connections (a crash
-# whose resets were lost, a network split) would otherwise hold a write, or the pool's pre-ping, for
-# TCP's ~15 minutes of retransmissions: here a connect fails after 5 s, unacknowledged data after 10 s,
-# and an idle pooled connection to a dead server is found by keepalive probes.
-POSTGRES_CONNECT_ARGS: Final[dict[str, int]] = {
-    "connect_timeout": 5,
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 3,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,  # milliseconds
-}
-
-
 def make_engine(url: str) -> Engine:
     """An engine for the log; SQLite gets WAL mode so readers never block the writer.
 
-    Postgres connections get :data:`POSTGRES_CONNECT_ARGS`, so an unreachable server fails an operation
-    within seconds instead of hanging it.
+    Postgres connections get libpq's timeouts (``settings.with_postgres_timeouts``), so an unreachable
+    server fails an operation within seconds instead of hanging it.
     """
-    postgres = make_url(url).get_backend_name() == "postgresql"
-    engine = create_engine(url, pool_pre_ping=True, connect_args=POSTGRES_CONNECT_ARGS if postgres else {})
+    engine = create_engine(with_postgres_timeouts(url), pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")

@@ -27,7 +27,7 @@ from reggaeton import names, tuning
 from reggaeton.data import Dataset, Split
 from reggaeton.metrics import SCORE_METRICS, paired_bootstrap_difference
 from reggaeton.schema import TARGET
-from reggaeton.settings import Settings
+from reggaeton.settings import Settings, without_password
 from reggaeton.training import Candidates, Evaluation, calibration_figure, metric_record, pr_curve_figure
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def start_training_run(
         names.Tag.DATA_SOURCE: dataset.source,
         **_request_tags(request_id),
     }
+    storage = settings.training.optuna_storage
     with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
         registry.log_dataset(dataset)
         mlflow.log_params(
@@ -97,6 +98,8 @@ def start_training_run(
                 "data.holdout_rows": len(parts.holdout),
                 "data.seed": settings.data.seed,
                 **{f"training.{k}": v for k, v in settings.training.model_dump().items()},
+                # Recorded for the reader of the run, never with the database's password.
+                "training.optuna_storage": without_password(storage) if storage else storage,
             }
         )
         return run.info

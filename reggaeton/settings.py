@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal, Self
-from urllib.parse import urlsplit
+from typing import Final, Literal, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +19,45 @@ from reggaeton import names
 LOCAL_PLACEHOLDER_SECRET = "local-dev-only"
 # Values anyone can read in this repository (the default above, .env.example's): refused outside local mode.
 EXAMPLE_SECRETS = frozenset({LOCAL_PLACEHOLDER_SECRET, "change-me"})
+
+
+# libpq settings for every Postgres connection the system opens (the prediction log's engines, Optuna's
+# storage). A server that is gone without closing its connections (a crash whose resets were lost, a
+# network split) would otherwise hold a write, or a pool's pre-ping, for TCP's ~15 minutes of
+# retransmissions: here a connect fails after 5 s, unacknowledged data after 10 s, and an idle pooled
+# connection to a dead server is found by keepalive probes.
+POSTGRES_CONNECT_ARGS: Final[dict[str, int]] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # milliseconds
+}
+
+
+def with_postgres_timeouts(url: str) -> str:
+    """A Postgres URL with :data:`POSTGRES_CONNECT_ARGS` in its query (what the URL sets wins).
+
+    For code that takes a URL, not an engine (Optuna's storage): SQLAlchemy passes the query to libpq.
+    Other URLs are returned as they are.
+    """
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("postgresql"):
+        return url
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query = {**{key: str(value) for key, value in POSTGRES_CONNECT_ARGS.items()}, **query}
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def without_password(url: str) -> str:
+    """The URL with its password replaced by ``***``, for logs and recorded parameters."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def _env_name(path: str) -> str:
@@ -271,8 +310,8 @@ class Settings(BaseSettings):
 
     @property
     def optuna_storage(self) -> str:
-        """Optuna RDB storage URL."""
-        return self.training.optuna_storage or self._sqlite("optuna.db")
+        """Optuna RDB storage URL (a Postgres one with :data:`POSTGRES_CONNECT_ARGS`)."""
+        return with_postgres_timeouts(self.training.optuna_storage or self._sqlite("optuna.db"))
 
     @property
     def prediction_log_url(self) -> str:

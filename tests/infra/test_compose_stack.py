@@ -556,7 +556,7 @@ def test_an_example_secret_stops_compose_before_any_service_starts(stack: Stack,
 
 OUTAGE_S = 30.0
 # Long enough for a write on a connection to a server that no longer answers to fail (libpq's
-# tcp_user_timeout, 10 s, in adapters/prediction_log.POSTGRES_CONNECT_ARGS); without it, TCP retries ~15 min.
+# tcp_user_timeout, 10 s, in reggaeton/settings.POSTGRES_CONNECT_ARGS); without it, TCP retries ~15 min.
 PARTITION_S = 16.0
 
 _REPLICA_METRICS = """

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlsplit
+
 import pytest
 from pydantic import ValidationError
 
-from reggaeton.settings import EXAMPLE_SECRETS, Settings
+from reggaeton.settings import (
+    EXAMPLE_SECRETS,
+    POSTGRES_CONNECT_ARGS,
+    Settings,
+    with_postgres_timeouts,
+    without_password,
+)
 
 
 def test_defaults_are_the_local_stack() -> None:
@@ -51,3 +59,27 @@ def test_local_mode_accepts_the_example_secrets() -> None:
         serving={"admin_token": "change-me"}, training={"optuna_storage": "postgresql://u:change-me@h/o"}
     )
     assert settings.mode == "local"
+
+
+def test_postgres_urls_get_libpq_timeouts_and_keep_what_they_set() -> None:
+    url = "postgresql://reggaeton:p%40ss@db:5432/optuna?connect_timeout=2&sslmode=require"
+    query = dict(parse_qsl(urlsplit(with_postgres_timeouts(url)).query))
+    assert query == {
+        **{key: str(value) for key, value in POSTGRES_CONNECT_ARGS.items()},
+        "connect_timeout": "2",
+        "sslmode": "require",
+    }
+    assert with_postgres_timeouts(url).startswith("postgresql://reggaeton:p%40ss@db:5432/optuna?")
+    sqlite = "sqlite:////tmp/optuna.db"
+    assert with_postgres_timeouts(sqlite) == sqlite
+    settings = Settings(training={"optuna_storage": "postgresql+psycopg://u:pw@db/optuna"})
+    assert "tcp_user_timeout=10000" in settings.optuna_storage
+
+
+def test_passwords_are_masked_in_urls_shown_to_people() -> None:
+    assert (
+        without_password("postgresql://u:p%40ss@db:5432/optuna?x=1")
+        == "postgresql://u:***@db:5432/optuna?x=1"
+    )
+    assert without_password("postgresql://u@db/optuna") == "postgresql://u@db/optuna"
+    assert without_password("sqlite:////tmp/optuna.db") == "sqlite:////tmp/optuna.db"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from pathlib import Path
+
 import numpy as np
 import optuna
 import pytest
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 from sklearn.metrics import average_precision_score
+from sqlalchemy.exc import OperationalError
 
 from reggaeton import tuning
 from reggaeton.data import features_array, synthetic_dataset
@@ -20,7 +25,7 @@ from reggaeton.model import (
     RANDOM_FOREST,
     build_pipeline,
 )
-from reggaeton.settings import Settings
+from reggaeton.settings import POSTGRES_CONNECT_ARGS, Settings
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +187,20 @@ def test_parallel_trials_never_exceed_the_cores_or_the_trials(
     n_jobs: int | None, n_trials: int, cores: int, parallel: int
 ) -> None:
     assert tuning.parallel_trials(n_jobs, n_trials, cores) == parallel
+
+
+@pytest.mark.timeout(60)
+def test_a_study_on_a_postgres_server_that_never_answers_fails_within_seconds(tmp_path: Path) -> None:
+    """Optuna's storage gets libpq's timeouts: a server that accepts but never answers (a frozen or
+    partitioned Postgres) fails the study's first request instead of hanging it (libpq has no timeout)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+        port = silent.getsockname()[1]
+        settings = Settings(
+            state_dir=tmp_path, training={"optuna_storage": f"postgresql://u:pw@127.0.0.1:{port}/optuna"}
+        )
+        began = time.monotonic()
+        with pytest.raises(OperationalError, match="timeout"):
+            tuning.create_study(settings.optuna_storage, "never-answered", seed=0)
+        assert time.monotonic() - began < 4 * POSTGRES_CONNECT_ARGS["connect_timeout"]
