@@ -36,14 +36,18 @@ POSTGRES_CONNECT_ARGS: Final[dict[str, int]] = {
 }
 
 
+# SQLAlchemy URL schemes whose driver is libpq (the default driver of postgresql:// is psycopg 3).
+LIBPQ_SCHEMES: Final = frozenset({"postgresql", "postgresql+psycopg", "postgresql+psycopg2"})
+
+
 def with_postgres_timeouts(url: str) -> str:
     """A Postgres URL with :data:`POSTGRES_CONNECT_ARGS` in its query (what the URL sets wins).
 
     For code that takes a URL, not an engine (Optuna's storage): SQLAlchemy passes the query to libpq.
-    Other URLs are returned as they are.
+    Other URLs (SQLite, drivers that are not libpq) are returned as they are.
     """
     parts = urlsplit(url)
-    if not parts.scheme.startswith("postgresql"):
+    if parts.scheme not in LIBPQ_SCHEMES:
         return url
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     query = {**{key: str(value) for key, value in POSTGRES_CONNECT_ARGS.items()}, **query}

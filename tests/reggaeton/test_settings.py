@@ -70,8 +70,8 @@ def test_postgres_urls_get_libpq_timeouts_and_keep_what_they_set() -> None:
         "sslmode": "require",
     }
     assert with_postgres_timeouts(url).startswith("postgresql://reggaeton:p%40ss@db:5432/optuna?")
-    sqlite = "sqlite:////tmp/optuna.db"
-    assert with_postgres_timeouts(sqlite) == sqlite
+    for other in ("sqlite:////tmp/optuna.db", "postgresql+pg8000://u:pw@db/optuna"):
+        assert with_postgres_timeouts(other) == other  # not libpq: its driver takes other arguments
     settings = Settings(training={"optuna_storage": "postgresql+psycopg://u:pw@db/optuna"})
     assert "tcp_user_timeout=10000" in settings.optuna_storage
 
