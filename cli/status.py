@@ -15,7 +15,8 @@ from reggaeton import names
 from reggaeton.settings import Settings
 
 # /metrics samples shown as the API's queue/spool state: any reggaeton_ sample about the log's queue or
-# spool (read generically, so new gauges appear without a change here).
+# spool (read generically, so new gauges appear without a change here), but not the counters' creation
+# timestamps (prometheus_client's ``*_created`` samples), which say nothing about the log's state.
 QUEUE_WORDS = ("queue", "spool")
 
 
@@ -130,10 +131,13 @@ def _api(endpoints: Endpoints) -> list[str]:
     else:
         lines.append(f"API serves no model ({model.status_code})")
     lines.append(f"API /ready {ready.status_code}: {ready.text.strip()}")
+    names_and_lines = [(line.split(" ")[0].split("{")[0], line) for line in metrics.text.splitlines()]
     samples = [
         line
-        for line in metrics.text.splitlines()
-        if line.startswith("reggaeton_") and any(word in line.split(" ")[0] for word in QUEUE_WORDS)
+        for name, line in names_and_lines
+        if name.startswith("reggaeton_")
+        and any(word in name for word in QUEUE_WORDS)
+        and not name.endswith("_created")
     ]
     lines.extend(f"  {sample}" for sample in samples)
     return lines

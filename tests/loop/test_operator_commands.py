@@ -195,4 +195,5 @@ def test_every_docs_command_runs_against_the_running_stack(loop_stack: Settings)
             assert "its own held-out rows (not comparable across versions)" in text, text
             assert "the gate's figures, both models on the same" in text, text
             assert "API serves version" in text, text
+            assert "reggaeton_prediction_log_spool_bytes" in text and "_created" not in text, text
     assert len(ran) == len(to_run)
