@@ -78,6 +78,10 @@ check: lint typecheck test ## Lint, types, then tests
 bench-train: install ## Time 50 Optuna trials on the original data (DATA=folder) and the MLflow logging overhead
 	$(BIN)/python benchmarks/bench_train.py $(if $(DATA),--data $(DATA))
 
+.PHONY: bench-selection
+bench-selection: install ## Does CV rank a study's best trials as the held-out part does? (DATA=folder)
+	$(BIN)/python benchmarks/cv_vs_holdout.py $(if $(DATA),--data $(DATA))
+
 .PHONY: bench-monitor
 bench-monitor: install ## Monitor run vs NannyML alone at 100 k and 1 M logged predictions
 	$(BIN)/python benchmarks/bench_monitor.py
