@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 import optuna
+from bench_train import DEFAULT_DATA  # the same data as the training benchmark (run as a script)
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
@@ -30,8 +31,6 @@ from reggaeton.schema import TARGET
 from reggaeton.settings import Settings
 from reggaeton.training import fit_pipeline
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "reggaeton-2018"
 TOP = 10
 
 
