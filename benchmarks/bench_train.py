@@ -5,10 +5,11 @@ first trial, one trial per core scored in worker processes, nested MLflow runs w
 background thread) and for the same study without pruning and warm start (what training did before),
 measured alternately in this run: wall and CPU seconds (median of ``--runs``) and their ratio; the
 held-out PR-AUC of each run's best model and of the data scientist's baseline, on the same split,
-with bootstrap intervals; and the logging overhead: the retrain study's configurations replayed with
-and without the trial recorder, in alternating blocks of ten, as a ratio. Targets: 50 trials
-<= 30 s wall on 2 cores, logging ratio <= 1.05, tuned held-out PR-AUC (median of the runs) >= today's and
->= the baseline's.
+with bootstrap intervals, and the difference of the two studies' means over the runs (its interval
+resamples the held-out rows, the same for both, and each study's runs); and the logging overhead: the
+retrain study's configurations replayed with and without the trial recorder, in alternating blocks of
+ten, as a ratio. Targets: 50 trials <= 30 s wall on 2 cores, logging ratio <= 1.05, tuned held-out
+PR-AUC (median of the runs) >= today's and >= the baseline's.
 
 On a shared machine wall times follow the other processes' load: CPU seconds (all threads of this
 process and its trial worker processes) are printed beside them, and the ratios compare runs made
@@ -39,6 +40,7 @@ from adapters import registry
 from adapters.tracking import TrialRecorder
 from reggaeton import tuning
 from reggaeton.data import Split, features_array, load_folder, split
+from reggaeton.metrics import SCORE_METRICS, mean_difference_interval
 from reggaeton.model import BASELINE
 from reggaeton.schema import TARGET
 from reggaeton.settings import DataSettings, Settings
@@ -199,8 +201,9 @@ def _report(
     print("  held-out PR-AUC [95 % bootstrap interval], same split and seed, each run's best trial:")
     baseline = bench.baseline()
     held_out: dict[str, float] = {}
+    evaluations: dict[str, list[Evaluation]] = {}
     for kind, runs in measured.items():
-        scores = [bench.held_out(r[2]) for r in runs]
+        scores = evaluations[kind] = [bench.held_out(r[2]) for r in runs]
         cells = ", ".join(f"{e.name} {_pr_auc(e)}" for e in scores)
         print(f"    {kind:14s} {cells}")
         held_out[kind] = statistics.median(e.intervals["pr_auc"].estimate for e in scores)
@@ -210,6 +213,19 @@ def _report(
         f"  median held-out PR-AUC: retrain {tuned:.3f}, today's {old:.3f}, baseline {base:.3f}: "
         f"quality {'held' if tuned >= old and tuned >= base else 'NOT held'} "
         f"(target: retrain >= today's and >= the baseline)"
+    )
+    gain = mean_difference_interval(
+        bench.parts.holdout[TARGET].to_numpy(),
+        [e.proba for e in evaluations[TODAY]],
+        [e.proba for e in evaluations[RETRAIN]],
+        SCORE_METRICS["pr_auc"],
+        training.bootstrap_rounds,
+        training.seed,
+    )
+    print(
+        "  retrain - today's, mean held-out PR-AUC of the runs (bootstrap of the rows, paired, and runs): "
+        f"{gain.estimate:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]: "
+        f"{'WORSE beyond noise' if gain.high < 0 else 'not worse beyond noise'}"
     )
     (plain, plain_cpu), (logged, logged_cpu) = totals[False], totals[True]
     ratio, cpu_ratio = logged / plain, logged_cpu / plain_cpu

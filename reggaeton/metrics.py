@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,11 +152,40 @@ def paired_bootstrap_difference(
     confidence: float = 0.95,
 ) -> Interval:
     """Interval of ``metric(b) - metric(a)`` with both scored on the same resampled rows."""
+    return mean_difference_interval(y_true, (proba_a,), (proba_b,), metric, rounds, seed, confidence)
+
+
+def mean_difference_interval(
+    y_true: np.ndarray,
+    probas_a: Sequence[np.ndarray],
+    probas_b: Sequence[np.ndarray],
+    metric: Metric,
+    rounds: int,
+    seed: int,
+    confidence: float = 0.95,
+) -> Interval:
+    """Interval of the mean ``metric`` of models ``b`` minus that of models ``a``, all on the same rows.
+
+    For several runs of two procedures (each run's model) scored on one held-out set. Each replicate
+    resamples the rows (the same rows for every model: paired) and, on each side, the runs, so the
+    interval holds the rows' noise and the spread between runs. With one model a side it is
+    ``paired_bootstrap_difference``.
+    """
+    if not probas_a or not probas_b:
+        raise ValueError("each side needs at least one model's probabilities")
     y_true = np.asarray(y_true)
-    proba_a = np.asarray(proba_a, dtype=float)
-    proba_b = np.asarray(proba_b, dtype=float)
-    values_a, values_b = _replicates(y_true, (proba_a, proba_b), metric, rounds, seed)
-    diffs = values_b - values_a
+    probas = tuple(np.asarray(proba, dtype=float) for proba in (*probas_a, *probas_b))
+    values = np.stack(_replicates(y_true, probas, metric, rounds, seed))  # (models, rounds)
+    runs = np.random.default_rng([seed, 1])
+    replicate = np.arange(rounds)[:, None]
+
+    def resampled_mean(side: np.ndarray) -> np.ndarray:
+        picks = runs.integers(0, len(side), size=(rounds, len(side)))
+        return np.mean(side.T[replicate, picks], axis=1)
+
+    split = len(probas_a)
+    diffs = resampled_mean(values[split:]) - resampled_mean(values[:split])
     alpha = (1 - confidence) / 2
-    estimate = metric(y_true, proba_b) - metric(y_true, proba_a)
-    return Interval(float(estimate), float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha)))
+    scores = [metric(y_true, proba) for proba in probas]
+    estimate = float(np.mean(scores[split:]) - np.mean(scores[:split]))
+    return Interval(estimate, float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha)))

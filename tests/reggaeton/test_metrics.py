@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from reggaeton import metrics
-from reggaeton.metrics import SCORE_METRICS, bootstrap_interval, paired_bootstrap_difference
+from reggaeton.metrics import (
+    SCORE_METRICS,
+    bootstrap_interval,
+    mean_difference_interval,
+    paired_bootstrap_difference,
+)
 
 
 def _per_replicate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,3 +38,35 @@ def test_batched_replicates_equal_one_scikit_learn_call_per_replicate(
     expected_paired = paired_bootstrap_difference(y, proba_a, proba_b, metric, 300, seed=5)
     assert astuple(batched) == pytest.approx(astuple(expected), abs=1e-12)
     assert astuple(paired) == pytest.approx(astuple(expected_paired), abs=1e-12)
+
+
+def _runs(rng: np.random.Generator, y: np.ndarray, signal: float, count: int) -> list[np.ndarray]:
+    """``count`` models' probabilities: ``signal`` of the label plus noise of their own."""
+    return [np.clip(signal * y + rng.random(len(y)) * (1 - signal), 0, 1) for _ in range(count)]
+
+
+def test_mean_difference_of_runs_is_paired_on_rows_and_resamples_the_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(3)
+    y = (rng.random(600) < 0.04).astype(int)
+    weak, strong = _runs(rng, y, 0.1, 3), _runs(rng, y, 0.4, 2)
+    metric = SCORE_METRICS["pr_auc"]
+    gain = mean_difference_interval(y, weak, strong, metric, 400, seed=2)
+    expected = np.mean([metric(y, p) for p in strong]) - np.mean([metric(y, p) for p in weak])
+    assert gain.estimate == pytest.approx(expected, abs=1e-12)
+    assert 0 < gain.low < gain.estimate < gain.high
+    # One model a side: the paired difference; one model against itself differs by zero in every replicate.
+    one = mean_difference_interval(y, weak[:1], strong[:1], metric, 400, seed=2)
+    assert one == paired_bootstrap_difference(y, weak[0], strong[0], metric, 400, seed=2)
+    assert astuple(mean_difference_interval(y, weak[:1], weak[:1], metric, 400, seed=2)) == (0.0, 0.0, 0.0)
+    # Runs that disagree widen the interval: the spread between runs is part of it.
+    mixed = mean_difference_interval(y, weak, [strong[0], weak[0]], metric, 400, seed=2)
+    paired_only = paired_bootstrap_difference(y, weak[1], (strong[0] + weak[0]) / 2, metric, 400, seed=2)
+    assert mixed.high - mixed.low > 1.5 * (paired_only.high - paired_only.low)
+    _per_replicate(monkeypatch)
+    assert astuple(mean_difference_interval(y, weak, strong, metric, 400, seed=2)) == pytest.approx(
+        astuple(gain), abs=1e-12
+    )
+    with pytest.raises(ValueError, match="at least one"):
+        mean_difference_interval(y, [], strong, metric, 100, seed=2)
