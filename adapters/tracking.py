@@ -6,6 +6,7 @@ Logs through MLflow's fluent API on the tracking store ``registry.connect`` conf
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import queue
 import tempfile
@@ -131,7 +132,8 @@ class TrialRecorder:
 
     The callback only queues the trial; one background thread writes the nested runs (three store
     calls each), so a trial never waits for MLflow and the writes overlap the next trials' fitting.
-    ``close`` (or leaving the ``with`` block) waits until every queued trial is written.
+    ``close`` (or leaving the ``with`` block) waits until every queued trial is written. When MLflow
+    fails a write after its client's retries, the trials queued meanwhile are dropped, not tried in turn.
     A pruned trial's run has the mean and spread of the folds it scored (``cv_folds_scored``) and the
     tag ``optuna.state=PRUNED``.
     """
@@ -142,7 +144,8 @@ class TrialRecorder:
         self._thread = threading.Thread(target=self._drain, name="mlflow-trial-recorder", daemon=True)
         self._thread.start()
         self.recorded = 0
-        self.lost = 0
+        self.lost = 0  # not recorded: the writes that failed and the trials skipped after one (``skipped``)
+        self.skipped = 0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -163,9 +166,29 @@ class TrialRecorder:
 
     def _drain(self) -> None:
         while (trial := self._queue.get()) is not None:
-            self._record(trial)
+            if not self._record(trial) and self._skip_queued():
+                return
 
-    def _record(self, trial: FrozenTrial) -> None:
+    def _skip_queued(self) -> bool:
+        """Drop the trials that ended while a write was failing; True when ``close`` was among them.
+
+        MLflow's client retries a call for minutes before it fails: each queued trial would wait as
+        long while the store is still down, and the study's end would wait for all of them. The next
+        trial to end is the next try, so recording resumes once the store answers again.
+        """
+        skipped, closing = 0, False
+        with contextlib.suppress(queue.Empty):
+            while self._queue.get_nowait() is not None:
+                skipped += 1
+            closing = True
+        if skipped:
+            self.lost += skipped
+            self.skipped += skipped
+            logger.warning("MLflow did not answer: %d trial(s) that ended meanwhile not recorded", skipped)
+        return closing
+
+    def _record(self, trial: FrozenTrial) -> bool:
+        """Write one trial's nested run; False when the store did not answer (a transient failure)."""
         params, metrics, tags = _trial_record(trial)
         try:
             registry.log_nested_run(
@@ -181,8 +204,11 @@ class TrialRecorder:
         except Exception as error:  # the writer thread must outlive any one failed write
             self.lost += 1
             # A lost trial record must not throw away the study; the parent run keeps the best trial.
-            level = logging.WARNING if is_transient_error(error) else logging.ERROR
+            transient = is_transient_error(error)
+            level = logging.WARNING if transient else logging.ERROR
             logger.log(level, "could not record trial %d in MLflow: %s", trial.number, error)
+            return not transient
+        return True
 
 
 TUNING_DATA_ARTIFACT = "tuning/train.csv"

@@ -173,6 +173,9 @@ class Steps:
     log_evaluation: Callable[[Settings, str, Split, Candidates], None]
     register: Callable[[MlflowClient, Settings, str, Split, Dataset, Evaluation, str, str | None], str]
     end_run: Callable[[MlflowClient, str, bool], None]
+    # Once, without the MLflow steps' retries: when MLflow did not answer a step after its client's and
+    # Prefect's retries (minutes), retrying to mark the run failed would only delay the failure.
+    fail_run: Callable[[MlflowClient, str, bool], None]
 
 
 PLAIN_STEPS = Steps(
@@ -184,6 +187,7 @@ PLAIN_STEPS = Steps(
     log_evaluation=tracking.log_evaluation,
     register=tracking.register_challenger,
     end_run=tracking.end_training_run,
+    fail_run=tracking.end_training_run,
 )
 
 
@@ -210,7 +214,10 @@ def run_steps(
             client, settings, run_id, parts, dataset, candidates.tuned, flow_run_id, request_id
         )
     except BaseException:
-        steps.end_run(client, run_id, True)
+        try:
+            steps.fail_run(client, run_id, True)
+        except Exception as error:  # MLflow down: the step's own error is the one to raise
+            logger.warning("training run %s could not be marked failed: %s", run_id, error)
         raise
     steps.end_run(client, run_id, False)
     return _result(version, run_id, dataset, parts, tuned, candidates)
@@ -280,6 +287,7 @@ TASK_STEPS = Steps(
     log_evaluation=_mlflow_task(tracking.log_evaluation, "log-evaluation"),
     register=_mlflow_task(tracking.register_challenger, "register-challenger"),
     end_run=_mlflow_task(tracking.end_training_run, "end-mlflow-run"),
+    fail_run=_task(tracking.end_training_run, "fail-mlflow-run"),
 )
 resume_task = _mlflow_task(tracking.resume_request, "resume-request")
 

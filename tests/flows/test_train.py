@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +21,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from adapters import registry, tracking
 from adapters.tracking import CALIBRATION_ARTIFACT, PR_CURVE_ARTIFACT, is_transient_error
 from flows.train import (
+    TASK_STEPS,
     TRAFFIC_SOURCE,
     TrainingResult,
+    run_steps,
     train,
     train_flow,
     training_data,
@@ -294,3 +298,50 @@ def test_only_unanswered_tracking_calls_are_retried() -> None:
     assert is_transient_error(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
     assert not is_transient_error(MlflowException("The saved sklearn model references untrusted types."))
     assert not is_transient_error(SchemaError("data.csv", "no rows", rows=0))
+
+
+def test_a_step_mlflow_stops_answering_fails_the_flow_after_one_try_to_mark_the_run_failed(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    """Not after the MLflow steps' retries: each try waits out the store (20 s on SQLite, minutes on a
+    tracking server), so three more tries would only delay the failure."""
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.objects import StateType
+
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        data=DataSettings(include_feedback=False, synthetic_rows=400),
+        training=TrainingSettings(n_trials=1, n_jobs=1),
+    )
+    locks: list[sqlite3.Connection] = []
+
+    def tune_while_mlflow_stops(*_args: object) -> None:
+        (database,) = settings.state_dir.rglob("mlflow.db")
+        lock = sqlite3.connect(database, timeout=0, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # another writer holds the store: MLflow's writes wait, then fail
+        locks.append(lock)
+        raise MlflowException("the tracking store did not answer", error_code=TEMPORARILY_UNAVAILABLE)
+
+    steps = dataclasses.replace(TASK_STEPS, tune=task(tune_while_mlflow_stops, name="tune"))
+
+    @flow(name="train-while-mlflow-stops")
+    def training() -> None:
+        run_steps(steps, settings, None, flow_run_id="test", request_id=None, progress_bar=False)
+
+    try:
+        state = training(return_state=True)
+    finally:
+        for lock in locks:
+            lock.execute("ROLLBACK")
+            lock.close()
+    assert state.is_failed()
+    with pytest.raises(MlflowException, match="did not answer"):  # the step's error, not the marking's
+        state.result()
+    with get_client(sync_client=True) as prefect:
+        flow_run_id = FlowRunFilterId(any_=[state.state_details.flow_run_id])
+        task_runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=flow_run_id))
+    # One task run marks the run, in one try (MLflow still did not answer it).
+    marking = [run for run in task_runs if run.name.startswith(("end-mlflow-run", "fail-mlflow-run"))]
+    assert [(run.run_count, run.state_type) for run in marking] == [(1, StateType.FAILED)]
