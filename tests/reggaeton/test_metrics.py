@@ -58,6 +58,12 @@ def test_mean_difference_of_runs_is_paired_on_rows_and_resamples_the_runs(
     assert 0 < gain.low < gain.estimate < gain.high
     # One model a side: the paired difference; one model against itself differs by zero in every replicate.
     one = mean_difference_interval(y, weak[:1], strong[:1], metric, 400, seed=2)
+    replicates_a, replicates_b = metrics._replicates(y, (weak[0], strong[0]), metric, 400, seed=2)
+    plain = (
+        metric(y, strong[0]) - metric(y, weak[0]),
+        *np.quantile(replicates_b - replicates_a, [0.025, 0.975]),
+    )
+    assert astuple(one) == pytest.approx(plain, abs=1e-12)
     assert one == paired_bootstrap_difference(y, weak[0], strong[0], metric, 400, seed=2)
     assert astuple(mean_difference_interval(y, weak[:1], weak[:1], metric, 400, seed=2)) == (0.0, 0.0, 0.0)
     # Runs that disagree widen the interval: the spread between runs is part of it.
