@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from pathlib import Path
 
 import optuna
 from optuna.distributions import CategoricalDistribution
+from sqlite_lock import sqlite_locked
 
 from adapters import registry, tracking
+from embedded.manual import wait_until
 from reggaeton import model, tuning
 from reggaeton.settings import Settings
 
@@ -35,30 +35,19 @@ def _trial(number: int) -> optuna.trial.FrozenTrial:
     return trial
 
 
-def _wait(what: str, done: object, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_trials_queued_while_a_write_fails_are_skipped_and_recording_resumes(settings: Settings) -> None:
     client = registry.connect(settings)
     experiment = registry.ensure_experiment(client, "recorder", settings)
     parent = client.create_run(experiment).info.run_id
     (database,) = Path(settings.state_dir).rglob("mlflow.db")
-    lock = sqlite3.connect(database, timeout=0, isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")  # the store stops answering: MLflow's writes wait 20 s, then fail
     recorder = tracking.TrialRecorder(client, experiment, parent)
     study = optuna.create_study()
-    try:
+    with sqlite_locked(database):  # the store stops answering: MLflow's writes wait 20 s, then fail
         for number in range(6):  # the first write waits on the lock; five trials end meanwhile
             recorder(study, _trial(number))
-        _wait("the first write to fail", lambda: recorder.lost)
-    finally:
-        lock.execute("ROLLBACK")  # the store answers again
-        lock.close()
-    _wait("the trials queued meanwhile to be dropped", lambda: recorder.lost == 6)
+        wait_until("the first write to fail", lambda: recorder.lost or None, 30, 0.05)
+    # The store answers again.
+    wait_until("the trials queued meanwhile to be dropped", lambda: recorder.lost == 6 or None, 30, 0.05)
     recorder(study, _trial(6))  # the next trial to end is written: recording resumes
     recorder.close()
     assert (recorder.recorded, recorder.lost, recorder.skipped) == (1, 6, 5)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +17,7 @@ import skops.io
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from sqlite_lock import sqlite_locked
 
 from adapters import registry, tracking
 from adapters.tracking import CALIBRATION_ARTIFACT, PR_CURVE_ARTIFACT, is_transient_error
@@ -315,13 +316,11 @@ def test_a_step_mlflow_stops_answering_fails_the_flow_after_one_try_to_mark_the_
         data=DataSettings(include_feedback=False, synthetic_rows=400),
         training=TrainingSettings(n_trials=1, n_jobs=1),
     )
-    locks: list[sqlite3.Connection] = []
+    locked = contextlib.ExitStack()
 
     def tune_while_mlflow_stops(*_args: object) -> None:
         (database,) = settings.state_dir.rglob("mlflow.db")
-        lock = sqlite3.connect(database, timeout=0, isolation_level=None)
-        lock.execute("BEGIN EXCLUSIVE")  # another writer holds the store: MLflow's writes wait, then fail
-        locks.append(lock)
+        locked.enter_context(sqlite_locked(database))  # another writer: MLflow's writes wait, then fail
         raise MlflowException("the tracking store did not answer", error_code=TEMPORARILY_UNAVAILABLE)
 
     steps = dataclasses.replace(TASK_STEPS, tune=task(tune_while_mlflow_stops, name="tune"))
@@ -330,12 +329,8 @@ def test_a_step_mlflow_stops_answering_fails_the_flow_after_one_try_to_mark_the_
     def training() -> None:
         run_steps(steps, settings, None, flow_run_id="test", request_id=None, progress_bar=False)
 
-    try:
+    with locked:
         state = training(return_state=True)
-    finally:
-        for lock in locks:
-            lock.execute("ROLLBACK")
-            lock.close()
     assert state.is_failed()
     with pytest.raises(MlflowException, match="did not answer"):  # the step's error, not the marking's
         state.result()

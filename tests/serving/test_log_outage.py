@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import httpx
 import pytest
 from serving_support import Registry, Server, make_settings, promote, run_server
 from sqlalchemy import select
+from sqlite_lock import sqlite_locked
 
 from adapters.prediction_log import make_engine, predictions
 from reggaeton import names
@@ -40,18 +39,6 @@ STALL_READ_S = 3.0  # into the lock: after the stall is reported, before SQLite'
 CLIENT_TIMEOUT_S = 1.0
 CONCURRENCY = 8
 MAX_REQUESTS = 50_000  # a bound on the load loop besides its duration
-
-
-@contextmanager
-def log_locked(database: Path) -> Iterator[None]:
-    """An exclusive transaction on the SQLite log from another connection, for the block's duration."""
-    connection = sqlite3.connect(database, isolation_level=None, timeout=10)
-    try:
-        connection.execute("BEGIN EXCLUSIVE")
-        yield
-    finally:
-        connection.execute("COMMIT")
-        connection.close()
 
 
 def _log_path(server: Server) -> Path:
@@ -166,7 +153,7 @@ def test_a_locked_log_database_neither_fails_nor_hangs_a_request(
         stalled = ""
         with Load(server.url) as load:
             time.sleep(0.5)
-            with log_locked(_log_path(server)):
+            with sqlite_locked(_log_path(server)):
                 locked = time.monotonic()
                 while time.monotonic() < locked + LOCK_S:
                     ready_during.append(httpx.get(server.url + "/ready", timeout=5).status_code)
@@ -207,7 +194,7 @@ def test_a_server_killed_during_an_outage_replays_its_spool(
 ) -> None:
     promote(registry_versions.settings, registry_versions.good[0])
     settings = make_settings(tmp_path / "state", registry_versions.settings, log_queue_size=100)
-    with run_server(settings) as server, log_locked(_log_path(server)):
+    with run_server(settings) as server, sqlite_locked(_log_path(server)):
         with Load(server.url) as load:
             time.sleep(3.0)
         server.process.kill()  # SIGKILL: no shutdown, nothing flushed by the process
@@ -237,7 +224,7 @@ def test_a_full_spool_answers_503_at_once_and_recovers(
         httpx.Client(base_url=server.url, timeout=5) as client,
     ):
         answered: list[str] = []
-        with log_locked(_log_path(server)):
+        with sqlite_locked(_log_path(server)):
             refusal = None
             for _ in range(2000):  # ~300 bytes a row: the 16 KiB bound is reached within ~60 requests
                 # The client's 1 s timeout: a request that waited for the database would fail here.
