@@ -20,14 +20,16 @@ help: ## Show this help
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 
-$(BIN)/python: requirements-dev.lock pyproject.toml | uv
+# A stamp of its own: .venv/bin/python is a symlink, and touching it would touch the shared interpreter
+# (marking every other virtualenv made from it up to date).
+$(VENV)/.installed: requirements-dev.lock pyproject.toml | uv
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
 	$(UV) pip sync --quiet --compile-bytecode --python $(BIN)/python requirements-dev.lock
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
-	@touch $(BIN)/python
+	@touch $@
 
 .PHONY: install
-install: $(BIN)/python ## Create .venv from the lockfile (bootstraps uv with pip if missing)
+install: $(VENV)/.installed ## Create .venv from the lockfile (bootstraps uv with pip if missing)
 
 .PHONY: demo
 demo: install ## The whole loop on this machine: stack, deploy, first champion, drift, retrain, summary
