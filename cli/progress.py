@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TextIO
 from uuid import UUID
 
@@ -29,6 +29,22 @@ Event = tuple[str, str]
 # After the run's final state, how long at most to wait for its last log lines, and how often to ask.
 DRAIN_S = 10.0
 DRAIN_POLL_S = 0.5
+
+
+def _run_time(client: SyncPrefectClient, task: TaskRun) -> timedelta | None:
+    """How long a finished task ran: its run time, else from its states' timestamps (None: never ran).
+
+    Task runs reach the server as events, recorded apart from each other: a poll can read the final
+    state before the record has its run time or start time. The states themselves are there.
+    """
+    if task.total_run_time:
+        return task.total_run_time
+    if task.start_time is not None and task.end_time is not None:
+        return task.end_time - task.start_time
+    states = client.read_task_run_states(task.id)
+    started = [state.timestamp for state in states if state.is_running()]
+    ended = [state.timestamp for state in states if state.is_final()]
+    return max(ended) - min(started) if started and ended else None
 
 
 class RunProgress:
@@ -49,7 +65,7 @@ class RunProgress:
         events = self._flow_events(run)
         tasks = prefect_api.task_runs_of(client, run.id)
         for task in tasks:
-            events += self._task_events(task)
+            events += self._task_events(client, task)
         events += self._new_logs(client, run.id)
         running = [task.name for task in tasks if task.state is not None and task.state.is_running()]
         self._running = f"{run.name} {run.state_name or 'unknown'}" + (
@@ -84,15 +100,16 @@ class RunProgress:
         self._state[run.id] = name
         return [(str(run.state.timestamp if run.state else ""), f"flow run {run.name}: {name}")]
 
-    def _task_events(self, task: TaskRun) -> list[Event]:
+    def _task_events(self, client: SyncPrefectClient, task: TaskRun) -> list[Event]:
         state = task.state
         name = task.state_name or "unknown"
         if self._state.get(task.id) == name:
             return []
         self._state[task.id] = name
         if state is not None and state.is_final():
-            took = f" in {task.total_run_time.total_seconds():.1f} s" if task.total_run_time else ""
-            return [(str(task.end_time or state.timestamp), f"task {task.name}: {name}{took}")]
+            took = _run_time(client, task)
+            shown = f" in {took.total_seconds():.1f} s" if took is not None else ""
+            return [(str(task.end_time or state.timestamp), f"task {task.name}: {name}{shown}")]
         return [(str(task.start_time or (state.timestamp if state else "")), f"task {task.name}: {name}")]
 
     def _new_logs(self, client: SyncPrefectClient, run_id: UUID) -> list[Event]:

@@ -64,3 +64,23 @@ def test_a_runs_states_tasks_and_progress_lines_show_plain_off_a_terminal(
 
 def _without_elapsed(lines: list[str]) -> list[str]:
     return [re.sub(r"^\[ *[\d.]+ s\] ", "", line) for line in lines]
+
+
+def test_a_finished_tasks_time_comes_from_its_states_when_its_record_lacks_it(
+    prefect_api_url: str, settings: Settings
+) -> None:
+    """Task runs are recorded from events: a poll may see the final state before the run time."""
+    from datetime import timedelta
+
+    from adapters import prefect_api
+    from cli.progress import _run_time
+
+    flow_run_id = probe(return_state=True).state_details.flow_run_id
+    assert flow_run_id is not None
+    with get_client(sync_client=True) as client:
+        (task_run,) = prefect_api.task_runs_of(client, flow_run_id)
+        as_first_read = task_run.model_copy(
+            update={"total_run_time": timedelta(0), "start_time": None, "end_time": None}
+        )
+        took = _run_time(client, as_first_read)
+    assert took is not None and timedelta(0) <= took < timedelta(seconds=30), took
