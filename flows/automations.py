@@ -26,7 +26,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from adapters.prefect_api import find_deployment, prefect_api
-from reggaeton import names
 from reggaeton.names import TRAIN_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
@@ -48,10 +47,9 @@ FLOW_RUN_SCHEDULED = "prefect.flow-run.Scheduled"
 FLOW_RUN_FINAL = frozenset(
     {"prefect.flow-run.Completed", FLOW_RUN_FAILED, "prefect.flow-run.Cancelled", FLOW_RUN_CRASHED}
 )
-# Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by the stack); a run
-# silent for ZOMBIE_AFTER_S (its worker was killed with it, the machine rebooted) is marked Crashed.
-HEARTBEAT_S = names.FLOW_HEARTBEAT_S
-ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
+# Flow runs send a heartbeat every `prefect.heartbeat_s` (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by the
+# stack); a run silent for `Settings.zombie_after_s` (its worker was killed with it, the machine
+# rebooted) is marked Crashed.
 # Rendered by the Prefect server from the crashed flow run the triggering event names.
 RERUN_REQUEST_TEMPLATE = {
     "__prefect_kind": "jinja",
@@ -192,7 +190,7 @@ def _crash_when_silent(
     )
 
 
-def zombie_automation(after_s: int = ZOMBIE_AFTER_S) -> AutomationCore:
+def zombie_automation(after_s: int) -> AutomationCore:
     """Mark a flow run Crashed when its heartbeats stop, or never come, before it reached a final state.
 
     The silence is counted from the last heartbeat or from the server's own Running event: a run whose
@@ -318,7 +316,7 @@ def apply_automations(settings: Settings) -> dict[str, str]:
     """
     block_id = ensure_notification_block(settings)
     wanted = [to_automation(notice, block_id) for notice in notices(settings)]
-    wanted.append(zombie_automation(3 * settings.prefect.heartbeat_s))
+    wanted.append(zombie_automation(settings.zombie_after_s))
     wanted.extend(loop_guard_automations(settings, block_id))
     outcome: dict[str, str] = {}
     with prefect_api(settings), get_client(sync_client=True) as client:

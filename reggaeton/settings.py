@@ -211,6 +211,9 @@ class PrefectSettings(_Section):
     debounce_s: int = Field(default=600, ge=0)  # repeated `degraded` events within this notify once
     # Flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by the stack).
     heartbeat_s: int = Field(default=names.FLOW_HEARTBEAT_S, ge=30)  # Prefect refuses less than 30
+    # A running flow run this many heartbeats silent is marked Crashed (its process is gone). Two is the
+    # least that tolerates one late beat; tests of the rule use it to wait 60 s instead of 90.
+    zombie_after_beats: int = Field(default=3, ge=2)
     # Workers ask their pool for runs this often (PREFECT_WORKER_QUERY_SECONDS, set by the stack).
     worker_poll_s: float = Field(default=names.WORKER_POLL_S, gt=0)
     # A flow run Pending (submitted, its process not yet Running) longer than this is marked Crashed:
@@ -351,6 +354,11 @@ class Settings(BaseSettings):
     def prefect_api_url(self) -> str:
         """The Prefect API every emitter talks to."""
         return self.prefect.api_url or f"http://{self.prefect.host}:{self.prefect.port}/api"
+
+    @property
+    def zombie_after_s(self) -> int:
+        """Seconds of heartbeat silence after which a running flow run is marked Crashed."""
+        return self.prefect.zombie_after_beats * self.prefect.heartbeat_s
 
     @property
     def alert_webhook_url(self) -> str:

@@ -22,7 +22,7 @@ from prefect.states import Running
 from adapters.prefect_api import prefect_api
 from embedded.receiver import make_server, read_alerts
 from flows import deploy
-from flows.automations import ZOMBIE_AFTER_S, apply_automations
+from flows.automations import apply_automations
 from reggaeton.names import MODEL_NAME, Event
 from reggaeton.settings import Settings
 
@@ -109,7 +109,9 @@ def _silent() -> None:
 def test_a_run_silent_from_its_start_is_marked_crashed(tmp_path: Path, prefect_api_url: str) -> None:
     # Heartbeats leave a flow run's process asynchronously: killed early, it may never have sent one.
     # The server's own Running event must then start the silence count.
-    settings = Settings(state_dir=tmp_path / "state", prefect={"api_url": prefect_api_url})
+    settings = Settings(
+        state_dir=tmp_path / "state", prefect={"api_url": prefect_api_url, "zombie_after_beats": 2}
+    )
     apply_automations(settings)
     with prefect_api(settings), get_client(sync_client=True) as client:
         run = client.create_flow_run(_silent)
@@ -119,5 +121,5 @@ def test_a_run_silent_from_its_start_is_marked_crashed(tmp_path: Path, prefect_a
             current = client.read_flow_run(run.id).state
             return current.type if current else None
 
-        crashed = _wait_for(lambda: state() == StateType.CRASHED, timeout_s=ZOMBIE_AFTER_S + 150)
-    assert crashed, f"still {state()} after {ZOMBIE_AFTER_S + 150} s"
+        crashed = _wait_for(lambda: state() == StateType.CRASHED, timeout_s=settings.zombie_after_s + 150)
+    assert crashed, f"still {state()} after {settings.zombie_after_s + 150} s"

@@ -38,7 +38,7 @@ from adapters.prefect_api import CONCURRENCY_CANCEL_MESSAGE, HANDED_BACK_MESSAGE
 from embedded import demo, stack
 from embedded.manual import MANUAL_TAG, SlotTaken, run_when_free
 from embedded.receiver import read_alerts
-from flows.automations import FLOW_RUN_HEARTBEAT, FLOW_RUN_SUBMITTING, ZOMBIE_AFTER_S
+from flows.automations import FLOW_RUN_HEARTBEAT, FLOW_RUN_SUBMITTING
 from flows.deploy import deploy
 from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT
 from reggaeton.settings import Settings
@@ -126,6 +126,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
             "alert_receiver_port": receiver_port,
             "stranded_after_s": STRANDED_AFTER_S,
             "debounce_s": 0,
+            "zombie_after_beats": 2,  # the stand-in flows finish in seconds: no run is silent that long
         },
         watchdog={"every_s": 2, "monitor_intervals": 3, "cancelled_threshold": 2, "cancelled_window_s": 40},
     )
@@ -286,7 +287,7 @@ def test_a_completed_run_is_never_flipped_to_crashed(guarded: tuple[Settings, Pa
     _emit_for_run(settings, FLOW_RUN_HEARTBEAT, done)  # a heartbeat delivered after the final state
     _emit_for_run(settings, FLOW_RUN_SUBMITTING, done)  # a late (replayed) Pending event
 
-    # Until both rules have fired on the late events (stranded after 45 s, zombie after 3 heartbeats of
+    # Until both rules have fired on the late events (stranded after 45 s, zombie after 2 heartbeats of
     # 30 s: Prefect's shortest) and the server refused their Crashed: the rules are not merely asleep,
     # and the run stays Completed all along.
     def both_refused() -> bool | None:
@@ -294,7 +295,7 @@ def test_a_completed_run_is_never_flipped_to_crashed(guarded: tuple[Settings, Pa
         return True if {"stranded", "silent"} <= _refused_actions(settings, done) else None
 
     try:
-        demo.wait_until("both rules to fire", both_refused, timeout_s=ZOMBIE_AFTER_S + 60, every_s=2)
+        demo.wait_until("both rules to fire", both_refused, timeout_s=settings.zombie_after_s + 60, every_s=2)
     except TimeoutError as exc:
         raise AssertionError(f"refused so far: {_refused_actions(settings, done)}") from exc
     _check_completed(settings, done)
