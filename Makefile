@@ -69,9 +69,37 @@ typecheck: install ## mypy on the packages and the benchmarks
 	$(BIN)/mypy
 	$(BIN)/mypy benchmarks
 
+# The suite runs on pytest-xdist workers. Most of its time is waiting (servers, heartbeats, schedules),
+# so more workers than cores overlap the waits; tests/scheduling.py hands the longest modules out first.
+TEST_WORKERS ?= 4
+# TESTS=tests/loop/test_faults.py (a module, a folder, a node id) runs only those; default: the suite.
+TESTS ?=
+N ?= 3
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+# The fast tier: core, adapters, serving, monitoring and command-line units; SQLite and in-process
+# uvicorn, no Prefect or MLflow server, no stack, no containers.
+FAST_TESTS := tests/reggaeton tests/adapters tests/serving tests/monitoring tests/cli tests/test_contracts.py tests/test_layers.py tests/test_scheduling.py
+FAST_MARKERS := not slow and not docker and not prefect
+
 .PHONY: test
-test: install ## Run the whole test suite (the README's test command)
-	$(BIN)/pytest
+test: install ## Run the whole test suite (the README's test command; CI runs it); TESTS=path for a part
+	$(PYTEST) $(TESTS)
+
+.PHONY: test-fast
+test-fast: install ## The fast tier: units of core, adapters, serving, monitoring, CLI (no servers), ~2 min
+	$(BIN)/pytest -n 2 --dist loadgroup -m "$(FAST_MARKERS)" $(or $(TESTS),$(FAST_TESTS))
+
+.PHONY: test-repeat
+test-repeat: install ## Run TESTS (default: the whole suite) N times in a row (N=3); fails if any run failed
+	@failed=0; for run in $$(seq 1 $(N)); do \
+	  echo "== run $$run of $(N): $(or $(TESTS),the whole suite)"; \
+	  $(PYTEST) $(TESTS) || failed=$$((failed + 1)); \
+	done; \
+	echo "== $$failed of $(N) runs failed"; [ $$failed -eq 0 ]
+
+.PHONY: test-durations
+test-durations: install ## Run the whole suite and store each module's time (the order of later runs)
+	$(PYTEST) --store-durations
 
 .PHONY: check
 check: lint typecheck test ## Lint, types, then tests

@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated settings per test and the original challenge data (CI only)."""
+"""Shared fixtures (isolated settings per test, the original challenge data, a Prefect server) and how
+the suite is ordered, tiered and spread over pytest-xdist workers (see ``scheduling.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scheduling import DurationRecorder, longest_first, make_scheduler, stored_durations
 
 from reggaeton.settings import Settings
 
@@ -19,6 +21,42 @@ ORIGINAL_DATA = Path(
 os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Parallelism comes from the workers (and the stacks' own processes): one native thread each, set before
+# any library starts its thread pools (workers and servers inherit it). Two busy workers with a thread
+# per core each ran a CPU-bound test 2-3x slower than one thread each on two cores.
+for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
+
+# Tests that use these fixtures start servers, so they are not in the fast tier (`make test-fast`).
+SERVER_FIXTURES = {"prefect_api_url": "prefect"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store-durations",
+        action="store_true",
+        help="write each unit's seconds of this run to tests/durations.json (the order of the next runs)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "prefect: uses the session's Prefect server (marked automatically)")
+    config.addinivalue_line("markers", "xdist_group(name): run on the one worker that runs this group")
+    if not hasattr(config, "workerinput"):  # the controller, or a run without workers: it sees every report
+        config.pluginmanager.register(DurationRecorder(config.getoption("store_durations")), "unit-durations")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in SERVER_FIXTURES.items():
+            if fixture in item.fixturenames:  # type: ignore[attr-defined]
+                item.add_marker(marker)
+    items[:] = longest_first(items, stored_durations())
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """Under ``--dist loadgroup`` (``make test``): longest units first, one at a time per worker."""
+    return make_scheduler(config, log) if config.getvalue("dist") == "loadgroup" else None
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ from reggaeton.schema import EXAMPLE_SONGS
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# On the session's `loop_stack`, with the other module that uses it: one worker, one stack.
+pytestmark = pytest.mark.xdist_group("loop_stack")
 
 
 @dataclass

@@ -27,6 +27,8 @@ from reggaeton import names
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# On the session's `loop_stack`, with the other module that uses it: one worker, one stack.
+pytestmark = pytest.mark.xdist_group("loop_stack")
 DOCS = ("README.md", "docs/operations.md", "docs/es/README.md")
 
 # Docs commands the test does not run, each with why (matched as a prefix of the command).

@@ -1,0 +1,125 @@
+"""How the suite is spread over pytest-xdist workers: units of work, longest first, one at a time.
+
+A unit is a test module, or the tests that share one ``xdist_group`` (e.g. the modules on one session
+stack). Units run on one worker each, so a stack a module starts is started once. Most of the suite's
+time is waiting (servers, heartbeats, schedules), so the wall time is set by how the long units are
+placed: the scheduler hands them out longest first (times measured by an earlier run, stored in
+``durations.json`` with ``--store-durations``; estimated from the markers for a unit not measured yet),
+and gives a worker its next unit only when it is about to run its last test, so a long unit never
+waits behind another one queued on a busy worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+DURATIONS: Final = Path(__file__).with_name("durations.json")
+GROUP_MARK: Final = "xdist_group"
+
+# Seconds assumed for a test of a unit no run has measured yet (its markers say what it starts).
+ESTIMATE_S: Final[Mapping[str, float]] = {"docker": 300.0, "slow": 60.0, "prefect": 15.0}
+DEFAULT_ESTIMATE_S: Final = 1.0
+
+
+def group_of(item: pytest.Item) -> str | None:
+    """The ``xdist_group`` a test belongs to, if any."""
+    mark = item.get_closest_marker(GROUP_MARK)
+    if mark is None:
+        return None
+    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+
+
+def unit_of_item(item: pytest.Item) -> str:
+    """The unit of a collected test: its group, else its module's path."""
+    return group_of(item) or item.nodeid.split("::", 1)[0]
+
+
+def unit_of_nodeid(nodeid: str) -> str:
+    """The unit of a node id as xdist reports it under ``--dist loadgroup`` (``...::test@group``)."""
+    if nodeid.rfind("@") > nodeid.rfind("]"):  # a parameter id may hold an "@": never after its "]"
+        return nodeid.rsplit("@", 1)[1]
+    return nodeid.split("::", 1)[0]
+
+
+def stored_durations(path: Path = DURATIONS) -> dict[str, float]:
+    """Seconds per unit from an earlier run (empty when none was stored)."""
+    try:
+        return {str(key): float(value) for key, value in json.loads(path.read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def estimate(items: Iterable[pytest.Item]) -> float:
+    """Seconds a unit's tests may take, from their markers."""
+    total = 0.0
+    for item in items:
+        marked = [ESTIMATE_S[name] for name in ESTIMATE_S if item.get_closest_marker(name) is not None]
+        total += max(marked, default=DEFAULT_ESTIMATE_S)
+    return total
+
+
+def longest_first(items: list[pytest.Item], durations: Mapping[str, float]) -> list[pytest.Item]:
+    """The tests reordered unit by unit, the longest unit first; a unit's own order is kept."""
+    units: dict[str, list[pytest.Item]] = defaultdict(list)
+    for item in items:
+        units[unit_of_item(item)].append(item)
+    weight = {unit: durations.get(unit, estimate(tests)) for unit, tests in units.items()}
+    order = sorted(units, key=lambda unit: -weight[unit])  # stable: ties keep collection order
+    return [item for unit in order for item in units[unit]]
+
+
+def make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The xdist scheduler of ``--dist loadgroup`` runs: units in collection order, one at a time."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongestFirst(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_nodeid(nodeid)
+
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            # A worker keeps its last test until it knows the next one (pytest tears fixtures down by
+            # it), so one pending test is a worker about to be free: only then does it get a unit.
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
+
+    config.option.loadscopereorder = False  # keep the order longest_first gave the collection
+    return LongestFirst(config, log)
+
+
+class DurationRecorder:
+    """A plugin of the controller process: each unit's setup, call and teardown seconds over a run."""
+
+    def __init__(self, store: bool) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._store = store
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.seconds[unit_of_nodeid(report.nodeid)] += report.duration
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.seconds:
+            return
+        terminalreporter.section("slowest units (module or xdist group: setup + calls + teardown)")
+        for unit, seconds in sorted(self.seconds.items(), key=lambda item: -item[1])[:15]:
+            terminalreporter.write_line(f"{seconds:8.1f}s  {unit}")
+        if self._store:
+            self.store()
+            terminalreporter.write_line(f"stored in {DURATIONS}")
+
+    def store(self, path: Path = DURATIONS) -> None:
+        """Merge this run's units into the stored times (units not run this time keep theirs)."""
+        merged = {**stored_durations(path), **{unit: round(s, 1) for unit, s in self.seconds.items()}}
+        ordered = dict(sorted(merged.items(), key=lambda item: -item[1]))
+        path.write_text(json.dumps(ordered, indent=1) + "\n")

@@ -1,0 +1,69 @@
+"""How the suite is spread over xdist workers: units, their order, and the stored times."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scheduling import DurationRecorder, longest_first, stored_durations, unit_of_nodeid
+
+
+@dataclass
+class Mark:
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FakeItem:
+    """What the scheduling functions read of a collected test: its id and its markers."""
+
+    nodeid: str
+    marks: dict[str, Mark] = field(default_factory=dict)
+
+    def get_closest_marker(self, name: str) -> Mark | None:
+        return self.marks.get(name)
+
+
+def test_a_unit_is_the_group_else_the_module() -> None:
+    assert unit_of_nodeid("tests/a/test_x.py::test_one") == "tests/a/test_x.py"
+    assert unit_of_nodeid("tests/a/test_x.py::Case::test_one") == "tests/a/test_x.py"
+    assert unit_of_nodeid("tests/a/test_x.py::test_one@loop_stack") == "loop_stack"
+    assert unit_of_nodeid("tests/a/test_x.py::test_one[a@b]") == "tests/a/test_x.py"
+
+
+def test_units_run_longest_first_and_keep_their_own_order() -> None:
+    slow = {"slow": Mark()}
+    group = {"xdist_group": Mark(("stack",))}
+    items: list[Any] = [
+        FakeItem("tests/test_units.py::test_a"),
+        FakeItem("tests/test_units.py::test_b"),
+        FakeItem("tests/test_e2e.py::test_loop", {**slow, **group}),
+        FakeItem("tests/test_measured.py::test_x"),
+        FakeItem("tests/test_commands.py::test_docs", {**slow, **group}),
+        FakeItem("tests/test_guard.py::test_one", slow),
+    ]
+    ordered = longest_first(items, {"tests/test_measured.py": 500.0})
+    assert [item.nodeid for item in ordered] == [
+        "tests/test_measured.py::test_x",  # measured: 500 s
+        "tests/test_e2e.py::test_loop",  # the group's two slow tests: estimated 120 s
+        "tests/test_commands.py::test_docs",
+        "tests/test_guard.py::test_one",  # one slow test: 60 s
+        "tests/test_units.py::test_a",  # unmarked: 1 s a test
+        "tests/test_units.py::test_b",
+    ]
+
+
+def test_stored_times_merge_with_the_units_of_this_run(tmp_path: Path) -> None:
+    path = tmp_path / "durations.json"
+    assert stored_durations(path) == {}
+    path.write_text('{"tests/old.py": 12.0, "tests/a.py": 1.0}')
+    recorder = DurationRecorder(store=True)
+    for nodeid, seconds in (("tests/a.py::t1", 2.0), ("tests/a.py::t2", 3.0), ("tests/b.py::t@g", 4.5)):
+        recorder.pytest_runtest_logreport(
+            pytest.TestReport(nodeid, (), {}, "passed", None, "call", duration=seconds)
+        )  # type: ignore[arg-type]
+    recorder.store(path)
+    assert stored_durations(path) == {"tests/old.py": 12.0, "tests/a.py": 5.0, "g": 4.5}
