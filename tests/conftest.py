@@ -4,11 +4,20 @@ the suite is ordered, tiered and spread over pytest-xdist workers (see ``schedul
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scheduling import DurationRecorder, longest_first, make_scheduler, stored_durations
+from scheduling import (
+    GROUPS_ENV,
+    DurationRecorder,
+    longest_first,
+    make_scheduler,
+    stored_durations,
+    write_groups,
+)
 
 from reggaeton.settings import Settings
 
@@ -43,7 +52,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "prefect: uses the session's Prefect server (marked automatically)")
     config.addinivalue_line("markers", "xdist_group(name): run on the one worker that runs this group")
     if not hasattr(config, "workerinput"):  # the controller, or a run without workers: it sees every report
-        config.pluginmanager.register(DurationRecorder(config.getoption("store_durations")), "unit-durations")
+        # Where the workers (started after this) write the groups they collect: scheduling.GROUPS_ENV.
+        folder = Path(tempfile.mkdtemp(prefix="reggaeton-test-groups-"))
+        os.environ[GROUPS_ENV] = str(folder)
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+        recorder = DurationRecorder(config.getoption("store_durations"), folder)
+        config.pluginmanager.register(recorder, "unit-durations")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,6 +66,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if fixture in item.fixturenames:  # type: ignore[attr-defined]
                 item.add_marker(marker)
     items[:] = longest_first(items, stored_durations())
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    write_groups(items, Path(os.environ[GROUPS_ENV]) / f"groups-{worker}.json")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:

@@ -1,6 +1,6 @@
 """How the suite is spread over pytest-xdist workers: units of work, longest first, one at a time.
 
-A unit is a test module, or the tests that share one ``xdist_group`` (e.g. the modules on one session
+A unit is a test module, or the modules that share one ``xdist_group`` (e.g. those on one session
 stack). Units run on one worker each, so a stack a module starts is started once. Most of the suite's
 time is waiting (servers, heartbeats, schedules), so the wall time is set by how the long units are
 placed: the scheduler hands them out longest first (times measured by an earlier run, stored in
@@ -12,6 +12,7 @@ waits behind another one queued on a busy worker.
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -40,11 +41,30 @@ def unit_of_item(item: pytest.Item) -> str:
     return group_of(item) or item.nodeid.split("::", 1)[0]
 
 
-def unit_of_nodeid(nodeid: str) -> str:
-    """The unit of a node id as xdist reports it under ``--dist loadgroup`` (``...::test@group``)."""
-    if nodeid.rfind("@") > nodeid.rfind("]"):  # a parameter id may hold an "@": never after its "]"
-        return nodeid.rsplit("@", 1)[1]
-    return nodeid.split("::", 1)[0]
+def unit_of_nodeid(nodeid: str, groups: Mapping[str, str] | None = None) -> str:
+    """The unit of a node id: its group (from ``groups``, as collected), else its module's path."""
+    return (groups or {}).get(nodeid) or nodeid.split("::", 1)[0]
+
+
+# The controller only sees node ids, not markers (xdist 3.8's own loadgroup renames the ids of grouped
+# tests, which pytest 9.2's node ids no longer allow: its groups silently stopped working). So each
+# worker writes the groups it collected to a file the controller named in this variable.
+GROUPS_ENV: Final = "REGGAETON_TEST_GROUPS"
+
+
+def write_groups(items: Iterable[pytest.Item], path: Path) -> None:
+    """Node id -> group of the grouped tests, written whole (a worker's file appears complete or not)."""
+    groups = {item.nodeid: group for item in items if (group := group_of(item)) is not None}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(groups))
+    partial.replace(path)
+
+
+def read_groups(folder: Path) -> dict[str, str]:
+    """The groups the workers wrote (every worker collects the same tests: any file will do)."""
+    for path in sorted(folder.glob("groups-*.json")):
+        return {str(key): str(value) for key, value in json.loads(path.read_text()).items()}
+    return {}
 
 
 def stored_durations(path: Path = DURATIONS) -> dict[str, float]:
@@ -75,12 +95,19 @@ def longest_first(items: list[pytest.Item], durations: Mapping[str, float]) -> l
 
 
 def make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """The xdist scheduler of ``--dist loadgroup`` runs: units in collection order, one at a time."""
+    """The xdist scheduler of ``--dist loadgroup`` runs: units in collection order, one at a time.
+
+    ``GROUPS_ENV`` must name the folder the workers write their groups to (see ``write_groups``).
+    """
     from xdist.scheduler import LoadScopeScheduling
 
     class LongestFirst(LoadScopeScheduling):  # type: ignore[misc]
+        groups: dict[str, str] | None = None
+
         def _split_scope(self, nodeid: str) -> str:
-            return unit_of_nodeid(nodeid)
+            if self.groups is None:  # read once the workers have collected (schedule() runs then)
+                self.groups = read_groups(Path(os.environ[GROUPS_ENV]))
+            return unit_of_nodeid(nodeid, self.groups)
 
         def _reschedule(self, node: Any) -> None:
             if node.shutting_down:
@@ -101,12 +128,16 @@ def make_scheduler(config: pytest.Config, log: Any) -> Any:
 class DurationRecorder:
     """A plugin of the controller process: each unit's setup, call and teardown seconds over a run."""
 
-    def __init__(self, store: bool) -> None:
+    def __init__(self, store: bool, groups_folder: Path | None = None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self._store = store
+        self._folder = groups_folder
+        self._groups: dict[str, str] | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.seconds[unit_of_nodeid(report.nodeid)] += report.duration
+        if self._groups is None:  # the first report comes after collection: the groups are written
+            self._groups = read_groups(self._folder) if self._folder is not None else {}
+        self.seconds[unit_of_nodeid(report.nodeid, self._groups)] += report.duration
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.seconds:

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scheduling import DurationRecorder, longest_first, stored_durations, unit_of_nodeid
+from scheduling import (
+    DurationRecorder,
+    longest_first,
+    read_groups,
+    stored_durations,
+    unit_of_nodeid,
+    write_groups,
+)
 
 
 @dataclass
@@ -27,11 +34,20 @@ class FakeItem:
         return self.marks.get(name)
 
 
-def test_a_unit_is_the_group_else_the_module() -> None:
-    assert unit_of_nodeid("tests/a/test_x.py::test_one") == "tests/a/test_x.py"
-    assert unit_of_nodeid("tests/a/test_x.py::Case::test_one") == "tests/a/test_x.py"
-    assert unit_of_nodeid("tests/a/test_x.py::test_one@loop_stack") == "loop_stack"
-    assert unit_of_nodeid("tests/a/test_x.py::test_one[a@b]") == "tests/a/test_x.py"
+def test_a_unit_is_the_group_its_worker_collected_else_the_module(tmp_path: Path) -> None:
+    grouped: list[Any] = [
+        FakeItem("tests/a/test_x.py::test_one", {"xdist_group": Mark(("loop_stack",))}),
+        FakeItem("tests/a/test_y.py::test_two", {"xdist_group": Mark(kwargs={"name": "loop_stack"})}),
+        FakeItem("tests/a/test_z.py::Case::test_three"),
+    ]
+    write_groups(grouped, tmp_path / "groups-gw1.json")
+    groups = read_groups(tmp_path)
+    assert [unit_of_nodeid(item.nodeid, groups) for item in grouped] == [
+        "loop_stack",
+        "loop_stack",
+        "tests/a/test_z.py",
+    ]
+    assert read_groups(tmp_path / "none") == {}
 
 
 def test_units_run_longest_first_and_keep_their_own_order() -> None:
@@ -60,8 +76,9 @@ def test_stored_times_merge_with_the_units_of_this_run(tmp_path: Path) -> None:
     path = tmp_path / "durations.json"
     assert stored_durations(path) == {}
     path.write_text('{"tests/old.py": 12.0, "tests/a.py": 1.0}')
-    recorder = DurationRecorder(store=True)
-    for nodeid, seconds in (("tests/a.py::t1", 2.0), ("tests/a.py::t2", 3.0), ("tests/b.py::t@g", 4.5)):
+    (tmp_path / "groups-gw0.json").write_text('{"tests/b.py::t": "g"}')
+    recorder = DurationRecorder(store=True, groups_folder=tmp_path)
+    for nodeid, seconds in (("tests/a.py::t1", 2.0), ("tests/a.py::t2", 3.0), ("tests/b.py::t", 4.5)):
         recorder.pytest_runtest_logreport(
             pytest.TestReport(nodeid, (), {}, "passed", None, "call", duration=seconds)
         )  # type: ignore[arg-type]

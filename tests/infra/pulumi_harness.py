@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,9 @@ def run_program(
     """
     from infra import stack
 
+    # Pulumi's runtime asks asyncio.get_event_loop() from synchronous code; after an asyncio.run() in
+    # the same process (another module's test on this worker) there is none until one is set.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = mocks or RecordingMocks(image_id, exit_codes)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False)
     pulumi.runtime.set_all_config(
