@@ -605,6 +605,11 @@ class WorkDir:
             for tmp in folder.glob(f"*{TMP_SUFFIX}"):
                 tmp.unlink()
 
+    def discard_if_empty(self) -> None:
+        """Remove the partial folder when no chunk was finished in it (a run that stopped at once)."""
+        if self.partial.exists() and not self.journal.read():
+            shutil.rmtree(self.partial)
+
     def release(self) -> None:
         """Unlock the folder."""
         if self._lock is not None:

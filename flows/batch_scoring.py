@@ -35,6 +35,7 @@ import pyarrow as pa
 from adapters import batch_runs, registry
 from adapters import catalogue as files
 from adapters.catalogue import Catalogue, CatalogueError, Chunk, WorkDir
+from flows import batch_worker
 from reggaeton import names
 from reggaeton.batch import (
     FILE,
@@ -46,7 +47,6 @@ from reggaeton.batch import (
     Counts,
     Progress,
     RunIdentity,
-    answer_chunk,
     default_id_columns,
     worker_count,
 )
@@ -224,6 +224,8 @@ def planned(settings: Settings, request: ScoringRequest, model: ScoringModel) ->
     with files.locked_work_dir(out) as work:
         plan.work = work
         found = work.identity()
+        if found is not None and not work.journal.read():
+            found = None  # nothing was scored there (e.g. its input was malformed): nothing to lose
         if found is not None and not request.restart:
             differences = identity.differences(RunIdentity.from_dict(found))
             if differences:
@@ -239,7 +241,7 @@ def planned(settings: Settings, request: ScoringRequest, model: ScoringModel) ->
                 return
             work.clean()
             plan.done = work.journal.read()
-            logger.info("continuing %s: %d chunk(s) already scored", work.partial, len(plan.done))
+            logger.debug("continuing %s: %d chunk(s) already scored", work.partial, len(plan.done))
         else:
             work.start(identity.to_dict())
         yield plan
@@ -306,6 +308,7 @@ def run(
     except BaseException:
         with contextlib.suppress(Exception):  # the scoring error is the one to report
             batch_runs.finish(client, run_id, {}, failed=True)
+        plan.work.discard_if_empty()
         raise
     counts = Counts(**manifest["counts"])
     batch_runs.finish(
@@ -323,28 +326,6 @@ def run(
     return ScoringResult(plan.request.out, manifest)
 
 
-@dataclass(frozen=True)
-class ChunkContext:
-    """What scoring a chunk needs besides its rows and the scorer (sent to the worker processes)."""
-
-    partial: Path
-    output_format: str
-    ids: tuple[str, ...]
-    file_names: tuple[str, ...] | None  # per input file, when the input is a folder
-    model: tuple[str, str, float]  # name, version, threshold
-
-
-def score_chunk(chunk: Chunk, context: ChunkContext, scorer: Scorer) -> Counts:
-    """Check, score and write one chunk (its part file, and its rejects part)."""
-    values, not_numbers = files.feature_values(chunk.batch)
-    answer = answer_chunk(values, not_numbers, scorer.probabilities, context.model[2])
-    file_name = context.file_names[chunk.key.file] if context.file_names is not None else None
-    scores = files.scores_table(chunk, answer, context.ids, file_name, context.model)
-    rejects = files.rejects_table(chunk, answer, context.ids, file_name)
-    files.write_chunk(context.partial, chunk.key, context.output_format, scores, rejects)
-    return Counts(answer.read, answer.scored, answer.rejected)
-
-
 def score_chunks(
     settings: Settings,
     plan: Plan,
@@ -355,7 +336,7 @@ def score_chunks(
     """Every chunk of the input not yet journaled, scored and journaled; returns all finished chunks."""
     assert plan.work is not None
     journal = plan.work.journal
-    context = ChunkContext(
+    context = batch_worker.ChunkContext(
         plan.work.partial,
         plan.request.output_format,
         plan.identity.id_columns,
@@ -377,7 +358,7 @@ def score_chunks(
         if progress is not None:
             progress(Progress(rows_done, plan.catalogue.rows, time.monotonic() - clock, this_attempt))
 
-    logger.info("scoring %s with %d process(es)", plan.request.input, workers)
+    logger.debug("scoring %s with %d process(es)", plan.request.input, workers)
     if progress is not None and rows_done:
         progress(Progress(rows_done, plan.catalogue.rows, 0.0, 0))
     with _runner(workers, model.scorer, context) as submit:
@@ -400,13 +381,13 @@ Submit = Callable[[Chunk | None], Iterator[tuple[ChunkKey, Counts]]]
 
 
 @contextlib.contextmanager
-def _runner(workers: int, scorer: Scorer, context: ChunkContext) -> Iterator[Submit]:
+def _runner(workers: int, scorer: Scorer, context: batch_worker.ChunkContext) -> Iterator[Submit]:
     """A function taking a chunk (None: no more) and yielding the chunks finished meanwhile."""
     if workers <= 1:
 
         def in_process(chunk: Chunk | None) -> Iterator[tuple[ChunkKey, Counts]]:
             if chunk is not None:
-                yield chunk.key, score_chunk(chunk, context, scorer)
+                yield chunk.key, batch_worker.score_chunk(chunk, context, scorer)
 
         yield in_process
         return
@@ -415,14 +396,14 @@ def _runner(workers: int, scorer: Scorer, context: ChunkContext) -> Iterator[Sub
         mp_context=multiprocessing.get_context(
             "spawn"
         ),  # never fork a process with threads (MLflow, Prefect)
-        initializer=_start_worker,
+        initializer=batch_worker.start,
         initargs=(pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL),),
     )
     running: dict[Future[Counts], ChunkKey] = {}
 
     def pooled(chunk: Chunk | None) -> Iterator[tuple[ChunkKey, Counts]]:
         if chunk is not None:
-            running[executor.submit(_score_in_worker, chunk, context)] = chunk.key
+            running[executor.submit(batch_worker.score_in_worker, chunk, context)] = chunk.key
         limit = 0 if chunk is None else workers * IN_FLIGHT_PER_WORKER - 1
         while len(running) > limit:
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -434,21 +415,6 @@ def _runner(workers: int, scorer: Scorer, context: ChunkContext) -> Iterator[Sub
         yield pooled
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-
-
-# The scorer of a worker process, unpickled once when the process starts (a chunk carries only its rows).
-_WORKER_SCORER: list[Scorer] = []
-
-
-def _start_worker(scorer: bytes) -> None:
-    from threadpoolctl import threadpool_limits
-
-    _WORKER_SCORER.append(pickle.loads(scorer))
-    threadpool_limits(1)  # one core per process: OpenMP code (histogram boosting) would oversubscribe
-
-
-def _score_in_worker(chunk: Chunk, context: ChunkContext) -> Counts:
-    return score_chunk(chunk, context, _WORKER_SCORER[0])
 
 
 # --- the manifest -------------------------------------------------------------------------------------
