@@ -76,7 +76,7 @@ PARTIAL_SUFFIX: Final = ".partial"
 TMP_SUFFIX: Final = ".tmp"
 
 HASH_BLOCK: Final = 8 << 20
-CSV_BLOCK: Final = 8 << 20  # bytes the CSV reader parses at a time (in parallel over its threads)
+CSV_BLOCK: Final = 1 << 20  # bytes the CSV reader parses at a time; it reads ~40 blocks ahead
 PARQUET_BATCH: Final = 65_536  # rows read from a Parquet file at a time
 # What a number looks like to the text fallback (a subset of what Arrow's cast reads); anything else in
 # a feature column is "not a number" for its row.

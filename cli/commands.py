@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -189,7 +190,8 @@ def cmd_score(ctx: Context, args: argparse.Namespace) -> int:
     """Score a catalogue with a registered version (resumable), showing rows, rows/s and ETA."""
     stack_endpoints.require(ctx.endpoints, "mlflow")
     from cli.score_progress import ScoreProgress
-    from flows import batch_scoring
+    from flows.batch_worker import ChunkPool
+    from reggaeton.batch import worker_count
 
     batch = ctx.settings.batch.model_copy(
         update={
@@ -199,22 +201,28 @@ def cmd_score(ctx: Context, args: argparse.Namespace) -> int:
         }
     )
     settings = ctx.settings.model_copy(update={"batch": type(batch).model_validate(batch.model_dump())})
-    request = batch_scoring.ScoringRequest(
-        input=args.input,
-        out=Path(args.out),
-        version=args.version,
-        alias=args.alias,
-        output_format=args.format,
-        id_columns=batch_scoring.id_column_list(args.id_columns),
-        restart=args.restart,
-    )
-    progress = ScoreProgress(every_s=settings.batch.progress_every_s)
-    try:
-        result = batch_scoring.score(settings, request, progress)
-    except LookupError as exc:
-        raise CommandError(str(exc)) from exc
-    finally:
-        progress.close()
+    workers = worker_count(settings.batch.workers)
+    # The scoring processes start now: they import their libraries while this one imports MLflow and
+    # loads the version (a few seconds each, side by side).
+    with ChunkPool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        from flows import batch_scoring
+
+        request = batch_scoring.ScoringRequest(
+            input=args.input,
+            out=Path(args.out),
+            version=args.version,
+            alias=args.alias,
+            output_format=args.format,
+            id_columns=batch_scoring.id_column_list(args.id_columns),
+            restart=args.restart,
+        )
+        progress = ScoreProgress(every_s=settings.batch.progress_every_s)
+        try:
+            result = batch_scoring.score(settings, request, progress, pool=pool)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            progress.close()
     print(result.summary())
     return 0
 

@@ -18,13 +18,14 @@ worker (memory stays flat whatever the input's size) and journals each finished 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
-import multiprocessing
 import pickle
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -152,8 +153,12 @@ def score(
     request: ScoringRequest,
     progress: ProgressCallback | None = None,
     tags: Mapping[str, str] | None = None,
+    pool: batch_worker.ChunkPool | None = None,
 ) -> ScoringResult:
     """Score a catalogue: load the version, plan (or resume) the run, score every chunk, publish.
+
+    ``pool``: scoring processes started earlier (they warm up while the version loads); default: started
+    when the chunks are about to be scored, when there is more than one to score on more than one core.
 
     Raises:
         ValueError: the request, the input or the output cannot be used (a one-line message).
@@ -164,7 +169,7 @@ def score(
     with planned(settings, request, model) as plan:
         if plan.finished is not None:
             return ScoringResult(request.out, plan.finished, already_done=True)
-        return run(settings, plan, model, progress, tags)
+        return run(settings, plan, model, progress, tags, pool)
 
 
 def load_version(settings: Settings, request: ScoringRequest) -> ScoringModel:
@@ -269,6 +274,7 @@ def run(
     model: ScoringModel,
     progress: ProgressCallback | None = None,
     tags: Mapping[str, str] | None = None,
+    pool: batch_worker.ChunkPool | None = None,
 ) -> ScoringResult:
     """Score the chunks not yet done, then publish the output; recorded as an MLflow run."""
     assert plan.work is not None  # set by `planned` for a run that is not finished
@@ -278,6 +284,8 @@ def run(
     workers = worker_count(
         settings.batch.workers, _expected_chunks(plan.catalogue, settings.batch.chunk_rows)
     )
+    if pool is not None and workers > 1:
+        workers = pool.workers
     run_id = batch_runs.start(
         client,
         settings,
@@ -301,7 +309,7 @@ def run(
     )
     clock = time.monotonic()
     try:
-        done = score_chunks(settings, plan, model, workers, progress)
+        done = score_chunks(settings, plan, model, workers, progress, pool)
         seconds = time.monotonic() - clock
         manifest = _manifest(plan, model, done, started_at, seconds, run_id)
         files.publish(plan.work, manifest)
@@ -332,6 +340,7 @@ def score_chunks(
     model: ScoringModel,
     workers: int,
     progress: ProgressCallback | None = None,
+    pool: batch_worker.ChunkPool | None = None,
 ) -> dict[ChunkKey, Counts]:
     """Every chunk of the input not yet journaled, scored and journaled; returns all finished chunks."""
     assert plan.work is not None
@@ -361,7 +370,7 @@ def score_chunks(
     logger.debug("scoring %s with %d process(es)", plan.request.input, workers)
     if progress is not None and rows_done:
         progress(Progress(rows_done, plan.catalogue.rows, 0.0, 0))
-    with _runner(workers, model.scorer, context) as submit:
+    with _runner(workers, model.scorer, context, pool) as submit:
         for chunk in files.iter_chunks(plan.catalogue, settings.batch.chunk_rows, plan.ids):
             seen.add(chunk.key)
             if chunk.key in done:
@@ -381,7 +390,9 @@ Submit = Callable[[Chunk | None], Iterator[tuple[ChunkKey, Counts]]]
 
 
 @contextlib.contextmanager
-def _runner(workers: int, scorer: Scorer, context: batch_worker.ChunkContext) -> Iterator[Submit]:
+def _runner(
+    workers: int, scorer: Scorer, context: batch_worker.ChunkContext, pool: batch_worker.ChunkPool | None
+) -> Iterator[Submit]:
     """A function taking a chunk (None: no more) and yielding the chunks finished meanwhile."""
     if workers <= 1:
 
@@ -391,30 +402,29 @@ def _runner(workers: int, scorer: Scorer, context: batch_worker.ChunkContext) ->
 
         yield in_process
         return
-    executor = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context(
-            "spawn"
-        ),  # never fork a process with threads (MLflow, Prefect)
-        initializer=batch_worker.start,
-        initargs=(pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL),),
-    )
-    running: dict[Future[Counts], ChunkKey] = {}
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(batch_worker.ChunkPool(workers))
+        # The processes read the scorer from a file (once each), not from every chunk they are sent.
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reggaeton-scorer-")))
+        scorer_file = folder / "scorer.pickle"
+        scorer_file.write_bytes(pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL))
+        context = dataclasses.replace(context, scorer_file=scorer_file)
+        running: dict[Future[Counts], ChunkKey] = {}
+        stack.callback(lambda: [future.cancel() for future in running])
 
-    def pooled(chunk: Chunk | None) -> Iterator[tuple[ChunkKey, Counts]]:
-        if chunk is not None:
-            running[executor.submit(batch_worker.score_in_worker, chunk, context)] = chunk.key
-        limit = 0 if chunk is None else workers * IN_FLIGHT_PER_WORKER - 1
-        while len(running) > limit:
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in sorted(finished, key=lambda each: running[each]):
-                key = running.pop(future)
-                yield key, future.result()
+        def pooled(chunk: Chunk | None) -> Iterator[tuple[ChunkKey, Counts]]:
+            assert pool is not None
+            if chunk is not None:
+                running[pool.submit(chunk, context)] = chunk.key
+            limit = 0 if chunk is None else workers * IN_FLIGHT_PER_WORKER - 1
+            while len(running) > limit:
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda each: running[each]):
+                    key = running.pop(future)
+                    yield key, future.result()
 
-    try:
         yield pooled
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 # --- the manifest -------------------------------------------------------------------------------------

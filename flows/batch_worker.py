@@ -1,23 +1,31 @@
-"""What a scoring process runs: one chunk of a catalogue checked, scored and written.
+"""What a scoring process runs: one chunk of a catalogue checked, scored and written; and the pool of them.
 
 Kept apart from ``flows/batch_scoring.py`` so that a worker process imports only this (numpy, pyarrow, the
-core, and scikit-learn when it unpickles the pipeline), not MLflow: each worker starts faster and smaller.
+core, scikit-learn), not MLflow. The pool can be started before anything else (``reggaeton score`` does,
+before it even imports MLflow): its processes start and import the model families while the parent
+loads the version, and read the scorer from a file once it is there.
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import pickle
 import threading
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
+from types import TracebackType
 
 from adapters import catalogue as files
 from adapters.catalogue import Chunk
 from reggaeton.batch import Counts, answer_chunk
 from reggaeton.scorer import Scorer
+
+# Imported by each worker as it starts: the model families' modules, so unpickling the scorer is quick.
+WARM_MODULES = ("reggaeton.model", "pyarrow.parquet", "pyarrow.csv")
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,7 @@ class ChunkContext:
     ids: tuple[str, ...]
     file_names: tuple[str, ...] | None  # per input file, when the input is a folder
     model: tuple[str, str, float]  # name, version, threshold
+    scorer_file: Path | None = None  # the pickled scorer, for worker processes
 
 
 def score_chunk(chunk: Chunk, context: ChunkContext, scorer: Scorer) -> Counts:
@@ -42,19 +51,42 @@ def score_chunk(chunk: Chunk, context: ChunkContext, scorer: Scorer) -> Counts:
     return Counts(answer.read, answer.scored, answer.rejected)
 
 
-# The scorer of this worker process, unpickled once when it starts (a chunk then carries only its rows).
-_SCORER: list[Scorer] = []
+class ChunkPool:
+    """Scoring processes (spawned: never a fork of a process with threads, as MLflow's and Prefect's)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start
+        )
+        for _ in range(workers):  # start every process now (the pool would start them one per task)
+            self._executor.submit(_warm)
+
+    def submit(self, chunk: Chunk, context: ChunkContext) -> Future[Counts]:
+        """Score a chunk in one of the processes."""
+        return self._executor.submit(score_in_worker, chunk, context)
+
+    def close(self) -> None:
+        """Wait for the chunks being scored, drop the queued ones, end the processes."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ChunkPool:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
 
 
-def start(scorer: bytes) -> None:
-    """Initialise a worker process: its scorer, one core, and its end when the parent process ends."""
-    from threadpoolctl import threadpool_limits
+# The scorer of this worker process, read once from its file (a chunk then carries only its rows).
+_SCORERS: dict[Path, Scorer] = {}
 
-    _SCORER.append(pickle.loads(scorer))
-    threadpool_limits(1)  # one core per process: OpenMP code (histogram boosting) would oversubscribe
+
+def _start() -> None:
+    """A worker's start: it ends when its parent ends (a parent killed outright would leave it waiting)."""
     parent = multiprocessing.parent_process()
     if parent is not None:
-        # A parent killed outright (SIGKILL, OOM) leaves its pool's workers waiting for work forever.
         threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
 
 
@@ -63,6 +95,18 @@ def _exit_with(sentinel: int) -> None:
     os._exit(1)
 
 
+def _warm() -> None:
+    for module in WARM_MODULES:
+        importlib.import_module(module)
+
+
 def score_in_worker(chunk: Chunk, context: ChunkContext) -> Counts:
-    """:func:`score_chunk` with the scorer this process started with."""
-    return score_chunk(chunk, context, _SCORER[0])
+    """:func:`score_chunk` with the scorer of ``context.scorer_file`` (read on this process's first chunk)."""
+    assert context.scorer_file is not None
+    scorer = _SCORERS.get(context.scorer_file)
+    if scorer is None:
+        from threadpoolctl import threadpool_limits
+
+        scorer = _SCORERS[context.scorer_file] = pickle.loads(context.scorer_file.read_bytes())
+        threadpool_limits(1)  # one core per process: OpenMP code (histogram boosting) would oversubscribe
+    return score_chunk(chunk, context, scorer)
