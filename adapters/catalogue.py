@@ -502,7 +502,10 @@ def write_chunk(
 def _write_table(table: pa.Table, path: Path, output_format: str) -> None:
     tmp = path.with_name(path.name + TMP_SUFFIX)
     if output_format == PARQUET:
-        pq.write_table(table, tmp)
+        # Row numbers delta-encoded and zstd: ~12 bytes a row instead of ~22 (the probability is most of it).
+        others = [name for name in table.column_names if name != ROW]
+        encoding = {ROW: "DELTA_BINARY_PACKED"}
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=others, column_encoding=encoding)
     else:
         pa_csv.write_csv(table, tmp)
     os.replace(tmp, path)
