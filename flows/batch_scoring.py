@@ -51,6 +51,7 @@ from reggaeton.batch import (
     default_id_columns,
     worker_count,
 )
+from reggaeton.schema import FEATURE_NAMES
 from reggaeton.scorer import Scorer, pipeline_scorer
 from reggaeton.servable import servable_scorer, threshold_from_tags
 from reggaeton.settings import Settings
@@ -80,6 +81,8 @@ class ScoringRequest:
             found.append(f"format {self.output_format!r}: choose one of {', '.join(FORMATS)}")
         if self.version is not None and self.alias is not None:
             found.append("give a version or an alias, not both")
+        if features := [name for name in self.id_columns or () if name in FEATURE_NAMES]:
+            found.append(f"id column {features[0]!r} is a feature: the scores hold no features")
         return found
 
 

@@ -231,3 +231,18 @@ def test_a_version_or_alias_that_does_not_exist_is_one_line(
     with pytest.raises(LookupError, match=f"^{names.MODEL_NAME} has no version with the alias 'challenger'$"):
         score(settings, ScoringRequest(songs, tmp_path / "out", alias="challenger"))
     assert not (tmp_path / "out").exists() and not partial_path(tmp_path / "out").exists()
+
+
+def test_a_request_that_cannot_be_met_is_refused_before_anything_is_read(
+    registered: tuple[Settings, str, str], tmp_path: Path
+) -> None:
+    settings, champion, _ = registered
+    missing = str(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="format 'xlsx': choose one of parquet, csv"):
+        score(settings, ScoringRequest(missing, tmp_path / "out", output_format="xlsx"))
+    with pytest.raises(ValueError, match="give a version or an alias, not both"):
+        score(settings, ScoringRequest(missing, tmp_path / "out", version=champion, alias="champion"))
+    with pytest.raises(ValueError, match="id column 'tempo' is a feature"):
+        score(settings, ScoringRequest(missing, tmp_path / "out", id_columns=("track_id", "tempo")))
+    with pytest.raises(CatalogueError, match=r"missing\.csv: no such file or folder"):
+        score(settings, ScoringRequest(missing, tmp_path / "out"))
