@@ -52,13 +52,20 @@ def score_chunk(chunk: Chunk, context: ChunkContext, scorer: Scorer) -> Counts:
 
 
 class ChunkPool:
-    """Scoring processes (spawned: never a fork of a process with threads, as MLflow's and Prefect's)."""
+    """Scoring processes, forked from a fork server that imported the model families once.
+
+    Never a fork of this process (MLflow and Prefect run threads in it); and each worker a fork of one
+    server rather than a fresh interpreter of its own: the libraries are imported once, not once per
+    worker (measured under load: two workers ready in 7 s instead of 17-20 s spawned).
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start
-        )
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(
+            [__name__, *WARM_MODULES]
+        )  # before the server starts (once per process)
+        self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start)
         for _ in range(workers):  # start every process now (the pool would start them one per task)
             self._executor.submit(_warm)
 

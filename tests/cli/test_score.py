@@ -94,16 +94,18 @@ def test_a_malformed_file_stops_with_one_line_naming_file_row_and_column(
     assert not (tmp_path / "scored").exists() and not (tmp_path / "scored.partial").exists()
 
 
-def _children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
-    found = set()
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (from /proc): the scoring workers are children of a fork server."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
     return found
 
 
@@ -135,7 +137,8 @@ def test_a_run_killed_midway_continues_when_started_again_and_ends_byte_identica
             timeout_s=240,
             every_s=0.01,
         )
-        workers = _children(first.pid)
+        workers = _descendants(first.pid)
+        assert len(workers) >= 3, workers  # the fork server and two workers at least
         os.kill(first.pid, signal.SIGKILL)  # the parent only: its workers must end by themselves
         first.wait()
         assert first.returncode == -signal.SIGKILL, first.communicate()
