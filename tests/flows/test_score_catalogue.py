@@ -122,11 +122,16 @@ def test_the_deployment_scores_a_catalogue_on_a_worker_with_progress_in_the_ui(
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
             )
-            progress_lines = [
-                log.message
-                for log in prefect_api.logs_of(client, run_id, None)
-                if log.name.endswith(f".{names.PROGRESS_LOG}")
-            ]
+
+            def progress_lines() -> list[str] | None:
+                """The run's progress lines, once its last one arrived (logs reach the server in batches)."""
+                logs = prefect_api.logs_of(client, run_id, None)
+                lines = [log.message for log in logs if log.name.endswith(f".{names.PROGRESS_LOG}")]
+                done = any(line.startswith("3,000 of ~3,000 rows (100 %)") for line in lines)
+                return lines if done else None
+
+            # The progress log shows in the run's logs (the last line says 100 %).
+            manual.wait_until("the run's last progress line", progress_lines, timeout_s=60, every_s=1)
             deployed = client.read_deployment_by_name(f"{names.SCORE_DEPLOYMENT}/{deployment}")
 
     assert (
@@ -137,7 +142,6 @@ def test_the_deployment_scores_a_catalogue_on_a_worker_with_progress_in_the_ui(
     assert by_key[names.SCORE_PROGRESS_ARTIFACT_KEY].data == 100.0
     summary = str(by_key[names.SCORE_ARTIFACT_KEY].data)
     assert "3,000 read, 2,997 scored, 3 rejected" in summary and f"version {version}" in summary
-    assert any(line.startswith("3,000 of ~3,000 rows (100 %)") for line in progress_lines), progress_lines
 
     scores = pd.read_parquet(tmp_path / "scored" / "scores")
     assert len(scores) == 2997 and set(scores["model_version"]) == {version}
