@@ -72,6 +72,7 @@ REJECTS_FILE: Final = "rejects"  # + the format's extension
 RUN_FILE: Final = "run.json"
 JOURNAL: Final = "journal.jsonl"
 LOCK: Final = ".lock"
+SCORER_FILE: Final = ".scorer.pickle"  # the scorer the worker processes read (written by this package)
 PARTIAL_SUFFIX: Final = ".partial"
 TMP_SUFFIX: Final = ".tmp"
 
@@ -689,7 +690,7 @@ def publish(work: WorkDir, manifest: Mapping[str, Any]) -> None:
 
 def tidy(out: Path) -> None:
     """Remove the run's bookkeeping from a finished output (left there by a crash right after the rename)."""
-    for name in (JOURNAL, RUN_FILE, LOCK):
+    for name in (JOURNAL, RUN_FILE, LOCK, SCORER_FILE):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
     shutil.rmtree(out / REJECTS_DIR, ignore_errors=True)
@@ -706,6 +707,13 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 def part_names(folder: Path, output_format: str) -> list[str]:
     """The scores part files of a run folder, in order."""
     return sorted(path.name for path in (folder / SCORES_DIR).glob(f"part-*{EXTENSION[output_format]}"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """A file written whole (temporary file, then renamed)."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

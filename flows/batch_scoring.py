@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import math
 import pickle
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -408,10 +407,10 @@ def _runner(
     with contextlib.ExitStack() as stack:
         if pool is None:
             pool = stack.enter_context(batch_worker.ChunkPool(workers))
-        # The processes read the scorer from a file (once each), not from every chunk they are sent.
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reggaeton-scorer-")))
-        scorer_file = folder / "scorer.pickle"
-        scorer_file.write_bytes(pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL))
+        # The processes read the scorer from a file (once each), not from every chunk they are sent. It
+        # lives in the partial folder: removed with the run's bookkeeping, rewritten by a rerun after a kill.
+        scorer_file = context.partial / files.SCORER_FILE
+        files.write_bytes(scorer_file, pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL))
         context = dataclasses.replace(context, scorer_file=scorer_file)
         running: dict[Future[Counts], ChunkKey] = {}
         stack.callback(lambda: [future.cancel() for future in running])
