@@ -116,6 +116,10 @@ bench-selection: install ## Does CV rank a study's best trials as the held-out p
 bench-monitor: install ## Monitor run vs NannyML alone at 100 k and 1 M logged predictions
 	$(BIN)/python benchmarks/bench_monitor.py
 
+.PHONY: bench-score
+bench-score: install ## reggaeton score vs mlflow models predict on 1 M rows; rows/s and peak RSS at 1 M and 10 M rows
+	$(BIN)/python benchmarks/bench_score.py $(if $(ROUNDS),--rounds $(ROUNDS))
+
 .PHONY: bench-serve
 bench-serve: install ## Serving benchmark vs mlflow models serve and a bare endpoint (needs wrk)
 	@command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk (Debian/Ubuntu)"; exit 2; }

@@ -245,6 +245,32 @@ def get_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion
         raise
 
 
+def find_version(client: MlflowClient, model_name: str, version: str) -> ModelVersion:
+    """A registered version of ``model_name``.
+
+    Raises:
+        LookupError: one line naming the version and listing the registered ones.
+    """
+    try:
+        return client.get_model_version(model_name, version)
+    except MlflowException as exc:
+        found = sorted(int(v.version) for v in client.search_model_versions(f"name='{model_name}'"))
+        known = ", ".join(map(str, found)) or "none"
+        raise LookupError(f"{model_name} has no version {version!r} (registered versions: {known})") from exc
+
+
+def find_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion:
+    """The version an alias of ``model_name`` points to.
+
+    Raises:
+        LookupError: one line naming the alias when it (or the model) does not exist.
+    """
+    version = get_alias(client, model_name, alias)
+    if version is None:
+        raise LookupError(f"{model_name} has no version with the alias {alias!r}")
+    return version
+
+
 def load_reference(client: MlflowClient, version: ModelVersion) -> pd.DataFrame:
     """Download a version's reference set from its training run."""
     if version.run_id is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli import endpoints as stack_endpoints
@@ -184,6 +186,47 @@ def _manual_run(
     return run
 
 
+def cmd_score(ctx: Context, args: argparse.Namespace) -> int:
+    """Score a catalogue with a registered version (resumable), showing rows, rows/s and ETA."""
+    stack_endpoints.require(ctx.endpoints, "mlflow")
+    from cli.score_progress import ScoreProgress
+    from flows.batch_worker import ChunkPool
+    from reggaeton.batch import worker_count
+
+    batch = ctx.settings.batch.model_copy(
+        update={
+            key: value
+            for key, value in (("chunk_rows", args.chunk_rows), ("workers", args.workers))
+            if value is not None
+        }
+    )
+    settings = ctx.settings.model_copy(update={"batch": type(batch).model_validate(batch.model_dump())})
+    workers = worker_count(settings.batch.workers)
+    # The scoring processes start now: they import their libraries while this one imports MLflow and
+    # loads the version (a few seconds each, side by side).
+    with ChunkPool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        from flows import batch_scoring
+
+        request = batch_scoring.ScoringRequest(
+            input=args.input,
+            out=Path(args.out),
+            version=args.version,
+            alias=args.alias,
+            output_format=args.format,
+            id_columns=batch_scoring.id_column_list(args.id_columns),
+            restart=args.restart,
+        )
+        progress = ScoreProgress(every_s=settings.batch.progress_every_s)
+        try:
+            result = batch_scoring.score(settings, request, progress, pool=pool)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            progress.close()
+    print(result.summary())
+    return 0
+
+
 def cmd_simulate(ctx: Context, args: argparse.Namespace) -> int:
     """Send simulated traffic (and late labels) to the running API."""
     from monitoring import simulate
@@ -267,22 +310,19 @@ def _registry_command(ctx: Context, version: str | None, run: Callable[[], dict[
     """Run a promotion flow after checking the services and the version; print what it did."""
     stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
     from prefect.events.worker import EventsWorker
 
+    from adapters import registry
     from adapters.prefect_api import prefect_api_at
     from flows.promote import PromotionError
 
     quiet_tracebacks(ctx.debug)
     if version is not None:
         client = MlflowClient(tracking_uri=ctx.settings.tracking_uri, registry_uri=ctx.settings.registry_uri)
-        name = ctx.settings.mlflow.model_name
         try:
-            client.get_model_version(name, version)
-        except MlflowException as exc:
-            found = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
-            known = ", ".join(map(str, found)) or "none"
-            raise CommandError(f"{name} has no version {version!r} (registered versions: {known})") from exc
+            registry.find_version(client, ctx.settings.mlflow.model_name, version)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
     try:
         with prefect_api_at(ctx.endpoints.prefect_api):
             result = run()

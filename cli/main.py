@@ -29,6 +29,7 @@ from cli.commands import (
     cmd_promote,
     cmd_retrain,
     cmd_rollback,
+    cmd_score,
     cmd_simulate,
     cmd_status,
     cmd_train,
@@ -38,6 +39,7 @@ from cli.commands import (
 )
 from cli.endpoints import Unreachable
 from reggaeton import names
+from reggaeton.batch import FORMATS
 from reggaeton.settings import Settings
 
 logger = logging.getLogger("reggaeton")
@@ -53,6 +55,7 @@ EXAMPLES = """examples:
   reggaeton rollback --reason "precision dropped"   back to the previous champion
   reggaeton simulate --scenario drift --count 1000  traffic to the running API
   reggaeton monitor                  one monitoring pass now (the monitor deployment, on the worker)
+  reggaeton score songs.csv --out scored   score a catalogue with the champion (resumable)
   reggaeton alerts                   the notifications the local receiver got
   reggaeton down                     stop what `up` started
 """
@@ -112,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_cmd.add_argument("--automations-only", action="store_true", help="only re-apply the automations")
     _add_model_commands(add)
     _add_traffic_commands(add)
+    _add_score_command(add)
     return parser
 
 
@@ -168,6 +172,33 @@ def _add_traffic_commands(add: Callable[[str, Handler, str], argparse.ArgumentPa
     alerts_cmd = add("alerts", cmd_alerts, "the notifications the local alert receiver got")
     alerts_cmd.add_argument("--last", type=int, default=20, help="show the last N (default 20)")
     alerts_cmd.add_argument("--body", action="store_true", help="with each alert's body")
+
+
+def _add_score_command(add: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+    """score."""
+    score_cmd = add(
+        "score",
+        cmd_score,
+        "score a CSV/Parquet catalogue (a file or a folder) with a registered version, in chunks on every "
+        "core; a run stopped midway continues where it stopped when started again",
+    )
+    score_cmd.add_argument("input", help="a .csv/.parquet file or a folder of them: a path or an fsspec URL")
+    score_cmd.add_argument(
+        "--out", required=True, help="output folder: scores/ (one part per chunk), rejects, manifest.json"
+    )
+    which = score_cmd.add_mutually_exclusive_group()
+    which.add_argument("--version", help="the registered version to score with")
+    which.add_argument("--alias", help=f"the alias whose version scores (default: {names.CHAMPION})")
+    score_cmd.add_argument("--format", choices=FORMATS, default=FORMATS[0], help="of the output files")
+    score_cmd.add_argument(
+        "--id-columns",
+        help="comma-separated input columns to pass through (default: id, id_*, *_id; '' for none)",
+    )
+    score_cmd.add_argument(
+        "--restart", action="store_true", help="discard a partial run of this output instead of continuing it"
+    )
+    score_cmd.add_argument("--chunk-rows", type=int, help="rows per chunk (default: from the settings)")
+    score_cmd.add_argument("--workers", type=int, help="scoring processes (default: one per core)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,8 @@ PREVIOUS_CHAMPION: Final = "previous-champion"  # alias kept by promotion, used 
 
 EXPERIMENT_TRAINING: Final = "reggaeton-training"
 EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
+# One MLflow run per batch scoring of a catalogue (`reggaeton score`, the score-catalogue deployment).
+EXPERIMENT_BATCH: Final = "reggaeton-batch-scoring"
 
 # The prefect.yaml deployment that trains a challenger and gates it (retrain trigger, bootstrap, demo).
 TRAIN_DEPLOYMENT: Final = "train-and-promote"
@@ -23,6 +25,8 @@ WORK_POOL: Final = "reggaeton-pool"
 TUNE_DEPLOYMENT: Final = "tune"
 # Its flow's name (``run_deployment`` takes "<flow>/<deployment>").
 TUNE_FLOW: Final = "tune-study"
+# The prefect.yaml deployment (and its flow's name) that scores a whole catalogue in batch.
+SCORE_DEPLOYMENT: Final = "score-catalogue"
 # The work pool of the tuning runs: each worker container also runs a worker on it with `--limit 1`, so
 # the runs of one retrain spread one per machine.
 TUNING_POOL: Final = "reggaeton-tuning"
@@ -56,6 +60,9 @@ REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
 MODEL_ARTIFACT_NAME: Final = "model"
 # Prefect artifact key of the promotion decision table (lowercase letters, digits and dashes).
 PROMOTION_ARTIFACT_KEY: Final = "reggaeton-promotion"
+# Prefect artifact keys of a batch scoring run: its progress bar and its summary table.
+SCORE_PROGRESS_ARTIFACT_KEY: Final = "reggaeton-score-progress"
+SCORE_ARTIFACT_KEY: Final = "reggaeton-score"
 
 
 class Tag:

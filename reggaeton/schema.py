@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -25,6 +26,11 @@ class Feature:
         """The range in words, for error messages."""
         low = "(" if self.exclusive_min else "["
         return f"{low}{self.minimum:g}, {self.maximum:g}]"
+
+    def outside(self, values: np.ndarray) -> np.ndarray:
+        """Which values lie outside the range (NaN is not outside: it is missing, said apart)."""
+        low = values <= self.minimum if self.exclusive_min else values < self.minimum
+        return np.asarray(low | (values > self.maximum))
 
 
 FEATURES: Final[tuple[Feature, ...]] = (
@@ -112,8 +118,7 @@ def validate_frame(frame: pd.DataFrame, source: str, *, require_target: bool = F
             raise SchemaError(
                 source, "missing or infinite values", column=feature.name, rows=int(not_finite.sum())
             )
-        low = values <= feature.minimum if feature.exclusive_min else values < feature.minimum
-        outside = low | (values > feature.maximum)
+        outside = feature.outside(values)
         if outside.any():
             raise SchemaError(
                 source, f"values outside {feature.range_text()}", column=feature.name, rows=int(outside.sum())
@@ -128,3 +133,57 @@ def validate_frame(frame: pd.DataFrame, source: str, *, require_target: bool = F
             raise SchemaError(source, "only one class present; need both", column=TARGET, rows=len(target))
         out[TARGET] = target.astype("int64")
     return out
+
+
+# Why a value breaks the schema, row by row (``row_problems``): one code per row and feature.
+VALID: Final = 0
+MISSING: Final = 1  # no value: an empty cell, a null, NaN
+NOT_A_NUMBER: Final = 2  # text that does not read as a number
+NOT_FINITE: Final = 3  # +-inf
+OUT_OF_RANGE: Final = 4
+
+
+def row_problems(
+    columns: Mapping[str, np.ndarray], not_numbers: Mapping[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """Every row's problem with every feature, without stopping at the first (the batch scorer's check).
+
+    Args:
+        columns: Each feature's values as floats, NaN where there is none (an empty cell, a null).
+        not_numbers: Per feature, the rows whose value was text that does not read as a number (their
+            entry in ``columns`` is NaN); a feature left out has none.
+
+    Returns:
+        A (rows, features) array of codes, features in schema order: ``VALID`` or the problem.
+    """
+    rows = len(columns[FEATURES[0].name])
+    codes = np.zeros((rows, len(FEATURES)), dtype=np.uint8)
+    for index, feature in enumerate(FEATURES):
+        values = columns[feature.name]
+        code = codes[:, index]
+        code[np.isnan(values)] = MISSING
+        if not_numbers is not None and feature.name in not_numbers:
+            code[not_numbers[feature.name]] = NOT_A_NUMBER
+        code[np.isinf(values)] = NOT_FINITE
+        code[feature.outside(values) & np.isfinite(values)] = OUT_OF_RANGE
+    return codes
+
+
+def problem_text(codes: np.ndarray, values: np.ndarray) -> str:
+    """One row's problems in words, each naming its field, e.g. ``loudness 125.513 is outside [-60, 0]``.
+
+    Args:
+        codes: The row's codes (one row of :func:`row_problems`).
+        values: The row's feature values in schema order.
+    """
+    parts = []
+    for feature, code, value in zip(FEATURES, codes.tolist(), values.tolist(), strict=True):
+        if code == MISSING:
+            parts.append(f"{feature.name} is missing")
+        elif code == NOT_A_NUMBER:
+            parts.append(f"{feature.name} is not a number")
+        elif code == NOT_FINITE:
+            parts.append(f"{feature.name} {value:g} is not finite")
+        elif code == OUT_OF_RANGE:
+            parts.append(f"{feature.name} {value:g} is outside {feature.range_text()}")
+    return "; ".join(parts)

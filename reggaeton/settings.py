@@ -82,6 +82,7 @@ class MLflowSettings(_Section):
     model_name: str = names.MODEL_NAME
     training_experiment: str = names.EXPERIMENT_TRAINING
     monitoring_experiment: str = names.EXPERIMENT_MONITORING
+    batch_experiment: str = names.EXPERIMENT_BATCH
     host: str = "127.0.0.1"
     port: int = 5000
 
@@ -235,6 +236,19 @@ class WatchdogSettings(_Section):
     cancelled_window_s: int = Field(default=900, ge=1)
 
 
+class BatchSettings(_Section):
+    """Batch scoring of a catalogue (``reggaeton score``, the score-catalogue deployment)."""
+
+    # Rows per chunk: the unit of parallel work, of the output's part files and of resuming. Changing it
+    # changes the part layout, so a run is resumed only with the chunk size it started with.
+    chunk_rows: int = Field(default=100_000, ge=1)
+    # Scoring processes; None: one per core this process may run on (os.sched_getaffinity).
+    workers: int | None = Field(default=None, ge=1)
+    # How often progress is reported where it is not redrawn in place (a pipe, CI logs, the Prefect
+    # progress artifact).
+    progress_every_s: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All settings of the system, frozen. Build once at an entry point and pass it down."""
 
@@ -252,6 +266,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     prefect: PrefectSettings = PrefectSettings()
     watchdog: WatchdogSettings = WatchdogSettings()
+    batch: BatchSettings = BatchSettings()
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:

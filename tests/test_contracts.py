@@ -6,6 +6,7 @@ from __future__ import annotations
 import yaml
 
 from flows.deploy import PREFECT_FILE, PROJECT_DIR
+from flows.score_catalogue import score_catalogue
 from flows.tune import tune_study
 from infra import services
 from reggaeton import names
@@ -21,11 +22,16 @@ def test_prefect_yaml_uses_the_one_work_pool_and_deployment_names() -> None:
     pools = {deployment["name"]: deployment["work_pool"]["name"] for deployment in config["deployments"]}
     assert pools.pop(names.TUNE_DEPLOYMENT) == names.TUNING_POOL == Settings().prefect.tuning_pool
     assert set(pools.values()) == {names.WORK_POOL} == {Settings().prefect.work_pool}
-    assert {names.TRAIN_DEPLOYMENT, names.MONITOR_DEPLOYMENT} <= set(pools)
+    assert {names.TRAIN_DEPLOYMENT, names.MONITOR_DEPLOYMENT, names.SCORE_DEPLOYMENT} <= set(pools)
     tune = next(
         deployment for deployment in config["deployments"] if deployment["name"] == names.TUNE_DEPLOYMENT
     )
     assert tune["entrypoint"].endswith(f":{tune_study.fn.__name__}") and tune_study.name == names.TUNE_FLOW
+    score = next(
+        deployment for deployment in config["deployments"] if deployment["name"] == names.SCORE_DEPLOYMENT
+    )
+    assert score["entrypoint"] == f"flows/score_catalogue.py:{score_catalogue.fn.__name__}"
+    assert score_catalogue.name == names.SCORE_DEPLOYMENT
 
 
 def test_prefect_yaml_triggers_name_real_events() -> None:

@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 
 from adapters.prefect_api import prefect_api
 from flows import automations, deploy
-from reggaeton.names import TUNE_DEPLOYMENT, Event
+from reggaeton.names import SCORE_DEPLOYMENT, TUNE_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +74,13 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
     with prefect_api(loop_settings), get_client(sync_client=True) as client:
         assert client.read_work_pool(loop_settings.prefect.tuning_pool).type == "process"
     assert train["concurrency"] == (1, "CANCEL_NEW")
+    # Batch scoring: on the main pool, no schedule, one run at a time and the next one queued.
+    score = first["deployments"][SCORE_DEPLOYMENT]
+    assert (score["pool"], score["schedules"], score["concurrency"]) == (
+        "reggaeton-pool-test",
+        [],
+        (1, "ENQUEUE"),
+    )
     assert any('"interval":604800.0' in s for s in train["schedules"])
     monitor = first["deployments"]["monitor"]
     assert any('"interval":300.0' in s for s in monitor["schedules"])
@@ -147,6 +154,7 @@ def test_prefect_yaml_agrees_with_settings() -> None:
         "flows/promote.py:train_and_promote",
         "flows/monitor.py:monitor",
         "flows/tune.py:tune_study",
+        "flows/score_catalogue.py:score_catalogue",
     }
 
 
