@@ -47,7 +47,19 @@ def cmd_up(ctx: Context, args: argparse.Namespace) -> int:
 
     _local_only(ctx, "up", "docker-compose up -d")
     _check_services(args.services)
-    for name, what in stack.up(_local_settings(ctx), args.services or stack.SERVICE_NAMES).items():
+    # A server the user named (MLFLOW_TRACKING_URI, PREFECT_API_URL, ...) is used as it is.
+    named = {"mlflow": "mlflow", "prefect-server": "prefect_api"}
+    chosen = {
+        service
+        for service, endpoint in named.items()
+        if ctx.endpoints.sources.get(endpoint, "default") != "default"
+        and not ctx.endpoints.sources[endpoint].endswith("stack.json")
+    }
+    try:
+        started = stack.up(_local_settings(ctx), args.services or stack.SERVICE_NAMES, chosen)
+    except stack.PortHeld as exc:
+        raise CommandError(str(exc)) from exc
+    for name, what in started.items():
         print(f"{name:<15} {what}")
     _print_urls(stack_endpoints.resolve(ctx.settings, stack_endpoints.LOCAL, environ={}))
     return 0

@@ -17,11 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from reggaeton import names
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
+SERVICE = "alert-receiver"  # in every answer's names.SERVICE_HEADER
 
 
 def parse_alert(raw: bytes, content_type: str) -> dict[str, Any]:
@@ -80,6 +82,7 @@ def _handler(store: AlertStore) -> type[BaseHTTPRequestHandler]:
             body = json.dumps(payload, default=str).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            self.send_header(names.SERVICE_HEADER, SERVICE)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

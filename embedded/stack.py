@@ -18,13 +18,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from pydantic import BaseModel, SecretStr
 
+from embedded import receiver
 from reggaeton import names
 from reggaeton.settings import Settings
 
@@ -36,12 +37,53 @@ SETTLE_S = 3.0
 
 @dataclass(frozen=True)
 class Service:
-    """One process of the stack: how to start it and how to know it is ready."""
+    """One process of the stack: how to start it, how to know it is ready, and how to know it is one."""
 
     name: str
     command: Callable[[Settings], list[str]]
     health_url: Callable[[Settings], str | None]
     startup_timeout_s: float = 120.0
+    # Whether an answer of the health URL comes from this kind of server: another program on the port
+    # answers too (macOS's AirPlay receiver holds 5000), and `up` must not take it for this service.
+    answered_by_it: Callable[[httpx.Response], bool] = lambda answer: answer.status_code == 200
+    port_setting: str = ""  # the settings field of its port, e.g. "mlflow.port", named in errors
+
+
+class PortHeld(RuntimeError):
+    """A service's port answers, but not as that service: ``up`` starts nothing."""
+
+
+def _env_of(field: str) -> str:
+    return "REGGAETON_" + field.upper().replace(".", "__")
+
+
+def _answer_text(answer: httpx.Response) -> str:
+    server = answer.headers.get("server")
+    body = " ".join(answer.text[:60].split())
+    return f"HTTP {answer.status_code}" + (f" from server {server!r}" if server else "") + f": {body!r}"
+
+
+def _prefect_health(answer: httpx.Response) -> bool:
+    return answer.status_code == 200 and answer.text.strip() == "true"
+
+
+def _mlflow_health(answer: httpx.Response) -> bool:
+    """MLflow's /health says OK and its /version names a version (a bare "OK" is too common alone)."""
+    if answer.status_code != 200 or answer.text.strip() != "OK":
+        return False
+    try:
+        version = httpx.get(str(answer.url.copy_with(path="/version")), timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    return version.status_code == 200 and version.text.strip()[:1].isdigit()
+
+
+def _header_says(header: str, value: str | None = None) -> Callable[[httpx.Response], bool]:
+    def check(answer: httpx.Response) -> bool:
+        found = answer.headers.get(header)
+        return answer.status_code == 200 and found is not None and (value is None or found == value)
+
+    return check
 
 
 def mlflow_url(settings: Settings) -> str:
@@ -124,6 +166,8 @@ SERVICES: tuple[Service, ...] = (
         ),
         lambda s: f"{s.prefect_api_url}/health",
         startup_timeout_s=240.0,
+        answered_by_it=_prefect_health,
+        port_setting="prefect.port",
     ),
     Service(
         "mlflow",
@@ -145,11 +189,15 @@ SERVICES: tuple[Service, ...] = (
         ),
         lambda s: f"{mlflow_url(s)}/health",
         startup_timeout_s=180.0,
+        answered_by_it=_mlflow_health,
+        port_setting="mlflow.port",
     ),
     Service(
         "receiver",
         lambda s: _python("-m", "embedded.receiver", "--port", str(s.prefect.alert_receiver_port)),
         lambda s: f"{receiver_url(s)}/health",
+        answered_by_it=_header_says(names.SERVICE_HEADER, receiver.SERVICE),
+        port_setting="prefect.alert_receiver_port",
     ),
     Service(
         "worker",
@@ -164,6 +212,8 @@ SERVICES: tuple[Service, ...] = (
         lambda s: _python("-m", "serving"),
         lambda s: f"{api_url(s)}/health",
         startup_timeout_s=180.0,
+        answered_by_it=_header_says(names.REPLICA_HEADER),
+        port_setting="serving.port",
     ),
 )
 SERVICE_NAMES = tuple(service.name for service in SERVICES)
@@ -267,15 +317,48 @@ def _wait_ready(
     raise TimeoutError(f"{service.name} not ready after {service.startup_timeout_s:.0f} s; see {log_path}")
 
 
-def _launch(service: Service, settings: Settings) -> tuple[str, Record | None]:
+def already_there(service: Service, settings: Settings, chosen: Collection[str] = ()) -> bool:
+    """Whether this kind of service already answers at its URL (not started by this stack).
+
+    Args:
+        service: The service.
+        settings: Where it answers.
+        chosen: Services whose URL the user gave on purpose (e.g. ``MLFLOW_TRACKING_URI``): whatever
+            answers there is theirs to choose.
+
+    Raises:
+        PortHeld: something else holds its port.
+    """
+    url = service.health_url(settings)
+    if url is None:
+        return False
+    try:
+        answer = httpx.get(url, timeout=2.0)
+    except httpx.ConnectError:
+        return False  # nothing listens: the port is free
+    except httpx.HTTPError as exc:
+        what = f"something that does not answer HTTP ({type(exc).__name__})"
+    else:
+        if service.answered_by_it(answer) or service.name in chosen:
+            return True
+        what = _answer_text(answer)
+    port = httpx.URL(url).port
+    raise PortHeld(
+        f"port {port} ({service.name}) is held by another program, {what} at {url}; stop it, or give "
+        f"the {service.name} another port: {_env_of(service.port_setting)}=<free port>"
+    )
+
+
+def _launch(service: Service, settings: Settings, chosen: Collection[str]) -> tuple[str, Record | None]:
     """Start one service unless it already runs, without waiting for it to be ready."""
     record = read_record(settings, service.name)
     if record is not None and record.is_running():
         return "reused", record
-    url = service.health_url(settings)
-    if url is not None and _responds(url):
+    if already_there(service, settings, chosen):
         logger.info(
-            "%s already answers at %s (not started by this stack; down leaves it alone)", service.name, url
+            "%s already answers at %s (not started by this stack; down leaves it alone)",
+            service.name,
+            service.health_url(settings),
         )
         return "external", None
     log_path = log_dir(settings) / f"{service.name}.log"
@@ -296,12 +379,13 @@ def _launch(service: Service, settings: Settings) -> tuple[str, Record | None]:
     return "started", record
 
 
-def start(services: Sequence[Service], settings: Settings) -> dict[str, str]:
+def start(services: Sequence[Service], settings: Settings, chosen: Collection[str] = ()) -> dict[str, str]:
     """Start services together, then wait until each is ready. Returns "started", "reused" or "external".
 
     A service that fails to become ready is stopped, and the error names it with the tail of its log.
+    ``chosen``: see :func:`already_there`.
     """
-    launched = {service.name: _launch(service, settings) for service in services}
+    launched = {service.name: _launch(service, settings, chosen) for service in services}
     # Services without a health URL count as ready once alive for SETTLE_S, all from one moment (they
     # started together); one that was already running (reused) has settled long ago.
     settled_at = time.monotonic() + SETTLE_S
@@ -431,11 +515,17 @@ def read_endpoints(settings: Settings) -> dict[str, str] | None:
     return {str(key): str(value) for key, value in data.items()} if isinstance(data, dict) else None
 
 
-def up(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, str]:
+def up(
+    settings: Settings, names: Sequence[str] = SERVICE_NAMES, chosen: Collection[str] = ()
+) -> dict[str, str]:
     """Start the named services phase by phase; what is already running is reused.
 
     The stack's endpoints are recorded in ``<state>/stack.json`` first, so a command run while it
     starts already finds it; while a stack of this state folder runs, its record stays as it is.
+
+    Raises:
+        PortHeld: another program answers on a service's port (nothing is started); ``chosen`` names
+            the services whose URL the user gave on purpose, used as they are.
     """
     settings.ensure_state_dir()
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
@@ -443,9 +533,14 @@ def up(settings: Settings, names: Sequence[str] = SERVICE_NAMES) -> dict[str, st
     if not running or read_endpoints(settings) is None:
         endpoints_path(settings).write_text(json.dumps(endpoints(settings), indent=2) + "\n")
     by_name = {service.name: service for service in SERVICES}
+    # Every port first: a port held by another program stops `up` before anything started.
+    for name in names:
+        record = read_record(settings, name)
+        if record is None or not record.is_running():
+            already_there(by_name[name], settings, chosen)
     outcome: dict[str, str] = {}
     for phase in PHASES:
-        outcome.update(start([by_name[name] for name in phase if name in names], settings))
+        outcome.update(start([by_name[name] for name in phase if name in names], settings, chosen))
     return outcome
 
 

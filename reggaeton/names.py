@@ -54,6 +54,9 @@ PROGRESS_LOG: Final = "progress"
 
 # The response header naming the API replica (process) that answered: see the spread behind a balancer.
 REPLICA_HEADER: Final = "x-reggaeton-replica"
+# The response header naming which of the stack's own servers answered (the local alert receiver), so
+# `reggaeton up` can tell its service from another program on the same port.
+SERVICE_HEADER: Final = "x-reggaeton-service"
 
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,42 @@ def test_a_stack_that_is_down_is_one_line_naming_the_url(tmp_path: Path, free_po
     )
     result = _run(["simulate", "--count", "10"], tmp_path, REGGAETON_SERVING__PORT=str(free_port))
     assert f"cannot reach api at {url}" in _one_line_error(result)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_up_refuses_a_port_another_program_holds_and_starts_nothing(tmp_path: Path) -> None:
+    """macOS's AirPlay receiver holds port 5000: `up` must not take it for MLflow."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    held = int(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    prefect_port, receiver_port, api_port = _free_ports(3)
+    ports = {
+        "REGGAETON_MLFLOW__PORT": str(held),
+        "REGGAETON_PREFECT__PORT": str(prefect_port),
+        "REGGAETON_PREFECT__ALERT_RECEIVER_PORT": str(receiver_port),
+        "REGGAETON_SERVING__PORT": str(api_port),
+    }
+    try:
+        result = _run(["up"], tmp_path, **ports)
+    finally:
+        server.shutdown()
+        server.server_close()
+    if result.returncode == 0:  # it started a stack after all: stop it before failing
+        _run(["down"], tmp_path, **ports)
+    line = _one_line_error(result)
+    url = f"http://127.0.0.1:{held}/health"
+    assert line.startswith(f"reggaeton up: port {held} (mlflow) is held by another program, HTTP 404"), line
+    assert "SimpleHTTP" in line and url in line, line
+    assert line.endswith("give the mlflow another port: REGGAETON_MLFLOW__PORT=<free port>"), line
+    assert not (tmp_path / "state" / "pids").exists() or not any((tmp_path / "state" / "pids").iterdir())

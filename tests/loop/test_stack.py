@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -122,3 +123,22 @@ def test_services_of_a_phase_are_stopped_together_within_one_grace(tmp_path: Pat
         assert not stack._alive(process.pid)
     assert 3.0 <= took < 6.0, took  # one grace of 3 s, not two
     assert stack.read_record(settings, "api") is None and stack.read_record(settings, "watchdog") is None
+
+
+def test_a_server_the_settings_point_at_is_used_as_it_is(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    """Not an MLflow server by its answers, but the user named it (MLFLOW_TRACKING_URI): theirs to choose."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    port = int(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = Settings(state_dir=tmp_path / "state", mlflow={"port": port})
+        with pytest.raises(stack.PortHeld, match=f"port {port} \\(mlflow\\) is held by another program"):
+            stack.up(settings, ["mlflow"])
+        assert stack.up(settings, ["mlflow"], chosen={"mlflow"}) == {"mlflow": "external"}
+        assert stack.read_record(settings, "mlflow") is None
+    finally:
+        server.shutdown()
+        server.server_close()
