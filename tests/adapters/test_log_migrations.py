@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from adapters import log_migrations, prediction_log
+from adapters import log_migrations, log_window, prediction_log
 from adapters.prediction_log import (
     ROUTE,
     ROUTE_CANARY,
@@ -194,10 +194,10 @@ def test_replicas_upgrading_one_sqlite_log_at_once_all_succeed(tmp_path: Path) -
 
 def test_readers_leave_a_missing_log_alone_and_upgrade_an_old_one(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
-    assert prediction_log.read_window(engine, "3").empty
+    assert log_window.read_window(engine, "3").empty
     assert inspect(engine).get_table_names() == []  # creating the log is serving's job
     _v1_log_with_rows(engine)
-    assert len(prediction_log.read_window(engine, "3")) == 50  # an old API's log is read after upgrading
+    assert len(log_window.read_window(engine, "3")) == 50  # an old API's log is read after upgrading
     assert prediction_log._revision(engine) == SCHEMA_REVISION
     engine.dispose()
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from adapters.log_window import LABEL, WINDOW_COLUMNS, read_window
 from adapters.prediction_log import (
     CREATED_AT,
-    LABEL,
     PREDICTION_ID,
     ROUTE,
     ROUTE_CANARY,
     ROUTE_CHAMPION,
-    WINDOW_COLUMNS,
     create_tables,
     feedback,
     labelled_traffic,
     make_engine,
     predictions,
-    read_window,
 )
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 
