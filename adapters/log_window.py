@@ -3,7 +3,8 @@
 A window is read in batches from one consistent snapshot of the log (its row count first, so the run
 can plan its chunks, then its rows), never as one frame: memory stays flat however busy the window
 was. Rows come ordered by ``(created_at, id)`` so ``after`` (the last row already seen) is an exact
-watermark even when several rows share a timestamp.
+watermark even when several rows share a timestamp. Rows the retention flow archived are read from
+the archive (``adapters.log_archive``) and merged in the same order.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import contextlib
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 from sqlalchemy import BigInteger, Connection, Engine, String, and_, cast, func, or_, select, type_coerce
 
+from adapters import log_archive
 from adapters.prediction_log import (
     CREATED_AT,
     MODEL_VERSION,
@@ -187,8 +190,86 @@ def _frame(rows: Sequence[Any], columns: list[str], labels: Labels) -> pd.DataFr
     return frame[columns]
 
 
+def _key_upto(frame: pd.DataFrame, bound: Watermark) -> int:
+    """How many leading rows of a frame in ``(created_at, id)`` order are at or before ``bound``."""
+    import pandas as pd
+
+    at = frame[CREATED_AT].dt.as_unit("ns").array.asi8  # nanoseconds since the epoch (UTC)
+    bound_at = pd.Timestamp(bound[0]).as_unit("ns").value
+    low = int(np.searchsorted(at, bound_at, side="left"))
+    high = int(np.searchsorted(at, bound_at, side="right"))
+    ties = frame[PREDICTION_ID].to_numpy()[low:high]
+    return low + int(np.count_nonzero(ties <= bound[1]))
+
+
+def _last_key(frame: pd.DataFrame) -> Watermark:
+    import pandas as pd
+
+    return pd.Timestamp(frame[CREATED_AT].iloc[-1]).to_pydatetime(), str(frame[PREDICTION_ID].iloc[-1])
+
+
+def merge_sorted(streams: list[Iterator[pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+    """Streams of frames, each in ``(created_at, id)`` order, merged into one stream in that order.
+
+    Each step emits every buffered row up to the smallest of the streams' last buffered keys: nothing
+    later can come before those. Memory: one frame per stream.
+    """
+    import pandas as pd
+
+    buffers: list[pd.DataFrame | None] = [None] * len(streams)
+
+    def refill(i: int) -> None:
+        buffers[i] = next((frame for frame in streams[i] if len(frame)), None)
+
+    for i in range(len(streams)):
+        refill(i)
+    while True:
+        active = [i for i, frame in enumerate(buffers) if frame is not None]
+        if not active:
+            return
+        if len(active) == 1:
+            (i,) = active
+            frame = buffers[i]
+            assert frame is not None
+            yield frame
+            refill(i)
+            continue
+        bound = min(_last_key(frame) for frame in buffers if frame is not None)
+        ready = []
+        for i in active:
+            frame = buffers[i]
+            assert frame is not None
+            cut = _key_upto(frame, bound)
+            ready.append(frame.iloc[:cut])
+            buffers[i] = frame.iloc[cut:] if cut < len(frame) else None
+            if buffers[i] is None:
+                refill(i)
+        merged = pd.concat(ready, ignore_index=True)
+        yield merged.sort_values([CREATED_AT, PREDICTION_ID], kind="stable", ignore_index=True)
+
+
+def _archive_filter(
+    frame: pd.DataFrame, model_version: str, after: Watermark | None, until: datetime | None
+) -> Any:
+    """The archived rows that belong to the window (the live query's conditions, on a frame)."""
+    import pandas as pd
+
+    keep = (frame[MODEL_VERSION] == model_version) & (frame[ROUTE] == ROUTE_CHAMPION)
+    created = frame[CREATED_AT]
+    if after is not None:
+        after_at = pd.Timestamp(after[0])
+        keep &= (created > after_at) | ((created == after_at) & (frame[PREDICTION_ID] > after[1]))
+    if until is not None:
+        keep &= created <= pd.Timestamp(until)
+    return keep
+
+
 class Window:
-    """One snapshot of a window: how many rows it has, and its rows in batches (read once)."""
+    """One snapshot of a window: how many rows it has, and its rows in batches (read once).
+
+    Rows archived by the retention flow (files listed as done in the snapshot) are read from the
+    archive and merged with the live rows in order.
+    """
 
     def __init__(
         self,
@@ -197,15 +278,55 @@ class Window:
         after: Watermark | None,
         until: datetime | None,
         features: bool,
+        archive: Path | None = None,
     ) -> None:
         self._connection = connection
+        self._version, self._after, self._until = model_version, after, until
         self._conditions = _window_filter(model_version, after, until)
-        self._after = after
+        self._archive = archive
         self.columns = columns_of(features)
+        self._parts: list[log_archive.Part] = []
         self.rows = 0
-        if connection is not None:
-            count = select(func.count()).select_from(predictions).where(*self._conditions)
-            self.rows = int(connection.execute(count).scalar_one())
+        if connection is None:
+            return
+        count = select(func.count()).select_from(predictions).where(*self._conditions)
+        self.rows = int(connection.execute(count).scalar_one())
+        if archive is not None:
+            self._parts = log_archive.done_parts(
+                connection, after=None if after is None else after[0], until=until
+            )
+            self.rows += sum(
+                int(_archive_filter(frame, model_version, after, until).sum())
+                for frame in self._archived_batches(_ARCHIVE_KEY_COLUMNS, READ_BATCH)
+            )
+
+    def _archived_batches(self, columns: tuple[str, ...], batch_rows: int) -> Iterator[pd.DataFrame]:
+        assert self._archive is not None
+        for part in self._parts:
+            yield from log_archive.read_part(self._archive, part, columns, batch_rows)
+
+    def _archived(self, batch_rows: int) -> Iterator[pd.DataFrame]:
+        """The window's archived rows in order: each day's files merged (a late row's file overlaps)."""
+        assert self._archive is not None
+        archive = self._archive
+        needed = tuple(dict.fromkeys([*_ARCHIVE_KEY_COLUMNS, *self.columns]))
+
+        def rows_of(part: log_archive.Part) -> Iterator[pd.DataFrame]:
+            for frame in log_archive.read_part(archive, part, needed, batch_rows):
+                kept = frame[_archive_filter(frame, self._version, self._after, self._until)]
+                kept = kept.assign(
+                    **{
+                        CREATED_AT: kept[CREATED_AT].dt.as_unit("us"),
+                        LABEL: kept[LABEL].astype("float64"),
+                    }
+                )
+                yield kept[self.columns].reset_index(drop=True)
+
+        days: dict[str, list[log_archive.Part]] = {}
+        for part in self._parts:
+            days.setdefault(part.path.split("/")[1], []).append(part)
+        for parts in days.values():
+            yield from merge_sorted([rows_of(part) for part in parts])
 
     def frames(self, batch_rows: int = READ_BATCH) -> Iterator[pd.DataFrame]:
         """The window's rows in ``(created_at, id)`` order, ``batch_rows`` at a time (at least one frame)."""
@@ -213,10 +334,20 @@ class Window:
         if connection is None or not self.rows:
             yield _frame([], self.columns, Labels(np.array([], dtype="S36"), np.array([], dtype=np.int8)))
             return
+        if self._parts:
+            yield from merge_sorted([self._archived(batch_rows), self._live(connection, batch_rows)])
+        else:
+            yield from self._live(connection, batch_rows)
+
+    def _live(self, connection: Connection, batch_rows: int) -> Iterator[pd.DataFrame]:
         labels = Labels.load(connection, self._after)
         query = _rows_query(connection.dialect.name, self._conditions, self.columns)
         for rows in _batches(connection, query, batch_rows):
             yield _frame(rows, self.columns, labels)
+
+
+# What deciding whether an archived row is in a window takes.
+_ARCHIVE_KEY_COLUMNS: Final = (PREDICTION_ID, CREATED_AT, MODEL_VERSION, ROUTE)
 
 
 @contextlib.contextmanager
@@ -227,6 +358,7 @@ def open_window(
     after: Watermark | None = None,
     until: datetime | None = None,
     features: bool = True,
+    archive: Path | None = None,
 ) -> Iterator[Window]:
     """A window of one model version's logged champion answers, from one snapshot of the log.
 
@@ -236,6 +368,7 @@ def open_window(
         after: ``(created_at, id)`` of the last row already processed; rows strictly after it.
         until: Only rows created at or before this instant.
         features: Read the feature columns too (False: the rest only, for realized performance).
+        archive: The archive folder: rows the retention flow moved there are read too.
 
     Yields:
         The window: ``rows`` (counted in the snapshot) and ``frames()``, with columns ``columns_of``:
@@ -246,13 +379,14 @@ def open_window(
         yield Window(None, model_version, after, until, features)
         return
     with engine.connect() as connection:
-        # One snapshot for the count, the labels and the rows: rows committed meanwhile wait for the
-        # next run instead of changing this one's chunk plan halfway.
+        # One snapshot for the count, the archive's manifest, the labels and the rows: rows committed
+        # meanwhile wait for the next run instead of changing this one's plan halfway, and a row moved
+        # to the archive meanwhile is read once, from where the snapshot has it.
         if connection.dialect.name == "sqlite":
             connection.exec_driver_sql("BEGIN")
         elif connection.dialect.name == "postgresql":
             connection = connection.execution_options(isolation_level="REPEATABLE READ")
-        yield Window(connection, model_version, after, until, features)
+        yield Window(connection, model_version, after, until, features, archive)
 
 
 def read_window(
@@ -262,10 +396,13 @@ def read_window(
     after: Watermark | None = None,
     until: datetime | None = None,
     features: bool = True,
+    archive: Path | None = None,
 ) -> pd.DataFrame:
     """The whole window as one frame (small windows, tests; monitoring streams ``open_window``)."""
     import pandas as pd
 
-    with open_window(engine, model_version, after=after, until=until, features=features) as window:
+    with open_window(
+        engine, model_version, after=after, until=until, features=features, archive=archive
+    ) as window:
         parts = list(window.frames())
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import (
@@ -117,6 +118,11 @@ archive_parts: Final = Table(
     Column("written_at", DateTime(timezone=True), nullable=False),
     Column("deleted_at", DateTime(timezone=True)),
 )
+
+
+def missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist yet (connecting would create it, empty)."""
+    return url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file()
 
 
 def make_engine(url: str) -> Engine:

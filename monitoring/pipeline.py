@@ -124,7 +124,9 @@ def analyse(reference: pd.DataFrame, window: Window, log: Engine, settings: Sett
     in slices of whole chunks: memory stays flat however many rows it holds.
     """
     section = settings.monitoring
-    with log_window.open_window(log, window.model_version, after=window.after, until=window.until) as rows:
+    with log_window.open_window(
+        log, window.model_version, after=window.after, until=window.until, archive=settings.archive_path
+    ) as rows:
         plan = plan_chunks(rows.rows, len(reference), settings)
         if rows.rows < section.min_rows:  # a window too small to judge is kept whole for the next run
             stream = estimation.Stream()
@@ -170,7 +172,9 @@ def _locatable(chunk: ChunkResult) -> bool:
     return bool(chunk.start and chunk.end and chunk.first_id and chunk.last_id)
 
 
-def late_labels(log: Engine, results: Engine, model_version: str, limit: int) -> History:
+def late_labels(
+    log: Engine, results: Engine, model_version: str, limit: int, archive: Path | None = None
+) -> History:
     """The latest ``limit`` stored chunks, with the labels that arrived since each was judged.
 
     A chunk's realized metrics are computed when it is analysed; feedback keeps arriving afterwards.
@@ -184,7 +188,7 @@ def late_labels(log: Engine, results: Engine, model_version: str, limit: int) ->
     last = max(known, key=lambda s: (s.chunk.end, s.chunk.last_id)).chunk
     assert first.start is not None and last.end is not None
     frame = log_window.read_window(
-        log, model_version, after=(first.start, ""), until=last.end, features=False
+        log, model_version, after=(first.start, ""), until=last.end, features=False, archive=archive
     )
     at = frame[CREATED_AT]
     ids = frame[PREDICTION_ID].astype(str)
@@ -225,7 +229,7 @@ def read_history(log: Engine, results: Engine, model_version: str, settings: Set
     """The stored chunks the policy continues streaks from, with their late labels counted."""
     section = settings.monitoring
     limit = max(section.relabel_chunks, section.consecutive_chunks - 1)
-    return late_labels(log, results, model_version, limit)
+    return late_labels(log, results, model_version, limit, settings.archive_path)
 
 
 def decide(window: Window, analysis: Analysis, history: History, policy: Policy) -> list[Alert]:

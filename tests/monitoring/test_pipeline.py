@@ -11,7 +11,7 @@ from monitoring_support import Champion, TrafficWriter
 from sklearn.metrics import f1_score, roc_auc_score
 from sqlalchemy import inspect, select
 
-from adapters import log_window, prediction_log
+from adapters import log_archive, log_window, prediction_log
 from monitoring import estimation, pipeline, simulate, store
 from monitoring.estimation import ChunkPlan
 from monitoring.policy import Alert, AlertKind
@@ -110,6 +110,20 @@ def test_a_run_on_a_log_without_tables_reads_nothing_and_leaves_the_log_to_servi
     empty = log_window.read_window(log, champion.version)
     assert empty.empty and list(empty.columns) == list(log_window.WINDOW_COLUMNS)
     log.dispose()
+
+
+def test_a_monitor_behind_the_retention_reads_its_window_from_the_archive(
+    settings: Settings, traffic: TrafficWriter
+) -> None:
+    traffic.write("stable", 1300, feedback_fraction=0.5)  # logged ten days ago
+    cutoff = log_archive.retention_cutoff(datetime.now(UTC), 3.0)
+    moved = log_archive.archive_source(
+        traffic.engine, settings.archive_path, log_archive.PREDICTIONS, cutoff, 1_000_000
+    )
+    assert moved.archived == 1300 and moved.kept == 0
+    analysis, _ = run_once(settings, traffic.champion)
+    assert (analysis.rows_read, analysis.rows_analysed, len(analysis.chunks)) == (1300, 1000, 2)
+    assert all(chunk.labelled > 200 for chunk in analysis.chunks)  # the labels came from the archive too
 
 
 def test_tail_smaller_than_a_chunk_waits_for_the_next_run(settings: Settings, traffic: TrafficWriter) -> None:
