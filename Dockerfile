@@ -46,7 +46,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     REGGAETON_STATE_DIR=/state
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
-    && mkdir -p /app /state/model-cache /state/prediction-spool /state/watchdog /mlartifacts \
+    && mkdir -p /app /state/model-cache /state/prediction-spool /state/watchdog /state/archive /mlartifacts \
     && chown -R app:app /state /mlartifacts
 WORKDIR /app
 # The API's health by default; the compose file and the Pulumi program set one per container.
