@@ -458,3 +458,66 @@ def labelled(engine: Engine, folder: Path) -> pd.DataFrame:
     found = pd.concat(frames, ignore_index=True)
     found[LABEL] = found[LABEL].astype("int64")
     return found.sort_values([CREATED_AT, PREDICTION_ID], kind="stable", ignore_index=True)
+
+
+RESTORED: Final = ".restored"
+
+
+def restore(engine: Engine, folder: Path, part: str) -> int:
+    """Put one archived file's rows back in the live log; the file moves to ``.restored/`` under the folder.
+
+    One transaction inserts the rows (predictions: with their feedback labels) and takes the file out of
+    the manifest, so readers see the rows once: live. Run it with retention paused or ``keep_days``
+    raised past the file's day, or the next run archives the rows again.
+
+    Returns:
+        The rows put back.
+
+    Raises:
+        ArchiveError: the file is not a finished part of the manifest (never archived, or restored).
+    """
+    import pyarrow.parquet as pq
+
+    with engine.connect() as connection:
+        listed = connection.execute(
+            select(archive_parts.c.source).where(
+                archive_parts.c.part == part, archive_parts.c.deleted_at.is_not(None)
+            )
+        ).scalar()
+    if listed is None:
+        raise ArchiveError(f"{part} is not an archived file of the manifest (already restored?)")
+    source = next(s for s in SOURCES if s.name == listed)
+    frame = pq.read_table(folder / part).to_pandas()
+    label_columns = [LABEL, LABEL_RECEIVED_AT] if source is PREDICTIONS else []
+    rows = frame.drop(columns=label_columns).to_dict(orient="records")
+    with engine.begin() as connection:
+        connection.execute(insert(source.table), rows)
+        if source is PREDICTIONS:
+            labelled = frame[frame[LABEL].notna()]
+            if len(labelled):
+                connection.execute(
+                    insert(feedback),
+                    [
+                        {FEEDBACK_PREDICTION_ID: pid, "label": int(label), "received_at": received}
+                        for pid, label, received in zip(
+                            labelled[PREDICTION_ID], labelled[LABEL], labelled[LABEL_RECEIVED_AT], strict=True
+                        )
+                    ],
+                )
+        connection.execute(delete(archive_parts).where(archive_parts.c.part == part))
+    target = folder / RESTORED / part
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(folder / part, target)
+    return len(rows)
+
+
+def parts_of_day(engine: Engine, day: date) -> list[str]:
+    """The finished archive files of one day, every table."""
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                select(archive_parts.c.part)
+                .where(archive_parts.c.deleted_at.is_not(None), archive_parts.c.part.like(f"%/date={day}/%"))
+                .order_by(archive_parts.c.part)
+            ).scalars()
+        )

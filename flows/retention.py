@@ -8,7 +8,7 @@ deletes them from the live log, counts checked (``adapters.log_archive``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -97,3 +97,30 @@ def retention(settings: Settings | None = None) -> RetentionSummary:
         ", ".join(f"{m.source}: {m.archived} archived, {m.kept} live" for m in moved),
     )
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.retention restore --day YYYY-MM-DD``: a day's archived rows back in the live log."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m flows.retention", description=main.__doc__)
+    parser.add_argument("action", choices=("restore",))
+    parser.add_argument("--day", type=date.fromisoformat, required=True, help="the archive's date=... folder")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    engine = prediction_log.make_engine(settings.prediction_log_url)
+    try:
+        parts = log_archive.parts_of_day(engine, args.day)
+        for part in parts:
+            rows = log_archive.restore(engine, settings.archive_path, part)
+            sys.stdout.write(f"restored {rows} rows from {part}\n")
+    finally:
+        engine.dispose()
+    if not parts:
+        sys.stdout.write(f"no archived file of {args.day} in {settings.archive_path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

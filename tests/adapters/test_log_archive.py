@@ -257,3 +257,40 @@ def test_a_late_row_archived_by_a_later_run_is_read_back_in_its_place(
         window.drop(index=position).reset_index(drop=True), expected, check_dtype=False
     )
     log.dispose()
+
+
+def test_a_restored_day_is_live_again_and_read_once(
+    log: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.retention import main
+
+    folder = settings.archive_path
+    before = log_window.read_window(log, "1")
+    labelled_before = _count(log, feedback)
+    _archive_all(log, folder, part_rows=80)
+    day = (CUTOFF - timedelta(days=2)).date()
+    parts = log_archive.parts_of_day(log, day)
+    assert {part.split("/")[0] for part in parts} == {"predictions", "shadow_predictions"}
+
+    monkeypatch.setenv("REGGAETON_STATE_DIR", str(settings.state_dir))
+    assert main(["restore", "--day", day.isoformat()]) == 0
+    assert f"from predictions/date={day}/" in capsys.readouterr().out
+
+    live = log_window.read_window(log, "1")  # the live log alone
+    assert set(live["created_at"].dt.date) == {day} | {
+        d for d in set(before["created_at"].dt.date) if d >= CUTOFF.date()
+    }
+    restored = before[before["created_at"].dt.date == day]
+    pd.testing.assert_frame_equal(
+        live[live["created_at"].dt.date == day].reset_index(drop=True),
+        restored.reset_index(drop=True),
+        check_dtype=False,
+    )
+    # With the archive, every row once: the restored files left the manifest and the folder.
+    pd.testing.assert_frame_equal(log_window.read_window(log, "1", archive=folder), before, check_dtype=False)
+    assert log_archive.parts_of_day(log, day) == [] and not list(folder.glob(f"*/date={day}/*.parquet"))
+    assert list((folder / log_archive.RESTORED).glob(f"*/date={day}/*.parquet"))
+    with pytest.raises(log_archive.ArchiveError, match="not an archived file"):
+        log_archive.restore(log, folder, parts[0])
+    assert _count(log, feedback) < labelled_before  # other days' labels are still archived
+    log.dispose()
