@@ -113,8 +113,8 @@ bench-selection: install ## Does CV rank a study's best trials as the held-out p
 	$(BIN)/python benchmarks/cv_vs_holdout.py $(if $(DATA),--data $(DATA))
 
 .PHONY: bench-monitor
-bench-monitor: install ## Monitor run vs NannyML alone at 100 k and 1 M logged predictions
-	$(BIN)/python benchmarks/bench_monitor.py
+bench-monitor: install ## Monitor run vs NannyML alone at 1 M, 2.7 M, 5 M rows (POSTGRES_URL=... adds Postgres)
+	$(BIN)/python benchmarks/bench_monitor.py $(if $(POSTGRES_URL),--postgres-url $(POSTGRES_URL))
 
 .PHONY: bench-serve
 bench-serve: install ## Serving benchmark vs mlflow models serve and a bare endpoint (needs wrk)

@@ -28,7 +28,7 @@ for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads, "1")
 
 # Tests that use these fixtures start servers, so they are not in the fast tier (`make test-fast`).
-SERVER_FIXTURES = {"prefect_api_url": "prefect"}
+SERVER_FIXTURES = {"prefect_api_url": "prefect", "postgres_server_url": "slow"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
