@@ -113,8 +113,8 @@ bench-selection: install ## Does CV rank a study's best trials as the held-out p
 	$(BIN)/python benchmarks/cv_vs_holdout.py $(if $(DATA),--data $(DATA))
 
 .PHONY: bench-monitor
-bench-monitor: install ## Monitor run vs NannyML alone at 100 k and 1 M logged predictions
-	$(BIN)/python benchmarks/bench_monitor.py
+bench-monitor: install ## Monitor run vs NannyML alone at 1 M, 2.7 M, 5 M rows (POSTGRES_URL=... adds Postgres)
+	$(BIN)/python benchmarks/bench_monitor.py $(if $(POSTGRES_URL),--postgres-url $(POSTGRES_URL))
 
 .PHONY: bench-score
 bench-score: install ## reggaeton score vs mlflow models predict on 1 M rows; rows/s and peak RSS at 1 M and 10 M rows
