@@ -9,7 +9,7 @@ from adapters import decisions, registry
 from reggaeton import names
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
-from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.schema import BASE, FEATURE_NAMES, OBSERVED_AT, PREDICTION, PROBABILITY, SOURCE, TARGET
 from reggaeton.settings import Settings
 
 
@@ -32,8 +32,10 @@ def test_register_alias_and_reference_round_trip(settings: Settings) -> None:
     assert champion is not None and champion.version == version.version
     assert champion.tags[names.Tag.THRESHOLD] == "0.4"
     reference = registry.load_reference(client, champion)
-    assert list(reference.columns) == [*FEATURE_NAMES, PROBABILITY, PREDICTION, TARGET]
+    assert list(reference.columns) == [*FEATURE_NAMES, PROBABILITY, PREDICTION, TARGET, SOURCE, OBSERVED_AT]
     np.testing.assert_allclose(reference[PROBABILITY], proba)
+    # Each row's provenance survives the round trip (the gate's slices read it).
+    assert (reference[SOURCE] == BASE).all() and reference[OBSERVED_AT].isna().all()
     loaded = registry.load_pipeline(names.MODEL_NAME, version.version)
     np.testing.assert_allclose(loaded.predict_proba(features_array(data.holdout))[:, 1], proba)
 

@@ -26,7 +26,7 @@ from reggaeton import names
 from reggaeton.data import Split, features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
 from reggaeton.promotion import PROMOTED, REJECTED
-from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, SOURCE, TARGET, TRAFFIC
 from reggaeton.settings import MLflowSettings, PromotionSettings, Settings
 
 # Logistic regression: the one family the registry's skops trust list loads today.
@@ -41,8 +41,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def gate_settings(store: Path, request: pytest.FixtureRequest) -> Settings:
-    # A linear model on the small synthetic sample reaches PR-AUC ~0.2: floors set below it.
-    policy = PromotionSettings(bootstrap_rounds=200, min_pr_auc=0.1)
+    # A linear model on the small synthetic sample reaches PR-AUC ~0.2: floors set below it. The slices
+    # are judged on a small fresh sample with few rounds: the gate's flow is under test here.
+    policy = PromotionSettings(
+        bootstrap_rounds=200, slice_bootstrap_rounds=200, fresh_rows=2000, min_pr_auc=0.1
+    )
     model_name = f"reggaeton-{request.node.name.removeprefix('test_')[:60]}"
     return Settings(state_dir=store, promotion=policy, mlflow=MLflowSettings(model_name=model_name))
 
@@ -265,7 +268,7 @@ def test_evaluation_adds_labelled_traffic_the_challenger_has_not_seen(
     trained_at = datetime.fromtimestamp(client.get_run(str(challenger.run_id)).info.start_time / 1000, UTC)
     engine = prediction_log.make_engine(gate_settings.prediction_log_url)
     prediction_log.create_tables(engine)
-    rows = data.holdout.head(6)
+    rows = synthetic_dataset(40, seed=11).frame.head(6)  # songs the version never saw
     predicted = [trained_at - timedelta(hours=1)] * 2 + [trained_at + timedelta(hours=1)] * 4
     with engine.begin() as connection:
         for (_, row), when in zip(rows.iterrows(), predicted, strict=True):
@@ -294,6 +297,7 @@ def test_evaluation_adds_labelled_traffic_the_challenger_has_not_seen(
     frame = gate.load_evaluation(gate_settings, client, challenger, None)
 
     assert (frame[gate.ORIGIN] == gate.HOLDOUT).sum() == len(data.holdout)
+    assert (frame[SOURCE] == TRAFFIC).sum() == 4
     assert (frame[gate.ORIGIN] == gate.TRAFFIC).sum() == 4  # predicted after the challenger was trained
     no_feedback_training = gate_settings.model_copy(
         update={"data": gate_settings.data.model_copy(update={"include_feedback": False})}
