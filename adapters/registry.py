@@ -288,6 +288,17 @@ def load_reference(client: MlflowClient, version: ModelVersion) -> pd.DataFrame:
         return pd.read_parquet(local)
 
 
+def set_monitoring_state(
+    client: MlflowClient, model_name: str, version: str, status: str, since: str
+) -> None:
+    """Put monitoring's state of a version on it (``names.Tag.MONITORING_*``), when it changed."""
+    tags = {names.Tag.MONITORING_STATUS: status, names.Tag.MONITORING_SINCE: since}
+    current = client.get_model_version(model_name, version).tags or {}
+    for key, value in tags.items():
+        if current.get(key) != value:
+            client.set_model_version_tag(model_name, version, key, value)
+
+
 def log_version_files(
     client: MlflowClient, model_name: str, version: str, folder: str, files: Mapping[str, bytes]
 ) -> None:
