@@ -115,12 +115,15 @@ def test_monitor_flow_on_drifted_traffic_emits_degraded(tmp_path: Any, prefect_a
     summary = monitor(settings)
     assert summary.model_version == version and summary.rows_read == 1500 and summary.chunks == 3
     assert "degraded" in summary.alerts
+    assert summary.state.startswith(f"version {version}: DEGRADED since ")
+    assert summary.retrain == "requested"
 
     degraded = [e for e in read_events(names.Event.DEGRADED, 1) if e.payload["model_version"] == version]
     assert degraded, "no degraded event on the Prefect server"
     payload = degraded[0].payload
     assert payload["value"] < payload["threshold"] and payload["metric"] in ("roc_auc", "f1")
     assert payload["window"]["start"] and payload["window"]["end"]
+    assert payload["retrain"]["action"] == "requested" and payload["degraded_since"]
 
     results = store.connect(settings.monitoring_results_url)
     runs = store.read_runs(results, version)
@@ -132,6 +135,10 @@ def test_monitor_flow_on_drifted_traffic_emits_degraded(tmp_path: Any, prefect_a
     artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id, "monitoring")}
     assert artifacts == {"monitoring/monitoring.png", "monitoring/monitoring.html"}
 
-    # The watermark moved: a second run finds nothing new and says so instead of alerting.
+    # The watermark moved: a second run finds nothing new and says so instead of alerting...
     again = monitor(settings)
     assert again.rows_read == 0 and again.alerts == ("insufficient data",)
+    # ...and the version stays degraded: in the results store, on the version (the API's /metrics).
+    assert again.state.startswith(f"version {version}: DEGRADED since ") and again.retrain == "none"
+    tags = client.get_model_version(names.MODEL_NAME, version).tags
+    assert tags[names.Tag.MONITORING_STATUS] == "degraded" and tags[names.Tag.MONITORING_SINCE]
