@@ -177,6 +177,25 @@ def test_identical_challenger_is_rejected_and_the_alias_stays(gate_settings: Set
     assert _tags(gate_settings, champion)[names.Tag.DECISION] == decisions.RETAINED
     events = _events(gate_settings, names.Event.REJECTED, twin)
     assert len(events) == 1 and events[0].payload["champion_version"] == champion
+    # Every declared slice is judged and shown: the outcome, the event, the artifact with its plot, the
+    # version's description, and the decision's files on the challenger's training run.
+    slice_names = [spec.name for spec in gate_settings.promotion.slices]
+    assert [s["name"] for s in outcome["slices"]] == slice_names
+    assert [s["name"] for s in events[0].payload["slices"]] == slice_names
+    base = next(s for s in outcome["slices"] if s["name"] == "base-data")
+    assert base["positives"] >= base["min_positives"] and base["pr_auc_difference"] is not None
+    [artifact] = [a for a in _artifacts() if f"challenger (version {twin})" in a.data]
+    assert "## Slices" in artifact.data and "| base-data | source == 'base' |" in artifact.data
+    assert "data:image/png;base64," in artifact.data
+    client = registry.connect(gate_settings)
+    described = client.get_model_version(gate_settings.mlflow.model_name, twin).description
+    assert described.startswith("rejected (") and "### Slices" in described
+    run_id = client.get_model_version(gate_settings.mlflow.model_name, twin).run_id
+    files = {a.path for a in client.list_artifacts(run_id, promote.GATE_ARTIFACTS)}
+    assert files == {
+        f"gate/{name}-vs-{champion}.{ext}"
+        for name, ext in (("decision", "md"), ("decision", "json"), ("slices", "png"))
+    }
 
     tags = _tags(gate_settings, twin)
     again = promote.promotion_gate(twin, gate_settings)
