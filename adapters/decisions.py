@@ -30,6 +30,9 @@ ROLLED_BACK: Final = "rolled_back"  # champion an operator rolled back (the gate
 
 RESTORED: Final = "restored"  # previous champion brought back by a rollback
 
+# MLflow's SQL registries hold a version's description in a VARCHAR(5000) (Postgres enforces it).
+DESCRIPTION_LIMIT: Final = 5000
+
 
 def operator_name() -> str:
     """Who runs a command: the login name, else $USER, else "unknown"."""
@@ -70,6 +73,8 @@ def tag_decision(
         stamp.get(key, "") for key in (names.Tag.DECIDED_AT, names.Tag.DECIDED_BY) if key in stamp
     )
     description = f"{decision} ({who}): {reason}" + (f"\n\n{notes}" if notes else "")
+    if len(description) > DESCRIPTION_LIMIT:  # the full record is in the tags and the run's gate/ files
+        description = description[: DESCRIPTION_LIMIT - 40] + "\n\n(cut: see the run's gate/ files)"
     client.update_model_version(model_name, version, description=description)
 
 

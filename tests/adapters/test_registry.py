@@ -75,3 +75,10 @@ def test_the_registry_reads_well_in_the_mlflow_ui(settings: Settings) -> None:
     described = client.get_model_version(names.MODEL_NAME, version.version)
     assert described.description == "rejected (2026-11-30T21:00:00+00:00, dana): PR-AUC gain too small"
     assert described.tags[names.Tag.DECISION] == "rejected"
+    # The slice table follows the reason; a description past the SQL registries' 5,000 characters is cut.
+    table = "### Slices\n\n" + "| a-slice | tempo >= 120 | ... |\n" * 300
+    decisions.tag_decision(client, names.MODEL_NAME, version.version, "rejected", "worse", stamp, notes=table)
+    described = client.get_model_version(names.MODEL_NAME, version.version)
+    assert described.description.startswith("rejected (2026-11-30T21:00:00+00:00, dana): worse\n\n### Slices")
+    assert len(described.description) <= decisions.DESCRIPTION_LIMIT
+    assert described.description.endswith("(cut: see the run's gate/ files)")
