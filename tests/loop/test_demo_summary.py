@@ -80,7 +80,7 @@ def test_summary_names_versions_decision_alerts_and_urls(tmp_path: Path) -> None
     # The decision's per-slice table: every slice, both models, the difference with its interval.
     assert "  per slice (PR-AUC, challenger minus champion with its interval):\n" in text
     assert "    base-data  12300  378  0.726     0.795       +0.069 [+0.028, +0.113]  held\n" in text
-    assert "    acoustic   279    12   0.300     0.200       -                        too small to judge\n" in text
+    assert "    acoustic   279    12   0.300     0.200       -" + " " * 24 + "too small to judge\n" in text
     assert "API served: 1 -> 2" in text
     assert "t1  [reggaeton] model degraded: retraining" in text
     # The retrain loop's time against its target (issue 13: 60 s); other timings without one.
