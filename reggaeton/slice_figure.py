@@ -40,17 +40,21 @@ def slices_figure(
             error = [[estimate - float(difference["low"])], [float(difference["high"]) - estimate]]
             differences.errorbar([estimate], [y], xerr=error, fmt="o", color=colour, capsize=4)
         else:
-            differences.text(0, y, str(result.get("verdict")), color=_NOT_JUDGED, ha="center", va="center")
+            differences.text(0.005, y, str(result.get("verdict")), color=_NOT_JUDGED, ha="left", va="center")
         allowed = -float(result["allowed_regression"])
         differences.plot([allowed, allowed], [y - 0.35, y + 0.35], color="tab:red", linestyle=":")
     scores.set_yticks(positions, labels)
     scores.set(xlim=(0, 1.02), xlabel="PR-AUC on the slice's rows", title="Both models, same rows")
     handles, names = scores.get_legend_handles_labels()
-    unique = dict(zip(names, handles, strict=True))
-    scores.legend(unique.values(), unique.keys(), loc="lower left", fontsize=8)
+    unique = dict(zip(names, handles, strict=False))
+    scores.legend(
+        unique.values(), unique.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=8
+    )
     differences.axvline(0, color="black", linewidth=0.8)
+    confidences = [float(r["confidence"]) for r in slices if r.get("confidence") is not None]
+    level = f"{max(confidences):.1%} " if confidences else ""
     differences.set(
-        xlabel="challenger minus champion (paired bootstrap interval; dotted: allowed regression)",
-        title="PR-AUC difference per slice",
+        xlabel=f"challenger minus champion, {level}paired interval\n(dotted: the slice's allowed regression)",
+        title="PR-AUC difference per slice (red: blocks)",
     )
     return figure

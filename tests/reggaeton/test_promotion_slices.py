@@ -23,6 +23,7 @@ from reggaeton.promotion import (
     slice_lines,
 )
 from reggaeton.settings import PromotionSettings
+from reggaeton.slice_figure import slices_figure
 
 POLICY = PromotionSettings(bootstrap_rounds=300, slice_bootstrap_rounds=500)
 # Three parts of the evaluation rows: "new" songs where the challenger learnt something, "old" songs it
@@ -205,3 +206,20 @@ def test_a_mask_of_the_wrong_length_is_refused(parts: dict[str, np.ndarray]) -> 
     short = SliceRows("short", "", np.ones(10, dtype=bool), 20, 0.02)
     with pytest.raises(ValueError, match="slice short: a mask of"):
         decide(champion, challenger, POLICY, slices=[short])
+
+
+def test_the_slices_plot_draws_every_verdict(parts: dict[str, np.ndarray]) -> None:
+    champion, challenger, slices = _models(
+        parts,
+        champion={"new": 0.5, "old": 4.0, "rare": 3.0},
+        challenger={"new": 6.0, "old": 1.5, "rare": 3.0},
+    )
+    judged = decide(champion, challenger, POLICY, slices=slices).to_dict()["slices"]
+    first = decide(None, challenger, POLICY.model_copy(update={"min_pr_auc": 0.1}), slices=slices)
+    verdicts = {s["verdict"] for s in judged} | {s["verdict"] for s in first.to_dict()["slices"]}
+    assert verdicts == {HELD, WORSE, TOO_SMALL, NOT_COMPARED}
+    for records, against in ((judged, "1"), (first.to_dict()["slices"], None)):
+        figure = slices_figure(records, against, "2")
+        left, right = figure.axes
+        assert [label.get_text().split("\n")[0] for label in left.get_yticklabels()] == ["new", "old", "rare"]
+        assert "allowed regression" in right.get_xlabel()
