@@ -30,7 +30,15 @@ from prefect.runtime import flow_run
 from adapters import decisions, prefect_events, registry
 from flows import gate, train
 from reggaeton import names
-from reggaeton.promotion import PROMOTED, Decision, decide, markdown_report, slice_lines, slice_markdown
+from reggaeton.promotion import (
+    PROMOTED,
+    REJECTED,
+    Decision,
+    decide,
+    markdown_report,
+    slice_lines,
+    slice_markdown,
+)
 from reggaeton.settings import Settings
 from reggaeton.slice_figure import slices_figure
 
@@ -285,13 +293,22 @@ def promote_version(
     _, problems = gate.load_checked(model_name, version)
     if problems:
         raise PromotionError(f"refusing to promote version {version}: {'; '.join(problems)}")
-    why = f"manual promotion: {reason}"
+    # Overriding the gate (e.g. a slice it blocked on) is said where the promotion is recorded.
+    said = client.get_model_version(model_name, version).tags or {}
+    overrides = (
+        f"the gate's rejection ({said.get(names.Tag.DECISION_REASON, '')})"
+        if said.get(names.Tag.DECISION) == REJECTED
+        else None
+    )
+    why = f"manual promotion: {reason}" + (f"; overrides {overrides}" if overrides else "")
     stamp = decisions.stamp(by)
     decisions.tag_decision(client, model_name, version, PROMOTED, why, stamp)
     if old is not None:
         decisions.tag_decision(client, model_name, old, decisions.REPLACED, f"version {version} {why}", stamp)
     decisions.move_champion(client, model_name, version, old)
     payload = {"action": MANUAL, "version": version, "previous": old, "reason": reason, "decided_by": by}
+    if overrides:
+        payload["overrides"] = overrides
     _emit(names.Event.PROMOTED, model_name, version, payload)
     _publish(_operator_report("Manual promotion", payload), f"manual promotion of version {version}")
     return asdict(Outcome(MANUAL, PROMOTED, version, version, why, True))

@@ -214,6 +214,10 @@ def test_better_challenger_replaces_the_champion_and_rollback_restores_it(
     assert _champion(gate_settings) is None
     manual = promote.promote_version(weak, "bootstrap the registry", by="alice", settings=gate_settings)
     assert manual["outcome"] == PROMOTED and _champion(gate_settings) == weak
+    # The override of the gate's rejection is recorded with the promotion.
+    assert manual["reason"].startswith(
+        "manual promotion: bootstrap the registry; overrides the gate's rejection ("
+    )
     assert _tags(gate_settings, weak)[names.Tag.DECIDED_BY] == "alice"
 
     strong = _good(gate_settings, data)
