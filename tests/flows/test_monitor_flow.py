@@ -25,8 +25,11 @@ from reggaeton.settings import Settings
 RESOURCE_ID = f"{names.Event.RESOURCE_PREFIX}.{names.MODEL_NAME}"
 
 
-def read_events(event_name: str, expected: int, timeout_s: float = 60.0) -> list[Any]:
-    """Events of one name for our model, read back from the server (polled: the server persists async)."""
+def read_events(
+    event_name: str, expected: int, timeout_s: float = 60.0, version: str | None = None
+) -> list[Any]:
+    """Events of one name for our model (of one version), read back from the server (polled: the server
+    persists async; other tests of the session send events of the same name and model)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
@@ -37,6 +40,8 @@ def read_events(event_name: str, expected: int, timeout_s: float = 60.0) -> list
     while True:
         with get_client(sync_client=True) as client:
             found = client.read_events(filter=query, limit=50).events
+        if version is not None:
+            found = [event for event in found if event.payload.get("model_version") == version]
         if len(found) >= expected or time.monotonic() > deadline:
             return found
         time.sleep(1.0)
@@ -118,7 +123,7 @@ def test_monitor_flow_on_drifted_traffic_emits_degraded(tmp_path: Any, prefect_a
     assert summary.state.startswith(f"version {version}: DEGRADED since ")
     assert summary.retrain == "requested"
 
-    degraded = [e for e in read_events(names.Event.DEGRADED, 1) if e.payload["model_version"] == version]
+    degraded = read_events(names.Event.DEGRADED, 1, version=version)
     assert degraded, "no degraded event on the Prefect server"
     payload = degraded[0].payload
     assert payload["value"] < payload["threshold"] and payload["metric"] in ("roc_auc", "f1")
