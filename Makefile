@@ -108,6 +108,10 @@ check: lint typecheck test ## Lint, types, then tests
 bench-train: install ## Time 50 Optuna trials on the original data (DATA=folder) and the MLflow logging overhead
 	$(BIN)/python benchmarks/bench_train.py $(if $(DATA),--data $(DATA))
 
+.PHONY: bench-retrain
+bench-retrain: install ## A drift retrain on the original data (DATA=folder), slice by slice against the model it replaces
+	$(BIN)/python benchmarks/bench_retrain.py $(if $(DATA),--data $(DATA))
+
 .PHONY: bench-selection
 bench-selection: install ## Does CV rank a study's best trials as the held-out part does? (DATA=folder)
 	$(BIN)/python benchmarks/cv_vs_holdout.py $(if $(DATA),--data $(DATA))

@@ -30,6 +30,9 @@ ROLLED_BACK: Final = "rolled_back"  # champion an operator rolled back (the gate
 
 RESTORED: Final = "restored"  # previous champion brought back by a rollback
 
+# MLflow's SQL registries hold a version's description in a VARCHAR(5000) (Postgres enforces it).
+DESCRIPTION_LIMIT: Final = 5000
+
 
 def operator_name() -> str:
     """Who runs a command: the login name, else $USER, else "unknown"."""
@@ -56,8 +59,12 @@ def tag_decision(
     reason: str,
     stamp: Mapping[str, str],
     details: Mapping[str, str] | None = None,
+    notes: str | None = None,
 ) -> None:
-    """Record a decision on a version: what, why, its details, then who and when."""
+    """Record a decision on a version: what, why, its details, then who and when.
+
+    ``notes`` (markdown, e.g. the slice table) follow the reason in the version's description.
+    """
     tags = {names.Tag.DECISION: decision, names.Tag.DECISION_REASON: reason, **(details or {}), **stamp}
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
@@ -65,7 +72,10 @@ def tag_decision(
     who = ", ".join(
         stamp.get(key, "") for key in (names.Tag.DECIDED_AT, names.Tag.DECIDED_BY) if key in stamp
     )
-    client.update_model_version(model_name, version, description=f"{decision} ({who}): {reason}")
+    description = f"{decision} ({who}): {reason}" + (f"\n\n{notes}" if notes else "")
+    if len(description) > DESCRIPTION_LIMIT:  # the full record is in the tags and the run's gate/ files
+        description = description[: DESCRIPTION_LIMIT - 40] + "\n\n(cut: see the run's gate/ files)"
+    client.update_model_version(model_name, version, description=description)
 
 
 def move_champion(client: MlflowClient, model_name: str, new: str, old: str | None) -> None:

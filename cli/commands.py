@@ -343,6 +343,12 @@ def _registry_command(ctx: Context, version: str | None, run: Callable[[], dict[
     finally:
         EventsWorker.drain_all()  # deliver the events before the process ends
     print(f"{result['action']}: version {result['version']} {result['outcome']} ({result['reason']})")
+    if result.get("slices"):
+        from reggaeton.promotion import slice_lines
+
+        print("per slice (PR-AUC, challenger minus champion with its interval):")
+        for line in slice_lines(result["slices"]):
+            print(f"  {line}")
     print(f"champion: version {result['champion']}")
     return 0
 

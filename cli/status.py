@@ -75,6 +75,7 @@ def _registry(settings: Settings, report: StatusReport) -> None:
 def monitoring_lines(settings: Settings, chunks: int = 6) -> list[str]:
     """The last monitor run and its latest chunk windows, from the local results store."""
     from monitoring import store
+    from monitoring.policy import state_line
 
     url = settings.monitoring_results_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
@@ -89,6 +90,9 @@ def monitoring_lines(settings: Settings, chunks: int = 6) -> list[str]:
             f"monitoring: last run {_when(last['started_at'])} on version {last['model_version']}: "
             f"{last['rows_read']} rows read, {last['chunks']} chunk(s), alerts: {last['alerts'] or 'none'}"
         ]
+        state = store.read_state(engine, str(last["model_name"]), str(last["model_version"]))
+        if state is not None:
+            lines.append(f"  state: {state_line(state, settings.prefect.debounce_s)}")
         frame = store.read_chunks(engine, str(last["model_version"]), limit=chunks)
     finally:
         engine.dispose()

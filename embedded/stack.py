@@ -111,8 +111,8 @@ def _env_value(value: object) -> str:
         return value.get_secret_value()
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, tuple | list):
-        return json.dumps(list(value))
+    if isinstance(value, tuple | list):  # a list setting is JSON (e.g. promotion.slices, declared slices)
+        return json.dumps([v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value])
     return str(value)
 
 

@@ -11,6 +11,8 @@ line: ``reggaeton train --gate``, ``reggaeton gate``, ``reggaeton promote``, ``r
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 from collections.abc import Mapping
@@ -28,12 +30,22 @@ from prefect.runtime import flow_run
 from adapters import decisions, prefect_events, registry
 from flows import gate, train
 from reggaeton import names
-from reggaeton.promotion import PROMOTED, Decision, decide, markdown_report
+from reggaeton.promotion import (
+    PROMOTED,
+    REJECTED,
+    Decision,
+    decide,
+    markdown_report,
+    slice_lines,
+    slice_markdown,
+)
 from reggaeton.settings import Settings
+from reggaeton.slice_figure import slices_figure
 
 logger = logging.getLogger(__name__)
 
 UNCHANGED: Final = "unchanged"  # outcome of a run that found the decision already made
+GATE_ARTIFACTS: Final = "gate"  # folder of the decision's files on the challenger's training run
 
 GATE: Final = "gate"
 MANUAL: Final = "manual"
@@ -54,6 +66,7 @@ class Outcome:
     champion: str | None  # the champion afterwards
     reason: str
     changed: bool
+    slices: tuple[dict[str, Any], ...] = ()  # the gate's slice evidence (Decision.to_dict()["slices"])
 
 
 def _emit(event: str, model_name: str, version: str, payload: Mapping[str, Any]) -> None:
@@ -62,6 +75,24 @@ def _emit(event: str, model_name: str, version: str, payload: Mapping[str, Any])
 
 def _publish(markdown: str, description: str) -> None:
     create_markdown_artifact(markdown=markdown, key=names.PROMOTION_ARTIFACT_KEY, description=description)
+
+
+def _slices_png(decision: Decision) -> bytes:
+    """The slices plot of a decision as PNG bytes."""
+    record = decision.to_dict()
+    figure = slices_figure(record["slices"], decision.champion_version, decision.challenger_version)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+def decision_report(decision: Decision, png: bytes | None) -> str:
+    """The Prefect artifact: the decision's tables, and the slices plot inline."""
+    markdown = markdown_report(decision)
+    if png is None:
+        return markdown
+    image = base64.b64encode(png).decode()
+    return f"{markdown}\n![PR-AUC per slice, both models, with intervals](data:image/png;base64,{image})\n"
 
 
 def apply_decision(client: MlflowClient, model_name: str, decision: Decision, by: str) -> Outcome:
@@ -78,6 +109,7 @@ def apply_decision(client: MlflowClient, model_name: str, decision: Decision, by
             f"{decision.champion_version}; re-run the gate"
         )
     stamp = decisions.stamp(by)
+    record = decision.to_dict()
     decisions.tag_decision(
         client,
         model_name,
@@ -88,8 +120,9 @@ def apply_decision(client: MlflowClient, model_name: str, decision: Decision, by
         {
             names.Tag.DECISION_AGAINST: decision.champion_version or "none",
             names.Tag.DECISION_DATA: decision.evaluation,
-            names.Tag.DECISION_DETAIL: json.dumps(decision.to_dict(), separators=(",", ":")),
+            names.Tag.DECISION_DETAIL: json.dumps(record, separators=(",", ":")),
         },
+        notes="\n".join(["### Slices", "", *slice_markdown(record["slices"])]) if decision.slices else None,
     )
     if decision.champion_version is not None:
         decisions.tag_decision(
@@ -107,19 +140,55 @@ def apply_decision(client: MlflowClient, model_name: str, decision: Decision, by
         names.Event.PROMOTED if decision.promote else names.Event.REJECTED,
         model_name,
         decision.challenger_version,
-        {"action": GATE, "decided_by": by, **decision.to_dict()},
+        {"action": GATE, "decided_by": by, **record},
     )
-    _publish(markdown_report(decision), f"{decision.outcome}: version {decision.challenger_version}")
+    png = _slices_png(decision) if decision.slices else None
+    _publish(decision_report(decision, png), f"{decision.outcome}: version {decision.challenger_version}")
+    _log_decision_files(client, model_name, decision, record, png)
     logger.info("version %s %s: %s", decision.challenger_version, decision.outcome, decision.reason)
-    return Outcome(GATE, decision.outcome, decision.challenger_version, champion, decision.reason, True)
+    for line in slice_lines(record["slices"]):
+        logger.info("  %s", line)
+    return Outcome(
+        GATE,
+        decision.outcome,
+        decision.challenger_version,
+        champion,
+        decision.reason,
+        True,
+        tuple(record["slices"]),
+    )
+
+
+def _log_decision_files(
+    client: MlflowClient, model_name: str, decision: Decision, record: dict[str, Any], png: bytes | None
+) -> None:
+    """The decision's report, record and slices plot on the challenger's training run (``gate/``).
+
+    A view of what the tags already hold: a failure is logged, never a reason to undo the decision.
+    """
+    against = decision.champion_version or "none"
+    files: dict[str, bytes] = {
+        f"decision-vs-{against}.md": markdown_report(decision).encode(),
+        f"decision-vs-{against}.json": json.dumps(record, indent=2).encode(),
+    }
+    if png is not None:
+        files[f"slices-vs-{against}.png"] = png
+    try:
+        registry.log_version_files(client, model_name, decision.challenger_version, GATE_ARTIFACTS, files)
+    except Exception as error:
+        logger.warning("the decision's files were not logged to MLflow: %s", error)
 
 
 @task(cache_policy=NO_CACHE)
 def load_evaluation(
-    settings: Settings, client: MlflowClient, challenger: ModelVersion, holdout: pd.DataFrame | None
+    settings: Settings,
+    client: MlflowClient,
+    challenger: ModelVersion,
+    holdout: pd.DataFrame | None,
+    champion: ModelVersion | None,
 ) -> pd.DataFrame:
-    """The held-out rows plus labelled traffic the challenger has not seen."""
-    return gate.load_evaluation(settings, client, challenger, holdout)
+    """The held-out rows, labelled traffic the challenger has not seen, and the slices' extra rows."""
+    return gate.load_evaluation(settings, client, challenger, holdout, champion)
 
 
 @task(cache_policy=NO_CACHE)
@@ -150,7 +219,7 @@ def run_gate(
     model_name = settings.mlflow.model_name
     challenger = client.get_model_version(model_name, version)
     champion = registry.get_alias(client, model_name, names.CHAMPION)
-    frame = load_evaluation(settings, client, challenger, holdout)
+    frame = load_evaluation(settings, client, challenger, holdout, champion)
     nothing_to_do = decisions.already_decided(challenger, champion, gate.evaluation_hash(frame))
     if nothing_to_do is not None:
         logger.info("nothing to do: %s", nothing_to_do)
@@ -158,7 +227,13 @@ def run_gate(
         return Outcome(GATE, UNCHANGED, version, current, nothing_to_do, False)
     challenger_scores = score(model_name, version, frame)
     champion_scores = score(model_name, str(champion.version), frame) if champion is not None else None
-    decision = decide(champion_scores, challenger_scores, settings.promotion)
+    decision = decide(
+        champion_scores,
+        challenger_scores,
+        settings.promotion,
+        overall=gate.overall_rows(frame),
+        slices=gate.slice_rows(frame, settings.promotion),
+    )
     return record(client, model_name, decision, by)
 
 
@@ -218,13 +293,22 @@ def promote_version(
     _, problems = gate.load_checked(model_name, version)
     if problems:
         raise PromotionError(f"refusing to promote version {version}: {'; '.join(problems)}")
-    why = f"manual promotion: {reason}"
+    # Overriding the gate (e.g. a slice it blocked on) is said where the promotion is recorded.
+    said = client.get_model_version(model_name, version).tags or {}
+    overrides = (
+        f"the gate's rejection ({said.get(names.Tag.DECISION_REASON, '')})"
+        if said.get(names.Tag.DECISION) == REJECTED
+        else None
+    )
+    why = f"manual promotion: {reason}" + (f"; overrides {overrides}" if overrides else "")
     stamp = decisions.stamp(by)
     decisions.tag_decision(client, model_name, version, PROMOTED, why, stamp)
     if old is not None:
         decisions.tag_decision(client, model_name, old, decisions.REPLACED, f"version {version} {why}", stamp)
     decisions.move_champion(client, model_name, version, old)
     payload = {"action": MANUAL, "version": version, "previous": old, "reason": reason, "decided_by": by}
+    if overrides:
+        payload["overrides"] = overrides
     _emit(names.Event.PROMOTED, model_name, version, payload)
     _publish(_operator_report("Manual promotion", payload), f"manual promotion of version {version}")
     return asdict(Outcome(MANUAL, PROMOTED, version, version, why, True))

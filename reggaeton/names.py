@@ -97,6 +97,10 @@ class Tag:
     DECISION_AGAINST: Final = "reggaeton.decision_against"  # champion version the gate compared with
     DECISION_DATA: Final = "reggaeton.decision_data"  # content hash of the gate's evaluation data
     DECISION_DETAIL: Final = "reggaeton.decision_detail"  # the decision's numbers as JSON
+    # Monitoring's state of the version (ok | degraded) and since when it is degraded, set by the monitor
+    # (its results store holds the state; this copy is what the API's /metrics and the MLflow UI show).
+    MONITORING_STATUS: Final = "reggaeton.monitoring_status"
+    MONITORING_SINCE: Final = "reggaeton.monitoring_since"
     WORKER: Final = "reggaeton.worker"  # on a trial's nested run: the worker (host) that ran it
 
 
@@ -104,6 +108,9 @@ class Event:
     """Prefect event names (the contract between emitters and automations)."""
 
     DEGRADED: Final = "reggaeton.model.degraded"
+    # The champion is still degraded, but its retrain was requested within the debounce window (the
+    # payload says when the next is allowed): notifies, never retrains.
+    RETRAIN_SUPPRESSED: Final = "reggaeton.model.retrain_suppressed"
     DRIFTED: Final = "reggaeton.data.drifted"
     PROMOTED: Final = "reggaeton.model.promoted"
     REJECTED: Final = "reggaeton.model.rejected"
@@ -122,3 +129,5 @@ class Event:
     DEPLOYMENT_RESOURCE_PREFIX: Final = "reggaeton.deployment"
     # Resource id prefix used on every event: "<prefix>.<model name>".
     RESOURCE_PREFIX: Final = "reggaeton.model"
+    # The resource label holding the model version (automations debounce per version on it).
+    VERSION_LABEL: Final = "reggaeton.model.version"

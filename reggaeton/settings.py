@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Final, Literal, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reggaeton import names
+from reggaeton import names, slices
 
 LOCAL_PLACEHOLDER_SECRET = "local-dev-only"
 # Values anyone can read in this repository (the default above, .env.example's): refused outside local mode.
@@ -95,6 +95,10 @@ class DataSettings(_Section):
     seed: int = 42
     holdout_fraction: float = Field(default=0.25, gt=0.05, lt=0.6)
     include_feedback: bool = True  # add labelled production traffic to training data when present
+    # A retrain keeps at least this share of its rows from the base data, so the traffic it adds does not
+    # drown the songs that are still there: a synthetic base draws more songs from the same generator;
+    # a folder's songs are all kept and the traffic is sampled down to fit (by row key). 0: no limit.
+    min_base_share: float = Field(default=0.75, ge=0, lt=1)
 
 
 class TrainingSettings(_Section):
@@ -123,6 +127,72 @@ class TrainingSettings(_Section):
     worker_name: str | None = None
 
 
+class SliceSpec(_Section):
+    """One slice the gate judges on its own: a name, a rule over rows, its power and its tolerance.
+
+    ``where`` is a predicate over the columns of ``reggaeton.slices.SLICE_COLUMNS`` (the seven features,
+    ``source``, ``origin``, ``champion_reference``), e.g. ``tempo >= 120 and source == 'traffic'``;
+    ``window_days`` keeps the rows observed within that many days of the newest one.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=40)
+    where: str = ""
+    window_days: float | None = Field(default=None, gt=0)
+    # Below this many positives (or without a negative) the slice is "too small to judge": reported,
+    # never counted as held. PR-AUC's paired interval over ~20 positives is about +-0.1 wide.
+    min_positives: int = Field(default=20, ge=1)
+    allowed_regression: float = Field(default=0.02, ge=0, lt=1)  # PR-AUC the challenger may lose here
+    description: str = ""
+
+    @field_validator("where")
+    @classmethod
+    def _readable(cls, where: str) -> str:
+        slices.parse_rule(where)  # RuleError is a ValueError: the settings error names the field
+        return where
+
+    @property
+    def rule(self) -> str:
+        """The rule in words."""
+        return slices.rule_text(self.where, self.window_days)
+
+
+# The slices judged by default (see the README, "Slices"): the base data (what a retrain must not
+# forget), the champion's own held-out rows, recent labelled traffic, and three tempo/sound bands.
+DEFAULT_SLICES: Final[tuple[SliceSpec, ...]] = (
+    SliceSpec(
+        name="base-data",
+        where="source == 'base'",
+        description="the base data (a folder's songs, or the synthetic sample: a fresh draw of it)",
+    ),
+    SliceSpec(
+        name="champion-reference",
+        where="champion_reference == 1",
+        description="the champion's own held-out rows: what it was validated on",
+    ),
+    SliceSpec(
+        name="recent-traffic",
+        where="source == 'traffic'",
+        window_days=7,
+        description="labelled traffic of the last week: today's songs",
+    ),
+    SliceSpec(
+        name="dembow-tempo",
+        where="tempo >= 85 and tempo < 105",
+        description="the dembow rhythm's tempo, where most reggaeton is",
+    ),
+    SliceSpec(
+        name="fast-tempo",
+        where="tempo >= 120",
+        description="fast songs: dance-pop, electronic, and faster reggaeton",
+    ),
+    SliceSpec(
+        name="acoustic",
+        where="acousticness >= 0.4",
+        description="acoustic songs: ballads, acoustic versions",
+    ),
+)
+
+
 class PromotionSettings(_Section):
     """The champion/challenger gate."""
 
@@ -138,6 +208,26 @@ class PromotionSettings(_Section):
     min_roc_auc: float = 0.7
     bootstrap_rounds: int = Field(default=1000, ge=100)
     seed: int = 7
+    # Slices judged on their own (reggaeton.promotion): each must not be worse beyond noise by more
+    # than its allowed regression. Environment: REGGAETON_PROMOTION__SLICES='[{"name": ..., ...}]'.
+    slices: tuple[SliceSpec, ...] = DEFAULT_SLICES
+    # "worse": a slice blocks when its interval lies below -allowed (shown worse; the error controlled is
+    # a false block, Bonferroni over the judged slices). "within": a slice blocks unless its interval
+    # lies above -allowed (shown within; the error controlled is a false pass, no adjustment needed).
+    slice_rule: Literal["worse", "within"] = "worse"
+    slice_bootstrap_rounds: int = Field(default=2000, ge=100)  # tails of 1 - 0.05/6 need rounds
+    # With a synthetic base, the base data's slices are also scored on a fresh sample of this many songs
+    # (never trained on), so they have the power a handful of held-out positives lack. 0: none.
+    fresh_rows: int = Field(default=10_000, ge=0)
+
+    @field_validator("slices")
+    @classmethod
+    def _unique_names(cls, specs: tuple[SliceSpec, ...]) -> tuple[SliceSpec, ...]:
+        seen = [spec.name for spec in specs]
+        twice = sorted({name for name in seen if seen.count(name) > 1})
+        if twice:
+            raise ValueError(f"slice names must be unique: {', '.join(twice)}")
+        return specs
 
 
 class ServingSettings(_Section):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from reggaeton import names
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -56,6 +61,17 @@ class ServingMetrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.champion_degraded = Gauge(
+            "reggaeton_champion_degraded",
+            "1 while monitoring holds the champion degraded (until a run shows it recovered), else 0.",
+            ["model_version"],
+            registry=r,
+        )
+        self.champion_degraded_since = Gauge(
+            "reggaeton_champion_degraded_since_timestamp_seconds",
+            "Since when monitoring holds the champion degraded (0 while it is not).",
+            registry=r,
+        )
         self._define_log_metrics(r)
 
     def _define_log_metrics(self, r: CollectorRegistry) -> None:
@@ -105,6 +121,17 @@ class ServingMetrics:
             "Prediction requests answered 503 because the log could not take their rows.",
             registry=r,
         )
+
+    def set_monitoring(self, version: str, tags: Mapping[str, str]) -> None:
+        """The champion's monitoring state, from the tags the monitor puts on its version."""
+        degraded = tags.get(names.Tag.MONITORING_STATUS) == "degraded"
+        self.champion_degraded.clear()
+        self.champion_degraded.labels(model_version=version).set(1 if degraded else 0)
+        since = tags.get(names.Tag.MONITORING_SINCE) if degraded else None
+        try:
+            self.champion_degraded_since.set(datetime.fromisoformat(since).timestamp() if since else 0)
+        except ValueError:
+            self.champion_degraded_since.set(0)
 
     def set_served(self, version: str, source: str, loaded_at: float) -> None:
         """Point the version gauge at a newly served version."""

@@ -88,6 +88,7 @@ class Refresher:
         if champion is None:
             return ReloadResult("no_champion", None)
         version = str(champion.version)
+        self._metrics.set_monitoring(version, getattr(champion, "tags", None) or {})
         current = self._holder.current
         if current is not None and current.version == version:
             return ReloadResult("unchanged", version)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from cli.status import monitoring_lines
 from monitoring import store
 from monitoring.estimation import ChunkResult, Estimate
+from monitoring.policy import Status, VersionState
 from reggaeton.settings import Settings
 
 
@@ -33,14 +34,24 @@ def test_the_last_run_and_its_chunks_read_in_one_line_each(settings: Settings) -
     end = start + timedelta(minutes=2)
     record = store.RunRecord("r1", "m", "3", end, start, end, 1000, 1000, 2, 500, (end, "b"), "degraded")
     store.save_run(engine, record, chunks)
+    degraded = VersionState(
+        "3", Status.DEGRADED, end, "realized roc_auc 0.712 < 0.800 over 2 chunk(s)", end, end
+    )
+    store.save_state(engine, "m", degraded)
     engine.dispose()
 
     lines = monitoring_lines(settings)
     assert lines[0] == (
         "monitoring: last run 2026-11-30 21:02:00 on version 3: 1000 rows read, 2 chunk(s), alerts: degraded"
     )
+    # The version stays degraded until a run shows it recovered; when its next retrain is allowed.
     assert lines[1] == (
+        "  state: version 3: DEGRADED since 2026-11-30T21:02:00+00:00 (realized roc_auc 0.712 < 0.800 over "
+        "2 chunk(s)); retrain requested at 2026-11-30T21:02:00+00:00, the next allowed from "
+        "2026-11-30T21:12:00+00:00"
+    )
+    assert lines[2] == (
         "  chunk 2026-11-30 21:00:00 .. 2026-11-30 21:01:00: 500 rows, estimated ROC-AUC 0.910, "
         "realized - (0 labelled), drifted: none"
     )
-    assert lines[2].endswith("estimated ROC-AUC 0.900, realized 0.712 (150 labelled), drifted: tempo,energy")
+    assert lines[3].endswith("estimated ROC-AUC 0.900, realized 0.712 (150 labelled), drifted: tempo,energy")

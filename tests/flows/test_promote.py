@@ -26,7 +26,7 @@ from reggaeton import names
 from reggaeton.data import Split, features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
 from reggaeton.promotion import PROMOTED, REJECTED
-from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, SOURCE, TARGET, TRAFFIC
 from reggaeton.settings import MLflowSettings, PromotionSettings, Settings
 
 # Logistic regression: the one family the registry's skops trust list loads today.
@@ -41,8 +41,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def gate_settings(store: Path, request: pytest.FixtureRequest) -> Settings:
-    # A linear model on the small synthetic sample reaches PR-AUC ~0.2: floors set below it.
-    policy = PromotionSettings(bootstrap_rounds=200, min_pr_auc=0.1)
+    # A linear model on the small synthetic sample reaches PR-AUC ~0.2: floors set below it. The slices
+    # are judged on a small fresh sample with few rounds: the gate's flow is under test here.
+    policy = PromotionSettings(
+        bootstrap_rounds=200, slice_bootstrap_rounds=200, fresh_rows=2000, min_pr_auc=0.1
+    )
     model_name = f"reggaeton-{request.node.name.removeprefix('test_')[:60]}"
     return Settings(state_dir=store, promotion=policy, mlflow=MLflowSettings(model_name=model_name))
 
@@ -174,6 +177,25 @@ def test_identical_challenger_is_rejected_and_the_alias_stays(gate_settings: Set
     assert _tags(gate_settings, champion)[names.Tag.DECISION] == decisions.RETAINED
     events = _events(gate_settings, names.Event.REJECTED, twin)
     assert len(events) == 1 and events[0].payload["champion_version"] == champion
+    # Every declared slice is judged and shown: the outcome, the event, the artifact with its plot, the
+    # version's description, and the decision's files on the challenger's training run.
+    slice_names = [spec.name for spec in gate_settings.promotion.slices]
+    assert [s["name"] for s in outcome["slices"]] == slice_names
+    assert [s["name"] for s in events[0].payload["slices"]] == slice_names
+    base = next(s for s in outcome["slices"] if s["name"] == "base-data")
+    assert base["positives"] >= base["min_positives"] and base["pr_auc_difference"] is not None
+    [artifact] = [a for a in _artifacts() if f"challenger (version {twin})" in a.data]
+    assert "## Slices" in artifact.data and "| base-data | source == 'base' |" in artifact.data
+    assert "data:image/png;base64," in artifact.data
+    client = registry.connect(gate_settings)
+    described = client.get_model_version(gate_settings.mlflow.model_name, twin).description
+    assert described.startswith("rejected (") and "### Slices" in described
+    run_id = client.get_model_version(gate_settings.mlflow.model_name, twin).run_id
+    files = {a.path for a in client.list_artifacts(run_id, promote.GATE_ARTIFACTS)}
+    assert files == {
+        f"gate/{name}-vs-{champion}.{ext}"
+        for name, ext in (("decision", "md"), ("decision", "json"), ("slices", "png"))
+    }
 
     tags = _tags(gate_settings, twin)
     again = promote.promotion_gate(twin, gate_settings)
@@ -192,6 +214,10 @@ def test_better_challenger_replaces_the_champion_and_rollback_restores_it(
     assert _champion(gate_settings) is None
     manual = promote.promote_version(weak, "bootstrap the registry", by="alice", settings=gate_settings)
     assert manual["outcome"] == PROMOTED and _champion(gate_settings) == weak
+    # The override of the gate's rejection is recorded with the promotion.
+    assert manual["reason"].startswith(
+        "manual promotion: bootstrap the registry; overrides the gate's rejection ("
+    )
     assert _tags(gate_settings, weak)[names.Tag.DECIDED_BY] == "alice"
 
     strong = _good(gate_settings, data)
@@ -265,7 +291,7 @@ def test_evaluation_adds_labelled_traffic_the_challenger_has_not_seen(
     trained_at = datetime.fromtimestamp(client.get_run(str(challenger.run_id)).info.start_time / 1000, UTC)
     engine = prediction_log.make_engine(gate_settings.prediction_log_url)
     prediction_log.create_tables(engine)
-    rows = data.holdout.head(6)
+    rows = synthetic_dataset(40, seed=11).frame.head(6)  # songs the version never saw
     predicted = [trained_at - timedelta(hours=1)] * 2 + [trained_at + timedelta(hours=1)] * 4
     with engine.begin() as connection:
         for (_, row), when in zip(rows.iterrows(), predicted, strict=True):
@@ -294,6 +320,7 @@ def test_evaluation_adds_labelled_traffic_the_challenger_has_not_seen(
     frame = gate.load_evaluation(gate_settings, client, challenger, None)
 
     assert (frame[gate.ORIGIN] == gate.HOLDOUT).sum() == len(data.holdout)
+    assert (frame[SOURCE] == TRAFFIC).sum() == 4
     assert (frame[gate.ORIGIN] == gate.TRAFFIC).sum() == 4  # predicted after the challenger was trained
     no_feedback_training = gate_settings.model_copy(
         update={"data": gate_settings.data.model_copy(update={"include_feedback": False})}

@@ -46,6 +46,8 @@ EXCLUDED: dict[str, str] = {
     "make install": "the suite already runs in the installed .venv (CI runs `make install` first)",
     ".venv/bin/reggaeton score": "needs catalogue files: tests/cli/test_score.py runs the command on one",
     ".venv/bin/python -c": "reads the output of the `reggaeton score` example before it",
+    "export REGGAETON_PROMOTION__SLICES": "declares slices for the processes started after it, in the same "
+    "shell: tests/reggaeton/test_split_and_slices.py reads such a JSON list from the environment",
 }
 # Small enough for CI, otherwise as written.
 SUBSTITUTIONS = {"--n-trials 20": "--n-trials 2"}

@@ -141,6 +141,48 @@ def test_metrics_count_requests_and_predictions(served: Server) -> None:
     assert "reggaeton_prediction_log_queue_full_total 0.0" in text
 
 
+def test_metrics_show_the_champion_degraded_while_monitoring_holds_it_so(
+    served: Server, registry_versions: Registry
+) -> None:
+    """The monitor puts its state on the champion version; the API's next poll shows it (issue 26)."""
+    from adapters import registry
+    from embedded.manual import wait_until
+
+    settings = registry_versions.settings
+    client = registry.connect(settings)
+    version = registry_versions.good[0]
+
+    def degraded_gauge() -> str | None:
+        text = httpx.get(served.url + "/metrics", timeout=5).text
+        found = [line for line in text.splitlines() if line.startswith("reggaeton_champion_degraded")]
+        return "\n".join(found) if found else None
+
+    def showing(expected: str) -> str | None:
+        text = degraded_gauge()
+        return text if text and expected in text else None
+
+    try:
+        registry.set_monitoring_state(
+            client, settings.mlflow.model_name, version, "degraded", "2026-12-06T12:07:00+00:00"
+        )
+        shown = wait_until(
+            "the degraded champion on /metrics",
+            lambda: showing(f'{{model_version="{version}"}} 1.0'),
+            15,
+            0.2,
+        )
+        assert "reggaeton_champion_degraded_since_timestamp_seconds 1.79655882e+09" in shown
+        registry.set_monitoring_state(client, settings.mlflow.model_name, version, "ok", "")
+        wait_until(
+            "the recovered champion on /metrics",
+            lambda: showing(f'{{model_version="{version}"}} 0.0'),
+            15,
+            0.2,
+        )
+    finally:
+        registry.set_monitoring_state(client, settings.mlflow.model_name, version, "ok", "")
+
+
 def test_openapi_has_the_challenge_examples(served: Server) -> None:
     with served.client() as client:
         spec = client.get("/openapi.json").json()
