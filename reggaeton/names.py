@@ -54,6 +54,9 @@ REPLICA_HEADER: Final = "x-reggaeton-replica"
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
 MODEL_ARTIFACT_NAME: Final = "model"
+# The Prefect global concurrency limit (one slot) every decider holds while it numbers and writes a
+# decision record: two deciders never take the same sequence number.
+DECISION_LOCK: Final = "reggaeton-decisions"
 # Prefect artifact key of the promotion decision table (lowercase letters, digits and dashes).
 PROMOTION_ARTIFACT_KEY: Final = "reggaeton-promotion"
 
@@ -84,6 +87,12 @@ class Tag:
     DECISION_AGAINST: Final = "reggaeton.decision_against"  # champion version the gate compared with
     DECISION_DATA: Final = "reggaeton.decision_data"  # content hash of the gate's evaluation data
     DECISION_DETAIL: Final = "reggaeton.decision_detail"  # the decision's numbers as JSON
+    # The signed decision record (reggaeton/decision_record.py): its canonical JSON and its signature, on
+    # the version it decides about. The API serves a champion only when these verify.
+    DECISION_RECORD: Final = "reggaeton.decision_record"
+    DECISION_SIGNATURE: Final = "reggaeton.decision_signature"
+    # On the registered model: the last decision sequence handed out (the next decision takes one more).
+    DECISION_SEQUENCE: Final = "reggaeton.decision_sequence"
     WORKER: Final = "reggaeton.worker"  # on a trial's nested run: the worker (host) that ran it
 
 
@@ -95,6 +104,9 @@ class Event:
     PROMOTED: Final = "reggaeton.model.promoted"
     REJECTED: Final = "reggaeton.model.rejected"
     RELOAD_FAILED: Final = "reggaeton.model.reload_failed"
+    # The champion alias points at a version no signed decision made champion (moved by hand, or a
+    # record that does not verify): the API keeps serving the current champion.
+    UNAUTHORIZED_CHAMPION: Final = "reggaeton.model.unauthorized_champion"
     # The prediction log's database cannot be written (rows wait in the spool) / is written again.
     LOG_UNAVAILABLE: Final = "reggaeton.serving.log_unavailable"
     LOG_RECOVERED: Final = "reggaeton.serving.log_recovered"
