@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Final, Literal, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reggaeton import names
@@ -71,6 +71,11 @@ def _env_name(path: str) -> str:
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _blank_is_none(value: object) -> object:
+    """An empty value means unset: compose's ``${NAME:-}`` of a variable left out of ``.env``."""
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 class MLflowSettings(_Section):
@@ -150,8 +155,10 @@ class ServingSettings(_Section):
     poll_interval_s: float = Field(default=5.0, gt=0)
     max_batch: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    admin_token: SecretStr = SecretStr(LOCAL_PLACEHOLDER_SECRET)
-    api_key: SecretStr | None = None
+    admin_token: SecretStr = SecretStr(LOCAL_PLACEHOLDER_SECRET)  # /admin routes
+    # POST /feedback (the labelling side): its own credential, not the admin token outside local mode.
+    feedback_token: SecretStr = SecretStr(LOCAL_PLACEHOLDER_SECRET)
+    api_key: SecretStr | None = None  # POST /predict requires it (X-API-Key) when set
     prediction_log_url: str | None = None  # default: SQLite file in the state folder
     log_queue_size: int = Field(default=100_000, ge=1)
     log_batch_size: int = Field(default=500, ge=1)
@@ -172,6 +179,8 @@ class ServingSettings(_Section):
     spool_fsync: bool = False  # fsync each write: survives power loss, not only a killed process
     retry_after_s: int = Field(default=1, ge=1)  # Retry-After of a 503 while the log cannot take rows
     log_close_timeout_s: float = Field(default=10.0, gt=0)  # durable: rows left at shutdown stay spooled
+
+    _optional_key = field_validator("api_key", mode="before")(_blank_is_none)
 
 
 class MonitoringSettings(_Section):
@@ -218,6 +227,23 @@ class PrefectSettings(_Section):
     stranded_after_s: int = Field(default=120, ge=10)
 
 
+class SigningSettings(_Section):
+    """Signed decision records (reggaeton/decision_record.py): the deciding side signs, the API verifies.
+
+    The private key belongs to the promoting side only (flows on the worker, the operator's command line);
+    an API replica gets the public keys. Key texts are the compact forms of ``decision_record``.
+    """
+
+    # Default: the file <key_dir>/decision-signing.key (`reggaeton up` creates the pair in local mode).
+    private_key: SecretStr | None = None
+    # Public keys the API trusts, comma-separated (two during a rotation). Default: the file
+    # <key_dir>/decision-verify.pub.
+    public_keys: str | None = None
+    key_dir: Path | None = None  # default: <state>/keys
+
+    _optional_keys = field_validator("private_key", "public_keys", mode="before")(_blank_is_none)
+
+
 class WatchdogSettings(_Section):
     """The watchdog process: the backstop of the stranded-run rule and the loop's dead-man's switch."""
 
@@ -249,6 +275,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     prefect: PrefectSettings = PrefectSettings()
     watchdog: WatchdogSettings = WatchdogSettings()
+    signing: SigningSettings = SigningSettings()
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:
@@ -268,12 +295,23 @@ class Settings(BaseSettings):
         return self
 
     def _refuse_example_secrets(self) -> None:
-        secrets = {"serving.admin_token": self.serving.admin_token, "serving.api_key": self.serving.api_key}
+        secrets = {
+            "serving.admin_token": self.serving.admin_token,
+            "serving.feedback_token": self.serving.feedback_token,
+            "serving.api_key": self.serving.api_key,
+            "signing.private_key": self.signing.private_key,
+        }
         for path, secret in secrets.items():
             if secret is not None and secret.get_secret_value() in EXAMPLE_SECRETS:
                 raise ValueError(
                     f"{_env_name(path)} is an example value, not a secret: set your own outside local mode"
                 )
+        if self.serving.feedback_token.get_secret_value() == self.serving.admin_token.get_secret_value():
+            # Whoever labels predictions must not be able to reload models: one credential per purpose.
+            raise ValueError(
+                f"{_env_name('serving.feedback_token')} equals {_env_name('serving.admin_token')}: "
+                "give each its own value outside local mode"
+            )
         urls = {
             "mlflow.tracking_uri": self.mlflow.tracking_uri,
             "mlflow.registry_uri": self.mlflow.registry_uri,
@@ -341,6 +379,11 @@ class Settings(BaseSettings):
     def spool_dir(self) -> Path:
         """The prediction log's journal folder (see ``ServingSettings.durable_log``)."""
         return self.serving.spool_dir or self.state_path / "prediction-spool"
+
+    @property
+    def signing_key_dir(self) -> Path:
+        """Where the decision signing keys live by default (see :class:`SigningSettings`)."""
+        return self.signing.key_dir or self.state_path / "keys"
 
     @property
     def prefect_home(self) -> Path:
