@@ -203,7 +203,8 @@ def cmd_simulate(ctx: Context, args: argparse.Namespace) -> int:
     if problems:
         raise CommandError("; ".join(problems))
     stack_endpoints.require(ctx.endpoints, "api")
-    counts = simulate.run(ctx.endpoints.api, ctx.settings.serving.admin_token.get_secret_value(), options)
+    token, key = simulate.credentials(ctx.settings)
+    counts = simulate.run(ctx.endpoints.api, token, options, api_key=key)
     print(f"scenario {args.scenario}: {counts}")
     return 0
 

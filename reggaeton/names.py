@@ -121,3 +121,5 @@ class Event:
     DEPLOYMENT_RESOURCE_PREFIX: Final = "reggaeton.deployment"
     # Resource id prefix used on every event: "<prefix>.<model name>".
     RESOURCE_PREFIX: Final = "reggaeton.model"
+    # The resource label carrying the model version an event is about.
+    VERSION_LABEL: Final = "reggaeton.model.version"
