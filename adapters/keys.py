@@ -56,7 +56,9 @@ def _read_private(path: Path) -> SigningKey | None:
             time.sleep(0.05)
 
 
-def _write_public(settings: Settings, key: SigningKey) -> None:
+def write_public(settings: Settings, key: SigningKey) -> None:
+    """Write the public half where the API of this state folder reads it (unless it is already there)."""
+    settings.signing_key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = public_path(settings)
     if path.is_file() and path.read_text().strip() == key.public_text():
         return
@@ -89,7 +91,7 @@ def ensure_local_keys(settings: Settings) -> SigningKey:
             logger.info("created the decision signing key %s (key id %s)", path, key.key_id)
     if key is None:
         raise KeyUnavailable(f"{path} vanished while it was read")
-    _write_public(settings, key)
+    write_public(settings, key)
     return key
 
 

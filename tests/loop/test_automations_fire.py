@@ -4,9 +4,8 @@ and a burst of duplicate `degraded` events gives one notification and one retrai
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +19,13 @@ from prefect.events.clients import get_events_client
 from prefect.states import Running
 
 from adapters.prefect_api import prefect_api
-from embedded.receiver import make_server, read_alerts
+from embedded.receiver import read_alerts
 from flows import deploy
 from flows.automations import ZOMBIE_AFTER_S, apply_automations
 from reggaeton.names import MODEL_NAME, Event
 from reggaeton.settings import Settings
 
 RESOURCE = {"prefect.resource.id": f"{Event.RESOURCE_PREFIX}.{MODEL_NAME}"}
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    path = tmp_path / "alerts.jsonl"
-    server = make_server(path)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port, path
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _emit(settings: Settings, name: str, count: int = 1, **payload: Any) -> None:

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +29,9 @@ from serving_support import (
 )
 
 from adapters import keys, registry
+from embedded.receiver import read_alerts
+from flows import promote as promote_flow
+from flows.automations import apply_automations
 from reggaeton import decision_record, names
 from reggaeton.schema import EXAMPLE_SONGS
 from reggaeton.settings import Settings
@@ -174,4 +178,59 @@ def test_a_restart_serves_the_cached_decided_champion_not_the_moved_alias(
     )
     with run_server(untrusted, ready=False) as server:
         assert httpx.get(server.url + "/ready", timeout=10).status_code == 503
+    promote(registry_versions.settings, decided)
+
+
+def _unauthorized_events(prefect_api_url: str, version: str, since: str) -> list[dict[str, Any]]:
+    response = httpx.post(
+        f"{prefect_api_url}/events/filter",
+        json={"filter": {"event": {"name": [names.Event.UNAUTHORIZED_CHAMPION]}}, "limit": 50},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return [
+        event
+        for event in response.json()["events"]
+        if event["resource"].get(names.Event.VERSION_LABEL) == version and event["occurred"] >= since
+    ]
+
+
+def test_a_hand_moved_alias_raises_one_event_and_an_alert_while_the_champion_serves(
+    tmp_path: Path, registry_versions: Registry, prefect_api_url: str, receiver: tuple[int, Path]
+) -> None:
+    """The embedded stack's path end to end: the operator's signed promotion (the real flow, under the
+    decision lock), the API verifying it, an alias moved by hand, the event on the real Prefect server,
+    the automation's notification at the local receiver."""
+    port, alerts = receiver
+    notify = Settings(
+        state_dir=tmp_path / "automations", prefect={"api_url": prefect_api_url, "alert_receiver_port": port}
+    )
+    apply_automations(notify)
+    decided, other = registry_versions.good[0], registry_versions.good[2]
+    promote_flow.promote_version(decided, "the champion", by="ops", settings=registry_versions.settings)
+    settings = make_settings(tmp_path / "state", registry_versions.settings)
+    with (
+        run_server(settings, extra_env={"PREFECT_API_URL": prefect_api_url}) as server,
+        server.client() as client,
+    ):
+        assert _served_version(client) == decided
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 5))
+        move_by_hand(registry_versions.settings, other)
+
+        def alerted() -> list[dict[str, Any]]:
+            return [
+                a
+                for a in read_alerts(alerts)
+                if "without a decision" in a["subject"] and f"'version': '{other}'" in a["body"]
+            ]
+
+        _until(lambda: bool(alerted()), 90, "the unauthorized-champion alert at the receiver")
+        # Many polls later: still the decided champion, still one event (the replica announces a move once).
+        time.sleep(4 * settings.serving.poll_interval_s)
+        assert _served_version(client) == decided
+        _until(lambda: len(_unauthorized_events(prefect_api_url, other, since)) >= 1, 30, "the event")
+        [event] = _unauthorized_events(prefect_api_url, other, since)
+        assert event["payload"]["serving_version"] == decided
+        assert "has no decision record" in event["payload"]["reason"]
+        assert len(alerted()) == 1
     promote(registry_versions.settings, decided)
