@@ -215,7 +215,8 @@ def cmd_alerts(ctx: Context, args: argparse.Namespace) -> int:
 
     if ctx.endpoints.stack == stack_endpoints.COMPOSE:
         raise CommandError(
-            "the compose stack sends alerts to its WEBHOOK_URL; the local receiver is not part of it"
+            "the compose stack sends alerts to its WEBHOOK_URL, else to its receiver container: "
+            "`docker-compose logs receiver` shows them"
         )
     path = ctx.settings.alerts_path
     alerts = read_alerts(path)

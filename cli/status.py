@@ -188,6 +188,48 @@ def _api(endpoints: Endpoints) -> list[str]:
     return lines
 
 
+def _unauthenticated(method: str, url: str) -> str:
+    """What a call without credentials gets: "on" (401), "OFF (200)", or why it failed."""
+    try:
+        response = httpx.request(method, url, json={} if method == "POST" else None, timeout=5)
+    except httpx.HTTPError as exc:
+        return f"unknown ({type(exc).__name__})"
+    return "on" if response.status_code == 401 else f"OFF (an anonymous call got {response.status_code})"
+
+
+def _webhook(settings: Settings) -> str:
+    """Where the stack's notification block sends alerts (read from the Prefect server)."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from adapters.prefect_api import prefect_api
+    from infra.services import RECEIVER_URL
+
+    try:
+        with prefect_api(settings):
+            block: Any = CustomWebhookNotificationBlock.load(settings.prefect.notification_block)
+            url = str(block.url)
+    except Exception as exc:  # not deployed yet, or Prefect refused
+        return f"alerts: unknown, no readable notification block ({type(exc).__name__}; `reggaeton deploy`)"
+    if url == RECEIVER_URL:
+        return (
+            "alerts: to the stack's own receiver container (WEBHOOK_URL is not set): "
+            "`docker-compose logs receiver` shows them; set WEBHOOK_URL in .env for Slack"
+        )
+    return f"alerts: webhook configured ({httpx.URL(url).host})"
+
+
+def security_lines(settings: Settings, endpoints: Endpoints) -> list[str]:
+    """Authentication of MLflow and Prefect, and where alerts go."""
+    if endpoints.stack != "compose":
+        return [
+            "security: embedded stack, open on 127.0.0.1 (MLflow, Prefect and the API without "
+            f"authentication; see the runbook); alerts to {settings.alert_webhook_url}"
+        ]
+    mlflow = _unauthenticated("GET", f"{endpoints.mlflow}/api/2.0/mlflow/experiments/search?max_results=1")
+    prefect = _unauthenticated("POST", f"{endpoints.prefect_api}/flows/filter")
+    return [f"auth: MLflow {mlflow}, Prefect {prefect}", _webhook(settings)]
+
+
 def collect(settings: Settings, endpoints: Endpoints) -> StatusReport:
     """Ask every service what it knows; a service that is down is listed, not fatal."""
     report = StatusReport(endpoints)
@@ -207,6 +249,7 @@ def collect(settings: Settings, endpoints: Endpoints) -> StatusReport:
         ]
     if "api" not in report.down:
         report.api = _api(endpoints)
+    report.security = security_lines(settings, endpoints)
     return report
 
 

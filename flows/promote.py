@@ -247,7 +247,7 @@ def run_gate(
     """
     version = str(version)
     key, trusted = signing_keys(settings)
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.PROMOTION_ACCOUNT)
     model_name = settings.mlflow.model_name
     challenger = client.get_model_version(model_name, version)
     champion = registry.get_alias(client, model_name, names.CHAMPION)
@@ -316,7 +316,7 @@ def promote_version(
     settings = settings or Settings()
     by = by or decisions.operator_name()
     key, trusted = signing_keys(settings)
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.PROMOTION_ACCOUNT)
     model_name = settings.mlflow.model_name
     version = str(version)
     current = registry.get_alias(client, model_name, names.CHAMPION)
@@ -372,7 +372,7 @@ def rollback(reason: str, by: str | None = None, settings: Settings | None = Non
     settings = settings or Settings()
     by = by or decisions.operator_name()
     key, trusted = signing_keys(settings)
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.PROMOTION_ACCOUNT)
     model_name = settings.mlflow.model_name
     why = f"rollback: {reason}"
     with decision_lock():

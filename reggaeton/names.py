@@ -9,6 +9,15 @@ CHAMPION: Final = "champion"
 CHALLENGER: Final = "challenger"
 PREVIOUS_CHAMPION: Final = "previous-champion"  # alias kept by promotion, used by rollback
 
+# The accounts of MLflow's basic-auth app in the container stacks (the user name is the account's):
+# one per service, each with the least permissions MLflow can express (infra/accounts.py grants them).
+TRAINING_ACCOUNT: Final = "training"
+PROMOTION_ACCOUNT: Final = "promotion"
+MONITORING_ACCOUNT: Final = "monitoring"
+SERVING_ACCOUNT: Final = "serving"
+MLFLOW_ACCOUNTS: Final = (TRAINING_ACCOUNT, PROMOTION_ACCOUNT, MONITORING_ACCOUNT, SERVING_ACCOUNT)
+MLFLOW_ADMIN: Final = "admin"
+
 EXPERIMENT_TRAINING: Final = "reggaeton-training"
 EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
 

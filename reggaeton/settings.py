@@ -89,6 +89,22 @@ class MLflowSettings(_Section):
     monitoring_experiment: str = names.EXPERIMENT_MONITORING
     host: str = "127.0.0.1"
     port: int = 5000
+    # Passwords of the MLflow basic-auth accounts (names.MLFLOW_ACCOUNTS) in the container stacks: a
+    # process authenticates as the account of what it does (registry.connect). Unset: an open server
+    # (the embedded stack), or MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD (the operator's).
+    training_password: SecretStr | None = None
+    promotion_password: SecretStr | None = None
+    monitoring_password: SecretStr | None = None
+    serving_password: SecretStr | None = None
+
+    _optional_passwords = field_validator(
+        "training_password", "promotion_password", "monitoring_password", "serving_password", mode="before"
+    )(_blank_is_none)
+
+    def account_password(self, account: str) -> SecretStr | None:
+        """The password of one account of names.MLFLOW_ACCOUNTS (None: not configured here)."""
+        password: SecretStr | None = getattr(self, f"{account}_password")
+        return password
 
 
 class DataSettings(_Section):
@@ -294,19 +310,33 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} and {clashes[0]} are both {port}: each local service needs its own")
         return self
 
-    def _refuse_example_secrets(self) -> None:
-        secrets = {
-            "serving.admin_token": self.serving.admin_token,
-            "serving.feedback_token": self.serving.feedback_token,
-            "serving.api_key": self.serving.api_key,
-            "signing.private_key": self.signing.private_key,
+    def _given_secrets(self) -> dict[str, SecretStr]:
+        """The secrets this process was given (a default placeholder is not given: see serving_problems)."""
+        sections = {"serving": self.serving, "signing": self.signing, "mlflow": self.mlflow}
+        fields = {
+            "serving": ("admin_token", "feedback_token", "api_key"),
+            "signing": ("private_key",),
+            "mlflow": tuple(f"{account}_password" for account in names.MLFLOW_ACCOUNTS),
         }
-        for path, secret in secrets.items():
-            if secret is not None and secret.get_secret_value() in EXAMPLE_SECRETS:
+        given = {}
+        for section, names_ in fields.items():
+            for name in names_:
+                value = getattr(sections[section], name)
+                if name in sections[section].model_fields_set and value is not None:
+                    given[f"{section}.{name}"] = value
+        return given
+
+    def _refuse_example_secrets(self) -> None:
+        # Each process gets only the secrets it uses (the worker no API token): a secret left at its
+        # placeholder is refused where it is used (serving_problems), one given as an example value here.
+        given = self._given_secrets()
+        for path, secret in given.items():
+            if secret.get_secret_value() in EXAMPLE_SECRETS:
                 raise ValueError(
                     f"{_env_name(path)} is an example value, not a secret: set your own outside local mode"
                 )
-        if self.serving.feedback_token.get_secret_value() == self.serving.admin_token.get_secret_value():
+        tokens = [given.get(path) for path in ("serving.feedback_token", "serving.admin_token")]
+        if tokens[0] is not None and tokens[1] is not None and tokens[0] == tokens[1]:
             # Whoever labels predictions must not be able to reload models: one credential per purpose.
             raise ValueError(
                 f"{_env_name('serving.feedback_token')} equals {_env_name('serving.admin_token')}: "
@@ -325,6 +355,21 @@ class Settings(BaseSettings):
                     f"the password in {_env_name(path)} is an example value, not a secret: "
                     "set your own outside local mode"
                 )
+
+    def serving_problems(self) -> list[str]:
+        """Why an API server must not start with these settings (empty when it may).
+
+        Outside local mode the API's own credentials must be set: an admin token and a feedback token
+        (each its own), never the placeholder every process defaults to.
+        """
+        if self.mode == "local":
+            return []
+        given = self._given_secrets()
+        return [
+            f"{_env_name(path)} is not set: the API needs its own outside local mode"
+            for path in ("serving.admin_token", "serving.feedback_token")
+            if path not in given
+        ]
 
     # Resolved locations: the defaults all live in one state folder.
     @property

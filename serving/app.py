@@ -108,6 +108,9 @@ def _check_verify_keys(settings: Settings) -> None:
 
 def _build_services(settings: Settings, metrics: ServingMetrics) -> Services:
     """The server's parts for these settings; nothing started yet."""
+    problems = settings.serving_problems()
+    if problems:
+        raise ValueError("; ".join(problems))
     _check_verify_keys(settings)
     serving = settings.serving
     if (

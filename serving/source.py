@@ -42,7 +42,7 @@ class RegistrySource:
         if self._client is None:
             from adapters import registry
 
-            self._client = registry.connect(self._settings)
+            self._client = registry.connect(self._settings, names.SERVING_ACCOUNT)
         return self._client
 
     def champion(self) -> Any:
