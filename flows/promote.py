@@ -321,7 +321,9 @@ def promote_version(
     version = str(version)
     current = registry.get_alias(client, model_name, names.CHAMPION)
     old = str(current.version) if current is not None else None
-    if old == version and _authorized(current, trusted, model_name):
+    # Already champion by a decision signed with this key: nothing to do. Signed with another trusted key
+    # (a key rotation), or not at all (a hand-moved alias the operator accepts): signed again, now.
+    if old == version and _authorized(current, VerifyKeys.of([key.public]), model_name):
         return asdict(
             Outcome(MANUAL, UNCHANGED, version, old, f"version {version} is already champion", False)
         )

@@ -19,6 +19,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.events.worker import EventsWorker
+from pydantic import SecretStr
 
 from adapters import decisions, keys, prediction_log, registry
 from adapters.prefect_api import decision_lock, prefect_api_at
@@ -467,3 +468,35 @@ def test_two_deciders_at_once_never_take_the_same_sequence(
         thread.join(timeout=120)
     assert not errors, errors
     assert sorted(taken) == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api_url")
+def test_promoting_the_champion_signs_it_again_with_a_new_key(gate_settings: Settings, data: Split) -> None:
+    """A key rotation: with the new private key and both public keys, promoting the champion re-signs it."""
+    champion = _good(gate_settings, data)
+    promote.promotion_gate(champion, gate_settings)
+    old = keys.signing_key(gate_settings)
+    new = decision_record.generate()
+    rotated = gate_settings.model_copy(
+        update={
+            "signing": gate_settings.signing.model_copy(
+                update={
+                    "private_key": SecretStr(new.private_text()),
+                    "public_keys": f"{old.public_text()},{new.public_text()}",
+                }
+            )
+        }
+    )
+    again = promote.promote_version(champion, "key rotation", by="ops", settings=rotated)
+    assert again["outcome"] == PROMOTED and again["changed"]
+    tags = _tags(gate_settings, champion)
+    assert tags[names.Tag.DECISION_SIGNATURE].startswith(f"{new.key_id}:")
+    record = decision_record.VerifyKeys.of([new.public]).verify(
+        tags[names.Tag.DECISION_RECORD], tags[names.Tag.DECISION_SIGNATURE]
+    )
+    assert (record.action, record.sequence) == (decision_record.MANUAL, 2)
+    # Signed by this key already: nothing to do.
+    assert (
+        promote.promote_version(champion, "twice", by="ops", settings=rotated)["outcome"] == promote.UNCHANGED
+    )
