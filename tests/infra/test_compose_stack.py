@@ -34,6 +34,7 @@ import httpx
 import pytest
 from stack_secrets import secret_values
 
+from adapters.registry import logged_model_id
 from infra.services import SECRET_CHECK, SERVICES, SUPERUSER_HOLDERS
 from infra.services import service as table_service
 from reggaeton.names import MODEL_NAME, REPLICA_HEADER, TUNING_POOL, Tag
@@ -510,7 +511,9 @@ def test_the_serving_account_reads_but_cannot_move_an_alias_or_register_a_versio
         champion = client.get_model_version_by_alias(MODEL_NAME, "champion")  # what it needs: reading
         for attempt in (
             lambda: client.set_registered_model_alias(MODEL_NAME, "champion", champion.version),
-            lambda: client.create_model_version(MODEL_NAME, champion.source, run_id=champion.run_id),
+            lambda: client.create_model_version(
+                MODEL_NAME, champion.source, run_id=champion.run_id, model_id=logged_model_id(champion)
+            ),
             lambda: client.set_model_version_tag(MODEL_NAME, champion.version, Tag.DECISION_RECORD, "{}"),
         ):
             with pytest.raises(MlflowException, match="403"):
@@ -542,7 +545,11 @@ def test_an_alias_moved_by_hand_is_served_by_no_replica_and_alerts_the_webhook(s
         model = client.get_model_version(MODEL_NAME, champion)
         undecided = str(
             client.create_model_version(
-                MODEL_NAME, model.source, run_id=model.run_id, tags={Tag.THRESHOLD: model.tags[Tag.THRESHOLD]}
+                MODEL_NAME,
+                model.source,
+                run_id=model.run_id,
+                tags={Tag.THRESHOLD: model.tags[Tag.THRESHOLD]},
+                model_id=logged_model_id(model),
             ).version
         )
         moved_at = time.monotonic()
@@ -560,7 +567,7 @@ def test_an_alias_moved_by_hand_is_served_by_no_replica_and_alerts_the_webhook(s
         alerted_after = time.monotonic() - moved_at
         wait_for(
             "every replica to refuse the alias",
-            lambda: set(_replica_metrics(stack, gauge).values()) == {1.0},
+            lambda: all(_metric_or_none(stack, c, gauge) == 1.0 for c in stack.containers("api")),
             30,
             every_s=1,
         )
