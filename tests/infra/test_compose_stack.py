@@ -212,7 +212,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         subprocess.run(
             [
-                *("docker", "run", "-d", "--name", receiver, "--network", network),
+                *("docker", "run", "-d", "--no-healthcheck", "--name", receiver, "--network", network),
                 *("--network-alias", TEST_RECEIVER, f"reggaeton-mlops:{env['IMAGE_TAG']}"),
                 *("python", "-m", "embedded.receiver", "--host", "0.0.0.0", "--port", "8765"),
                 *("--file", "/tmp/alerts.jsonl"),
