@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -59,10 +60,22 @@ MODEL_DESCRIPTION = (
 )
 
 
-def connect(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured tracking store and registry and return a client."""
+def connect(settings: Settings, account: str | None = None) -> MlflowClient:
+    """Point MLflow at the configured tracking store and registry and return a client.
+
+    Args:
+        settings: The settings.
+        account: The MLflow account this process acts as from now on (one of names.MLFLOW_ACCOUNTS):
+            when the settings hold its password, MLflow's client authenticates with it (its standard
+            MLFLOW_TRACKING_USERNAME/PASSWORD, read at every request). Without one, whatever the process
+            already has is kept (an open server; the operator's own credentials).
+    """
     if settings.tracking_uri.startswith("sqlite:"):
         settings.ensure_state_dir()
+    password = settings.mlflow.account_password(account) if account is not None else None
+    if account is not None and password is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = account
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password.get_secret_value()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)

@@ -90,7 +90,8 @@ class Notice:
     subject: str
     body: str
     debounce: timedelta = timedelta(0)
-    for_each: frozenset[str] = frozenset()  # labels the debounce is kept apart by
+    # Resource labels the debounce is counted per (e.g. the model version); empty: one count for all.
+    for_each: frozenset[str] = frozenset()
 
 
 # Model events that only notify: (event, automation suffix, subject, description).
@@ -161,7 +162,18 @@ def notices(settings: Settings) -> list[Notice]:
         )
         for event, suffix, subject, description in _MODEL_NOTICES
     ]
-    return [degraded, suppressed, *model_events, flow_run_failed]
+    unauthorized = Notice(
+        name=f"{PREFIX}-notify-unauthorized-champion",
+        description="The champion alias points at a version no signed decision made champion; the API "
+        "keeps serving the current champion. `reggaeton promote` accepts it, `reggaeton rollback` goes back.",
+        events=frozenset({Event.UNAUTHORIZED_CHAMPION}),
+        subject="[reggaeton] champion alias moved without a decision: not served",
+        body=_MODEL_EVENT_BODY,
+        # Every API replica reports the move: one notification per version moved to, per window.
+        debounce=timedelta(seconds=settings.prefect.debounce_s),
+        for_each=frozenset({Event.VERSION_LABEL}),
+    )
+    return [degraded, suppressed, *model_events, unauthorized, flow_run_failed]
 
 
 def to_automation(notice: Notice, block_document_id: UUID) -> AutomationCore:

@@ -38,7 +38,7 @@ class MonitorSummary:
 @task(cache_policy=NO_CACHE)
 def champion_reference(settings: Settings) -> tuple[str, Any] | None:
     """The champion's version and reference set, or None without a champion."""
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.MONITORING_ACCOUNT)
     version = registry.get_alias(client, settings.mlflow.model_name, names.CHAMPION)
     if version is None:
         return None
@@ -103,7 +103,7 @@ def record(
     state: VersionState,
 ) -> MonitorSummary:
     """Store results, render the plot, log the MLflow run, publish the Prefect artifact."""
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.MONITORING_ACCOUNT)
     experiment_id = registry.ensure_experiment(client, settings.mlflow.monitoring_experiment, settings)
     run_id = pipeline.start_mlflow_run(client, experiment_id, window.model_version)
     stored = pipeline.save(

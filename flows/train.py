@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 
 from adapters import registry, tracking, traffic
 from flows import tune
-from reggaeton import tuning
+from reggaeton import names, tuning
 from reggaeton.data import (
     Dataset,
     Split,
@@ -243,7 +243,9 @@ def run_steps(
     """Data -> split -> parent run -> tuning -> fit and evaluate -> register; the run is closed either way."""
     dataset = steps.load_data(settings, extra_training_frame)
     parts = steps.split(settings, dataset)
-    client = registry.connect(settings)  # also points MLflow's fluent API at the store, for every step
+    client = registry.connect(
+        settings, names.TRAINING_ACCOUNT
+    )  # also points MLflow's fluent API at the store, for every step
     run = steps.start_run(client, settings, dataset, parts, flow_run_id, request_id)
     run_id = run.run_id
     try:

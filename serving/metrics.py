@@ -55,6 +55,23 @@ class ServingMetrics:
             ["outcome"],
             registry=r,
         )
+        self.unauthorized = Counter(
+            "reggaeton_unauthorized_champions",
+            "Times the champion alias was found pointing at a version no signed decision made champion "
+            "(one per move; the version was not served).",
+            registry=r,
+        )
+        self.unauthorized_version = Gauge(
+            "reggaeton_champion_alias_unauthorized",
+            "1 for the version the champion alias points at while no signed decision authorizes it.",
+            ["version"],
+            registry=r,
+        )
+        self.decision_sequence = Gauge(
+            "reggaeton_served_decision_sequence",
+            "Sequence of the signed decision record of the version being served (0: none).",
+            registry=r,
+        )
         self.model_batch_rows = Histogram(
             "reggaeton_model_batch_rows",
             "Rows per model call (micro-batching).",
@@ -133,9 +150,16 @@ class ServingMetrics:
         except ValueError:
             self.champion_degraded_since.set(0)
 
-    def set_served(self, version: str, source: str, loaded_at: float) -> None:
+    def set_served(self, version: str, source: str, loaded_at: float, sequence: int | None) -> None:
         """Point the version gauge at a newly served version."""
         self.model_version.clear()
         self.model_version.labels(model_version=version, source=source).set(1)
         self.model_loaded_at.set(loaded_at)
         self.positive_rate.set(0)
+        self.decision_sequence.set(sequence or 0)
+
+    def set_unauthorized(self, version: str | None) -> None:
+        """The alias's unauthorized version (None: the alias is authorized)."""
+        self.unauthorized_version.clear()
+        if version is not None:
+            self.unauthorized_version.labels(version=version).set(1)

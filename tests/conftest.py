@@ -91,6 +91,24 @@ def original_data() -> Path:
     pytest.skip(f"original challenge data not found at {ORIGINAL_DATA} (set REGGAETON_TEST_DATA)")
 
 
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """The local alert receiver in a thread on a free port: (its port, its alerts file)."""
+    import threading
+
+    from embedded.receiver import make_server
+
+    path = tmp_path / "alerts.jsonl"
+    server = make_server(path)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port, path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="session")
 def prefect_api_url() -> Iterator[str]:
     """A real Prefect server (subprocess, temporary database) for the whole test session."""

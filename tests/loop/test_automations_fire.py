@@ -5,9 +5,8 @@ kept per model version."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from prefect.states import Running
 from adapters import prefect_events
 from adapters.prefect_api import prefect_api
 from embedded.manual import wait_until
-from embedded.receiver import make_server, read_alerts
+from embedded.receiver import read_alerts
 from flows import deploy
 from flows.automations import apply_automations
 from monitoring.events import emit_alerts
@@ -34,19 +33,6 @@ from reggaeton.names import MODEL_NAME, Event
 from reggaeton.settings import Settings
 
 RESOURCE = {"prefect.resource.id": f"{Event.RESOURCE_PREFIX}.{MODEL_NAME}"}
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    path = tmp_path / "alerts.jsonl"
-    server = make_server(path)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port, path
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _emit(settings: Settings, name: str, count: int = 1, **payload: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def test_notices_cover_every_event_of_the_contract() -> None:
         Event.RELOAD_FAILED,
         Event.LOG_UNAVAILABLE,
         Event.LOG_RECOVERED,
+        Event.UNAUTHORIZED_CHAMPION,
     } <= covered
     assert automations.FLOW_RUN_FAILED in covered
 
@@ -143,6 +145,14 @@ def test_degraded_notice_is_debounced_like_the_retrain_per_version() -> None:
     config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
     assert not train.get("triggers")
+
+
+def test_unauthorized_champion_notifies_once_per_version_moved_to() -> None:
+    # Every API replica reports the same move: one notification per version and window, not per replica.
+    [notice] = [n for n in automations.notices(Settings()) if Event.UNAUTHORIZED_CHAMPION in n.events]
+    assert notice.for_each == {Event.VERSION_LABEL} and notice.debounce > timedelta(0)
+    trigger = automations.to_automation(notice, uuid.uuid4()).trigger
+    assert trigger.for_each == {Event.VERSION_LABEL}
 
 
 def test_weekly_retrain_is_anchored_on_monday_0300_utc() -> None:

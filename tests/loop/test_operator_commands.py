@@ -37,6 +37,7 @@ EXCLUDED: dict[str, str] = {
     "make test": "the test suite itself",
     "make bench-": "benchmarks: minutes of load, measured by hand (`make bench-*`), never in the suite",
     "cp .env.example .env": "compose set-up: writes .env into the checkout",
+    ".venv/bin/python -m infra.check_secrets --new-env": "compose set-up: writes .env into the checkout",
     "docker-compose": "the compose stack: tests/infra/test_compose_stack.py brings it up (Docker)",
     ".venv/bin/reggaeton --stack compose": "needs the compose stack up (Docker), not the local one",
     "cd infra": "Pulumi: another stack (tests/infra/test_pulumi.py checks the program with Pulumi's mocks)",

@@ -192,21 +192,22 @@ def test_openapi_has_the_challenge_examples(served: Server) -> None:
     assert spec["components"]["schemas"]["Song"]["properties"]["loudness"]["maximum"] == 0
 
 
-def test_feedback_needs_admin_token(served: Server) -> None:
+def test_feedback_and_admin_need_each_their_own_token(served: Server) -> None:
     with served.client() as client:
         pid = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
-        missing = client.post("/feedback", json={"prediction_id": pid, "label": 1})
-        wrong = client.post(
-            "/feedback",
-            json={"prediction_id": pid, "label": 1},
-            headers={"Authorization": "Bearer nope-ñ".encode()},
-        )
+        label = {"prediction_id": pid, "label": 1}
+        missing = client.post("/feedback", json=label)
+        wrong = client.post("/feedback", json=label, headers={"Authorization": "Bearer nope-ñ".encode()})
+        # One credential per purpose: the admin token sends no labels, the feedback token reloads nothing.
+        admin_labels = client.post("/feedback", json=label, headers=served.admin_headers())
         reload_ = client.post("/admin/reload")
+        feedback_reloads = client.post("/admin/reload", headers=served.feedback_headers())
     assert missing.status_code == wrong.status_code == reload_.status_code == 401
+    assert admin_labels.status_code == feedback_reloads.status_code == 401
 
 
 def test_feedback_records_once_and_repeats_idempotently(served: Server) -> None:
-    with served.client(headers=served.admin_headers()) as client:
+    with served.client(headers=served.feedback_headers()) as client:
         pid = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
         first = client.post("/feedback", json={"prediction_id": pid, "label": 1})
         again = client.post("/feedback", json={"prediction_id": pid, "label": 1})
@@ -233,7 +234,7 @@ def test_admin_reload_reports_unchanged(served: Server, registry_versions: Regis
 
 
 def test_predictions_are_logged(served: Server) -> None:
-    with served.client(headers=served.admin_headers()) as client:
+    with served.client(headers=served.feedback_headers()) as client:
         ids = [p["id"] for p in client.post("/predict", json=list(EXAMPLE_SONGS)).json()["predictions"]]
         # Feedback waits for the log to be flushed, so afterwards the rows are visible.
         client.post("/feedback", json={"prediction_id": ids[0], "label": 0})
