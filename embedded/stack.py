@@ -574,6 +574,12 @@ def up(
     """
     from adapters import keys
 
+    by_name = {service.name: service for service in SERVICES}
+    # Every port first: a port held by another program stops `up` before anything is made or started.
+    for name in names:
+        record = read_record(settings, name)
+        if record is None or not record.is_running():
+            already_there(by_name[name], settings, chosen)
     settings.ensure_state_dir()
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
     key = keys.signing_key(settings)  # the state folder's pair, created when missing
@@ -582,12 +588,6 @@ def up(
     running = any(value.startswith("running") for value in status(settings).values())
     if not running or read_endpoints(settings) is None:
         endpoints_path(settings).write_text(json.dumps(endpoints(settings), indent=2) + "\n")
-    by_name = {service.name: service for service in SERVICES}
-    # Every port first: a port held by another program stops `up` before anything started.
-    for name in names:
-        record = read_record(settings, name)
-        if record is None or not record.is_running():
-            already_there(by_name[name], settings, chosen)
     outcome: dict[str, str] = {}
     for phase in PHASES:
         outcome.update(start([by_name[name] for name in phase if name in names], settings, chosen))

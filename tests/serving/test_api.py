@@ -279,7 +279,7 @@ def test_feedback_for_an_archived_prediction_is_gone_not_unknown(served: Server)
         engine.dispose()
     (archived,) = time_ordered_ids(1, int((cutoff - timedelta(hours=1)).timestamp() * 1000))
     (never_issued,) = time_ordered_ids(1, int(datetime.now(UTC).timestamp() * 1000))
-    with served.client(headers=served.admin_headers()) as client:
+    with served.client(headers=served.feedback_headers()) as client:
         live = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
         gone = client.post("/feedback", json={"prediction_id": archived, "label": 1})
         unknown = client.post("/feedback", json={"prediction_id": never_issued, "label": 1})
