@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -41,6 +43,8 @@ from adapters.prefect_url import api_url
 from reggaeton import names
 from reggaeton.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def prefect_api_at(url: str) -> Iterator[None]:
@@ -66,16 +70,48 @@ DECISION_LOCK_WAIT_S = 300.0
 DECISION_LOCK_LEASE_S = 60.0
 
 
+class DecisionLockTimeout(TimeoutError):
+    """Another decider held the decision slot for the whole wait."""
+
+
+def _take_decision_slot(client: SyncPrefectClient, wait_s: float, lease_s: float) -> UUID:
+    """The lease of the one decision slot, waiting (as the server's Retry-After says) up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[names.DECISION_LOCK], slots=1, mode="concurrency", lease_duration=lease_s
+            )
+            return UUID(str(response.json()["lease_id"]))
+        except httpx.HTTPStatusError as exc:
+            left = deadline - time.monotonic()
+            if exc.response.status_code != httpx.codes.LOCKED:
+                raise
+            if left <= 0:
+                raise DecisionLockTimeout(
+                    f"another decision held {names.DECISION_LOCK!r} for {wait_s:.0f} s"
+                ) from exc
+            retry_after = float(exc.response.headers.get("Retry-After") or 1.0)
+            time.sleep(min(max(retry_after, 0.2), left))
+
+
 @contextlib.contextmanager
-def decision_lock(wait_s: float = DECISION_LOCK_WAIT_S) -> Iterator[None]:
+def decision_lock(
+    wait_s: float = DECISION_LOCK_WAIT_S, lease_s: float = DECISION_LOCK_LEASE_S
+) -> Iterator[None]:
     """Hold the one decision slot (a Prefect global concurrency limit) on the configured Prefect API.
 
     Every decider (the gate, the operator's promote and rollback, the upgrade's adoption) numbers,
     signs and applies its decision inside this block, so two never take the same sequence number and
-    the champion alias never moves back to an older decision.
+    the champion alias never moves back to an older decision. The slot is a lease renewed while the
+    block runs; a decider that dies frees it when the lease ends. Taken with this call's own client
+    (the API of the current settings): Prefect's process-wide concurrency service keeps the first API
+    it talked to, so a process that changes stacks (a test session) had it try a server long gone.
+
+    Raises:
+        DecisionLockTimeout: another decider held it for ``wait_s``.
     """
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
 
     with get_client(sync_client=True) as client:
         try:
@@ -86,14 +122,27 @@ def decision_lock(wait_s: float = DECISION_LOCK_WAIT_S) -> Iterator[None]:
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=names.DECISION_LOCK, limit=1)
                 )
-    with concurrency(
-        names.DECISION_LOCK,
-        occupy=1,
-        timeout_seconds=wait_s,
-        lease_duration=DECISION_LOCK_LEASE_S,
-        strict=True,
-    ):
-        yield
+        lease = _take_decision_slot(client, wait_s, lease_s)
+        done = threading.Event()
+        context = contextvars.copy_context()  # the renewing thread talks to the same API
+
+        def renew() -> None:
+            with get_client(sync_client=True) as renewer:
+                while not done.wait(lease_s / 3):
+                    try:
+                        renewer.renew_concurrency_lease(lease, lease_duration=lease_s)
+                    except Exception as exc:  # the server is away: the lease may lapse meanwhile
+                        logger.warning("could not renew the decision lease: %s", exc)
+
+        renewing = threading.Thread(target=context.run, args=(renew,), name="decision-lease", daemon=True)
+        renewing.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewing.join()
+            with contextlib.suppress(Exception):  # unreleased, it ends with its lease
+                client.release_concurrency_slots_with_lease(lease)
 
 
 def find_deployment(client: SyncPrefectClient, name: str) -> UUID | None:
