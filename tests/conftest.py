@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """Under ``--dist loadgroup`` (``make test``): longest units first, one at a time per worker."""
     return make_scheduler(config, log) if config.getvalue("dist") == "loadgroup" else None
+
+
+@pytest.fixture(autouse=True)
+def _prefect_workers_end_with_the_test() -> Iterator[None]:
+    """Prefect's process-wide event and log workers end with each test that started them.
+
+    Each keeps the API of its first use (a local server's events client takes the URL when it starts):
+    on a pytest-xdist worker, the tests that follow, on the session's server or on a stack of their own,
+    would have their events (task run states among them) and logs sent to a server long gone.
+    """
+    yield
+    if "prefect.events.worker" in sys.modules:
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=10)
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
 
 
 @pytest.fixture
