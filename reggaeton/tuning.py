@@ -488,9 +488,11 @@ def tune(
 
         def optimize(trials: int, jobs: int) -> None:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # A trial whose parameters cannot fit this data (SMOTE needs more positives in a training
+            # fold than its neighbours, on a small data set) fails alone; the study goes on.
             study.optimize(
                 run, n_trials=trials, timeout=remaining, n_jobs=jobs, callbacks=called,
-                show_progress_bar=progress_bar,
+                show_progress_bar=progress_bar, catch=(ValueError,),
             )  # fmt: skip
 
         run = objective(score, families, folds=folds * repeats, worker=worker)

@@ -65,7 +65,9 @@ def _settings(
 ) -> Settings:  # fmt: skip
     return Settings(
         state_dir=state,
-        data=DataSettings(synthetic_rows=600, include_feedback=False),
+        # Enough positives that every trial fits (SMOTE needs 6 in a training fold): the stable split is by
+        # hash, not stratified, so a small sample can hold out more than its share of them.
+        data=DataSettings(synthetic_rows=1000, include_feedback=False),
         prefect=PrefectSettings(api_url=prefect_api_url, tuning_pool=tuning_pool),
         training=TrainingSettings(
             n_trials=4,
