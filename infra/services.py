@@ -306,7 +306,11 @@ SERVICES: tuple[Service, ...] = (
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         },
         ports=(Port(5000, "${MLFLOW_PORT:-5000}"),),
-        healthcheck=_http_check("http://127.0.0.1:5000/health"),
+        # Its first start creates two databases' tables (tracking, then the auth app's): ~1 min on a quiet
+        # machine, over 3 on a busy one. Probes failing meanwhile do not count against it.
+        healthcheck=Healthcheck(
+            ("python", "-m", "infra.healthcheck", "http://127.0.0.1:5000/health"), start_period_s=300
+        ),
         depends_on={POSTGRES_ROLES: "service_completed_successfully"},
         volumes={"mlartifacts": "/mlartifacts"},
         memory_mb=1536,
