@@ -37,7 +37,7 @@ for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads, "1")
 
 # Tests that use these fixtures start servers, so they are not in the fast tier (`make test-fast`).
-SERVER_FIXTURES = {"prefect_api_url": "prefect"}
+SERVER_FIXTURES = {"prefect_api_url": "prefect", "postgres_server_url": "slow"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -91,6 +91,24 @@ def original_data() -> Path:
     pytest.skip(f"original challenge data not found at {ORIGINAL_DATA} (set REGGAETON_TEST_DATA)")
 
 
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """The local alert receiver in a thread on a free port: (its port, its alerts file)."""
+    import threading
+
+    from embedded.receiver import make_server
+
+    path = tmp_path / "alerts.jsonl"
+    server = make_server(path)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port, path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="session")
 def prefect_api_url() -> Iterator[str]:
     """A real Prefect server (subprocess, temporary database) for the whole test session."""
@@ -99,3 +117,20 @@ def prefect_api_url() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A real Postgres server for the session (tests/postgres_support.py); tests make their own databases."""
+    from postgres_support import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> str:
+    """A fresh, empty Postgres database of this test."""
+    from postgres_support import fresh_database
+
+    return fresh_database(postgres_server_url)

@@ -6,6 +6,7 @@ import json
 import math
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 from serving_support import Registry, Server, make_settings, run_server
 from sqlalchemy import func, select
 
-from adapters.prediction_log import make_engine, predictions
+from adapters.prediction_log import ROUTE, ROUTE_CHAMPION, archive_parts, make_engine, predictions
+from reggaeton.ids import issued_at, time_ordered_ids
 from reggaeton.names import REPLICA_HEADER
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, INVALID_EXAMPLE_SONG
 
@@ -139,6 +141,48 @@ def test_metrics_count_requests_and_predictions(served: Server) -> None:
     assert "reggaeton_prediction_log_queue_full_total 0.0" in text
 
 
+def test_metrics_show_the_champion_degraded_while_monitoring_holds_it_so(
+    served: Server, registry_versions: Registry
+) -> None:
+    """The monitor puts its state on the champion version; the API's next poll shows it (issue 26)."""
+    from adapters import registry
+    from embedded.manual import wait_until
+
+    settings = registry_versions.settings
+    client = registry.connect(settings)
+    version = registry_versions.good[0]
+
+    def degraded_gauge() -> str | None:
+        text = httpx.get(served.url + "/metrics", timeout=5).text
+        found = [line for line in text.splitlines() if line.startswith("reggaeton_champion_degraded")]
+        return "\n".join(found) if found else None
+
+    def showing(expected: str) -> str | None:
+        text = degraded_gauge()
+        return text if text and expected in text else None
+
+    try:
+        registry.set_monitoring_state(
+            client, settings.mlflow.model_name, version, "degraded", "2026-12-06T12:07:00+00:00"
+        )
+        shown = wait_until(
+            "the degraded champion on /metrics",
+            lambda: showing(f'{{model_version="{version}"}} 1.0'),
+            15,
+            0.2,
+        )
+        assert "reggaeton_champion_degraded_since_timestamp_seconds 1.79655882e+09" in shown
+        registry.set_monitoring_state(client, settings.mlflow.model_name, version, "ok", "")
+        wait_until(
+            "the recovered champion on /metrics",
+            lambda: showing(f'{{model_version="{version}"}} 0.0'),
+            15,
+            0.2,
+        )
+    finally:
+        registry.set_monitoring_state(client, settings.mlflow.model_name, version, "ok", "")
+
+
 def test_openapi_has_the_challenge_examples(served: Server) -> None:
     with served.client() as client:
         spec = client.get("/openapi.json").json()
@@ -148,21 +192,22 @@ def test_openapi_has_the_challenge_examples(served: Server) -> None:
     assert spec["components"]["schemas"]["Song"]["properties"]["loudness"]["maximum"] == 0
 
 
-def test_feedback_needs_admin_token(served: Server) -> None:
+def test_feedback_and_admin_need_each_their_own_token(served: Server) -> None:
     with served.client() as client:
         pid = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
-        missing = client.post("/feedback", json={"prediction_id": pid, "label": 1})
-        wrong = client.post(
-            "/feedback",
-            json={"prediction_id": pid, "label": 1},
-            headers={"Authorization": "Bearer nope-ñ".encode()},
-        )
+        label = {"prediction_id": pid, "label": 1}
+        missing = client.post("/feedback", json=label)
+        wrong = client.post("/feedback", json=label, headers={"Authorization": "Bearer nope-ñ".encode()})
+        # One credential per purpose: the admin token sends no labels, the feedback token reloads nothing.
+        admin_labels = client.post("/feedback", json=label, headers=served.admin_headers())
         reload_ = client.post("/admin/reload")
+        feedback_reloads = client.post("/admin/reload", headers=served.feedback_headers())
     assert missing.status_code == wrong.status_code == reload_.status_code == 401
+    assert admin_labels.status_code == feedback_reloads.status_code == 401
 
 
 def test_feedback_records_once_and_repeats_idempotently(served: Server) -> None:
-    with served.client(headers=served.admin_headers()) as client:
+    with served.client(headers=served.feedback_headers()) as client:
         pid = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
         first = client.post("/feedback", json={"prediction_id": pid, "label": 1})
         again = client.post("/feedback", json={"prediction_id": pid, "label": 1})
@@ -189,7 +234,7 @@ def test_admin_reload_reports_unchanged(served: Server, registry_versions: Regis
 
 
 def test_predictions_are_logged(served: Server) -> None:
-    with served.client(headers=served.admin_headers()) as client:
+    with served.client(headers=served.feedback_headers()) as client:
         ids = [p["id"] for p in client.post("/predict", json=list(EXAMPLE_SONGS)).json()["predictions"]]
         # Feedback waits for the log to be flushed, so afterwards the rows are visible.
         client.post("/feedback", json={"prediction_id": ids[0], "label": 0})
@@ -204,7 +249,45 @@ def test_predictions_are_logged(served: Server) -> None:
     by_id = {row["id"]: row for row in rows}
     assert by_id[ids[1]]["loudness"] == EXAMPLE_SONGS[1]["loudness"]
     assert all(math.isfinite(row["probability"]) for row in rows)
+    assert {row[ROUTE] for row in rows} == {ROUTE_CHAMPION}
+    # Ids are time-ordered: each tells its row's creation time, to the millisecond.
+    for row in rows:
+        created = row["created_at"].replace(tzinfo=UTC)
+        assert issued_at(row["id"]) == created.replace(microsecond=created.microsecond // 1000 * 1000)
     assert total > len(ids)
+
+
+def test_feedback_for_an_archived_prediction_is_gone_not_unknown(served: Server) -> None:
+    # The manifest row a retention run leaves: predictions before the cutoff were archived and deleted.
+    cutoff = datetime(2026, 1, 1, tzinfo=UTC)
+    engine = make_engine(served.settings.prediction_log_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                archive_parts.insert().values(
+                    part="predictions/date=2025-12-31/part-test.parquet",
+                    source=predictions.name,
+                    rows=1,
+                    first_created_at=cutoff - timedelta(days=1),
+                    last_created_at=cutoff - timedelta(days=1),
+                    cutoff=cutoff,
+                    written_at=cutoff,
+                    deleted_at=cutoff,
+                )
+            )
+    finally:
+        engine.dispose()
+    (archived,) = time_ordered_ids(1, int((cutoff - timedelta(hours=1)).timestamp() * 1000))
+    (never_issued,) = time_ordered_ids(1, int(datetime.now(UTC).timestamp() * 1000))
+    with served.client(headers=served.feedback_headers()) as client:
+        live = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
+        gone = client.post("/feedback", json={"prediction_id": archived, "label": 1})
+        unknown = client.post("/feedback", json={"prediction_id": never_issued, "label": 1})
+        recorded = client.post("/feedback", json={"prediction_id": live, "label": 1})
+    assert gone.status_code == 410, gone.text
+    assert "archived" in gone.json()["detail"] and "2026-01-01" in gone.json()["detail"]
+    assert unknown.status_code == 404
+    assert recorded.status_code == 200
 
 
 def test_api_key_guards_predict_when_configured(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import Sequence
@@ -14,11 +15,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from serving_support import decided
 from sklearn.linear_model import LogisticRegression
 from sqlalchemy import Engine, create_engine, func, select
 from starlette.datastructures import State
 
-from adapters.prediction_log import create_tables, make_engine, predictions
+from adapters.prediction_log import (
+    ROUTE,
+    ROUTE_CANARY,
+    ROUTE_CHAMPION,
+    create_tables,
+    make_engine,
+    predictions,
+)
+from reggaeton import decision_record
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES
 from reggaeton.servable import examples_array
 from reggaeton.settings import Settings
@@ -26,7 +36,7 @@ from serving.batching import MicroBatcher
 from serving.cache import ModelCache
 from serving.fast_path import PredictFastPath
 from serving.holder import ModelCheckError, ModelHolder, ServedModel, prepared
-from serving.log_rows import LogEntry
+from serving.log_rows import LogEntry, encode
 from serving.log_writer import LogUnavailableError, PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.middleware import MetricsMiddleware
@@ -357,6 +367,51 @@ def test_a_journal_left_behind_is_replayed_exactly_once(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_a_journal_line_of_the_previous_version_replays_as_the_champions(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    create_tables(engine)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    # A line exactly as the server before routes wrote it (no "r"), then a canary's line of today.
+    old = {
+        "t": "2026-12-01T10:00:00+00:00",
+        "n": "m",
+        "v": "1",
+        "ids": ["old-a", "old-b"],
+        "x": [[0.5] * 7, [0.25] * 7],
+        "p": [0.1, 0.9],
+        "y": [0, 1],
+    }
+    canary = _entry(7)
+    canary.route = ROUTE_CANARY
+    segment = spool / "segment-000000000001.jsonl"
+    segment.write_bytes(json.dumps(old).encode() + b"\n" + encode(canary))
+
+    async def run() -> None:
+        writer = PredictionLogWriter(
+            engine,
+            ServingMetrics(),
+            capacity_rows=100,
+            batch_rows=10,
+            flush_interval_s=0.01,
+            journal=Journal(spool, max_bytes=1 << 20, segment_bytes=1 << 16),
+        )
+        writer.start()
+        await writer.flush()
+        await writer.close()
+
+    asyncio.run(run())
+    with engine.connect() as connection:
+        routes = dict(connection.execute(select(predictions.c.id, predictions.c[ROUTE])).all())
+    assert routes == {
+        "old-a": ROUTE_CHAMPION,
+        "old-b": ROUTE_CHAMPION,
+        "7-a": ROUTE_CANARY,
+        "7-b": ROUTE_CANARY,
+    }
+    engine.dispose()
+
+
 @pytest.mark.parametrize("paramstyle", ["qmark", "named"])
 def test_log_rows_round_trip_with_positional_and_named_parameters(tmp_path: Path, paramstyle: str) -> None:
     # The writer runs a pre-compiled INSERT on the driver: check both parameter styles a dialect may use.
@@ -403,16 +458,18 @@ def test_prepared_refuses_nan_and_bad_threshold() -> None:
 
 
 def test_cache_round_trip_and_other_model_ignored(tmp_path: Path) -> None:
+    key = decision_record.generate()
+    trusted = decision_record.VerifyKeys.of([key.public])
     cache = ModelCache(tmp_path / "cache")
-    assert cache.load("m") is None
+    assert cache.load("m", trusted) is None
     model = _CountingModel()
-    cache.save(_served(model, version="7"))
-    loaded = cache.load("m")
+    cache.save(dataclasses.replace(_served(model, version="7"), **decided("m", "7", key)))
+    loaded = cache.load("m", trusted)
     assert loaded is not None and loaded.version == "7" and loaded.source == "cache"
     np.testing.assert_allclose(
         loaded.probabilities(examples_array()), _served(model).probabilities(examples_array())
     )
-    assert cache.load("another-model") is None
+    assert cache.load("another-model", trusted) is None
 
 
 def test_one_spool_folder_serves_one_server_at_a_time(tmp_path: Path) -> None:
