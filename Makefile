@@ -11,6 +11,8 @@ export UV_NATIVE_TLS ?= 1
 export UV_PYTHON_DOWNLOADS ?= never
 export NML_DISABLE_USAGE_LOGGING := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# MkDocs Material prints an end-of-life notice on every build.
+export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: help
 help: ## Show this help
@@ -47,10 +49,18 @@ deploy: install ## Work pool, deployments (prefect.yaml) and automations; idempo
 down: ## Stop exactly the processes the stack started (by their PID files)
 	@if [ -x $(BIN)/reggaeton ]; then $(BIN)/reggaeton down; fi
 
+.PHONY: docs
+docs: install ## Serve the documentation site on http://127.0.0.1:8001 (README, runbook, CLI reference...)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+.PHONY: docs-build
+docs-build: install ## Build the documentation site strictly (a broken link or a missing page fails; CI)
+	$(BIN)/mkdocs build --strict --site-dir $(or $(SITE_DIR),site)
+
 .PHONY: lock
 lock: uv ## Re-resolve the lockfiles from pyproject.toml
 	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c constraints.txt pyproject.toml -o requirements.lock
-	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c constraints.txt --extra dev --extra infra pyproject.toml -o requirements-dev.lock
+	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c constraints.txt --extra dev --extra infra --extra docs pyproject.toml -o requirements-dev.lock
 	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes -c requirements.lock requirements-serving.in -o requirements-serving.lock
 
 .PHONY: lint

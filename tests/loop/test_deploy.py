@@ -104,7 +104,7 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
 def test_a_failing_deployment_is_named_and_the_others_still_deploy(
     project: Path, loop_settings: Settings
 ) -> None:
-    """The `prefect deploy` commands run at once: one failing fails the call, naming it, after all ended."""
+    """One `prefect deploy --all`: a deployment that fails fails the call, with Prefect's words; the others deploy."""
     (project / "flows" / "monitor.py").write_text("# the monitor flow went missing\n")
     pool = "reggaeton-pool-broken"
     settings = loop_settings.model_copy(
@@ -112,7 +112,7 @@ def test_a_failing_deployment_is_named_and_the_others_still_deploy(
     )
     deploy.ensure_work_pool(settings)
     deploy.ensure_work_pool(settings, settings.prefect.tuning_pool)
-    with pytest.raises(RuntimeError, match=r"prefect deploy --name monitor failed") as failed:
+    with pytest.raises(RuntimeError, match=r"prefect deploy --all failed") as failed:
         deploy.deploy_all(settings, project_dir=project)
     assert "'monitor' not found in 'flows/monitor.py'" in str(failed.value)  # Prefect's own output
     with prefect_api(settings), get_client(sync_client=True) as client:
@@ -174,6 +174,7 @@ def test_prefect_yaml_agrees_with_settings() -> None:
         "flows/monitor.py:monitor",
         "flows/tune.py:tune_study",
         "flows/score_catalogue.py:score_catalogue",
+        "flows/retention.py:retention",
     }
 
 
