@@ -104,7 +104,7 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
 def test_a_failing_deployment_is_named_and_the_others_still_deploy(
     project: Path, loop_settings: Settings
 ) -> None:
-    """One `prefect deploy --all`: a deployment that fails fails the call, with Prefect's words; the others deploy."""
+    """One `prefect deploy --all`: a failing deployment fails the call (Prefect's words); the rest deploy."""
     (project / "flows" / "monitor.py").write_text("# the monitor flow went missing\n")
     pool = "reggaeton-pool-broken"
     settings = loop_settings.model_copy(
