@@ -6,6 +6,7 @@
 #   docker-offline.sh engine                 install docker.io + docker-compose, start dockerd
 #   docker-offline.sh python [TAG]           stand-in for python:3.11-slim   (default TAG python:3.11-slim)
 #   docker-offline.sh postgres [TAG]         stand-in for the official postgres image (default TAG postgres:15)
+#   docker-offline.sh images                 both stand-ins (the engine already started)
 #   docker-offline.sh all                    all three
 #
 # The stand-ins are Debian bookworm root filesystems made with debootstrap from the machine's own
@@ -173,6 +174,7 @@ case "${1:-all}" in
   engine) engine ;;
   python) python_image "${2:-}" ;;
   postgres) postgres_image "${2:-}" ;;
+  images) python_image; postgres_image ;;
   all) engine; python_image; postgres_image ;;
-  *) echo "usage: $0 engine|python [TAG]|postgres [TAG]|all" >&2; exit 2 ;;
+  *) echo "usage: $0 engine|python [TAG]|postgres [TAG]|images|all" >&2; exit 2 ;;
 esac

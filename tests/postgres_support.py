@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from images_ready import wait_for_images
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -140,6 +141,7 @@ def postgres_server() -> Iterator[str]:
         with _local_cluster(binaries) as url:
             yield url
         return
+    wait_for_images()  # CI may still be building the image beside the tests
     if _docker_image():
         with _container() as url:
             yield url

@@ -84,3 +84,21 @@ def test_stored_times_merge_with_the_units_of_this_run(tmp_path: Path) -> None:
         )  # type: ignore[arg-type]
     recorder.store(path)
     assert stored_durations(path) == {"tests/old.py": 12.0, "tests/a.py": 5.0, "g": 4.5}
+
+
+def test_a_test_that_needs_the_images_waits_for_their_background_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from images_ready import READY_ENV, wait_for_images
+
+    monkeypatch.delenv(READY_ENV, raising=False)
+    wait_for_images(timeout_s=0)  # not under CI's background build: nothing to wait for
+    marker = tmp_path / "images-ready"
+    monkeypatch.setenv(READY_ENV, str(marker))
+    with pytest.raises(pytest.fail.Exception, match="not built within 0 s"):
+        wait_for_images(timeout_s=0)
+    marker.write_text("3\n")
+    with pytest.raises(pytest.fail.Exception, match=r"failed \(exit 3\)"):
+        wait_for_images(timeout_s=0)
+    marker.write_text("0\n")
+    wait_for_images(timeout_s=0)

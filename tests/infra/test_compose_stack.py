@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from images_ready import wait_for_images
 from stack_secrets import secret_values
 
 from adapters.registry import logged_model_id
@@ -183,6 +184,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.skip(f"compose stack test skipped: {problem}")
     command = compose_command()
     assert command is not None
+    wait_for_images()  # CI may still be building the stand-in base images beside the tests
     project = f"reggaeton-test-{os.getpid()}"
     env = {
         **secret_values(secrets.token_urlsafe(12)),
