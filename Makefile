@@ -50,7 +50,7 @@ down: ## Stop exactly the processes the stack started (by their PID files)
 	@if [ -x $(BIN)/reggaeton ]; then $(BIN)/reggaeton down; fi
 
 .PHONY: docs
-docs: install ## Serve the documentation site on http://127.0.0.1:8001 (README, runbook, CLI reference...)
+docs: install ## Serve the documentation site on http://127.0.0.1:8001 (README, architecture, runbook, benchmarks, CLI...)
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 .PHONY: docs-build
@@ -88,7 +88,7 @@ N ?= 3
 PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 # The fast tier: core, adapters, serving, monitoring and command-line units; SQLite and in-process
 # uvicorn, no Prefect or MLflow server, no stack, no containers.
-FAST_TESTS := tests/reggaeton tests/adapters tests/serving tests/monitoring tests/cli tests/test_contracts.py tests/test_layers.py tests/test_scheduling.py
+FAST_TESTS := tests/reggaeton tests/adapters tests/serving tests/monitoring tests/cli tests/test_contracts.py tests/test_layers.py tests/test_scheduling.py tests/test_docs.py
 FAST_MARKERS := not slow and not docker and not prefect
 
 .PHONY: test

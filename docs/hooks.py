@@ -1,9 +1,10 @@
 """MkDocs hooks: the README as the site's home page and the CLI reference from ``reggaeton --help``.
 
 Both pages are generated at build time, never committed: the site cannot drift from the README or
-from the command line. Every page's links are written for the repository (GitHub renders them there):
-on the site a link to another page becomes a link to that page, and a link to a file the site does not
-hold (``prefect.yaml``, ``infra/``) becomes the file's path in code, so strict builds find no broken link.
+from the command line. Every page is written for the repository (GitHub renders it there): on the site a
+link to another page becomes a link to that page, a link to a file the site does not hold
+(``prefect.yaml``, ``infra/``) becomes the file's path in code, so strict builds find no broken link, and
+lists read as GitHub reads them (see ``github_lists``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 # [text](target) where target is relative (not a URL, not an anchor of the same page).
 LINK = re.compile(r"\[([^\]]*)\]\((?!https?://|#|mailto:)([^)\s]+)\)")
+# The start of a list item: a bullet, or the number of an ordered list.
+LIST_ITEM = re.compile(r"^( *)([-*+]|\d+\.) ")
 
 
 def _source_of(page: Page) -> Path:
@@ -38,7 +41,41 @@ def _site_path(target: Path) -> str | None:
     return None
 
 
+def github_lists(markdown: str) -> str:
+    """Lists as GitHub reads them, for Python-Markdown.
+
+    GitHub starts a list right after a paragraph's line and nests a list indented by two spaces;
+    Python-Markdown wants a blank line before a list and four spaces per level, or it prints the items
+    as the paragraph's text. So: a blank line before a list that follows other text (and before an item
+    that follows a paragraph of the item before), and the indentation of every indented line inside a
+    list (its items, their continuations, their code blocks) doubled.
+    """
+    lines: list[str] = []
+    in_list = fenced = loose = False  # loose: the current item has a blank line (a paragraph of its own)
+    shift = 0  # the spaces added to the current line (and to a code block's text, with its fence)
+    for line in markdown.splitlines():
+        fence = line.lstrip().startswith("```")
+        if fenced:
+            lines.append(" " * shift + line)
+            fenced = not fence
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        if LIST_ITEM.match(line):
+            if (not in_list or loose) and lines and lines[-1].strip():
+                lines.append("")
+            in_list, loose = True, False
+        elif line.strip() and indent == 0:
+            in_list = False
+        elif in_list and not line.strip():
+            loose = True
+        shift = indent if in_list else 0
+        lines.append(" " * shift + line)
+        fenced = fence
+    return "\n".join(lines) + "\n"
+
+
 def on_page_markdown(markdown: str, page: Page, config: Any, files: Files) -> str:
+    markdown = github_lists(markdown)
     source = _source_of(page)
     here = Path(page.file.src_uri).parent
 

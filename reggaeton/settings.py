@@ -177,7 +177,7 @@ class SliceSpec(_Section):
         return slices.rule_text(self.where, self.window_days)
 
 
-# The slices judged by default (see the README, "Slices"): the base data (what a retrain must not
+# The slices judged by default (see docs/architecture.md, "Slices"): the base data (what a retrain must not
 # forget), the champion's own held-out rows, recent labelled traffic, and three tempo/sound bands.
 DEFAULT_SLICES: Final[tuple[SliceSpec, ...]] = (
     SliceSpec(

@@ -83,7 +83,7 @@ def test_tuned_model_is_not_worse_than_the_baseline_beyond_noise_on_the_same_spl
     trained: TrainingResult,
 ) -> None:
     tuned, baseline = trained.metrics, trained.baseline_metrics
-    # 16 held-out positives: a point comparison flips with the split (README, "Training benchmark");
+    # 16 held-out positives: a point comparison flips with the split (docs/benchmarks.md, "Training");
     # the tuned model's interval must reach the baseline's figure.
     assert tuned["pr_auc_high"] >= baseline["pr_auc"]
     # Both come with a bootstrap interval around the point estimate.

@@ -690,7 +690,7 @@ def test_api_serves_again_after_a_restart(stack: Stack) -> None:
     response = predict(stack, [dict(EXAMPLE_SONGS[0])])
     assert response.status_code == 200, response.text
     # A slim replica from container start to /ready, its model from the cache volume (printed for the
-    # README; not a timed assertion).
+    # benchmarks page; not a timed assertion).
     replica = stack.containers("api")[0]
     subprocess.run(["docker", "stop", replica], capture_output=True, timeout=120, check=True)
     subprocess.run(["docker", "start", replica], capture_output=True, timeout=120, check=True)
