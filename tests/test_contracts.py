@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import yaml
 
+from flows import promote, train
 from flows.deploy import PREFECT_FILE, PROJECT_DIR
 from flows.retention import retention
 from flows.score_catalogue import score_catalogue
@@ -39,6 +40,25 @@ def test_prefect_yaml_uses_the_one_work_pool_and_deployment_names() -> None:
     )
     assert retention_deployment["entrypoint"] == f"flows/retention.py:{retention.fn.__name__}"
     assert retention.name == names.RETENTION_FLOW
+
+
+def test_the_operator_commands_deployments_run_their_flows_on_demand_only() -> None:
+    """`reggaeton --stack compose gate|promote|rollback|train` run these by name on the stack's worker."""
+    deployments = {deployment["name"]: deployment for deployment in _prefect_yaml()["deployments"]}
+    flows = {
+        names.GATE_DEPLOYMENT: ("flows/promote.py", promote.promotion_gate),
+        names.PROMOTE_DEPLOYMENT: ("flows/promote.py", promote.promote_version),
+        names.ROLLBACK_DEPLOYMENT: ("flows/promote.py", promote.rollback),
+        names.TRAIN_ONLY_DEPLOYMENT: ("flows/train.py", train.train_flow),
+    }
+    assert set(flows) == set(names.OPERATOR_DEPLOYMENTS)
+    for name, (path, operator_flow) in flows.items():
+        deployment = deployments[name]
+        assert deployment["entrypoint"] == f"{path}:{operator_flow.fn.__name__}", name
+        assert operator_flow.name == name  # the flow's own name, as the UI and `prefect deployment run` show
+        assert deployment["work_pool"]["name"] == names.WORK_POOL, name
+        assert not deployment.get("schedules") and not deployment.get("triggers"), name
+        assert "concurrency_limit" not in deployment, name
 
 
 def test_prefect_yaml_triggers_name_real_events() -> None:
