@@ -3,8 +3,12 @@ files that cannot import them (prefect.yaml) and the stacks that set them to tha
 
 from __future__ import annotations
 
+import re
+import subprocess
+
 import yaml
 
+from embedded.stack import SERVICE_NAMES
 from flows import promote, train
 from flows.deploy import PREFECT_FILE, PROJECT_DIR
 from flows.retention import retention
@@ -81,3 +85,15 @@ def test_every_image_runs_with_the_telemetry_switches_the_local_processes_get() 
     base = dockerfile[dockerfile.index(" AS base") :]
     for key, value in names.TELEMETRY_OFF.items():
         assert f"{key}={value}" in base, key
+
+
+def test_make_help_lists_every_target_and_the_services_up_starts() -> None:
+    shown = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60
+    ).stdout
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    lines = {line.split()[0]: line for line in plain.splitlines() if line.strip()}
+    makefile = (PROJECT_DIR / "Makefile").read_text().splitlines()
+    phony = {word for line in makefile if line.startswith(".PHONY:") for word in line.split()[1:]}
+    assert phony - {"uv"} <= set(lines), sorted(phony - set(lines))  # uv: the installer's own step
+    assert all(service in lines["up"] for service in SERVICE_NAMES), lines["up"]
