@@ -29,6 +29,7 @@ def _snapshot(settings: Settings) -> dict[str, Any]:
             d.name: {
                 "id": str(d.id),
                 "entrypoint": d.entrypoint,
+                "pull_steps": d.pull_steps,
                 "pool": d.work_pool_name,
                 "concurrency": (
                     d.global_concurrency_limit.limit if d.global_concurrency_limit else None,
@@ -65,6 +66,10 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
     assert _snapshot(loop_settings) == first
 
     assert first["pool"] == ("reggaeton-pool-test", "process")
+    # The worker runs each flow from the folder deployed from (the file deployed is a copy elsewhere).
+    working_directory = [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
+    for name in deploy.deployment_names(project):
+        assert first["deployments"][name]["pull_steps"] == working_directory, name
     train = first["deployments"]["train-and-promote"]
     assert train["pool"] == "reggaeton-pool-test"
     # The tuning runs: their own pool (created too), no schedule, no concurrency limit.
