@@ -158,6 +158,7 @@ def cmd_gate(ctx: Context, args: argparse.Namespace) -> int:
     from reggaeton.names import GATE_DEPLOYMENT
 
     if _on_worker(ctx):
+        stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
         _check_version(ctx, args.version)
         return _worker_command(ctx, GATE_DEPLOYMENT, {"version": args.version}, DECISION_TIMEOUT_S)
     from flows import promote
@@ -170,6 +171,7 @@ def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
     from reggaeton.names import PROMOTE_DEPLOYMENT
 
     if _on_worker(ctx):
+        stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
         _check_version(ctx, args.version)
         parameters = {"version": args.version, "reason": args.reason, "by": _operator(args)}
         return _worker_command(ctx, PROMOTE_DEPLOYMENT, parameters, DECISION_TIMEOUT_S)
@@ -256,8 +258,7 @@ def _operator(args: argparse.Namespace) -> str:
 
 
 def _check_version(ctx: Context, version: str) -> None:
-    """One line when the registry has no such version (before any run starts)."""
-    stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
+    """One line when the registry has no such version (before any run starts; MLflow answers)."""
     from mlflow import MlflowClient
 
     from adapters import registry
@@ -428,20 +429,15 @@ def _print_urls(found: Endpoints) -> None:
 def _registry_command(ctx: Context, version: str | None, run: Callable[[], dict[str, Any]]) -> int:
     """Run a promotion flow after checking the services and the version; print what it did."""
     stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
-    from mlflow import MlflowClient
     from prefect.events.worker import EventsWorker
 
-    from adapters import registry
     from adapters.prefect_api import prefect_api_at
+    from flows.outcome import decision_lines
     from flows.promote import PromotionError
 
     quiet_tracebacks(ctx.debug)
     if version is not None:
-        client = MlflowClient(tracking_uri=ctx.settings.tracking_uri, registry_uri=ctx.settings.registry_uri)
-        try:
-            registry.find_version(client, ctx.settings.mlflow.model_name, version)
-        except LookupError as exc:
-            raise CommandError(str(exc)) from exc
+        _check_version(ctx, version)
     try:
         with prefect_api_at(ctx.endpoints.prefect_api):
             result = run()
@@ -449,8 +445,6 @@ def _registry_command(ctx: Context, version: str | None, run: Callable[[], dict[
         raise CommandError(str(exc)) from exc
     finally:
         EventsWorker.drain_all()  # deliver the events before the process ends
-    from flows.outcome import decision_lines
-
     print("\n".join(decision_lines(result)))
     return 0
 
