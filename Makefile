@@ -38,7 +38,7 @@ demo: install ## The whole loop on this machine: stack, deploy, first champion, 
 	$(BIN)/reggaeton demo
 
 .PHONY: up
-up: install ## Start (or reuse) the local stack: Prefect server + worker, MLflow, API, alert receiver
+up: install ## Start (or reuse) the local stack: prefect-server, mlflow, receiver, worker, watchdog, api
 	$(BIN)/reggaeton up
 
 .PHONY: deploy

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +21,15 @@ if TYPE_CHECKING:  # the command line imports Prefect only for the commands that
 logger = logging.getLogger("reggaeton")
 
 EXIT_ERROR = 1
+# The operator's commands on a container stack run as deployment runs on its worker: how long they wait
+# for another run of the same deployment to end, and for their own to finish.
+WORKER_WAIT_S = 300.0
+DECISION_TIMEOUT_S = 900.0
+TRAIN_TIMEOUT_S = 3600.0
+# How Prefect states a flow that raised (``prefect.states.exception_to_failed_state``), and the operator
+# flows' own error (``flows.promote.PromotionError``), whose message is the one line to show.
+FLOW_EXCEPTION_PREFIX = "Flow run encountered an exception: "
+PROMOTION_ERROR = "PromotionError"
 
 
 class CommandError(RuntimeError):
@@ -112,28 +120,47 @@ def cmd_deploy(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_train(ctx: Context, args: argparse.Namespace) -> int:
     """Train and register a challenger (and gate it with ``--gate``)."""
+    from reggaeton.names import TRAIN_DEPLOYMENT, TRAIN_ONLY_DEPLOYMENT
+
+    if _on_worker(ctx):
+        if args.data_folder is not None:
+            raise CommandError(
+                "--data-folder names a folder on this machine; the compose stack's worker trains on its own "
+                "data source (REGGAETON_DATA__FOLDER in its environment)"
+            )
+        parameters = {} if args.n_trials is None else {"n_trials": args.n_trials}
+        deployment = TRAIN_DEPLOYMENT if args.gate else TRAIN_ONLY_DEPLOYMENT
+        return _worker_command(ctx, deployment, parameters, TRAIN_TIMEOUT_S)
     stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
     import optuna
 
     from adapters.prefect_api import prefect_api_at
     from flows import promote, train
+    from flows.outcome import challenger_line, decision_lines
 
     quiet_tracebacks(ctx.debug)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar shows the trials
     with prefect_api_at(ctx.endpoints.prefect_api):
         if args.gate:
-            result: Any = promote.train_and_promote(args.data_folder, args.n_trials, ctx.settings)
-            print(json.dumps(result))
+            result = promote.train_and_promote(args.data_folder, args.n_trials, ctx.settings)
+            lines = [challenger_line(result["version"]), *decision_lines(result)]
         else:
             version = train.train_flow(
                 data_folder=args.data_folder, n_trials=args.n_trials, settings=ctx.settings
             )
-            print(f"challenger: version {version}")
+            lines = [challenger_line(version)]
+    print("\n".join(lines))
     return 0
 
 
 def cmd_gate(ctx: Context, args: argparse.Namespace) -> int:
     """Gate a registered version against the champion."""
+    from reggaeton.names import GATE_DEPLOYMENT
+
+    if _on_worker(ctx):
+        stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
+        _check_version(ctx, args.version)
+        return _worker_command(ctx, GATE_DEPLOYMENT, {"version": args.version}, DECISION_TIMEOUT_S)
     from flows import promote
 
     return _registry_command(ctx, args.version, lambda: promote.promotion_gate(args.version, ctx.settings))
@@ -141,6 +168,13 @@ def cmd_gate(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
     """Operator override: make a version champion (it must still be valid)."""
+    from reggaeton.names import PROMOTE_DEPLOYMENT
+
+    if _on_worker(ctx):
+        stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
+        _check_version(ctx, args.version)
+        parameters = {"version": args.version, "reason": args.reason, "by": _operator(args)}
+        return _worker_command(ctx, PROMOTE_DEPLOYMENT, parameters, DECISION_TIMEOUT_S)
     from flows import promote
 
     return _registry_command(
@@ -150,6 +184,11 @@ def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
     """Back to the previous champion."""
+    from reggaeton.names import ROLLBACK_DEPLOYMENT
+
+    if _on_worker(ctx):
+        parameters = {"reason": args.reason, "by": _operator(args)}
+        return _worker_command(ctx, ROLLBACK_DEPLOYMENT, parameters, DECISION_TIMEOUT_S)
     from flows import promote
 
     return _registry_command(ctx, None, lambda: promote.rollback(args.reason, args.by, ctx.settings))
@@ -179,7 +218,12 @@ def cmd_retrain(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _manual_run(
-    ctx: Context, name: str, wait_s: float, timeout_s: float = 900, watch: Watch | None = None
+    ctx: Context,
+    name: str,
+    wait_s: float,
+    timeout_s: float = 900,
+    watch: Watch | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> Any:
     """Run a deployment now, waiting for its one slot; when it stays taken, one line says by which run."""
     from embedded import manual
@@ -187,7 +231,9 @@ def _manual_run(
     stack_endpoints.require(ctx.endpoints, "prefect")
     print(f"{name}: flow run of the `{name}` deployment on {ctx.endpoints.prefect_ui} ...", flush=True)
     try:
-        run = manual.run_when_free(ctx.settings, name, wait_s=wait_s, timeout_s=timeout_s, watch=watch)
+        run = manual.run_when_free(
+            ctx.settings, name, wait_s=wait_s, timeout_s=timeout_s, watch=watch, parameters=parameters
+        )
     except LookupError as exc:
         raise CommandError(f"{exc} (or `reggaeton deploy`)") from exc
     except manual.SlotTaken as exc:
@@ -196,6 +242,66 @@ def _manual_run(
     message = f": {run.state.message}" if run.state is not None and run.state.message else ""
     print(f"{name} run {run.name}: {state}{message}")
     return run
+
+
+def _on_worker(ctx: Context) -> bool:
+    """Whether the operator's commands run on the stack's worker: a container stack's data and signing
+    key are there (its prediction log is its Postgres, not this machine's state folder)."""
+    return ctx.endpoints.stack == stack_endpoints.COMPOSE
+
+
+def _operator(args: argparse.Namespace) -> str:
+    """Who runs the command: ``--by``, else this machine's login name (not the worker's)."""
+    from adapters.decisions import operator_name
+
+    return str(args.by or operator_name())
+
+
+def _check_version(ctx: Context, version: str) -> None:
+    """One line when the registry has no such version (before any run starts; MLflow answers)."""
+    from mlflow import MlflowClient
+
+    from adapters import registry
+
+    client = MlflowClient(tracking_uri=ctx.settings.tracking_uri, registry_uri=ctx.settings.registry_uri)
+    try:
+        registry.find_version(client, ctx.settings.mlflow.model_name, version)
+    except LookupError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _worker_command(ctx: Context, name: str, parameters: dict[str, Any], timeout_s: float) -> int:
+    """Run an operator flow's deployment on the stack's worker, shown as it goes; print its outcome lines.
+
+    Raises:
+        CommandError: the run did not complete (its failure message: a refused promotion's own words).
+    """
+    from cli.progress import RunProgress
+
+    progress = RunProgress()
+    run = _manual_run(ctx, name, WORKER_WAIT_S, timeout_s=timeout_s, watch=progress, parameters=parameters)
+    completed = run.state is not None and run.state.is_completed()
+    progress.drain(ctx.settings, run, outcome=completed)
+    if not completed:
+        raise CommandError(failure_line(name, run))
+    if not progress.outcome:
+        raise CommandError(
+            f"{name} run {run.name} completed, but its outcome did not reach the Prefect API in time: its "
+            f"logs in the UI ({ctx.endpoints.prefect_ui}/runs/flow-run/{run.id}) say what it did"
+        )
+    print("\n".join(progress.outcome))
+    return 0
+
+
+def failure_line(name: str, run: Any) -> str:
+    """Why a flow run did not complete, in one line: a flow's own error as the flow said it."""
+    state = run.state
+    message = " ".join(str(state.message or "").split()) if state is not None else ""
+    message = message.removeprefix(FLOW_EXCEPTION_PREFIX.strip()).strip()
+    if message.startswith(f"{PROMOTION_ERROR}: "):
+        return message.removeprefix(f"{PROMOTION_ERROR}: ")
+    said = f": {message}" if message else ""
+    return f"{name} run {run.name} {state.name if state is not None else 'ended'}{said}"
 
 
 def cmd_score(ctx: Context, args: argparse.Namespace) -> int:
@@ -323,20 +429,15 @@ def _print_urls(found: Endpoints) -> None:
 def _registry_command(ctx: Context, version: str | None, run: Callable[[], dict[str, Any]]) -> int:
     """Run a promotion flow after checking the services and the version; print what it did."""
     stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
-    from mlflow import MlflowClient
     from prefect.events.worker import EventsWorker
 
-    from adapters import registry
     from adapters.prefect_api import prefect_api_at
+    from flows.outcome import decision_lines
     from flows.promote import PromotionError
 
     quiet_tracebacks(ctx.debug)
     if version is not None:
-        client = MlflowClient(tracking_uri=ctx.settings.tracking_uri, registry_uri=ctx.settings.registry_uri)
-        try:
-            registry.find_version(client, ctx.settings.mlflow.model_name, version)
-        except LookupError as exc:
-            raise CommandError(str(exc)) from exc
+        _check_version(ctx, version)
     try:
         with prefect_api_at(ctx.endpoints.prefect_api):
             result = run()
@@ -344,14 +445,7 @@ def _registry_command(ctx: Context, version: str | None, run: Callable[[], dict[
         raise CommandError(str(exc)) from exc
     finally:
         EventsWorker.drain_all()  # deliver the events before the process ends
-    print(f"{result['action']}: version {result['version']} {result['outcome']} ({result['reason']})")
-    if result.get("slices"):
-        from reggaeton.promotion import slice_lines
-
-        print("per slice (PR-AUC, challenger minus champion with its interval):")
-        for line in slice_lines(result["slices"]):
-            print(f"  {line}")
-    print(f"champion: version {result['champion']}")
+    print("\n".join(decision_lines(result)))
     return 0
 
 

@@ -6,8 +6,9 @@ Each endpoint is taken from the first of these that has it:
    ``REGGAETON_SERVING__HOST``/``PORT``);
 2. the standard variable of the tool (``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``);
 3. the compose stack's ``.env`` ports on 127.0.0.1, when ``--stack compose`` (or ``REGGAETON_STACK=compose``)
-   is chosen (its credentials too: the operator is MLflow's admin, sends Prefect's auth string, signs
-   decisions with the stack's key, uses the API's tokens; a variable already set in the environment wins);
+   is chosen (its credentials too: the operator is MLflow's admin, sends Prefect's auth string, verifies
+   decisions with the stack's public key, uses the API's tokens; a variable already set in the environment
+   wins). Never its signing key: decisions about a compose stack are made and signed on its worker;
 4. what ``reggaeton up`` recorded in ``<state>/stack.json`` (the local stack that is up);
 5. the local stack's defaults (the settings' hosts and ports).
 """
@@ -39,7 +40,6 @@ COMPOSE_PROCESS_CREDENTIALS: Final = {
     "PREFECT_AUTH_STRING": "PREFECT_API_AUTH_STRING",
 }
 COMPOSE_SETTINGS_CREDENTIALS: Final = {
-    "DECISION_SIGNING_KEY": ("signing", "private_key"),
     "DECISION_VERIFY_KEY": ("signing", "public_keys"),
     "ADMIN_TOKEN": ("serving", "admin_token"),
     "FEEDBACK_TOKEN": ("serving", "feedback_token"),

@@ -38,6 +38,7 @@ from cli.commands import (
     one_line,
 )
 from cli.endpoints import Unreachable
+from embedded.stack import SERVICE_NAMES
 from reggaeton import names
 from reggaeton.batch import FORMATS
 from reggaeton.settings import Settings
@@ -46,8 +47,11 @@ logger = logging.getLogger("reggaeton")
 
 EXIT_USAGE = 2
 
-EXAMPLES = """examples:
-  reggaeton up                       start (or reuse) the local stack
+EXAMPLES = f"""examples:
+  reggaeton demo                     the whole loop once on this machine, then a summary
+  reggaeton up                       start (or reuse) the local stack's services:
+                                     {", ".join(SERVICE_NAMES)}
+  reggaeton deploy                   work pool, deployments and automations (idempotent)
   reggaeton status                   URLs, champion and challenger, last decision and monitoring, API
   reggaeton train --n-trials 5       train and register a challenger
   reggaeton gate --version 2         gate a registered version against the champion
@@ -55,9 +59,12 @@ EXAMPLES = """examples:
   reggaeton rollback --reason "precision dropped"   back to the previous champion
   reggaeton simulate --scenario drift --count 1000  traffic to the running API
   reggaeton monitor                  one monitoring pass now (the monitor deployment, on the worker)
+  reggaeton retrain                  a retrain now (the train-and-promote deployment, on the worker)
   reggaeton score songs.csv --out scored   score a catalogue with the champion (resumable)
   reggaeton alerts                   the notifications the local receiver got
   reggaeton down                     stop what `up` started
+  reggaeton --stack compose gate --version 2   the same commands against the compose stack (.env);
+                                     train, gate, promote and rollback then run on its worker
 """
 
 
@@ -97,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("down", cmd_down, "stop exactly the processes `up` started (by their PID files)"),
     ):
         add(name, handler, text).add_argument(
-            "services", nargs="*", help="prefect-server, mlflow, receiver, worker, api (default: all)"
+            "services", nargs="*", help=f"any of {', '.join(SERVICE_NAMES)} (default: all)"
         )
     add(
         "status",

@@ -3,7 +3,9 @@
 Each poll shows what changed since the last one, one line each, oldest first: the flow run's state, each
 task run as it starts and ends (with its duration), and the lines the flow logs on its progress logger
 (``names.PROGRESS_LOG``: the monitor's chunk windows). On a terminal a last line, rewritten in place, says
-what is running and for how long; elsewhere (a pipe, CI logs) only the plain lines are written.
+what is running and for how long; elsewhere (a pipe, CI logs) only the plain lines are written. The lines
+the flow logs on its outcome logger (``names.OUTCOME_LOG``) are not shown as they come: they are kept, in
+order, for the command to print once the run is done (``RunProgress.outcome``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class RunProgress:
         self._logs_since: dict[UUID, datetime] = {}
         self._logs_seen: set[UUID] = set()
         self._running = ""
+        self.outcome: list[str] = []  # the run's outcome lines, oldest first
 
     def __call__(self, client: SyncPrefectClient, run: FlowRun) -> None:
         """Show what changed in ``run`` since the last poll."""
@@ -73,21 +76,25 @@ class RunProgress:
         )
         self._write(line for _, line in sorted(events, key=lambda event: event[0]))
 
-    def drain(self, settings: Settings, run: FlowRun) -> None:
+    def drain(self, settings: Settings, run: FlowRun, outcome: bool = False) -> None:
         """After the final state: the log lines still on their way, waited for at most ``DRAIN_S``.
 
         A flow's log handler sends its lines in batches, one every ``logging.to_api.batch_interval``
         seconds (Prefect's setting, 2 s by default; read here as the flow's process has it unless
-        configured apart): the drain ends once a whole interval and a poll have brought nothing new.
+        configured apart): the drain ends once a whole interval and a poll have brought nothing new,
+        and, with ``outcome``, once the outcome lines have come (the run logs them last).
         """
         quiet_s = get_current_settings().logging.to_api.batch_interval + DRAIN_POLL_S
         deadline = self._clock() + DRAIN_S
         last_line = self._clock()
-        while self._clock() < deadline and self._clock() - last_line < quiet_s:
+        while self._clock() < deadline and (
+            self._clock() - last_line < quiet_s or (outcome and not self.outcome)
+        ):
+            known = len(self.outcome)
             with prefect_api.prefect_api(settings), get_client(sync_client=True) as client:
                 lines = self._new_logs(client, run.id)
             self._write(line for _, line in lines)
-            if lines:
+            if lines or len(self.outcome) > known:
                 last_line = self._clock()
             time.sleep(DRAIN_POLL_S)
         self._clear()
@@ -116,10 +123,14 @@ class RunProgress:
         events = []
         for log in prefect_api.logs_of(client, run_id, self._logs_since.get(run_id)):
             self._logs_since[run_id] = log.timestamp
-            if log.id in self._logs_seen or not log.name.endswith(f".{names.PROGRESS_LOG}"):
+            if log.id in self._logs_seen:
                 continue
-            self._logs_seen.add(log.id)
-            events.append((str(log.timestamp), f"  {log.message}"))
+            if log.name.endswith(f".{names.OUTCOME_LOG}"):
+                self._logs_seen.add(log.id)
+                self.outcome += log.message.splitlines()  # one record per run (flows.outcome)
+            elif log.name.endswith(f".{names.PROGRESS_LOG}"):
+                self._logs_seen.add(log.id)
+                events.append((str(log.timestamp), f"  {log.message}"))
         return events
 
     # --- the terminal ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""An operator's run of a deployment now (`reggaeton monitor`, `reggaeton retrain`): it never vanishes.
+"""An operator's run of a deployment now (`reggaeton monitor`, `retrain`, and with ``--stack compose``
+`gate`, `promote`, `rollback`, `train`): it never vanishes.
 
 The loop's deployments allow one run at a time and cancel a new run while another holds the slot
 (``CANCEL_NEW``). A manual run waits for the slot (up to a bound), then runs; when the slot stays taken
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -121,9 +122,17 @@ def wait_for_slot(settings: Settings, name: str, deployment: UUID, deadline: flo
 
 
 def run_when_free(
-    settings: Settings, name: str, wait_s: float, timeout_s: float = 900, watch: Watch | None = None
+    settings: Settings,
+    name: str,
+    wait_s: float,
+    timeout_s: float = 900,
+    watch: Watch | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> FlowRun:
     """Run deployment ``name`` now, waiting up to ``wait_s`` for its slot; returns the run's final state.
+
+    ``parameters`` are the flow run's (over the deployment's own); a run started again after a
+    scheduled run took the slot gets the same.
 
     Raises:
         SlotTaken: the slot stayed taken for ``wait_s`` (nothing ran).
@@ -135,7 +144,9 @@ def run_when_free(
     while True:
         wait_for_slot(settings, name, deployment, deadline, began)
         with prefect_api(settings), get_client(sync_client=True) as client:
-            created = client.create_flow_run_from_deployment(deployment, tags=[MANUAL_TAG])
+            created = client.create_flow_run_from_deployment(
+                deployment, parameters=dict(parameters or {}), tags=[MANUAL_TAG]
+            )
         logger.info("%s: flow run %s started", name, created.name)
         final = wait_for_final(settings, created.id, timeout_s, watch)
         if not _cancelled_by_limit(final):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import secrets
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -81,8 +81,10 @@ def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file
     One command for all: each `prefect deploy` process spends ~5 CPU-seconds importing Prefect and the
     flows' modules, which one per deployment paid again for each (28 CPU-s for five, 8 for one). `--all`
     ignores `--pool`, so the command reads a copy of the file with each deployment's pool from the
-    settings (a test's own pool names). The worker later runs the flows from the folder deployed from
-    (the default pull step).
+    settings (a test's own pool names), written in a temporary folder: the project folder may be
+    read-only (an image's /app, owned by root, deployed from by the bootstrap job as the app user). The
+    worker later runs the flows from the folder the command runs in (Prefect's default pull step is the
+    working directory, not the file's folder).
 
     Raises:
         RuntimeError: the command failed; its output is in the message.
@@ -93,11 +95,19 @@ def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file
             **(entry.get("work_pool") or {}),
             "name": deployment_pool(settings, entry["name"]),
         }
-    # Beside the original (the pull step is the folder the command runs in), named for this call only.
-    copy = project_dir / f".{Path(prefect_file).stem}-{os.getpid()}-{secrets.token_hex(4)}.yaml"
-    copy.write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", copy.name]
-    try:
+    with tempfile.TemporaryDirectory(prefix="reggaeton-deploy-") as folder:
+        copy = Path(folder) / Path(prefect_file).name
+        copy.write_text(yaml.safe_dump(config, sort_keys=False))
+        command = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "--no-prompt",
+            "deploy",
+            "--all",
+            "--prefect-file",
+            str(copy),
+        ]
         done = subprocess.run(
             command,
             cwd=project_dir,
@@ -107,8 +117,6 @@ def deploy_all(settings: Settings, project_dir: Path = PROJECT_DIR, prefect_file
             timeout=DEPLOY_TIMEOUT_S,
             check=False,
         )
-    finally:
-        copy.unlink(missing_ok=True)
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy --all failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     for entry in config.get("deployments") or []:

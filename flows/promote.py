@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 from adapters import decisions, keys, prefect_events, registry
 from adapters.prefect_api import decision_lock
 from flows import gate, train
+from flows.outcome import challenger_line, decision_lines, log_outcome
 from reggaeton import decision_record, names
 from reggaeton.decision_record import RecordError, SigningKey, VerifyKeys
 from reggaeton.promotion import (
@@ -346,11 +347,18 @@ def run_gate(
     return record(client, model_name, decision, by, key)
 
 
+def _told(result: Outcome, *before: str) -> dict[str, Any]:
+    """The flow's result, its outcome lines logged first (what ``reggaeton`` prints)."""
+    record = asdict(result)
+    log_outcome([*before, *decision_lines(record)])
+    return record
+
+
 @flow(name="promotion-gate")
 def promotion_gate(version: str, settings: Settings | None = None) -> dict[str, Any]:
     """Gate a registered version against the champion on its held-out rows plus unseen labelled traffic."""
     settings = settings or Settings()
-    return asdict(run_gate(settings, version))
+    return _told(run_gate(settings, version))
 
 
 @flow(name="train-and-promote")
@@ -377,7 +385,7 @@ def train_and_promote(
     version = train.resume_task(settings, request)
     if version is None:
         version = str(train.train_flow(settings=settings, request_id=request))
-    return asdict(run_gate(settings, version))
+    return _told(run_gate(settings, version), challenger_line(version))
 
 
 @flow(name="promote-version")
@@ -392,20 +400,22 @@ def promote_version(
     Raises:
         PromotionError: the version does not load, predict on the examples or match the signature.
     """
-    settings = settings or Settings()
-    by = by or decisions.operator_name()
+    return _told(
+        _promote_version(str(version), reason, by or decisions.operator_name(), settings or Settings())
+    )
+
+
+def _promote_version(version: str, reason: str, by: str, settings: Settings) -> Outcome:
+    """The promotion itself (see ``promote_version``)."""
     key, trusted = signing_keys(settings)
     client = registry.connect(settings, names.PROMOTION_ACCOUNT)
     model_name = settings.mlflow.model_name
-    version = str(version)
     current = registry.get_alias(client, model_name, names.CHAMPION)
     old = str(current.version) if current is not None else None
     # Already champion by a decision signed with this key: nothing to do. Signed with another trusted key
     # (a key rotation), or not at all (a hand-moved alias the operator accepts): signed again, now.
     if old == version and _authorized(current, VerifyKeys.of([key.public]), model_name):
-        return asdict(
-            Outcome(MANUAL, UNCHANGED, version, old, f"version {version} is already champion", False)
-        )
+        return Outcome(MANUAL, UNCHANGED, version, old, f"version {version} is already champion", False)
     _, problems = gate.load_checked(model_name, version)
     if problems:
         raise PromotionError(f"refusing to promote version {version}: {'; '.join(problems)}")
@@ -433,7 +443,7 @@ def promote_version(
         payload["overrides"] = overrides
     _emit(names.Event.PROMOTED, model_name, version, payload)
     _publish(_operator_report("Manual promotion", payload), f"manual promotion of version {version}")
-    return asdict(Outcome(MANUAL, PROMOTED, version, version, why, True))
+    return Outcome(MANUAL, PROMOTED, version, version, why, True)
 
 
 def _rollback_target(
@@ -458,8 +468,11 @@ def rollback(reason: str, by: str | None = None, settings: Settings | None = Non
     Raises:
         PromotionError: there is no champion, or it records no previous champion.
     """
-    settings = settings or Settings()
-    by = by or decisions.operator_name()
+    return _told(_rollback(reason, by or decisions.operator_name(), settings or Settings()))
+
+
+def _rollback(reason: str, by: str, settings: Settings) -> Outcome:
+    """The rollback itself (see ``rollback``)."""
     key, trusted = signing_keys(settings)
     client = registry.connect(settings, names.PROMOTION_ACCOUNT)
     model_name = settings.mlflow.model_name
@@ -500,7 +513,7 @@ def rollback(reason: str, by: str | None = None, settings: Settings | None = Non
     }
     _emit(names.Event.PROMOTED, model_name, previous, payload)
     _publish(_operator_report("Rollback", payload), f"rollback from version {replaced} to {previous}")
-    return asdict(Outcome(ROLLBACK, PROMOTED, previous, previous, why, True))
+    return Outcome(ROLLBACK, PROMOTED, previous, previous, why, True)
 
 
 def _operator_report(title: str, payload: Mapping[str, Any]) -> str:

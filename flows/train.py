@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 
 from adapters import registry, tracking, traffic
 from flows import tune
+from flows.outcome import challenger_line, log_outcome
 from reggaeton import names, tuning
 from reggaeton.data import (
     Dataset,
@@ -373,4 +374,5 @@ def train_flow(
     result = run_steps(
         TASK_STEPS, settings, None, flow_run_id=str(flow_run.id), request_id=request_id, progress_bar=True
     )
+    log_outcome([challenger_line(result.version)])
     return int(result.version)

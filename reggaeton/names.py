@@ -33,6 +33,19 @@ RETENTION_FLOW: Final = "retention"
 # The process work pool every worker polls (the settings' default; prefect.yaml and the container
 # stack are checked against it by tests/test_contracts.py).
 WORK_POOL: Final = "reggaeton-pool"
+# The prefect.yaml deployments of the operator's commands, one per flow, run on the stack's worker when
+# the command line talks to a container stack (`reggaeton --stack compose gate|promote|rollback|train`):
+# there the flows read the stack's prediction log and sign with its key. No schedule, no trigger.
+GATE_DEPLOYMENT: Final = "promotion-gate"
+PROMOTE_DEPLOYMENT: Final = "promote-version"
+ROLLBACK_DEPLOYMENT: Final = "rollback-champion"
+TRAIN_ONLY_DEPLOYMENT: Final = "train"  # train and register a challenger, no gate (TRAIN_DEPLOYMENT gates)
+OPERATOR_DEPLOYMENTS: Final = (
+    GATE_DEPLOYMENT,
+    PROMOTE_DEPLOYMENT,
+    ROLLBACK_DEPLOYMENT,
+    TRAIN_ONLY_DEPLOYMENT,
+)
 # The prefect.yaml deployment that runs a share of a retrain's Optuna study (``training.parallel_workers``).
 TUNE_DEPLOYMENT: Final = "tune"
 # Its flow's name (``run_deployment`` takes "<flow>/<deployment>").
@@ -63,6 +76,10 @@ TELEMETRY_OFF: Final[Mapping[str, str]] = MappingProxyType(
 # Child of a flow run's logger (``get_run_logger().getChild``) for the lines a terminal shows live while
 # it waits on the run (``reggaeton monitor``: one line per chunk window analysed).
 PROGRESS_LOG: Final = "progress"
+# Child of a flow run's logger for what an operator command prints when the run is done (the gate's
+# decision, the new challenger): the command line shows these lines after a run on the stack's worker as
+# it prints them after the same flow run in its own process.
+OUTCOME_LOG: Final = "outcome"
 
 # The response header naming the API replica (process) that answered: see the spread behind a balancer.
 REPLICA_HEADER: Final = "x-reggaeton-replica"

@@ -3,8 +3,13 @@ files that cannot import them (prefect.yaml) and the stacks that set them to tha
 
 from __future__ import annotations
 
+import re
+import subprocess
+
 import yaml
 
+from embedded.stack import SERVICE_NAMES
+from flows import promote, train
 from flows.deploy import PREFECT_FILE, PROJECT_DIR
 from flows.retention import retention
 from flows.score_catalogue import score_catalogue
@@ -41,6 +46,25 @@ def test_prefect_yaml_uses_the_one_work_pool_and_deployment_names() -> None:
     assert retention.name == names.RETENTION_FLOW
 
 
+def test_the_operator_commands_deployments_run_their_flows_on_demand_only() -> None:
+    """`reggaeton --stack compose gate|promote|rollback|train` run these by name on the stack's worker."""
+    deployments = {deployment["name"]: deployment for deployment in _prefect_yaml()["deployments"]}
+    flows = {
+        names.GATE_DEPLOYMENT: ("flows/promote.py", promote.promotion_gate),
+        names.PROMOTE_DEPLOYMENT: ("flows/promote.py", promote.promote_version),
+        names.ROLLBACK_DEPLOYMENT: ("flows/promote.py", promote.rollback),
+        names.TRAIN_ONLY_DEPLOYMENT: ("flows/train.py", train.train_flow),
+    }
+    assert set(flows) == set(names.OPERATOR_DEPLOYMENTS)
+    for name, (path, operator_flow) in flows.items():
+        deployment = deployments[name]
+        assert deployment["entrypoint"] == f"{path}:{operator_flow.fn.__name__}", name
+        assert operator_flow.name == name  # the flow's own name, as the UI and `prefect deployment run` show
+        assert deployment["work_pool"]["name"] == names.WORK_POOL, name
+        assert not deployment.get("schedules") and not deployment.get("triggers"), name
+        assert "concurrency_limit" not in deployment, name
+
+
 def test_prefect_yaml_triggers_name_real_events() -> None:
     events = {value for key, value in vars(names.Event).items() if key.isupper()}
     for deployment in _prefect_yaml()["deployments"]:
@@ -61,3 +85,15 @@ def test_every_image_runs_with_the_telemetry_switches_the_local_processes_get() 
     base = dockerfile[dockerfile.index(" AS base") :]
     for key, value in names.TELEMETRY_OFF.items():
         assert f"{key}={value}" in base, key
+
+
+def test_make_help_lists_every_target_and_the_services_up_starts() -> None:
+    shown = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60
+    ).stdout
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    lines = {line.split()[0]: line for line in plain.splitlines() if line.strip()}
+    makefile = (PROJECT_DIR / "Makefile").read_text().splitlines()
+    phony = {word for line in makefile if line.startswith(".PHONY:") for word in line.split()[1:]}
+    assert phony - {"uv"} <= set(lines), sorted(phony - set(lines))  # uv: the installer's own step
+    assert all(service in lines["up"] for service in SERVICE_NAMES), lines["up"]

@@ -87,6 +87,23 @@ def test_compose_stack_is_found_through_the_env_file_ports(recorded: Settings, t
         assert "docker-compose up -d" in found.start_hint()
 
 
+def test_the_compose_credentials_never_put_the_signing_key_in_the_operators_process(
+    recorded: Settings, tmp_path: Path
+) -> None:
+    """The gate, promote and rollback of a compose stack run on its worker, which signs: the command
+    line takes the public key from .env (status verifies with it), never the private one."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "DECISION_SIGNING_KEY=private-half\nDECISION_VERIFY_KEY=public-half\nFEEDBACK_TOKEN=f\n"
+    )
+    found = endpoints.resolve(recorded, "compose", environ={}, env_file=env_file)
+    applied = endpoints.apply(recorded, found)
+    assert "DECISION_SIGNING_KEY" not in found.credentials
+    assert applied.signing.private_key == recorded.signing.private_key
+    assert applied.signing.public_keys == "public-half"
+    assert applied.serving.feedback_token.get_secret_value() == "f"
+
+
 def test_an_unknown_stack_is_refused(settings: Settings) -> None:
     with pytest.raises(ValueError, match="REGGAETON_STACK='k8s'"):
         endpoints.resolve(settings, environ={"REGGAETON_STACK": "k8s"})

@@ -18,7 +18,7 @@ from cli.main import build_parser, main
 REGGAETON = Path(sys.executable).with_name("reggaeton")
 COMMANDS: tuple[str, ...] = ("up", "down", "status", "demo", "deploy", "train", "gate", "promote", "rollback")
 COMMANDS += ("monitor", "retrain")
-COMMANDS += ("simulate", "alerts")
+COMMANDS += ("simulate", "alerts", "score")
 
 
 def _run(args: list[str], tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -56,6 +56,27 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             main([command, "--help"])
         assert done.value.code == 0
         assert f"usage: reggaeton {command}" in capsys.readouterr().out
+
+
+def test_the_help_shows_every_command_with_an_example_and_every_service_of_the_stack(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from embedded.stack import SERVICE_NAMES
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    examples = text[text.index("examples:") :]
+    for command in commands.choices:
+        assert f"  reggaeton {command}" in examples, command
+    assert all(service in examples for service in SERVICE_NAMES), examples
+    for command in ("up", "down"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        usage = " ".join(capsys.readouterr().out.split())
+        assert f"any of {', '.join(SERVICE_NAMES)} (default: all)" in usage, usage
 
 
 def test_unknown_command_is_one_line(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.client.orchestration import get_client
 
 from cli.progress import RunProgress
+from flows.outcome import log_outcome
 from reggaeton import names
 from reggaeton.settings import Settings
 
@@ -84,3 +85,26 @@ def test_a_finished_tasks_time_comes_from_its_states_when_its_record_lacks_it(
         )
         took = _run_time(client, as_first_read)
     assert took is not None and timedelta(0) <= took < timedelta(seconds=30), took
+
+
+@flow(name="outcome-probe")
+def outcome_probe() -> list[str]:
+    lines = ["gate: version 2 rejected (no gain)", "per slice:", "  base-data  120", "champion: version 1"]
+    log_outcome(lines)
+    return lines
+
+
+def test_a_runs_outcome_lines_are_kept_in_order_for_the_end_not_shown_as_they_come(
+    prefect_api_url: str, settings: Settings
+) -> None:
+    settings = settings.model_copy(
+        update={"prefect": settings.prefect.model_copy(update={"api_url": prefect_api_url})}
+    )
+    state = outcome_probe(return_state=True)
+    out = io.StringIO()
+    progress = RunProgress(out)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    progress.drain(settings, run, outcome=True)
+    assert progress.outcome == state.result()
+    assert "version" not in out.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -24,7 +25,9 @@ from pydantic import SecretStr
 from adapters import decisions, keys, prediction_log, registry
 from adapters.prefect_api import decision_lock, prefect_api_at
 from cli.main import main as reggaeton
+from cli.progress import RunProgress
 from flows import gate, promote
+from flows.outcome import decision_lines
 from reggaeton import decision_record, names
 from reggaeton.data import Split, features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
@@ -132,6 +135,19 @@ def _events(settings: Settings, name: str, version: str, expected: int = 1) -> l
         time.sleep(0.5)
 
 
+def _logged_outcome(settings: Settings, state: Any) -> list[str]:
+    """The outcome lines a finished flow run logged (what `reggaeton` shows after a run on a worker)."""
+    progress = RunProgress(io.StringIO())
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        api_url = str(client.api_url)
+    on_server = settings.model_copy(
+        update={"prefect": settings.prefect.model_copy(update={"api_url": api_url})}
+    )
+    progress.drain(on_server, run, outcome=True)
+    return progress.outcome
+
+
 def _artifacts() -> list[Any]:
     with get_client(sync_client=True) as client:
         return client.read_artifacts(
@@ -190,7 +206,8 @@ def test_identical_challenger_is_rejected_and_the_alias_stays(gate_settings: Set
     promote.promotion_gate(champion, gate_settings)
     twin = _good(gate_settings, data)
 
-    outcome = promote.promotion_gate(twin, gate_settings)
+    gated = promote.promotion_gate(twin, gate_settings, return_state=True)
+    outcome = gated.result()
 
     assert outcome["outcome"] == REJECTED
     assert outcome["reason"].startswith("not better beyond noise")
@@ -226,6 +243,10 @@ def test_identical_challenger_is_rejected_and_the_alias_stays(gate_settings: Set
         for name, ext in (("decision", "md"), ("decision", "json"), ("slices", "png"))
     }
 
+    # What `reggaeton gate` prints, logged by the run for a command that waits on it from elsewhere.
+    assert _logged_outcome(gate_settings, gated) == decision_lines(outcome)
+    assert any(line.strip().startswith("base-data") for line in decision_lines(outcome))
+
     tags = _tags(gate_settings, twin)
     again = promote.promotion_gate(twin, gate_settings)
     assert again["outcome"] == promote.UNCHANGED and _tags(gate_settings, twin) == tags
@@ -260,9 +281,14 @@ def test_better_challenger_replaces_the_champion_and_rollback_restores_it(
     assert str(previous.version) == weak
     assert _tags(gate_settings, weak)[names.Tag.DECISION] == decisions.REPLACED
 
-    back = promote.rollback("precision dropped", by="bob", settings=gate_settings)
+    rolled = promote.rollback("precision dropped", by="bob", settings=gate_settings, return_state=True)
+    back = rolled.result()
 
     assert back["version"] == weak and _champion(gate_settings) == weak
+    assert _logged_outcome(gate_settings, rolled) == [
+        f"rollback: version {weak} promoted (rollback: precision dropped)",
+        f"champion: version {weak}",
+    ]
     strong_tags, weak_tags = _tags(gate_settings, strong), _tags(gate_settings, weak)
     assert strong_tags[names.Tag.DECISION] == decisions.ROLLED_BACK
     assert (

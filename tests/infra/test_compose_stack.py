@@ -5,8 +5,9 @@ down; and, with the image it built, `up` refused while a secret holds its exampl
 With authentication on: MLflow and Prefect refuse anonymous calls, the serving account cannot move an
 alias or register a version, an alias moved by hand (with an account that can) is served by no replica
 and reaches the configured webhook (a test receiver container) as an alert, the operator's `reggaeton
-promote` and `rollback` (credentials from .env) work end to end, and no application container holds the
-Postgres superuser password.
+promote`, `rollback` and `gate` (credentials from .env) run on the stack's worker end to end (the gate
+judges the labelled traffic sent through the balancer: the stack's Postgres log, not the host's), and no
+application container holds the Postgres superuser password.
 
 Needs a Docker engine (locally: skipped with the reason; under CI=true: a failure). `.ci/run` prepares one.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import base64
 import calendar
 import contextlib
+import getpass
 import json
 import os
 import secrets
@@ -38,8 +40,9 @@ from stack_secrets import secret_values
 from adapters.registry import logged_model_id
 from infra.services import SECRET_CHECK, SERVICES, SUPERUSER_HOLDERS
 from infra.services import service as table_service
-from reggaeton.names import MODEL_NAME, REPLICA_HEADER, TUNING_POOL, Tag
-from reggaeton.schema import EXAMPLE_SONGS, INVALID_EXAMPLE_SONG
+from reggaeton.data import synthetic_dataset
+from reggaeton.names import GATE_DEPLOYMENT, MODEL_NAME, REPLICA_HEADER, TUNING_POOL, Tag
+from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, INVALID_EXAMPLE_SONG, TARGET
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3000)]
 
@@ -452,6 +455,9 @@ def test_promote_under_load_moves_every_replica_without_a_failed_request(stack: 
         ended = time.monotonic()
         assert result.returncode == 0, result.stderr[-3000:]
         assert _champion(stack) == target
+        # A run of the promote-version deployment on the worker, which signed it; its lines, as locally.
+        assert f"manual: version {target} promoted (manual promotion: from the host" in result.stdout
+        assert result.stdout.rstrip().endswith(f"champion: version {target}"), result.stdout
         wait_for(f"the API to serve version {target}", served, 60, every_s=0.1)
         waited, body = time.monotonic() - ended, first[0]
         # Each replica polls and swaps on its own: both answer with the new version (their header).
@@ -480,6 +486,70 @@ def test_promote_under_load_moves_every_replica_without_a_failed_request(stack: 
     assert f"API serves version {target}" in status.stdout, status.stdout
     inside = stack.compose("exec", "-T", "worker", "reggaeton", "--help")
     assert "usage: reggaeton" in inside.stdout
+    with stack.mlflow() as client:
+        promoted = client.get_model_version(MODEL_NAME, target).tags
+    assert promoted[Tag.DECIDED_BY] == getpass.getuser()  # the operator on the host, not the worker's user
+
+
+# Songs the gate test sends: distinct rows (the gate counts a song once), one POST /predict.
+LABELLED_SONGS = 200
+
+
+def _send_labelled_traffic(stack: Stack, songs: int) -> list[str]:
+    """Predictions through the balancer, each followed by its true label (POST /feedback): their ids."""
+    frame = synthetic_dataset(songs, seed=20_31).frame
+    body = [{name: float(row[name]) for name in FEATURE_NAMES} for _, row in frame.iterrows()]
+    since = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() - 1))
+    response = predict(stack, body)
+    assert response.status_code == 200, response.text
+    ids = [p["id"] for p in response.json()["predictions"]]
+    # The label may reach the other replica: it finds the row once the answering one has written it.
+    wait_for("the predictions in the log", lambda: set(_logged_since(stack, since)) >= set(ids), 60)
+    labeller = {"Authorization": f"Bearer {stack.env['FEEDBACK_TOKEN']}"}
+    with httpx.Client(base_url=stack.url("API_PORT"), headers=labeller, timeout=30) as client:
+        for prediction_id, label in zip(ids, frame[TARGET].astype(int), strict=True):
+            answer = client.post("/feedback", json={"prediction_id": prediction_id, "label": int(label)})
+            assert answer.status_code == 200 and answer.json()["created"], answer.text
+    return ids
+
+
+def test_the_gate_from_the_host_runs_on_the_worker_and_judges_the_stacks_labelled_traffic(
+    stack: Stack,
+) -> None:
+    """`reggaeton --stack compose gate` evaluates on the traffic the stack logged and labelled (its
+    Postgres): the decision's recent-traffic slice holds every labelled song sent through the balancer.
+    Run on the host, the gate would read the host's state folder, where no traffic is."""
+    from prefect.client.orchestration import get_client
+
+    from adapters.prefect_api import deployment_runs, find_deployment
+
+    wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
+    champion = _champion(stack)
+    challenger = next(str(v) for v in reversed(registry_versions(stack)) if str(v) != champion)
+    sent = _send_labelled_traffic(stack, LABELLED_SONGS)
+    assert len(set(sent)) == LABELLED_SONGS
+
+    result = _reggaeton(stack, "gate", "--version", challenger)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with stack.mlflow() as client:
+        tags = client.get_model_version(MODEL_NAME, challenger).tags
+    detail = json.loads(tags[Tag.DECISION_DETAIL])
+    recent = next(s for s in detail["slices"] if s["name"] == "recent-traffic")
+    assert recent["rows"] == LABELLED_SONGS, recent
+    assert detail["rows"] >= LABELLED_SONGS  # the overall rule judges them too (with the held-out rows)
+    # The lines the local command prints: the decision, the slices (this traffic among them), the champion.
+    lines = result.stdout.splitlines()
+    decided = f"gate: version {challenger} {tags[Tag.DECISION]} ("
+    assert any(line.startswith(decided) for line in lines), result.stdout
+    assert any(line.split()[:2] == ["recent-traffic", str(LABELLED_SONGS)] for line in lines), result.stdout
+    assert lines[-1] == f"champion: version {_champion(stack)}", result.stdout
+    # It ran where the data is: one run of the gate's deployment, with the command's parameters.
+    with stack.prefect(), get_client(sync_client=True) as prefect:
+        deployment = find_deployment(prefect, GATE_DEPLOYMENT)
+        assert deployment is not None
+        runs = deployment_runs(prefect, deployment)
+    assert [(run.parameters, run.state_name) for run in runs] == [({"version": challenger}, "Completed")]
 
 
 def test_mlflow_and_prefect_refuse_anonymous_calls_and_their_probes_stay_open(stack: Stack) -> None:
@@ -587,6 +657,7 @@ def test_an_alias_moved_by_hand_is_served_by_no_replica_and_alerts_the_webhook(s
     back = _reggaeton(stack, "rollback", "--reason", "alias moved by hand")
     assert back.returncode == 0, back.stderr[-3000:]
     assert _champion(stack) == champion
+    assert f"rollback: version {champion} promoted (rollback: alias moved by hand)" in back.stdout
     wait_for(
         "the replicas to stop refusing",
         lambda: all(

@@ -35,7 +35,8 @@ def project(tmp_path: Path) -> Path:
     config = yaml.safe_load((root / "prefect.yaml").read_text())
     for entry in config["deployments"]:
         path, function = entry["entrypoint"].split(":")
-        (root / path).write_text(STUB_FLOW.format(name=entry["name"], function=function))
+        with (root / path).open("a") as stub:  # one file may hold several flows (flows/promote.py)
+            stub.write(STUB_FLOW.format(name=entry["name"], function=function))
     return root
 
 

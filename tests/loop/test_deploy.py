@@ -15,7 +15,7 @@ from prefect.client.orchestration import get_client
 
 from adapters.prefect_api import prefect_api
 from flows import automations, deploy
-from reggaeton.names import SCORE_DEPLOYMENT, TUNE_DEPLOYMENT, Event
+from reggaeton.names import OPERATOR_DEPLOYMENTS, SCORE_DEPLOYMENT, TUNE_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +29,7 @@ def _snapshot(settings: Settings) -> dict[str, Any]:
             d.name: {
                 "id": str(d.id),
                 "entrypoint": d.entrypoint,
+                "pull_steps": d.pull_steps,
                 "pool": d.work_pool_name,
                 "concurrency": (
                     d.global_concurrency_limit.limit if d.global_concurrency_limit else None,
@@ -65,6 +66,10 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
     assert _snapshot(loop_settings) == first
 
     assert first["pool"] == ("reggaeton-pool-test", "process")
+    # The worker runs each flow from the folder deployed from (the file deployed is a copy elsewhere).
+    working_directory = [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
+    for name in deploy.deployment_names(project):
+        assert first["deployments"][name]["pull_steps"] == working_directory, name
     train = first["deployments"]["train-and-promote"]
     assert train["pool"] == "reggaeton-pool-test"
     # The tuning runs: their own pool (created too), no schedule, no concurrency limit.
@@ -84,6 +89,14 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
         [],
         (1, "ENQUEUE"),
     )
+    # The operator's commands (run on a container stack's worker): main pool, no schedule, no limit.
+    for name in OPERATOR_DEPLOYMENTS:
+        operator = first["deployments"][name]
+        assert (operator["pool"], operator["schedules"], operator["concurrency"]) == (
+            "reggaeton-pool-test",
+            [],
+            (None, None),
+        ), name
     assert any('"interval":604800.0' in s for s in train["schedules"])
     monitor = first["deployments"]["monitor"]
     assert any('"interval":300.0' in s for s in monitor["schedules"])
@@ -104,7 +117,8 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
 def test_a_failing_deployment_is_named_and_the_others_still_deploy(
     project: Path, loop_settings: Settings
 ) -> None:
-    """One `prefect deploy --all`: a failing deployment fails the call (Prefect's words); the rest deploy."""
+    """One `prefect deploy --all`: a deployment that fails fails the call, with Prefect's words; the
+    others deploy."""
     (project / "flows" / "monitor.py").write_text("# the monitor flow went missing\n")
     pool = "reggaeton-pool-broken"
     settings = loop_settings.model_copy(
@@ -175,13 +189,18 @@ def test_prefect_yaml_agrees_with_settings() -> None:
         "flows/tune.py:tune_study",
         "flows/score_catalogue.py:score_catalogue",
         "flows/retention.py:retention",
+        "flows/promote.py:promotion_gate",
+        "flows/promote.py:promote_version",
+        "flows/promote.py:rollback",
+        "flows/train.py:train_flow",
     }
 
 
-def test_train_and_promote_entrypoint_is_the_flow_of_that_name() -> None:
+@pytest.mark.parametrize("name", ["train-and-promote", *OPERATOR_DEPLOYMENTS])
+def test_the_promotion_and_training_entrypoints_are_the_flows_of_their_names(name: str) -> None:
     from prefect.flows import load_flow_from_entrypoint
 
     config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
-    path, function = train["entrypoint"].split(":")
-    assert load_flow_from_entrypoint(f"{REPO_ROOT / path}:{function}").name == "train-and-promote"
+    [deployment] = [d for d in config["deployments"] if d["name"] == name]
+    path, function = deployment["entrypoint"].split(":")
+    assert load_flow_from_entrypoint(f"{REPO_ROOT / path}:{function}").name == name
