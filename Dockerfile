@@ -46,7 +46,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     REGGAETON_STATE_DIR=/state
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
-    && mkdir -p /app /state/model-cache /state/prediction-spool /state/watchdog /mlartifacts \
+    && mkdir -p /app /state/model-cache /state/prediction-spool /state/watchdog /state/archive /mlartifacts \
     && chown -R app:app /state /mlartifacts
 WORKDIR /app
 # The API's health by default; the compose file and the Pulumi program set one per container.
@@ -64,8 +64,10 @@ COPY infra/__init__.py infra/healthcheck.py infra/
 # Bytecode for exactly the modules the server loads (imports, and the model's classes): a fast start
 # without the ~200 MB of bytecode for modules it never touches. A missing package fails the build here.
 # HOME elsewhere: importing Prefect writes its profile, which must not end up owned by root.
+# Alembic: the replica that finds the log behind upgrades it (adapters/log_migrations).
 RUN PYTHONDONTWRITEBYTECODE= HOME=/tmp/warm-up python -c "import serving.__main__, serving.app, adapters.registry, \
 reggaeton.model, reggaeton.scorer, mlflow.sklearn, mlflow.pyfunc, skops.io, prefect.events, psycopg, \
+adapters.log_migrations, alembic.command, alembic.config, \
 sqlalchemy.dialects.postgresql, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl, uvicorn.lifespan.on"
 USER 10001:10001
 CMD ["python", "-m", "serving"]

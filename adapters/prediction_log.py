@@ -1,18 +1,28 @@
 """The prediction log's storage contract: tables written by serving, read by monitoring and training.
 
 SQLAlchemy Core tables so the same code runs on a SQLite file (default) or Postgres (containers).
-``predictions`` has one row per served prediction; ``feedback`` one row per prediction id whose true
-label arrived later.
+``predictions`` has one row per answered request (the id is the key), with the route that answered it
+(``champion`` or ``canary``); ``feedback`` one row per prediction id whose true label arrived later;
+``shadow_predictions`` the answers a shadow model gave to the same requests (best effort);
+``log_archive_parts`` the Parquet files older rows were archived to (see ``adapters.log_archive``).
+
+The schema changes through migrations (``adapters/log_migrations``): ``create_tables`` upgrades any log,
+a v1 database with rows included, to ``SCHEMA_REVISION``. The tables below describe that revision; a
+test checks that the migrations produce exactly them.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import numpy as np
 from sqlalchemy import (
+    CheckConstraint,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -22,15 +32,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    and_,
     create_engine,
     event,
+    func,
     inspect,
-    or_,
     select,
-    type_coerce,
 )
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 from reggaeton.settings import with_postgres_timeouts
@@ -38,12 +46,22 @@ from reggaeton.settings import with_postgres_timeouts
 if TYPE_CHECKING:  # pandas is imported by the readers: the API server, which only writes, starts without it
     import pandas as pd
 
+logger = logging.getLogger(__name__)
+
 metadata: Final = MetaData()
+
+# The newest migration (adapters/log_migrations/versions); a test ties the two.
+SCHEMA_REVISION: Final = "0002"
 
 PREDICTION_ID: Final = "id"
 CREATED_AT: Final = "created_at"
 MODEL_NAME: Final = "model_name"
 MODEL_VERSION: Final = "model_version"
+ROUTE: Final = "route"
+# Who answered a request: the champion, or the challenger on a canary share of the traffic.
+ROUTE_CHAMPION: Final = "champion"
+ROUTE_CANARY: Final = "canary"
+ROUTES: Final = (ROUTE_CHAMPION, ROUTE_CANARY)
 
 predictions: Final = Table(
     "predictions",
@@ -55,16 +73,56 @@ predictions: Final = Table(
     *(Column(name, Float, nullable=False) for name in FEATURE_NAMES),
     Column(PROBABILITY, Float, nullable=False),
     Column(PREDICTION, Integer, nullable=False),
-    Index("ix_predictions_version_created", MODEL_VERSION, CREATED_AT),
+    Column(ROUTE, String(16), nullable=False, server_default=ROUTE_CHAMPION),
+    CheckConstraint(f"{ROUTE} IN ('{ROUTE_CHAMPION}', '{ROUTE_CANARY}')", name="ck_predictions_route"),
+    # The monitor's window: one version's champion rows in (created_at, id) order.
+    Index("ix_predictions_version_route_created", MODEL_VERSION, ROUTE, CREATED_AT, PREDICTION_ID),
+    Index("ix_predictions_created", CREATED_AT),  # retention: rows older than a cutoff
 )
 
+FEEDBACK_PREDICTION_ID: Final = "prediction_id"
 feedback: Final = Table(
     "feedback",
     metadata,
-    Column("prediction_id", String(36), ForeignKey("predictions.id"), primary_key=True),
+    Column(FEEDBACK_PREDICTION_ID, String(36), ForeignKey("predictions.id"), primary_key=True),
     Column("label", Integer, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    Index("ix_feedback_received", "received_at"),
 )
+
+# Shadow answers: same prediction id as the champion's row, one row per shadow version. No foreign key:
+# they are written best effort, outside the journal, possibly before the champion's row is in.
+shadow_predictions: Final = Table(
+    "shadow_predictions",
+    metadata,
+    Column(FEEDBACK_PREDICTION_ID, String(36), primary_key=True),
+    Column(MODEL_VERSION, String(50), primary_key=True),
+    Column(MODEL_NAME, String(200), nullable=False),
+    Column(PROBABILITY, Float, nullable=False),
+    Column(PREDICTION, Integer, nullable=False),
+    Column(CREATED_AT, DateTime(timezone=True), nullable=False),
+    Index("ix_shadow_predictions_created", CREATED_AT),
+)
+
+# The archive's manifest: one row per Parquet file written by the retention flow. ``deleted_at`` is set
+# in the transaction that deletes the file's rows from the live table: a file without it was interrupted.
+archive_parts: Final = Table(
+    "log_archive_parts",
+    metadata,
+    Column("part", String(400), primary_key=True),  # path under the archive folder
+    Column("source", String(64), nullable=False),  # the live table the rows came from
+    Column("rows", Integer, nullable=False),
+    Column("first_created_at", DateTime(timezone=True), nullable=False),
+    Column("last_created_at", DateTime(timezone=True), nullable=False),
+    Column("cutoff", DateTime(timezone=True), nullable=False),  # every row archived was older than this
+    Column("written_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True)),
+)
+
+
+def missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist yet (connecting would create it, empty)."""
+    return url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file()
 
 
 def make_engine(url: str) -> Engine:
@@ -87,17 +145,88 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def create_tables(engine: Engine) -> None:
-    """Create the log's tables if they do not exist (idempotent, also when several processes start at once).
+def _revision(engine: Engine) -> str | None:
+    """The log's migration revision; None for a database without the version table (empty, or v1)."""
+    from adapters.log_migrations import VERSION_TABLE  # a constant: Alembic itself is not imported
 
-    API replicas starting together on a fresh database race to create the tables: Postgres refuses the
-    loser's ``CREATE TABLE`` (a duplicate type or relation). By then the tables exist, so the second
-    pass finds them and creates nothing.
-    """
     try:
-        metadata.create_all(engine)
-    except (IntegrityError, ProgrammingError):
-        metadata.create_all(engine)
+        with engine.connect() as connection:
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None
+            return connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalar()
+    except (OperationalError, ProgrammingError):  # being created by another process right now
+        return None
+
+
+_UPGRADE_DEADLINE_S: Final = 600.0
+
+
+def create_tables(engine: Engine) -> None:
+    """Bring the log to ``SCHEMA_REVISION``: create it, or upgrade an older one in place (rows kept).
+
+    The one entry point for every process that opens the log. A log already current costs one query
+    (Alembic is not even imported: the API's start-up). Otherwise the migrations run under a lock
+    (``log_migrations.upgrade``), so API replicas starting together on one database upgrade it once; a
+    SQLite writer waiting longer than its busy timeout for another's upgrade tries again.
+    """
+    if _revision(engine) == SCHEMA_REVISION:
+        return
+    from adapters import log_migrations
+
+    deadline = time.monotonic() + _UPGRADE_DEADLINE_S
+    while True:
+        try:
+            log_migrations.upgrade(engine)
+            return
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            # Another process created or upgraded the tables first (a lock-less race on a fresh
+            # database, or SQLite's lock held past the busy timeout): look again.
+            if _revision(engine) == SCHEMA_REVISION:
+                return
+            if time.monotonic() > deadline or not _retryable(exc):
+                raise
+            logger.info("prediction log being upgraded by another process; waiting: %s", exc)
+            time.sleep(0.5)
+
+
+def _retryable(exc: Exception) -> bool:
+    """Whether a failed upgrade met another process's (SQLite: locked; else: created the same objects)."""
+    if isinstance(exc, OperationalError):
+        return "locked" in str(exc).lower()
+    return True
+
+
+def log_exists(engine: Engine) -> bool:
+    """Whether the log has tables; one that does is brought to ``SCHEMA_REVISION`` first.
+
+    Readers call this: a log serving has not written to yet reads as empty (creating it is serving's
+    job), and a log an older API wrote is upgraded before being read with today's columns.
+    """
+    if _revision(engine) == SCHEMA_REVISION:
+        return True
+    if not inspect(engine).has_table(predictions.name):
+        return False
+    create_tables(engine)
+    return True
+
+
+def _utc(value: datetime) -> datetime:
+    """A timestamp read back as UTC (SQLite returns naive UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def archived_before(connection: Connection) -> datetime | None:
+    """The cutoff of the newest finished archive run: predictions older than it left the live log.
+
+    None when nothing was ever archived. (A row older than the cutoff can still be live: one written
+    late from a spool; the next retention run archives it.)
+    """
+    cutoff = connection.execute(
+        select(func.max(archive_parts.c.cutoff)).where(
+            archive_parts.c.source == predictions.name, archive_parts.c.deleted_at.is_not(None)
+        )
+    ).scalar()
+    return None if cutoff is None else _utc(cutoff)
 
 
 def labelled_traffic(engine: Engine) -> pd.DataFrame:
@@ -119,8 +248,7 @@ def labelled_traffic(engine: Engine) -> pd.DataFrame:
         feedback.c.label.label(TARGET),
     ]
     names = [column.name for column in columns]
-    table_names = set(inspect(engine).get_table_names())
-    if not {predictions.name, feedback.name} <= table_names:
+    if not log_exists(engine):
         return pd.DataFrame(columns=names)
     query = (
         select(*columns)
@@ -130,123 +258,3 @@ def labelled_traffic(engine: Engine) -> pd.DataFrame:
     with engine.connect() as connection:
         rows = connection.execute(query).all()
     return pd.DataFrame(rows, columns=names)
-
-
-# --- Reading a window of the log (monitoring) ---------------------------------------------------------
-
-LABEL: Final = "label"
-WINDOW_COLUMNS: Final[tuple[str, ...]] = (
-    PREDICTION_ID,
-    CREATED_AT,
-    *FEATURE_NAMES,
-    PROBABILITY,
-    PREDICTION,
-    LABEL,
-)
-_READ_BATCH = 100_000
-_CLOCK_MARGIN: Final = timedelta(hours=1)
-
-
-def _window_query(
-    dialect: str,
-    model_version: str,
-    after: tuple[datetime, str] | None,
-    until: datetime | None,
-    features: bool,
-) -> tuple[Any, list[str]]:
-    """The SELECT of one version's rows in a window, ordered by ``(created_at, id)``, and its columns."""
-    created = predictions.c[CREATED_AT]
-    # SQLite stores timestamps as ISO text: parse them in one vectorised call instead of per row.
-    created_col = type_coerce(created, String) if dialect == "sqlite" else created
-    columns = [name for name in WINDOW_COLUMNS if name != LABEL and (features or name not in FEATURE_NAMES)]
-    query = (
-        select(
-            *(
-                created_col.label(CREATED_AT) if name == CREATED_AT else predictions.c[name]
-                for name in columns
-            )
-        )
-        .where(predictions.c[MODEL_VERSION] == model_version)
-        .order_by(created, predictions.c[PREDICTION_ID])
-    )
-    if after is not None:
-        after_at, after_id = after
-        query = query.where(
-            or_(created > after_at, and_(created == after_at, predictions.c[PREDICTION_ID] > after_id))
-        )
-    if until is not None:
-        query = query.where(created <= until)
-    return query, columns
-
-
-def _labels_by_position(frame: pd.DataFrame, labelled: list[Any]) -> np.ndarray:
-    """The feedback labels placed on the frame's rows by prediction id (NaN where none arrived)."""
-    import pandas as pd
-
-    label = np.full(len(frame), np.nan)
-    if labelled and len(frame):
-        ids, values = zip(*labelled, strict=True)
-        positions = pd.Index(frame[PREDICTION_ID]).get_indexer(list(ids))
-        found = positions >= 0
-        label[positions[found]] = np.asarray(values, dtype=np.float64)[found]
-    return label
-
-
-def read_window(
-    engine: Engine,
-    model_version: str,
-    *,
-    after: tuple[datetime, str] | None = None,
-    until: datetime | None = None,
-    features: bool = True,
-) -> pd.DataFrame:
-    """One model version's logged predictions in a time window, with the feedback label where known.
-
-    Rows come ordered by ``(created_at, id)`` so ``after`` (the last row already seen) is an exact
-    watermark even when several rows share a timestamp.
-
-    Args:
-        engine: The prediction log.
-        model_version: Only rows served by this version.
-        after: ``(created_at, id)`` of the last row already processed; rows strictly after it.
-        until: Only rows created at or before this instant.
-        features: Read the feature columns too (False: the rest only, for realized performance).
-
-    Returns:
-        Columns ``WINDOW_COLUMNS`` (without the features when ``features`` is False): ``created_at``
-        as UTC timestamps, ``label`` as float (NaN when no feedback arrived).
-    """
-    import pandas as pd
-
-    rows_query, columns = _window_query(engine.dialect.name, model_version, after, until, features)
-    # Labels in a query of their own, without a join: joining a million rows to feedback costs an index
-    # probe per row. A label arrives after its prediction, so labels received before the window (less
-    # a margin for clocks of several API replicas) cannot belong to it; the rest are placed by id.
-    labels_query = select(feedback.c.prediction_id, feedback.c.label)
-    if after is not None:
-        labels_query = labels_query.where(feedback.c.received_at >= after[0] - _CLOCK_MARGIN)
-    parts = []
-    labelled: list[Any] = []
-    # A log serving has not written to yet has no tables: an empty window (creating them is serving's job).
-    if {predictions.name, feedback.name} <= set(inspect(engine).get_table_names()):
-        with engine.connect() as connection:
-            result = connection.execute(rows_query)
-            # The driver's plain tuples: SQLAlchemy's per-row processing costs more than the read itself,
-            # and these columns need none (timestamps are parsed below, in one call). Without
-            # `stream_results` SQLAlchemy buffers no row ahead, so the driver's cursor has them all
-            # (SQLite's cursor steps through the file as it is fetched; a Postgres client cursor holds
-            # the result).
-            while rows := result.cursor.fetchmany(_READ_BATCH):
-                parts.append(pd.DataFrame.from_records(rows, columns=columns, coerce_float=True))
-            result.close()
-            labelled = list(connection.execute(labels_query))
-    if not parts:
-        frame = pd.DataFrame({name: pd.Series(dtype="float64") for name in columns})
-        frame[PREDICTION_ID] = frame[PREDICTION_ID].astype("object")
-    else:
-        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    label = _labels_by_position(frame, labelled)
-    frame[LABEL] = label
-    frame[CREATED_AT] = pd.to_datetime(frame[CREATED_AT], utc=True, format="ISO8601")
-    frame[PREDICTION] = frame[PREDICTION].astype("int64")
-    return frame

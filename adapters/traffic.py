@@ -1,12 +1,23 @@
-"""Labelled production traffic from the prediction log, for training data and the gate's evaluation data."""
+"""Labelled production traffic from the prediction log, for training data and the gate's evaluation data.
+
+Rows the retention flow archived are read from the archive too: a retrain keeps learning from labels
+older than the live log's retention period.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from adapters.prediction_log import labelled_traffic, make_engine
+from adapters import log_archive
+from adapters.prediction_log import (
+    CREATED_AT,
+    PREDICTION_ID,
+    labelled_traffic,
+    log_exists,
+    make_engine,
+    missing_sqlite_file,
+)
+from reggaeton.schema import TARGET
 from reggaeton.settings import Settings
 
 # SQLAlchemy's URL of an empty in-memory SQLite database.
@@ -14,16 +25,26 @@ _EMPTY_LOG = "sqlite://"
 
 
 def read_labelled_traffic(settings: Settings) -> pd.DataFrame:
-    """Logged predictions whose true label arrived (``prediction_log.labelled_traffic``), oldest first.
+    """Logged predictions whose true label arrived, live (``prediction_log.labelled_traffic``) and
+    archived, oldest first.
 
     Empty, with the same columns, when there is no log yet; a SQLite log that does not exist is not
     created (connecting would make an empty file).
     """
     url = settings.prediction_log_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+    if missing_sqlite_file(url):
         url = _EMPTY_LOG
     engine = make_engine(url)
     try:
-        return labelled_traffic(engine)
+        live = labelled_traffic(engine)
+        archived = log_archive.labelled(engine, settings.archive_path) if log_exists(engine) else None
     finally:
         engine.dispose()
+    if archived is None or archived.empty:
+        return live
+    archived = archived.rename(columns={log_archive.LABEL: TARGET})[list(live.columns)]
+    both = pd.concat([archived, live], ignore_index=True) if len(live) else archived
+    created = pd.to_datetime(both[CREATED_AT], utc=True)
+    return both.assign(**{CREATED_AT: created}).sort_values(
+        [CREATED_AT, PREDICTION_ID], kind="stable", ignore_index=True
+    )

@@ -44,17 +44,19 @@ def champion_reference(settings: Settings) -> tuple[str, Any] | None:
 
 
 @task(cache_policy=NO_CACHE)
-def read_window(settings: Settings, stores: pipeline.Stores, model_version: str) -> pipeline.Window:
-    """The version's traffic logged since the last run."""
-    return pipeline.read_window(
-        stores.log, stores.results, model_version, settings.monitoring.settle_s, datetime.now(UTC)
+def next_window(settings: Settings, stores: pipeline.Stores, model_version: str) -> pipeline.Window:
+    """The version's traffic to analyse: logged since the last run."""
+    return pipeline.next_window(
+        stores.results, model_version, settings.monitoring.settle_s, datetime.now(UTC)
     )
 
 
 @task(cache_policy=NO_CACHE)
-def analyse(reference: Any, window: pipeline.Window, settings: Settings) -> pipeline.Analysis:
-    """NannyML CBPE, drift and realized performance per chunk."""
-    return pipeline.analyse(reference, window, settings)
+def analyse(
+    reference: Any, window: pipeline.Window, stores: pipeline.Stores, settings: Settings
+) -> pipeline.Analysis:
+    """NannyML CBPE, drift and realized performance per chunk, the window streamed from the log."""
+    return pipeline.analyse(reference, window, stores.log, settings)
 
 
 @task(cache_policy=NO_CACHE)
@@ -163,8 +165,8 @@ def monitor(settings: Settings | None = None) -> MonitorSummary:
         return MonitorSummary(model_version=None)
     version, reference = champion
     with pipeline.open_stores(settings) as stores:  # both databases once per run, disposed at its end
-        window = read_window(settings, stores, version)
-        analysis = analyse(reference, window, settings)
+        window = next_window(settings, stores, version)
+        analysis = analyse(reference, window, stores, settings)
         _report_chunks(analysis)
         alerts = decide(settings, stores, window, analysis)
         summary = record(settings, stores, window, analysis, alerts)

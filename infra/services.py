@@ -115,6 +115,10 @@ def _http_check(url: str) -> Healthcheck:
 
 
 PREFECT_API = "http://prefect-server:4200/api"
+# The prediction log's archive (Parquet): a volume every container that runs flows mounts, so any worker
+# can archive, and any worker's monitor or retrain can read, the same files.
+ARCHIVE_VOLUME = "prediction-archive"
+ARCHIVE_DIR = "/state/archive"
 
 # Environment shared by every container that runs project code.
 APP_ENVIRONMENT: dict[str, str] = {
@@ -129,6 +133,8 @@ APP_ENVIRONMENT: dict[str, str] = {
     "REGGAETON_SERVING__PREDICTION_LOG_URL": _pg("predictions"),
     "REGGAETON_SERVING__ADMIN_TOKEN": "${ADMIN_TOKEN:?set ADMIN_TOKEN}",
     "REGGAETON_MONITORING__RESULTS_URL": _pg("predictions"),
+    # The retention flow archives old prediction-log rows here; the monitor and training read them back.
+    "REGGAETON_RETENTION__ARCHIVE_DIR": ARCHIVE_DIR,
     "REGGAETON_PREFECT__API_URL": PREFECT_API,
     "REGGAETON_PREFECT__WORK_POOL": WORK_POOL,
     "REGGAETON_PREFECT__TUNING_POOL": TUNING_POOL,
@@ -233,6 +239,7 @@ SERVICES: tuple[Service, ...] = (
         environment=APP_ENVIRONMENT,
         healthcheck=_http_check("http://127.0.0.1:8080/health"),
         depends_on={"prefect-server": "service_healthy", "mlflow": "service_healthy"},
+        volumes={ARCHIVE_VOLUME: ARCHIVE_DIR},
         memory_mb=2048,
         stop_grace_s=WORKER_GRACE_S + HAND_BACK_S,
         replicas="${WORKER_REPLICAS:-1}",
@@ -257,6 +264,7 @@ SERVICES: tuple[Service, ...] = (
         command=("python", "-m", "infra.bootstrap"),
         environment=APP_ENVIRONMENT,
         depends_on={"prefect-server": "service_healthy", "mlflow": "service_healthy"},
+        volumes={ARCHIVE_VOLUME: ARCHIVE_DIR},
         memory_mb=2048,
         one_shot=True,
     ),

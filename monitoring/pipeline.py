@@ -13,13 +13,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from adapters import prediction_log
+from adapters import log_window, prediction_log
+from adapters.log_window import Watermark
 from adapters.prediction_log import CREATED_AT, PREDICTION_ID
 from monitoring import estimation, report, store
 from monitoring.estimation import ChunkPlan, ChunkResult
@@ -28,6 +29,9 @@ from reggaeton.schema import PREDICTION, PROBABILITY
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# Under the state folder: NannyML's calculators fitted on each champion's reference (estimation.fit_monitors).
+MONITORS_CACHE: Final = "monitoring-cache"
 
 
 def policy_from_settings(settings: Settings) -> Policy:
@@ -73,26 +77,18 @@ def open_stores(settings: Settings) -> Iterator[Stores]:
 
 @dataclass(frozen=True)
 class Window:
-    """The traffic of one model version logged since the last run."""
+    """The traffic of one model version to analyse: logged after the stored watermark, up to ``until``."""
 
     model_version: str
-    frame: pd.DataFrame
-    after: tuple[datetime, str] | None
+    after: Watermark | None
     until: datetime
 
-    @property
-    def first_at(self) -> datetime | None:
-        """When the window's first row was logged (None for an empty window)."""
-        return pd.Timestamp(self.frame[CREATED_AT].iloc[0]).to_pydatetime() if len(self.frame) else None
 
-
-def read_window(log: Engine, results: Engine, model_version: str, settle_s: float, now: datetime) -> Window:
-    """Read the version's traffic after the stored watermark and up to ``now - settle_s``."""
+def next_window(results: Engine, model_version: str, settle_s: float, now: datetime) -> Window:
+    """The version's traffic after the stored watermark and up to ``now - settle_s``."""
     after = store.last_watermark(results, model_version)
     until = now.astimezone(UTC) - timedelta(seconds=settle_s)
-    frame = prediction_log.read_window(log, model_version, after=after, until=until)
-    logger.info("read %d logged predictions of version %s after %s", len(frame), model_version, after)
-    return Window(model_version=model_version, frame=frame, after=after, until=until)
+    return Window(model_version=model_version, after=after, until=until)
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,9 @@ class Analysis:
     chunks: list[ChunkResult]
     rows_read: int
     rows_analysed: int
-    watermark: tuple[datetime, str] | None  # last analysed row; None when nothing was analysed
+    watermark: Watermark | None  # last analysed row; None when nothing was analysed
+    first_at: datetime | None = None  # the window's first row (None for an empty window)
+    last_at: datetime | None = None  # its last row
 
 
 def plan_chunks(analysis_rows: int, reference_rows: int, settings: Settings) -> ChunkPlan:
@@ -119,24 +117,45 @@ def plan_chunks(analysis_rows: int, reference_rows: int, settings: Settings) -> 
     )
 
 
-def analyse(reference: pd.DataFrame, window: Window, settings: Settings) -> Analysis:
-    """Chunk the window, run NannyML, and compute realized performance where labels exist."""
+def analyse(reference: pd.DataFrame, window: Window, log: Engine, settings: Settings) -> Analysis:
+    """Stream the window from the log through NannyML and the realized metrics, chunk by chunk.
+
+    The window is counted first (its chunk plan depends on its size), then read in batches and analysed
+    in slices of whole chunks: memory stays flat however many rows it holds.
+    """
     section = settings.monitoring
-    frame = window.frame
-    plan = plan_chunks(len(frame), len(reference), settings)
-    # A window too small to judge is kept whole for the next run.
-    chunks = (
-        []
-        if len(frame) < section.min_rows
-        else estimation.estimate(reference, frame, plan, usage_logging=section.nannyml_usage_logging)
+    with log_window.open_window(
+        log, window.model_version, after=window.after, until=window.until, archive=settings.archive_path
+    ) as rows:
+        plan = plan_chunks(rows.rows, len(reference), settings)
+        if rows.rows < section.min_rows:  # a window too small to judge is kept whole for the next run
+            stream = estimation.Stream()
+            for _ in stream.read(rows.frames()):
+                pass
+        else:
+            stream = estimation.estimate_stream(
+                reference,
+                rows.frames(),
+                plan,
+                cache_dir=settings.state_path / MONITORS_CACHE,
+                usage_logging=section.nannyml_usage_logging,
+            )
+    logger.info(
+        "read %d logged predictions of version %s after %s; analysed %d in %d chunks",
+        stream.rows_read,
+        window.model_version,
+        window.after,
+        stream.rows_analysed,
+        len(stream.chunks),
     )
-    analysed = estimation.analysed_rows(chunks)
-    watermark = None
-    if analysed:
-        last = frame.iloc[analysed - 1]
-        watermark = (pd.Timestamp(last[CREATED_AT]).to_pydatetime(), str(last[PREDICTION_ID]))
     return Analysis(
-        plan=plan, chunks=chunks, rows_read=len(frame), rows_analysed=analysed, watermark=watermark
+        plan=plan,
+        chunks=stream.chunks,
+        rows_read=stream.rows_read,
+        rows_analysed=stream.rows_analysed,
+        watermark=stream.watermark,
+        first_at=stream.first_at,
+        last_at=stream.last_at,
     )
 
 
@@ -153,7 +172,9 @@ def _locatable(chunk: ChunkResult) -> bool:
     return bool(chunk.start and chunk.end and chunk.first_id and chunk.last_id)
 
 
-def late_labels(log: Engine, results: Engine, model_version: str, limit: int) -> History:
+def late_labels(
+    log: Engine, results: Engine, model_version: str, limit: int, archive: Path | None = None
+) -> History:
     """The latest ``limit`` stored chunks, with the labels that arrived since each was judged.
 
     A chunk's realized metrics are computed when it is analysed; feedback keeps arriving afterwards.
@@ -166,12 +187,12 @@ def late_labels(log: Engine, results: Engine, model_version: str, limit: int) ->
     first = min(known, key=lambda s: (s.chunk.start, s.chunk.first_id)).chunk
     last = max(known, key=lambda s: (s.chunk.end, s.chunk.last_id)).chunk
     assert first.start is not None and last.end is not None
-    frame = prediction_log.read_window(
-        log, model_version, after=(first.start, ""), until=last.end, features=False
+    frame = log_window.read_window(
+        log, model_version, after=(first.start, ""), until=last.end, features=False, archive=archive
     )
     at = frame[CREATED_AT]
     ids = frame[PREDICTION_ID].astype(str)
-    labels = frame[prediction_log.LABEL].to_numpy(dtype="float64")
+    labels = frame[log_window.LABEL].to_numpy(dtype="float64")
     proba = frame[PROBABILITY].to_numpy(dtype="float64")
     predicted = frame[PREDICTION].to_numpy(dtype="int64")
     changed: list[store.StoredChunk] = []
@@ -208,14 +229,13 @@ def read_history(log: Engine, results: Engine, model_version: str, settings: Set
     """The stored chunks the policy continues streaks from, with their late labels counted."""
     section = settings.monitoring
     limit = max(section.relabel_chunks, section.consecutive_chunks - 1)
-    return late_labels(log, results, model_version, limit)
+    return late_labels(log, results, model_version, limit, settings.archive_path)
 
 
 def decide(window: Window, analysis: Analysis, history: History, policy: Policy) -> list[Alert]:
     """Apply the alert policy to this run's chunks (continuing streaks from stored history)."""
-    frame = window.frame
-    start = window.first_at
-    end = pd.Timestamp(frame[CREATED_AT].iloc[-1]).to_pydatetime() if len(frame) else window.until
+    start = analysis.first_at
+    end = analysis.last_at or window.until
     return evaluate(
         Results(
             model_version=window.model_version,
@@ -254,7 +274,7 @@ def save(
         model_name=model_name,
         model_version=window.model_version,
         started_at=started_at,
-        window_start=window.first_at,
+        window_start=analysis.first_at,
         window_end=analysis.chunks[-1].end if analysis.chunks else None,
         rows_read=analysis.rows_read,
         rows_analysed=analysis.rows_analysed,

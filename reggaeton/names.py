@@ -18,6 +18,9 @@ EXPERIMENT_BATCH: Final = "reggaeton-batch-scoring"
 TRAIN_DEPLOYMENT: Final = "train-and-promote"
 # The prefect.yaml deployment that monitors the champion on a schedule.
 MONITOR_DEPLOYMENT: Final = "monitor"
+# The prefect.yaml deployment (and its flow) that archives old prediction-log rows, on a schedule.
+RETENTION_DEPLOYMENT: Final = "retention"
+RETENTION_FLOW: Final = "retention"
 # The process work pool every worker polls (the settings' default; prefect.yaml and the container
 # stack are checked against it by tests/test_contracts.py).
 WORK_POOL: Final = "reggaeton-pool"

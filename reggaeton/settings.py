@@ -198,6 +198,17 @@ class MonitoringSettings(_Section):
     nannyml_usage_logging: bool = False  # NannyML telemetry (off: nothing leaves the machine)
 
 
+class RetentionSettings(_Section):
+    """How long the prediction log keeps rows live, and where the retention flow archives older ones."""
+
+    # Predictions (with their feedback labels) and shadow answers older than this leave the live log for
+    # the archive. Keep it longer than the longest label delay: a label for an archived prediction is
+    # refused (410), and realized performance counts the labels that came while the row was live.
+    keep_days: float = Field(default=30.0, gt=0)
+    archive_dir: Path | None = None  # default: folder in the state folder (a volume workers share)
+    part_rows: int = Field(default=1_000_000, ge=1_000)  # rows per archive file at most (and per day)
+
+
 class PrefectSettings(_Section):
     """Prefect server, work pool and notifications."""
 
@@ -264,6 +275,7 @@ class Settings(BaseSettings):
     promotion: PromotionSettings = PromotionSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    retention: RetentionSettings = RetentionSettings()
     prefect: PrefectSettings = PrefectSettings()
     watchdog: WatchdogSettings = WatchdogSettings()
     batch: BatchSettings = BatchSettings()
@@ -354,6 +366,11 @@ class Settings(BaseSettings):
     def replica_name(self) -> str:
         """The name this API process gives in the replica header (``serving.replica_name``, else the host)."""
         return self.serving.replica_name or socket.gethostname()
+
+    @property
+    def archive_path(self) -> Path:
+        """Where the retention flow archives old log rows (``RetentionSettings.archive_dir``)."""
+        return (self.retention.archive_dir or self.state_path / "archive").expanduser().resolve()
 
     @property
     def spool_dir(self) -> Path:

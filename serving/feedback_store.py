@@ -7,11 +7,23 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from adapters.prediction_log import PREDICTION_ID, feedback, predictions
+from adapters.prediction_log import PREDICTION_ID, archived_before, feedback, predictions
+from reggaeton.ids import issued_at
 
 
 class UnknownPredictionError(LookupError):
     """No prediction with this id was logged."""
+
+
+class ArchivedPredictionError(LookupError):
+    """The prediction was logged, then archived by the retention flow: labels are no longer recorded."""
+
+    def __init__(self, prediction_id: str, cutoff: datetime) -> None:
+        self.cutoff = cutoff
+        super().__init__(
+            f"prediction {prediction_id} was archived: predictions logged before {cutoff.isoformat()} "
+            "left the live log (retention), so their labels are no longer recorded"
+        )
 
 
 class ConflictingFeedbackError(ValueError):
@@ -30,6 +42,7 @@ def record_feedback(engine: Engine, prediction_id: str, label: int) -> bool:
 
     Raises:
         UnknownPredictionError: no such prediction.
+        ArchivedPredictionError: the prediction was archived (its id is older than the archive's cutoff).
         ConflictingFeedbackError: another label was recorded before.
     """
     for _ in range(2):  # a concurrent identical call may win the insert; then re-read
@@ -38,6 +51,10 @@ def record_feedback(engine: Engine, prediction_id: str, label: int) -> bool:
                 select(predictions.c[PREDICTION_ID]).where(predictions.c[PREDICTION_ID] == prediction_id)
             ).first()
             if known is None:
+                issued = issued_at(prediction_id)
+                cutoff = None if issued is None else archived_before(connection)
+                if issued is not None and cutoff is not None and issued < cutoff:
+                    raise ArchivedPredictionError(prediction_id, cutoff)
                 raise UnknownPredictionError(prediction_id)
             recorded = connection.execute(
                 select(feedback.c.label).where(feedback.c.prediction_id == prediction_id)

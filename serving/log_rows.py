@@ -16,7 +16,15 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.prediction_log import CREATED_AT, MODEL_NAME, MODEL_VERSION, PREDICTION_ID, predictions
+from adapters.prediction_log import (
+    CREATED_AT,
+    MODEL_NAME,
+    MODEL_VERSION,
+    PREDICTION_ID,
+    ROUTE,
+    ROUTE_CHAMPION,
+    predictions,
+)
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY
 
 
@@ -30,7 +38,10 @@ class Position:
 
 @dataclass(slots=True)
 class LogEntry:
-    """The rows of one model batch: ids, features, probabilities and labels, same length and order."""
+    """The rows of one model batch: ids, features, probabilities and labels, same length and order.
+
+    ``route`` says who answered them (``prediction_log.ROUTES``): the champion, or a canary.
+    """
 
     ids: list[str]
     created_at: datetime
@@ -39,13 +50,14 @@ class LogEntry:
     features: np.ndarray
     probabilities: np.ndarray
     labels: np.ndarray
+    route: str = ROUTE_CHAMPION
     end: Position | None = None  # where the entry ends in the journal, once appended
 
     def rows(self, created_at: Any) -> list[tuple[Any, ...]]:
         """One tuple per prediction, in ``ROW_COLUMNS`` order, with ``created_at`` as given."""
-        name, version = self.model_name, self.model_version
+        name, version, route = self.model_name, self.model_version, self.route
         return [
-            (pid, created_at, name, version, *values, proba, label)
+            (pid, created_at, name, version, *values, proba, label, route)
             for pid, values, proba, label in zip(
                 self.ids,
                 self.features.tolist(),
@@ -65,6 +77,7 @@ ROW_COLUMNS: Final = (
     *FEATURE_NAMES,
     PROBABILITY,
     PREDICTION,
+    ROUTE,
 )
 
 
@@ -133,6 +146,7 @@ def encode(entry: LogEntry) -> bytes:
         "t": entry.created_at.isoformat(),
         "n": entry.model_name,
         "v": entry.model_version,
+        "r": entry.route,
         "ids": entry.ids,
         "x": np.ascontiguousarray(entry.features, dtype=np.float64),
         "p": np.ascontiguousarray(entry.probabilities, dtype=np.float64),
@@ -142,7 +156,7 @@ def encode(entry: LogEntry) -> bytes:
 
 
 def decode(line: bytes) -> LogEntry:
-    """The model batch of one journal line."""
+    """The model batch of one journal line (a line without a route, written before routes, is champion's)."""
     record = orjson.loads(line)
     return LogEntry(
         list(record["ids"]),
@@ -152,4 +166,5 @@ def decode(line: bytes) -> LogEntry:
         np.asarray(record["x"], dtype=np.float64).reshape(-1, len(FEATURE_NAMES)),
         np.asarray(record["p"], dtype=np.float64),
         np.asarray(record["y"], dtype=np.int64),
+        record.get("r", ROUTE_CHAMPION),
     )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
-from uuid import uuid4
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 import numpy as np
 from sqlalchemy import Engine
 
+from reggaeton.ids import time_ordered_ids
 from reggaeton.settings import Settings
 from serving.batching import MicroBatcher
 from serving.cache import ModelCache
@@ -19,6 +20,8 @@ from serving.log_rows import LogEntry
 from serving.log_writer import PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.refresher import Refresher
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class NoModelError(RuntimeError):
@@ -76,13 +79,17 @@ class PredictionService:
 
     def _complete(self, served: ServedModel, features: np.ndarray, proba: np.ndarray) -> list[dict[str, Any]]:
         labels = (proba >= served.threshold).astype(np.int64)
-        ids = [str(uuid4()) for _ in range(len(proba))]
+        # One clock reading for the ids and the rows: an id's time is its row's created_at, to the
+        # millisecond, which is how /feedback tells an archived id (older than the archive's cutoff).
+        now_us = time.time_ns() // 1000
+        created_at = _EPOCH + timedelta(microseconds=now_us)
+        ids = time_ordered_ids(len(proba), now_us // 1000)
         version = served.version
         results = [
             {"id": pid, "probability": p, "label": label, "model_version": version}
             for pid, p, label in zip(ids, proba.tolist(), labels.tolist(), strict=True)
         ]
-        self.log.put(LogEntry(ids, datetime.now(UTC), served.name, version, features, proba, labels))
+        self.log.put(LogEntry(ids, created_at, served.name, version, features, proba, labels))
         self._count(served, int(np.count_nonzero(labels)), len(labels))
         return results
 

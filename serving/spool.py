@@ -7,8 +7,9 @@ unless ``spool_fsync`` is set. The writer inserts the rows into the database and
 once every row in it is committed; what is left at start is replayed (the prediction id is the key,
 so replaying a row twice inserts it once).
 
-A record is one line: ``{"t": created_at ISO, "n": model name, "v": version, "ids": [...],
-"x": [[7 features], ...], "p": [probabilities], "y": [labels]}``. A line cut short by a crash in the
+A record is one line: ``{"t": created_at ISO, "n": model name, "v": version, "r": route, "ids": [...],
+"x": [[7 features], ...], "p": [probabilities], "y": [labels]}``; a line without ``"r"`` (written by a
+server from before routes) is the champion's. A line cut short by a crash in the
 middle of ``write()`` was never answered; replay skips it.
 """
 

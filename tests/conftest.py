@@ -99,3 +99,20 @@ def prefect_api_url() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A real Postgres server for the session (tests/postgres_support.py); tests make their own databases."""
+    from postgres_support import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> str:
+    """A fresh, empty Postgres database of this test."""
+    from postgres_support import fresh_database
+
+    return fresh_database(postgres_server_url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import yaml
 
 from flows.deploy import PREFECT_FILE, PROJECT_DIR
+from flows.retention import retention
 from flows.score_catalogue import score_catalogue
 from flows.tune import tune_study
 from infra import services
@@ -22,7 +23,8 @@ def test_prefect_yaml_uses_the_one_work_pool_and_deployment_names() -> None:
     pools = {deployment["name"]: deployment["work_pool"]["name"] for deployment in config["deployments"]}
     assert pools.pop(names.TUNE_DEPLOYMENT) == names.TUNING_POOL == Settings().prefect.tuning_pool
     assert set(pools.values()) == {names.WORK_POOL} == {Settings().prefect.work_pool}
-    assert {names.TRAIN_DEPLOYMENT, names.MONITOR_DEPLOYMENT, names.SCORE_DEPLOYMENT} <= set(pools)
+    expected = {names.TRAIN_DEPLOYMENT, names.MONITOR_DEPLOYMENT, names.SCORE_DEPLOYMENT}
+    assert expected | {names.RETENTION_DEPLOYMENT} <= set(pools)
     tune = next(
         deployment for deployment in config["deployments"] if deployment["name"] == names.TUNE_DEPLOYMENT
     )
@@ -32,6 +34,11 @@ def test_prefect_yaml_uses_the_one_work_pool_and_deployment_names() -> None:
     )
     assert score["entrypoint"] == f"flows/score_catalogue.py:{score_catalogue.fn.__name__}"
     assert score_catalogue.name == names.SCORE_DEPLOYMENT
+    retention_deployment = next(
+        deployment for deployment in config["deployments"] if deployment["name"] == names.RETENTION_DEPLOYMENT
+    )
+    assert retention_deployment["entrypoint"] == f"flows/retention.py:{retention.fn.__name__}"
+    assert retention.name == names.RETENTION_FLOW
 
 
 def test_prefect_yaml_triggers_name_real_events() -> None:

@@ -9,7 +9,12 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy.exc import OperationalError
 
 from serving.deps import AdminDep, ServicesDep
-from serving.feedback_store import ConflictingFeedbackError, UnknownPredictionError, record_feedback
+from serving.feedback_store import (
+    ArchivedPredictionError,
+    ConflictingFeedbackError,
+    UnknownPredictionError,
+    record_feedback,
+)
 from serving.schemas import FeedbackRequest, FeedbackResponse
 
 router = APIRouter(tags=["feedback"])
@@ -24,6 +29,7 @@ _FLUSH_WAIT_S = 5.0  # how long a label waits for its prediction's row to reach 
         401: {"description": "Admin token required."},
         404: {"description": "Unknown prediction id."},
         409: {"description": "A different label was already recorded."},
+        410: {"description": "The prediction was archived (older than the log's retention): no label now."},
         503: {"description": "The prediction log database is unavailable or catching up; retry later."},
     },
 )
@@ -54,6 +60,8 @@ async def post_feedback(body: FeedbackRequest, services: ServicesDep, _: AdminDe
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"unknown prediction id {body.prediction_id}"
         ) from None
+    except ArchivedPredictionError as exc:
+        raise HTTPException(status.HTTP_410_GONE, str(exc)) from None
     except ConflictingFeedbackError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return FeedbackResponse(prediction_id=body.prediction_id, label=body.label, created=created)

@@ -5,17 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from adapters.log_window import LABEL, WINDOW_COLUMNS, read_window
 from adapters.prediction_log import (
     CREATED_AT,
-    LABEL,
     PREDICTION_ID,
-    WINDOW_COLUMNS,
+    ROUTE,
+    ROUTE_CANARY,
+    ROUTE_CHAMPION,
     create_tables,
     feedback,
     labelled_traffic,
     make_engine,
     predictions,
-    read_window,
 )
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 
@@ -55,7 +56,7 @@ def test_only_predictions_with_feedback_come_back_oldest_first(tmp_path: Path) -
     engine.dispose()
 
 
-def test_window_carries_each_rows_label_and_nothing_from_other_versions(tmp_path: Path) -> None:
+def test_window_carries_each_rows_label_and_nothing_from_other_versions_or_routes(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
     create_tables(engine)
     start = datetime(2026, 1, 1, tzinfo=UTC)
@@ -68,18 +69,19 @@ def test_window_carries_each_rows_label_and_nothing_from_other_versions(tmp_path
             **EXAMPLE_SONGS[i % 2],
             PROBABILITY: 0.1 * i,
             PREDICTION: int(i % 2 == 0),
+            ROUTE: ROUTE_CANARY if i == 6 else ROUTE_CHAMPION,
         }
-        for i in range(6)
+        for i in range(7)
     ]
-    labels = [  # p0 labelled but before the watermark; p4 is another version's
+    labels = [  # p0 labelled but before the watermark; p4 is another version's; p6 a canary's answer
         {"prediction_id": pid, "label": label, "received_at": start + timedelta(hours=2)}
-        for pid, label in (("p0", 1), ("p2", 1), ("p3", 0), ("p4", 1))
+        for pid, label in (("p0", 1), ("p2", 1), ("p3", 0), ("p4", 1), ("p6", 1))
     ]
     with engine.begin() as connection:
         connection.execute(predictions.insert(), rows)
         connection.execute(feedback.insert(), labels)
 
-    window = read_window(engine, "1", after=(start, "p0"), until=start + timedelta(minutes=5))
+    window = read_window(engine, "1", after=(start, "p0"), until=start + timedelta(minutes=6))
     assert list(window[PREDICTION_ID]) == ["p1", "p2", "p3", "p5"]
     assert window[LABEL].tolist()[1:3] == [1.0, 0.0]
     assert window[LABEL].isna().tolist() == [True, False, False, True]

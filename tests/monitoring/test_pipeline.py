@@ -11,7 +11,7 @@ from monitoring_support import Champion, TrafficWriter
 from sklearn.metrics import f1_score, roc_auc_score
 from sqlalchemy import inspect, select
 
-from adapters import prediction_log
+from adapters import log_archive, log_window, prediction_log
 from monitoring import estimation, pipeline, simulate, store
 from monitoring.estimation import ChunkPlan
 from monitoring.policy import Alert, AlertKind
@@ -23,8 +23,8 @@ def run_once(settings: Settings, champion: Champion) -> tuple[pipeline.Analysis,
     """What the flow does, minus MLflow and Prefect: open the stores, read, analyse, decide, store."""
     version = champion.version
     with pipeline.open_stores(settings) as stores:
-        window = pipeline.read_window(stores.log, stores.results, version, 0.0, datetime.now(UTC))
-        analysis = pipeline.analyse(champion.reference, window, settings)
+        window = pipeline.next_window(stores.results, version, 0.0, datetime.now(UTC))
+        analysis = pipeline.analyse(champion.reference, window, stores.log, settings)
         history = pipeline.read_history(stores.log, stores.results, version, settings)
         alerts = pipeline.decide(window, analysis, history, pipeline.policy_from_settings(settings))
         pipeline.save(stores.results, "m", window, analysis, alerts, datetime.now(UTC), None, 0)
@@ -61,14 +61,14 @@ def test_chunks_are_sized_to_the_reference_and_bounded_in_number() -> None:
 
 def test_log_window_reads_after_the_watermark(settings: Settings, traffic: TrafficWriter) -> None:
     traffic.write("stable", 700, feedback_fraction=0.5)
-    window = prediction_log.read_window(traffic.engine, traffic.champion.version)
-    assert len(window) == 700 and list(window.columns) == list(prediction_log.WINDOW_COLUMNS)
+    window = log_window.read_window(traffic.engine, traffic.champion.version)
+    assert len(window) == 700 and list(window.columns) == list(log_window.WINDOW_COLUMNS)
     assert window["created_at"].is_monotonic_increasing and str(window["created_at"].dt.tz) == "UTC"
     assert 0.4 < window["label"].notna().mean() < 0.6
     mark = (window["created_at"].iloc[299].to_pydatetime(), str(window["id"].iloc[299]))
-    rest = prediction_log.read_window(traffic.engine, traffic.champion.version, after=mark)
+    rest = log_window.read_window(traffic.engine, traffic.champion.version, after=mark)
     assert rest["id"].tolist() == window["id"].iloc[300:].tolist()
-    assert prediction_log.read_window(traffic.engine, "no-such-version").empty
+    assert log_window.read_window(traffic.engine, "no-such-version").empty
 
 
 def test_a_run_opens_its_stores_once_and_disposes_them_even_when_a_step_fails(
@@ -76,10 +76,8 @@ def test_a_run_opens_its_stores_once_and_disposes_them_even_when_a_step_fails(
 ) -> None:
     traffic.write("stable", 300)
     with pytest.raises(RuntimeError, match="a step failed"), pipeline.open_stores(settings) as stores:
-        window = pipeline.read_window(
-            stores.log, stores.results, traffic.champion.version, 0.0, datetime.now(UTC)
-        )
-        assert len(window.frame) == 300
+        window = pipeline.next_window(stores.results, traffic.champion.version, 0.0, datetime.now(UTC))
+        assert len(log_window.read_window(stores.log, window.model_version, until=window.until)) == 300
         # Pooled connections stay open while the run goes on ...
         assert stores.log.pool.checkedin() == 1 and stores.results.pool.checkedin() == 1
         raise RuntimeError("a step failed")
@@ -91,12 +89,12 @@ def test_a_window_read_without_features_keeps_the_rows_and_the_other_columns(
     settings: Settings, traffic: TrafficWriter
 ) -> None:
     traffic.write("stable", 400, feedback_fraction=0.5)
-    whole = prediction_log.read_window(traffic.engine, traffic.champion.version)
-    narrow = prediction_log.read_window(traffic.engine, traffic.champion.version, features=False)
-    kept = [name for name in prediction_log.WINDOW_COLUMNS if name not in FEATURE_NAMES]
+    whole = log_window.read_window(traffic.engine, traffic.champion.version)
+    narrow = log_window.read_window(traffic.engine, traffic.champion.version, features=False)
+    kept = [name for name in log_window.WINDOW_COLUMNS if name not in FEATURE_NAMES]
     assert list(narrow.columns) == kept == ["id", "created_at", "probability", "prediction", "label"]
     pd.testing.assert_frame_equal(narrow, whole[kept])
-    empty = prediction_log.read_window(traffic.engine, "no-such-version", features=False)
+    empty = log_window.read_window(traffic.engine, "no-such-version", features=False)
     assert empty.empty and list(empty.columns) == kept
 
 
@@ -109,9 +107,23 @@ def test_a_run_on_a_log_without_tables_reads_nothing_and_leaves_the_log_to_servi
     assert [a.kind for a in alerts] == [AlertKind.INSUFFICIENT_DATA]
     log = prediction_log.make_engine(settings.prediction_log_url)
     assert inspect(log).get_table_names() == []
-    empty = prediction_log.read_window(log, champion.version)
-    assert empty.empty and list(empty.columns) == list(prediction_log.WINDOW_COLUMNS)
+    empty = log_window.read_window(log, champion.version)
+    assert empty.empty and list(empty.columns) == list(log_window.WINDOW_COLUMNS)
     log.dispose()
+
+
+def test_a_monitor_behind_the_retention_reads_its_window_from_the_archive(
+    settings: Settings, traffic: TrafficWriter
+) -> None:
+    traffic.write("stable", 1300, feedback_fraction=0.5)  # logged ten days ago
+    cutoff = log_archive.retention_cutoff(datetime.now(UTC), 3.0)
+    moved = log_archive.archive_source(
+        traffic.engine, settings.archive_path, log_archive.PREDICTIONS, cutoff, 1_000_000
+    )
+    assert moved.archived == 1300 and moved.kept == 0
+    analysis, _ = run_once(settings, traffic.champion)
+    assert (analysis.rows_read, analysis.rows_analysed, len(analysis.chunks)) == (1300, 1000, 2)
+    assert all(chunk.labelled > 200 for chunk in analysis.chunks)  # the labels came from the archive too
 
 
 def test_tail_smaller_than_a_chunk_waits_for_the_next_run(settings: Settings, traffic: TrafficWriter) -> None:

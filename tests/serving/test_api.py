@@ -6,6 +6,7 @@ import json
 import math
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 from serving_support import Registry, Server, make_settings, run_server
 from sqlalchemy import func, select
 
-from adapters.prediction_log import make_engine, predictions
+from adapters.prediction_log import ROUTE, ROUTE_CHAMPION, archive_parts, make_engine, predictions
+from reggaeton.ids import issued_at, time_ordered_ids
 from reggaeton.names import REPLICA_HEADER
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, INVALID_EXAMPLE_SONG
 
@@ -204,7 +206,45 @@ def test_predictions_are_logged(served: Server) -> None:
     by_id = {row["id"]: row for row in rows}
     assert by_id[ids[1]]["loudness"] == EXAMPLE_SONGS[1]["loudness"]
     assert all(math.isfinite(row["probability"]) for row in rows)
+    assert {row[ROUTE] for row in rows} == {ROUTE_CHAMPION}
+    # Ids are time-ordered: each tells its row's creation time, to the millisecond.
+    for row in rows:
+        created = row["created_at"].replace(tzinfo=UTC)
+        assert issued_at(row["id"]) == created.replace(microsecond=created.microsecond // 1000 * 1000)
     assert total > len(ids)
+
+
+def test_feedback_for_an_archived_prediction_is_gone_not_unknown(served: Server) -> None:
+    # The manifest row a retention run leaves: predictions before the cutoff were archived and deleted.
+    cutoff = datetime(2026, 1, 1, tzinfo=UTC)
+    engine = make_engine(served.settings.prediction_log_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                archive_parts.insert().values(
+                    part="predictions/date=2025-12-31/part-test.parquet",
+                    source=predictions.name,
+                    rows=1,
+                    first_created_at=cutoff - timedelta(days=1),
+                    last_created_at=cutoff - timedelta(days=1),
+                    cutoff=cutoff,
+                    written_at=cutoff,
+                    deleted_at=cutoff,
+                )
+            )
+    finally:
+        engine.dispose()
+    (archived,) = time_ordered_ids(1, int((cutoff - timedelta(hours=1)).timestamp() * 1000))
+    (never_issued,) = time_ordered_ids(1, int(datetime.now(UTC).timestamp() * 1000))
+    with served.client(headers=served.admin_headers()) as client:
+        live = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
+        gone = client.post("/feedback", json={"prediction_id": archived, "label": 1})
+        unknown = client.post("/feedback", json={"prediction_id": never_issued, "label": 1})
+        recorded = client.post("/feedback", json={"prediction_id": live, "label": 1})
+    assert gone.status_code == 410, gone.text
+    assert "archived" in gone.json()["detail"] and "2026-01-01" in gone.json()["detail"]
+    assert unknown.status_code == 404
+    assert recorded.status_code == 200
 
 
 def test_api_key_guards_predict_when_configured(

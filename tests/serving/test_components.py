@@ -18,7 +18,14 @@ from sklearn.linear_model import LogisticRegression
 from sqlalchemy import Engine, create_engine, func, select
 from starlette.datastructures import State
 
-from adapters.prediction_log import create_tables, make_engine, predictions
+from adapters.prediction_log import (
+    ROUTE,
+    ROUTE_CANARY,
+    ROUTE_CHAMPION,
+    create_tables,
+    make_engine,
+    predictions,
+)
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES
 from reggaeton.servable import examples_array
 from reggaeton.settings import Settings
@@ -26,7 +33,7 @@ from serving.batching import MicroBatcher
 from serving.cache import ModelCache
 from serving.fast_path import PredictFastPath
 from serving.holder import ModelCheckError, ModelHolder, ServedModel, prepared
-from serving.log_rows import LogEntry
+from serving.log_rows import LogEntry, encode
 from serving.log_writer import LogUnavailableError, PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.middleware import MetricsMiddleware
@@ -354,6 +361,51 @@ def test_a_journal_left_behind_is_replayed_exactly_once(tmp_path: Path) -> None:
     # The 60 rows left behind, and the 2 put while they were replayed (queued behind them in the journal).
     assert metrics.log_rows_replayed._value.get() == 62
     assert _segments(spool) == []
+    engine.dispose()
+
+
+def test_a_journal_line_of_the_previous_version_replays_as_the_champions(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    create_tables(engine)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    # A line exactly as the server before routes wrote it (no "r"), then a canary's line of today.
+    old = {
+        "t": "2026-12-01T10:00:00+00:00",
+        "n": "m",
+        "v": "1",
+        "ids": ["old-a", "old-b"],
+        "x": [[0.5] * 7, [0.25] * 7],
+        "p": [0.1, 0.9],
+        "y": [0, 1],
+    }
+    canary = _entry(7)
+    canary.route = ROUTE_CANARY
+    segment = spool / "segment-000000000001.jsonl"
+    segment.write_bytes(json.dumps(old).encode() + b"\n" + encode(canary))
+
+    async def run() -> None:
+        writer = PredictionLogWriter(
+            engine,
+            ServingMetrics(),
+            capacity_rows=100,
+            batch_rows=10,
+            flush_interval_s=0.01,
+            journal=Journal(spool, max_bytes=1 << 20, segment_bytes=1 << 16),
+        )
+        writer.start()
+        await writer.flush()
+        await writer.close()
+
+    asyncio.run(run())
+    with engine.connect() as connection:
+        routes = dict(connection.execute(select(predictions.c.id, predictions.c[ROUTE])).all())
+    assert routes == {
+        "old-a": ROUTE_CHAMPION,
+        "old-b": ROUTE_CHAMPION,
+        "7-a": ROUTE_CANARY,
+        "7-b": ROUTE_CANARY,
+    }
     engine.dispose()
 
 

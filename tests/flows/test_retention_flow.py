@@ -1,0 +1,53 @@
+"""The retention flow for real: a real Prefect server, a SQLite log with old and new rows, the archive."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from adapters import prediction_log
+from flows.retention import retention
+from monitoring import simulate
+from reggaeton.data import synthetic_dataset
+from reggaeton.settings import Settings
+
+
+@pytest.mark.slow
+def test_retention_flow_archives_what_is_older_than_the_setting(tmp_path: Path, prefect_api_url: str) -> None:
+    settings = Settings(
+        state_dir=tmp_path / "state", prefect={"api_url": prefect_api_url}, retention={"keep_days": 2.0}
+    )
+    assert retention(settings).archived == 0  # no log yet: nothing to do, no failure, no log made
+    assert not Path(settings.prediction_log_url.removeprefix("sqlite:///")).exists()
+
+    settings.ensure_state_dir()
+    engine = prediction_log.make_engine(settings.prediction_log_url)
+    prediction_log.create_tables(engine)
+    songs = synthetic_dataset(480, seed=1).frame.assign(probability=0.3, prediction=0)
+    # One song every 15 minutes over the last five days, none within 7 minutes of the cutoff (two days
+    # ago, as the runs below see it): three days' worth, 288 songs, is older.
+    simulate.log_traffic(
+        engine,
+        songs,
+        "1",
+        start=datetime.now(UTC) - timedelta(days=5) + timedelta(minutes=7),
+        interval=timedelta(minutes=15),
+        feedback_fraction=0.5,
+        seed=1,
+    )
+
+    summary = retention(settings)
+
+    (moved, shadow) = summary.moved
+    assert moved.source == "predictions" and shadow.archived == 0
+    assert moved.archived == 288 and moved.archived + moved.kept == moved.before == 480
+    with engine.connect() as connection:
+        oldest = connection.execute(select(func.min(prediction_log.predictions.c.created_at))).scalar_one()
+    assert oldest.replace(tzinfo=UTC) >= summary.cutoff
+    files = list((settings.archive_path / "predictions").glob("date=*/part-*.parquet"))
+    assert len(files) == 4  # four days touched: the first (partly), two whole ones, the last (partly)
+    assert retention(settings).archived == 0  # the second run finds nothing older
+    engine.dispose()
