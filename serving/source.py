@@ -7,6 +7,7 @@ does not pay for importing it on the way to its first prediction.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,20 @@ from reggaeton.settings import Settings
 from serving.holder import ModelCheckError, ServedModel
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveRole:
+    """The challenger under live evaluation, as the deciding side recorded it."""
+
+    model_version: Any  # the registry's ModelVersion (to load it)
+    share: float  # of the requests it answers as a canary (0: shadow only)
+    sequence: int | None = None  # of the decision that set it
+
+    @property
+    def version(self) -> str:
+        """Its version number."""
+        return str(self.model_version.version)
 
 
 class RegistrySource:
@@ -42,6 +57,28 @@ class RegistrySource:
         from adapters import registry
 
         return registry.get_alias(self._connected(), self.model_name, names.CHAMPION)
+
+    def live_role(self) -> LiveRole | None:
+        """The version behind the challenger alias when it is under live evaluation, else None.
+
+        A challenger is under live evaluation while its live state (``names.Tag.LIVE_STATE``) is shadow
+        or canary; during a canary its share is ``names.Tag.CANARY_SHARE``. The champion itself, or a
+        version the offline policy registered (state absent), is never shadowed.
+        """
+        from adapters import registry
+
+        found = registry.get_alias(self._connected(), self.model_name, names.CHALLENGER)
+        if found is None:
+            return None
+        tags = found.tags or {}
+        state = tags.get(names.Tag.LIVE_STATE)
+        if state not in ("shadow", "canary"):
+            return None
+        try:
+            share = float(tags.get(names.Tag.CANARY_SHARE, "0")) if state == "canary" else 0.0
+        except ValueError:
+            share = 0.0
+        return LiveRole(found, min(max(share, 0.0), 1.0))
 
     def load(self, version: Any) -> ServedModel:
         """Load a registered version into a :class:`ServedModel` (not yet smoke-checked).
