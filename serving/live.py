@@ -106,6 +106,17 @@ class LiveStats:
             for name, value in counts.items():
                 setattr(current, name, getattr(current, name) + value)
 
+    def add_answer(self, role: str, served: ServedModel, rows: int, latency_s: float) -> None:
+        """One answered request of a route (the request path's one call: no keyword arguments)."""
+        key = (role, served.name, served.version)
+        with self._lock:
+            current = self._counts.get(key)
+            if current is None:
+                current = self._counts[key] = _Counts()
+            current.attempts += 1
+            current.rows += rows
+            current.latency_sum_s += latency_s
+
     def take(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """The ``live_stats`` rows of the interval that ends now, and a new interval begun."""
         now = now or datetime.now(UTC)

@@ -177,14 +177,11 @@ class PredictionService:
             last = answers[-1] if answers else None
             if last is None or not last.done() or last.cancelled() or last.exception() is not None:
                 self.log.release(rows)
-        role = STATS_CANARY if canary else STATS_CHAMPION
-        self.live.stats.add(
-            role,
-            assignment.served if canary else served,
-            attempts=1,
-            rows=rows,
-            latency_sum_s=time.perf_counter() - started,
-        )
+        elapsed = time.perf_counter() - started
+        if canary:
+            self.live.stats.add_answer(STATS_CANARY, assignment.served, rows, elapsed)
+        else:
+            self.live.stats.add_answer(STATS_CHAMPION, served, rows, elapsed)
         return result
 
     async def _canary(

@@ -184,20 +184,24 @@ def test_under_overload_shadow_work_is_shed_and_champion_answers_do_not_wait(tmp
     hung = _Model("hangs")
     policy = POLICY.model_copy(update={"shadow_queue_rows": 50, "shadow_timeout_s": 60.0})
 
-    async def scenario() -> tuple[int, float, float, int]:
+    async def scenario() -> tuple[int, float, float, float, int]:
         async with _replica(tmp_path, _served(hung, "2"), policy=policy) as replica:
-            answered = await _send(replica, 300)  # the shadow model holds its first call meanwhile
+            first = await _send(replica, 300)  # beyond the queue's 50 rows: shed
+            shed_first = replica.sample("reggaeton_shadow_rows_total", outcome="shed")
+            await asyncio.to_thread(_wait, lambda: hung.calls == 1)  # the shadow model now holds a call
+            second = await _send(replica, 300)  # answered all the same; the queue refills, then sheds
             shed = replica.sample("reggaeton_shadow_rows_total", outcome="shed")
             queued = replica.sample("reggaeton_shadow_queue_rows")
             await replica.log.flush()
             hung.release.set()
-            return len(answered), shed, queued, hung.calls
+            return len(first) + len(second), shed_first, shed, queued, hung.calls
 
-    answered, shed, queued, calls = asyncio.run(scenario())
+    answered, shed_first, shed, queued, calls = asyncio.run(scenario())
     engine = make_engine(f"sqlite:///{tmp_path / 'predictions.db'}")
-    assert answered == 300 == _count(engine, select(func.count()).select_from(predictions))
+    assert answered == 600 == _count(engine, select(func.count()).select_from(predictions))
+    assert shed_first >= 300 - 50  # whole micro-batches are kept or shed: at most the queue's 50 kept
     assert queued <= 50
-    assert shed >= 300 - 50 - 64  # at most the queue and the batch in the hung call were kept
+    assert shed - shed_first >= 300 - 50  # the second burst: the queue (emptied into the hung call) refills
     assert calls == 1
 
 
