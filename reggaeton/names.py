@@ -114,6 +114,8 @@ class Tag:
     LIVE_SINCE: Final = "reggaeton.live_since"
     CANARY_SINCE: Final = "reggaeton.canary_since"
     CANARY_SHARE: Final = "reggaeton.canary_share"
+    CANARY_STEP: Final = "reggaeton.canary_step"  # index into LiveSettings.canary_steps
+    CANARY_HELD: Final = "reggaeton.canary_held"  # "true": an operator aborted its canary (no automatic one)
 
 
 class Event:

@@ -169,6 +169,8 @@ class LiveSettings(_Section):
     # Shadow or canary errors (raised, timed out, nonsense answers) the challenger may make: the lower
     # end of the error rate's interval above this rejects it (the champion makes none).
     max_error_rate: float = Field(default=0.01, ge=0, lt=1)
+    # Labels received within this long are left for the next run (a shadow answer may still be on its way).
+    settle_s: float = Field(default=5.0, ge=0)
     # --- the shadow, in every API replica
     shadow_share: float = Field(default=1.0, ge=0, le=1)  # of the answered requests the challenger scores
     shadow_queue_rows: int = Field(default=20_000, ge=1)  # waiting to be shadow-scored; beyond: shed
@@ -177,7 +179,7 @@ class LiveSettings(_Section):
     stats_interval_s: float = Field(default=10.0, gt=0)  # each replica's counts reach the log this often
     # --- the canary (policy canary, or `reggaeton canary start`)
     canary_steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)  # shares of the requests, in order
-    canary_step_s: float = Field(default=3600.0, gt=0)  # at least this long at each step
+    canary_step_s: float = Field(default=3600.0, ge=0)  # at least this long at each step
     canary_min_requests: int = Field(default=200, ge=1)  # canary requests a step must see to advance
     canary_timeout_s: float = Field(default=0.25, gt=0)  # a canary answer later than this: champion's
     # The canary's mean answer time may exceed the champion's by this much (the interval's lower end
