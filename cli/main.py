@@ -21,15 +21,18 @@ from cli.commands import (
     Context,
     Handler,
     cmd_alerts,
+    cmd_canary,
     cmd_demo,
     cmd_deploy,
     cmd_down,
     cmd_gate,
+    cmd_live_gate,
     cmd_monitor,
     cmd_promote,
     cmd_retrain,
     cmd_rollback,
     cmd_score,
+    cmd_shadow,
     cmd_simulate,
     cmd_status,
     cmd_train,
@@ -53,6 +56,9 @@ EXAMPLES = """examples:
   reggaeton gate --version 2         gate a registered version against the champion
   reggaeton promote --version 2 --reason "hotfix"   operator override (the version must still be valid)
   reggaeton rollback --reason "precision dropped"   back to the previous champion
+  reggaeton shadow                   the challenger under live evaluation: what it saw, the live comparison
+  reggaeton canary start             the challenger answers the first canary step's share of requests
+  reggaeton canary abort --reason "p99 alarm"   its share back to 0 at once (it keeps shadowing)
   reggaeton simulate --scenario drift --count 1000  traffic to the running API
   reggaeton monitor                  one monitoring pass now (the monitor deployment, on the worker)
   reggaeton score songs.csv --out scored   score a catalogue with the champion (resumable)
@@ -136,7 +142,26 @@ def _add_model_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
     promote_cmd.add_argument("--reason", required=True)
     rollback_cmd = add("rollback", cmd_rollback, "make the previous champion champion again")
     rollback_cmd.add_argument("--reason", required=True)
-    for command in (promote_cmd, rollback_cmd):
+    add(
+        "shadow",
+        cmd_shadow,
+        "the challenger under live evaluation: what it has seen, the live comparison so far",
+    )
+    canary_cmd = add("canary", cmd_canary, "start the challenger's canary, or abort it (share back to 0)")
+    canary_cmd.add_argument("action", choices=("start", "abort"))
+    canary_cmd.add_argument("--reason", help="why (abort)")
+    live_cmd = add(
+        "live-gate",
+        cmd_live_gate,
+        "judge the challenger on live evidence now (a run of the live-gate deployment)",
+    )
+    live_cmd.add_argument(
+        "--wait-s",
+        type=float,
+        default=300,
+        help="how long to wait for the deployment's one slot (default 300)",
+    )
+    for command in (promote_cmd, rollback_cmd, canary_cmd):
         command.add_argument("--by", default=None, help="who (default: the login name)")
 
 

@@ -101,6 +101,32 @@ _MODEL_NOTICES = (
         "The API refused a new champion version and keeps serving the previous one.",
     ),
     (
+        Event.SHADOW_STARTED,
+        "shadow-started",
+        "challenger under live evaluation",
+        "A challenger passed the offline gate and is shadow-scored on live traffic (live policy).",
+    ),
+    (
+        Event.CANARY_STEP,
+        "canary-step",
+        "canary moved a step",
+        "The live gate moved the canary: the challenger now answers a larger share of the requests.",
+    ),
+    (
+        Event.CANARY_ABORTED,
+        "canary-aborted",
+        "canary aborted",
+        "A canary was aborted (errors, latency or live performance worse beyond noise, or an operator): "
+        "its share is back to 0.",
+    ),
+    (
+        Event.CHALLENGER_FAILING,
+        "challenger-failing",
+        "challenger failing on live traffic",
+        "An API replica's challenger raised, hung or answered nonsense (as a shadow, or as a canary the "
+        "champion then answered for); once per episode.",
+    ),
+    (
         Event.LOG_UNAVAILABLE,
         "log-unavailable",
         "prediction log database unavailable",

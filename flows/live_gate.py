@@ -410,6 +410,44 @@ def live_report(settings: Settings) -> dict[str, Any]:
     return _jsonable(asdict(judge(settings, apply=False)))
 
 
+def report_lines(report: Mapping[str, Any], settings: Settings) -> list[str]:
+    """``live_report``'s answer for a terminal (``reggaeton shadow``)."""
+    policy = settings.live.policy
+    evidence = report.get("evidence")
+    if not evidence:
+        return [
+            f"policy {policy}: {report['reason']}"
+            + (f" (challenger {report['version']})" if report.get("version") else "")
+        ]
+    labelled = evidence["labelled"]
+    lines = [
+        f"challenger version {report['version']} vs champion version {report['champion']}: "
+        f"{evidence['state']} for {evidence['elapsed_s']:.0f} s (policy {policy})",
+        f"the live gate now: {report['action']}: {report['reason']}",
+        f"labelled live rows: {labelled['rows']}, positives {labelled['positives']} "
+        f"(looks at {', '.join(str(n) for n in live.planned_looks(settings.live))} positives)",
+    ]
+    for look in labelled.get("looks") or ():
+        gain = look["gain"]
+        lines.append(
+            f"  look at {look['positives']} positives: PR-AUC gain {gain['estimate']:+.4f} "
+            f"[{gain['low']:+.4f}, {gain['high']:+.4f}]: {look['verdict']}"
+        )
+    for key in ("shadow_errors", "canary_errors"):
+        errors = evidence.get(key)
+        if errors:
+            lines.append(f"{key.split('_')[0]}: {errors['errors']} errors of {errors['attempts']} answers")
+    if evidence.get("latency") and evidence["latency"].get("difference_ms"):
+        d = evidence["latency"]["difference_ms"]
+        lines.append(
+            f"canary answer time vs champion: {d['estimate']:+.1f} ms [{d['low']:+.1f}, {d['high']:+.1f}]"
+        )
+    unlabelled = evidence.get("unlabelled") or {}
+    lines.append("label-free, on the same requests:")
+    lines.extend(f"  {key.replace('_', ' ')}: {value}" for key, value in unlabelled.items())
+    return lines
+
+
 @flow(name="canary-start")
 def canary_start(by: str | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Operator command: the challenger under live evaluation answers the first canary step's share.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import yaml
 
 from flows.deploy import PREFECT_FILE, PROJECT_DIR
+from flows.live_gate import live_gate
 from flows.retention import retention
 from flows.score_catalogue import score_catalogue
 from flows.tune import tune_study
@@ -39,6 +40,12 @@ def test_prefect_yaml_uses_the_one_work_pool_and_deployment_names() -> None:
     )
     assert retention_deployment["entrypoint"] == f"flows/retention.py:{retention.fn.__name__}"
     assert retention.name == names.RETENTION_FLOW
+    gate = next(
+        deployment for deployment in config["deployments"] if deployment["name"] == names.LIVE_GATE_DEPLOYMENT
+    )
+    assert gate["entrypoint"] == f"flows/live_gate.py:{live_gate.fn.__name__}"
+    assert live_gate.name == names.LIVE_GATE_FLOW
+    assert gate["schedules"] and gate["concurrency_limit"]["limit"] == 1
 
 
 def test_prefect_yaml_triggers_name_real_events() -> None:

@@ -125,6 +125,10 @@ def test_notices_cover_every_event_of_the_contract() -> None:
         Event.RELOAD_FAILED,
         Event.LOG_UNAVAILABLE,
         Event.LOG_RECOVERED,
+        Event.SHADOW_STARTED,
+        Event.CANARY_STEP,
+        Event.CANARY_ABORTED,
+        Event.CHALLENGER_FAILING,
     } <= covered
     assert automations.FLOW_RUN_FAILED in covered
 
@@ -155,6 +159,8 @@ def test_prefect_yaml_agrees_with_settings() -> None:
         "flows/monitor.py:monitor",
         "flows/tune.py:tune_study",
         "flows/score_catalogue.py:score_catalogue",
+        "flows/retention.py:retention",
+        "flows/live_gate.py:live_gate",
     }
 
 
