@@ -91,6 +91,10 @@ def cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
 
     _local_only(ctx, "demo", "docker-compose up -d")
     settings = _local_settings(ctx)
+    if args.policy is not None:
+        settings = settings.model_copy(
+            update={"live": settings.live.model_copy(update={"policy": args.policy})}
+        )
     report = demo.run_demo(settings)
     sys.stdout.write(demo.summary(settings, report))
     return 0

@@ -110,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_status,
         "URLs, champion and challenger, last decision and monitoring, API, services down",
     )
-    add(
+    demo_cmd = add(
         "demo",
         cmd_demo,
         "the whole loop once on this machine (stack, first champion, drift, retrain), then a summary",
+    )
+    demo_cmd.add_argument(
+        "--policy",
+        choices=("offline", "shadow"),
+        help="promotion policy (default: the settings', offline): shadow shows the live gate end to end",
     )
     deploy_cmd = add(
         "deploy", cmd_deploy, "work pool, deployments (prefect.yaml) and automations; idempotent"
