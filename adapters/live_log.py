@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Engine, and_, literal, select, union_all
+from sqlalchemy import Engine, and_, delete, literal, select, union_all
 
 from adapters.prediction_log import (
     CREATED_AT,
@@ -104,6 +104,7 @@ def _frame(engine: Engine, query: Any) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     for column in (CREATED_AT, RECEIVED_AT):
         frame[column] = pd.to_datetime(frame[column], utc=True)  # SQLite returns naive UTC
+    frame[LABEL] = pd.to_numeric(frame[LABEL]).astype("float64")  # NaN where no label arrived
     return frame
 
 
@@ -165,3 +166,12 @@ def stats(engine: Engine, versions: tuple[str, ...], since: datetime) -> pd.Data
     for column in ("window_start", "window_end"):
         frame[column] = pd.to_datetime(frame[column], utc=True)
     return frame
+
+
+def prune_stats(engine: Engine, before: datetime) -> int:
+    """Delete the ``live_stats`` rows whose interval ended before ``before`` (counts: not archived)."""
+    if not log_exists(engine):
+        return 0
+    with engine.begin() as connection:
+        deleted = connection.execute(delete(live_stats).where(live_stats.c.window_end < _utc(before)))
+    return int(deleted.rowcount or 0)

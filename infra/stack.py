@@ -4,7 +4,8 @@ Config (``pulumi config set``; keys in :data:`infra.services.VARIABLES`): ``dbPa
 are required secrets (an example value is refused); ``dbUser``, ``imageTag``, ``mlflowPort``, ``prefectPort``,
 ``apiPort``, ``apiReplicas`` (API containers behind the balancer), ``workerReplicas`` (worker containers,
 each serving the work pool and, one run at a time, the tuning pool), ``trainingTrials`` and
-``trainingParallelWorkers`` (tuning runs per retrain) have defaults;
+``trainingParallelWorkers`` (tuning runs per retrain) and ``promotionPolicy`` (offline, shadow or canary)
+have defaults;
 ``memoryMb`` (an object, service -> MB) overrides sizes.
 
 What the provider does not do by itself, the program does: containers run the built image by its id (a
