@@ -108,13 +108,17 @@ check: lint typecheck test ## Lint, types, then tests
 bench-train: install ## Time 50 Optuna trials on the original data (DATA=folder) and the MLflow logging overhead
 	$(BIN)/python benchmarks/bench_train.py $(if $(DATA),--data $(DATA))
 
+.PHONY: bench-retrain
+bench-retrain: install ## A drift retrain on the original data (DATA=folder), slice by slice against the model it replaces
+	$(BIN)/python benchmarks/bench_retrain.py $(if $(DATA),--data $(DATA))
+
 .PHONY: bench-selection
 bench-selection: install ## Does CV rank a study's best trials as the held-out part does? (DATA=folder)
 	$(BIN)/python benchmarks/cv_vs_holdout.py $(if $(DATA),--data $(DATA))
 
 .PHONY: bench-monitor
-bench-monitor: install ## Monitor run vs NannyML alone at 100 k and 1 M logged predictions
-	$(BIN)/python benchmarks/bench_monitor.py
+bench-monitor: install ## Monitor run vs NannyML alone at 1 M, 2.7 M, 5 M rows (POSTGRES_URL=... adds Postgres)
+	$(BIN)/python benchmarks/bench_monitor.py $(if $(POSTGRES_URL),--postgres-url $(POSTGRES_URL))
 
 .PHONY: bench-score
 bench-score: install ## reggaeton score vs mlflow models predict on 1 M rows; rows/s and peak RSS at 1 M and 10 M rows

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
@@ -33,22 +33,23 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, Log, State, StateType, TaskRun, WorkerStatus
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.deployments import run_deployment
-from prefect.exceptions import PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled, Cancelling, Scheduled
 
 from adapters.prefect_url import api_url
+from reggaeton import names
 from reggaeton.settings import Settings
 
 
-@contextmanager
+@contextlib.contextmanager
 def prefect_api_at(url: str) -> Iterator[None]:
     """Point every Prefect client and event in this block at ``url``."""
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield
 
 
-@contextmanager
+@contextlib.contextmanager
 def prefect_api(settings: Settings, *, keep_configured: bool = False) -> Iterator[None]:
     """Point every Prefect client in this block at a real server, never at a throw-away one.
 
@@ -56,6 +57,42 @@ def prefect_api(settings: Settings, *, keep_configured: bool = False) -> Iterato
     ``keep_configured`` is as in :func:`api_url`.
     """
     with prefect_api_at(api_url(settings, keep_configured=keep_configured)):
+        yield
+
+
+# How long a decider waits for another one to finish, and how long its hold lasts if it dies holding it
+# (Prefect renews the lease while the holder lives).
+DECISION_LOCK_WAIT_S = 300.0
+DECISION_LOCK_LEASE_S = 60.0
+
+
+@contextlib.contextmanager
+def decision_lock(wait_s: float = DECISION_LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the one decision slot (a Prefect global concurrency limit) on the configured Prefect API.
+
+    Every decider (the gate, the operator's promote and rollback, the upgrade's adoption) numbers,
+    signs and applies its decision inside this block, so two never take the same sequence number and
+    the champion alias never moves back to an older decision.
+    """
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(names.DECISION_LOCK)
+        except ObjectNotFound:
+            # Another decider may create it meanwhile.
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=names.DECISION_LOCK, limit=1)
+                )
+    with concurrency(
+        names.DECISION_LOCK,
+        occupy=1,
+        timeout_seconds=wait_s,
+        lease_duration=DECISION_LOCK_LEASE_S,
+        strict=True,
+    ):
         yield
 
 

@@ -28,7 +28,7 @@ def model_resource(model_name: str, version: str | None) -> dict[str, str]:
         "prefect.resource.name": model_name,
     }
     if version is not None:
-        resource["reggaeton.model.version"] = version
+        resource[names.Event.VERSION_LABEL] = version
     return resource
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -28,8 +29,8 @@ from mlflow.models.model import ModelInfo
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from reggaeton import names
-from reggaeton.data import Dataset
-from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.data import Dataset, provenance_or_base
+from reggaeton.schema import FEATURE_NAMES, OBSERVED_AT, PREDICTION, PROBABILITY, SOURCE, TARGET
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,10 +60,22 @@ MODEL_DESCRIPTION = (
 )
 
 
-def connect(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured tracking store and registry and return a client."""
+def connect(settings: Settings, account: str | None = None) -> MlflowClient:
+    """Point MLflow at the configured tracking store and registry and return a client.
+
+    Args:
+        settings: The settings.
+        account: The MLflow account this process acts as from now on (one of names.MLFLOW_ACCOUNTS):
+            when the settings hold its password, MLflow's client authenticates with it (its standard
+            MLFLOW_TRACKING_USERNAME/PASSWORD, read at every request). Without one, whatever the process
+            already has is kept (an open server; the operator's own credentials).
+    """
     if settings.tracking_uri.startswith("sqlite:"):
         settings.ensure_state_dir()
+    password = settings.mlflow.account_password(account) if account is not None else None
+    if account is not None and password is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = account
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password.get_secret_value()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
@@ -154,11 +167,19 @@ def log_model(pipeline: Any, example: pd.DataFrame, threshold: float) -> ModelIn
 
 
 def reference_frame(holdout: pd.DataFrame, proba: Any, threshold: float) -> pd.DataFrame:
-    """The reference set monitoring needs: held-out features, probability, prediction and true label."""
+    """The reference set: held-out features, probability, prediction, true label and each row's provenance.
+
+    Monitoring compares traffic with it (features, probability, prediction, label); the gate reads each
+    row's ``SOURCE`` (base data or traffic) and ``OBSERVED_AT`` (a traffic row's prediction time) for its
+    slices. Rows without a recorded provenance count as base data.
+    """
     frame = holdout[list(FEATURE_NAMES)].copy()
     frame[PROBABILITY] = proba
     frame[PREDICTION] = (frame[PROBABILITY] >= threshold).astype("int64")
     frame[TARGET] = holdout[TARGET].astype("int64").to_numpy()
+    provenance = provenance_or_base(holdout)
+    frame[SOURCE] = provenance[SOURCE]
+    frame[OBSERVED_AT] = provenance[OBSERVED_AT]  # same index: aligned, tz-aware kept
     return frame.reset_index(drop=True)
 
 
@@ -278,6 +299,30 @@ def load_reference(client: MlflowClient, version: ModelVersion) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(version.run_id, names.REFERENCE_ARTIFACT, tmp)
         return pd.read_parquet(local)
+
+
+def set_monitoring_state(
+    client: MlflowClient, model_name: str, version: str, status: str, since: str
+) -> None:
+    """Put monitoring's state of a version on it (``names.Tag.MONITORING_*``), when it changed."""
+    tags = {names.Tag.MONITORING_STATUS: status, names.Tag.MONITORING_SINCE: since}
+    current = client.get_model_version(model_name, version).tags or {}
+    for key, value in tags.items():
+        if current.get(key) != value:
+            client.set_model_version_tag(model_name, version, key, value)
+
+
+def log_version_files(
+    client: MlflowClient, model_name: str, version: str, folder: str, files: Mapping[str, bytes]
+) -> None:
+    """Write files (name -> content) into ``folder`` of a version's training run (replacing same names)."""
+    run_id = client.get_model_version(model_name, version).run_id
+    if run_id is None:
+        raise ValueError(f"version {version} has no training run to hold its files")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            (Path(tmp) / name).write_bytes(content)
+        client.log_artifacts(run_id, tmp, artifact_path=folder)
 
 
 def load_pipeline(model_name: str, version: str) -> Any:

@@ -349,7 +349,7 @@ def resume_request(settings: Settings, request_id: str) -> str | None:
     points at it again and its number is returned: the rerun gates it rather than registering a
     second version for the same request.
     """
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.TRAINING_ACCOUNT)
     model_name = settings.mlflow.model_name
     found = client.search_model_versions(
         f"name='{model_name}' and tags.`{names.Tag.RETRAIN_REQUEST}` = '{request_id}'"

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -102,7 +103,7 @@ def _register_champion(state: Path, challenger: bool = False) -> str:
     from mlflow.models import infer_signature
 
     from adapters import registry
-    from reggaeton import names
+    from reggaeton import decision_record, live, names
     from reggaeton.data import features_array, split, synthetic_dataset
     from reggaeton.model import baseline_pipeline
     from reggaeton.schema import FEATURE_NAMES, PROBABILITY, TARGET
@@ -128,13 +129,36 @@ def _register_champion(state: Path, challenger: bool = False) -> str:
             skops_trusted_types=[*registry.SKOPS_TRUSTED_TYPES, *SMOTE_TRUSTED_TYPES],
         )
     version = registry.register(client, info, names.MODEL_NAME, {names.Tag.THRESHOLD: 0.5})
+    # The API serves (and shadows) only what a signed decision says: sign as an operator would, with the
+    # state folder's own key pair (the servers read its public half).
+    _sign(settings, client, str(version.version), decision_record.PROMOTED)
     client.set_registered_model_alias(names.MODEL_NAME, names.CHAMPION, version.version)
     if challenger:
-        shadowed = registry.register(
-            client, info, names.MODEL_NAME, {names.Tag.THRESHOLD: 0.5, names.Tag.LIVE_STATE: "shadow"}
-        )
+        shadowed = registry.register(client, info, names.MODEL_NAME, {names.Tag.THRESHOLD: 0.5})
+        _sign(settings, client, str(shadowed.version), live.SHADOW)
         client.set_registered_model_alias(names.MODEL_NAME, names.CHALLENGER, shadowed.version)
     return settings.tracking_uri
+
+
+def _sign(settings: Any, client: Any, version: str, outcome: str) -> None:
+    """An operator's signed decision about ``version``: promoted (champion) or shadow (challenger)."""
+    from adapters import decisions, keys
+    from reggaeton import decision_record, names
+
+    decisions.sign_decision(
+        client,
+        keys.ensure_local_keys(settings),
+        model=names.MODEL_NAME,
+        version=version,
+        action=decision_record.MANUAL,
+        outcome=outcome,
+        previous_champion=None,
+        evaluation=None,
+        evidence=decision_record.evidence_of({"benchmark": version}, "bench-serve"),
+        policy={},
+        decided_by="bench-serve",
+        decided_at=decisions.now(),
+    )
 
 
 @contextlib.contextmanager

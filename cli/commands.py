@@ -306,7 +306,8 @@ def cmd_simulate(ctx: Context, args: argparse.Namespace) -> int:
     if problems:
         raise CommandError("; ".join(problems))
     stack_endpoints.require(ctx.endpoints, "api")
-    counts = simulate.run(ctx.endpoints.api, ctx.settings.serving.admin_token.get_secret_value(), options)
+    token, key = simulate.credentials(ctx.settings)
+    counts = simulate.run(ctx.endpoints.api, token, options, api_key=key)
     print(f"scenario {args.scenario}: {counts}")
     return 0
 
@@ -317,7 +318,8 @@ def cmd_alerts(ctx: Context, args: argparse.Namespace) -> int:
 
     if ctx.endpoints.stack == stack_endpoints.COMPOSE:
         raise CommandError(
-            "the compose stack sends alerts to its WEBHOOK_URL; the local receiver is not part of it"
+            "the compose stack sends alerts to its WEBHOOK_URL, else to its receiver container: "
+            "`docker-compose logs receiver` shows them"
         )
     path = ctx.settings.alerts_path
     alerts = read_alerts(path)
@@ -391,6 +393,12 @@ def _registry_command(ctx: Context, version: str | None, run: Callable[[], dict[
     finally:
         EventsWorker.drain_all()  # deliver the events before the process ends
     print(f"{result['action']}: version {result['version']} {result['outcome']} ({result['reason']})")
+    if result.get("slices"):
+        from reggaeton.promotion import slice_lines
+
+        print("per slice (PR-AUC, challenger minus champion with its interval):")
+        for line in slice_lines(result["slices"]):
+            print(f"  {line}")
     print(f"champion: version {result['champion']}")
     return 0
 

@@ -6,7 +6,8 @@ Each endpoint is taken from the first of these that has it:
    ``REGGAETON_SERVING__HOST``/``PORT``);
 2. the standard variable of the tool (``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``);
 3. the compose stack's ``.env`` ports on 127.0.0.1, when ``--stack compose`` (or ``REGGAETON_STACK=compose``)
-   is chosen;
+   is chosen (its credentials too: the operator is MLflow's admin, sends Prefect's auth string, signs
+   decisions with the stack's key, uses the API's tokens; a variable already set in the environment wins);
 4. what ``reggaeton up`` recorded in ``<state>/stack.json`` (the local stack that is up);
 5. the local stack's defaults (the settings' hosts and ports).
 """
@@ -14,12 +15,13 @@ Each endpoint is taken from the first of these that has it:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 import httpx
+from pydantic import SecretStr
 
 from reggaeton.settings import Settings
 
@@ -30,6 +32,20 @@ STACK_ENV: Final = "REGGAETON_STACK"
 
 # The compose stack's host ports (.env entries) and their defaults (.env.example).
 COMPOSE_PORTS: Final = {"MLFLOW_PORT": 5000, "PREFECT_PORT": 4200, "API_PORT": 8000}
+# The compose stack's credentials the operator's command line uses: .env entry -> the variable it is
+# exported as (MLflow's and Prefect's own), or the setting it fills.
+COMPOSE_PROCESS_CREDENTIALS: Final = {
+    "MLFLOW_ADMIN_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+    "PREFECT_AUTH_STRING": "PREFECT_API_AUTH_STRING",
+}
+COMPOSE_SETTINGS_CREDENTIALS: Final = {
+    "DECISION_SIGNING_KEY": ("signing", "private_key"),
+    "DECISION_VERIFY_KEY": ("signing", "public_keys"),
+    "ADMIN_TOKEN": ("serving", "admin_token"),
+    "FEEDBACK_TOKEN": ("serving", "feedback_token"),
+    "API_KEY": ("serving", "api_key"),
+}
+MLFLOW_ADMIN_USER: Final = "admin"
 
 
 class Unreachable(RuntimeError):
@@ -46,6 +62,8 @@ class Endpoints:
     api: str
     receiver: str | None
     sources: Mapping[str, str]
+    # The compose stack's .env entries the command line may use (credentials); empty for the local stack.
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def prefect_ui(self) -> str:
@@ -100,9 +118,13 @@ def resolve(
         raise ValueError(f"{STACK_ENV}={which!r}: choose one of {', '.join(STACKS)}")
     recorded: Mapping[str, str] = {}
     compose: dict[str, str] = {}
+    credentials: dict[str, str] = {}
     if which == COMPOSE:
         ports = dict(COMPOSE_PORTS)
-        for key, value in read_env_file(env_file).items():
+        env_values = read_env_file(env_file)
+        wanted = {*COMPOSE_PROCESS_CREDENTIALS, *COMPOSE_SETTINGS_CREDENTIALS, "WEBHOOK_URL"}
+        credentials = {key: value for key, value in env_values.items() if key in wanted and value}
+        for key, value in env_values.items():
             if key in ports and value.isdigit():
                 ports[key] = int(value)
         compose = {
@@ -139,6 +161,7 @@ def resolve(
         api=api[0],
         receiver=receiver,
         sources={"mlflow": mlflow[1], "prefect_api": prefect[1], "api": api[1]},
+        credentials=credentials,
     )
 
 
@@ -165,10 +188,43 @@ def apply(settings: Settings, endpoints: Endpoints) -> Settings:
             )
     prefect = settings.prefect.model_copy(update=prefect_update)
     api = httpx.URL(endpoints.api)
-    serving = settings.serving.model_copy(
-        update={"host": api.host or settings.serving.host, "port": api.port or settings.serving.port}
+    serving_update: dict[str, object] = {
+        "host": api.host or settings.serving.host,
+        "port": api.port or settings.serving.port,
+    }
+    signing_update: dict[str, object] = {}
+    for key, (section, name) in COMPOSE_SETTINGS_CREDENTIALS.items():
+        value = endpoints.credentials.get(key)
+        if value is None or name in getattr(settings, section).model_fields_set:
+            continue  # not in .env, or the environment's own setting wins
+        secret = value if name == "public_keys" else SecretStr(value)
+        (serving_update if section == "serving" else signing_update)[name] = secret
+    serving = settings.serving.model_copy(update=serving_update)
+    signing = settings.signing.model_copy(update=signing_update)
+    return settings.model_copy(
+        update={"mlflow": mlflow, "prefect": prefect, "serving": serving, "signing": signing}
     )
-    return settings.model_copy(update={"mlflow": mlflow, "prefect": prefect, "serving": serving})
+
+
+def export_credentials(endpoints: Endpoints, environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Put the compose stack's MLflow and Prefect credentials where their clients read them.
+
+    The operator acts as MLflow's admin and sends Prefect's auth string. A variable already set wins.
+
+    Returns:
+        The variables set.
+    """
+    environ = os.environ if environ is None else environ
+    exported = []
+    for key, variable in COMPOSE_PROCESS_CREDENTIALS.items():
+        value = endpoints.credentials.get(key)
+        if value and variable not in environ:
+            environ[variable] = value
+            exported.append(variable)
+    if "MLFLOW_TRACKING_PASSWORD" in exported and "MLFLOW_TRACKING_USERNAME" not in environ:
+        environ["MLFLOW_TRACKING_USERNAME"] = MLFLOW_ADMIN_USER
+        exported.append("MLFLOW_TRACKING_USERNAME")
+    return exported
 
 
 def answers(url: str, timeout_s: float = 3.0) -> bool:

@@ -242,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
         found = stack_endpoints.resolve(settings, args.stack)
+        stack_endpoints.export_credentials(found)  # the compose stack's, from its .env
         ctx = Context(stack_endpoints.apply(settings, found), found, args.debug)
         handler: Handler = args.handler
         return handler(ctx, args)

@@ -5,6 +5,11 @@ analytics off), the MLflow server (SQLite + local artifacts, ``--serve-artifacts
 a Prefect process worker on the work pool, and the API. A second ``up`` reuses what is running; ``down``
 stops exactly the processes ``up`` started, by the PIDs recorded in ``<state>/pids/``. ``up`` records
 the stack's endpoints in ``<state>/stack.json``, where the ``reggaeton`` command line finds them.
+
+``up`` creates the decision signing keys in ``<state>/keys`` (the API verifies champions with the public
+one) and, on a registry that predates signed decisions, signs its champion once ("adopted"), so an
+upgraded stack keeps serving it. Nothing here is authenticated: every service listens on 127.0.0.1 only,
+and whoever can run processes as this user can read the state folder, keys included (see the runbook).
 """
 
 from __future__ import annotations
@@ -111,8 +116,8 @@ def _env_value(value: object) -> str:
         return value.get_secret_value()
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, tuple | list):
-        return json.dumps(list(value))
+    if isinstance(value, tuple | list):  # a list setting is JSON (e.g. promotion.slices, declared slices)
+        return json.dumps([v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value])
     return str(value)
 
 
@@ -367,10 +372,13 @@ def _launch(service: Service, settings: Settings, chosen: Collection[str]) -> tu
     log_path = log_dir(settings) / f"{service.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = service.command(settings)
+    environment = stack_environment(settings)
+    if service.name == "api":  # the API verifies decisions; only the deciding side holds the private key
+        environment.pop("REGGAETON_SIGNING__PRIVATE_KEY", None)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,
-            env=stack_environment(settings),
+            env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -518,32 +526,76 @@ def read_endpoints(settings: Settings) -> dict[str, str] | None:
     return {str(key): str(value) for key, value in data.items()} if isinstance(data, dict) else None
 
 
+def adopt_champion(settings: Settings) -> str | None:
+    """Sign the champion once when the registry predates signed decisions (an upgraded stack).
+
+    Returns:
+        The adopted version, or None (nothing to adopt, or it failed: logged with what to run instead).
+    """
+    from adapters import decisions, keys, prefect_api, registry
+
+    stacked = settings.model_copy(
+        update={"mlflow": settings.mlflow.model_copy(update={"tracking_uri": endpoints(settings)["mlflow"]})}
+    )
+    try:
+        key = keys.signing_key(settings)
+        with prefect_api.prefect_api(settings), prefect_api.decision_lock():
+            record = decisions.adopt_unsigned_champion(
+                registry.connect(stacked), key, settings.mlflow.model_name, "reggaeton up (upgrade)"
+            )
+    except Exception as exc:  # the stack still starts; the API just does not serve the unsigned champion
+        logger.warning(
+            "could not sign the champion from before signed decisions (%s): the API serves it once "
+            "`reggaeton promote --version <champion> --reason adopt` signs it",
+            exc,
+        )
+        return None
+    if record is None:
+        return None
+    logger.warning(
+        "adopted champion version %s: the registry predates signed decisions, so it was signed once "
+        "(decision %d); from now on only signed decisions make a champion",
+        record.version,
+        record.sequence,
+    )
+    return record.version
+
+
 def up(
     settings: Settings, names: Sequence[str] = SERVICE_NAMES, chosen: Collection[str] = ()
 ) -> dict[str, str]:
     """Start the named services phase by phase; what is already running is reused.
 
     The stack's endpoints are recorded in ``<state>/stack.json`` first, so a command run while it
-    starts already finds it; while a stack of this state folder runs, its record stays as it is.
+    starts already finds it; while a stack of this state folder runs, its record stays as it is. The
+    signing keys exist before any service starts; a champion from before signed decisions is adopted
+    once MLflow and Prefect answer, before the API starts.
 
     Raises:
         PortHeld: another program answers on a service's port (nothing is started); ``chosen`` names
             the services whose URL the user gave on purpose, used as they are.
     """
-    settings.ensure_state_dir()
-    settings.prefect_home.mkdir(parents=True, exist_ok=True)
-    running = any(value.startswith("running") for value in status(settings).values())
-    if not running or read_endpoints(settings) is None:
-        endpoints_path(settings).write_text(json.dumps(endpoints(settings), indent=2) + "\n")
+    from adapters import keys
+
     by_name = {service.name: service for service in SERVICES}
-    # Every port first: a port held by another program stops `up` before anything started.
+    # Every port first: a port held by another program stops `up` before anything is made or started.
     for name in names:
         record = read_record(settings, name)
         if record is None or not record.is_running():
             already_there(by_name[name], settings, chosen)
+    settings.ensure_state_dir()
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    key = keys.signing_key(settings)  # the state folder's pair, created when missing
+    if settings.signing.public_keys is None:
+        keys.write_public(settings, key)  # what the API verifies with
+    running = any(value.startswith("running") for value in status(settings).values())
+    if not running or read_endpoints(settings) is None:
+        endpoints_path(settings).write_text(json.dumps(endpoints(settings), indent=2) + "\n")
     outcome: dict[str, str] = {}
     for phase in PHASES:
         outcome.update(start([by_name[name] for name in phase if name in names], settings, chosen))
+        if phase == PHASES[0] and {"mlflow", "prefect-server"} <= set(names):
+            adopt_champion(settings)
     return outcome
 
 

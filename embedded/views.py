@@ -16,6 +16,7 @@ from typing import Any
 from mlflow.entities.model_registry import ModelVersion
 
 from reggaeton import names
+from reggaeton.promotion import slice_lines
 
 SUMMARY_METRICS = ("pr_auc", "roc_auc", "f1", "brier")
 
@@ -123,6 +124,10 @@ def decision_lines(info: VersionInfo) -> list[str]:
             f"    PR-AUC gain {float(gain['estimate']):+.3f}, interval "
             f"[{float(gain['low']):+.3f}, {float(gain['high']):+.3f}]"
         )
+    slices = detail.get("slices")
+    if isinstance(slices, list) and slices:
+        lines.append("  per slice (PR-AUC, challenger minus champion with its interval):")
+        lines.extend(f"    {line}" for line in slice_lines(slices))
     return lines
 
 

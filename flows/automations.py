@@ -1,8 +1,11 @@
-"""Automations as code: who is told what when the loop moves, applied idempotently by name.
+"""Automations as code: who is told what when the loop moves, and the retrain, applied idempotently by name.
 
-The retrain itself is the `train-and-promote` deployment's own trigger (prefect.yaml); the automations
-here only notify, through one built-in Prefect notification block (a custom webhook, Slack-compatible
-payload ``{"text": ...}``) pointed at ``settings.alert_webhook_url``.
+Notifications go through one built-in Prefect notification block (a custom webhook, Slack-compatible
+payload ``{"text": ...}``) pointed at ``settings.alert_webhook_url``. The retrain on
+``reggaeton.model.degraded`` runs the `train-and-promote` deployment, debounced **per model version**
+(``for_each`` on the event's version label) over ``prefect.debounce_s``: repeats of one version's
+``degraded`` start one retrain and send one notification per window, and the first ``degraded`` of a
+new champion always does both, whatever the previous version's window.
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ _MODEL_EVENT_BODY = (
     "resource: {{ event.resource.id }}\n"
     "payload: {{ event.payload }}"
 )
+# A degraded version and the fate of its retrain, then the event itself.
+_DEGRADED_BODY = "{{ event.payload.get('summary', '') }}\n" + _MODEL_EVENT_BODY
+# Automations evaluated per model and version: the event's resource and its version label.
+PER_VERSION = frozenset({"prefect.resource.id", Event.VERSION_LABEL})
 _FLOW_RUN_BODY = (
     "event: {{ event.event }}\n"
     "occurred: {{ event.occurred }}\n"
@@ -83,6 +90,8 @@ class Notice:
     subject: str
     body: str
     debounce: timedelta = timedelta(0)
+    # Resource labels the debounce is counted per (e.g. the model version); empty: one count for all.
+    for_each: frozenset[str] = frozenset()
 
 
 # Model events that only notify: (event, automation suffix, subject, description).
@@ -143,13 +152,24 @@ _MODEL_NOTICES = (
 
 def notices(settings: Settings) -> list[Notice]:
     """The notification rules of the loop (pure: no Prefect calls)."""
+    window = timedelta(seconds=settings.prefect.debounce_s)
     degraded = Notice(
         name=f"{PREFIX}-notify-degraded",
-        description="The champion degraded; the retrain runs through the deployment trigger.",
+        description="A version degraded; its retrain runs (one per version per debounce window).",
         events=frozenset({Event.DEGRADED}),
         subject="[reggaeton] model degraded: retraining",
-        body=_MODEL_EVENT_BODY,
-        debounce=timedelta(seconds=settings.prefect.debounce_s),
+        body=_DEGRADED_BODY,
+        debounce=window,
+        for_each=PER_VERSION,
+    )
+    suppressed = Notice(
+        name=f"{PREFIX}-notify-retrain-suppressed",
+        description="A version is still degraded, its retrain already requested: why, and when the next.",
+        events=frozenset({Event.RETRAIN_SUPPRESSED}),
+        subject="[reggaeton] model still degraded: retrain suppressed",
+        body=_DEGRADED_BODY,
+        debounce=window,
+        for_each=PER_VERSION,
     )
     flow_run_failed = Notice(
         name=f"{PREFIX}-notify-flow-run-failed",
@@ -168,7 +188,18 @@ def notices(settings: Settings) -> list[Notice]:
         )
         for event, suffix, subject, description in _MODEL_NOTICES
     ]
-    return [degraded, *model_events, flow_run_failed]
+    unauthorized = Notice(
+        name=f"{PREFIX}-notify-unauthorized-champion",
+        description="The champion alias points at a version no signed decision made champion; the API "
+        "keeps serving the current champion. `reggaeton promote` accepts it, `reggaeton rollback` goes back.",
+        events=frozenset({Event.UNAUTHORIZED_CHAMPION}),
+        subject="[reggaeton] champion alias moved without a decision: not served",
+        body=_MODEL_EVENT_BODY,
+        # Every API replica reports the move: one notification per version moved to, per window.
+        debounce=timedelta(seconds=settings.prefect.debounce_s),
+        for_each=frozenset({Event.VERSION_LABEL}),
+    )
+    return [degraded, suppressed, *model_events, unauthorized, flow_run_failed]
 
 
 def to_automation(notice: Notice, block_document_id: UUID) -> AutomationCore:
@@ -180,12 +211,47 @@ def to_automation(notice: Notice, block_document_id: UUID) -> AutomationCore:
         tags=[TAG],
         trigger=EventTrigger(
             expect=set(notice.events),
+            for_each=set(notice.for_each),
             posture=Posture.Reactive,
             threshold=1,
             within=notice.debounce,
         ),
         actions=[
             SendNotification(block_document_id=block_document_id, subject=notice.subject, body=notice.body)
+        ],
+    )
+
+
+RETRAIN_ON_DEGRADED = f"{PREFIX}-retrain-on-degraded"
+# train_and_promote's ``reason`` parameter when the champion degraded (flows/promote.py: DEGRADED).
+DEGRADED_REASON = "degraded"
+
+
+def retrain_automation(deployment_id: UUID, settings: Settings) -> AutomationCore:
+    """Run `train-and-promote` on ``reggaeton.model.degraded``, at most once per model version per window.
+
+    A reactive trigger with threshold 1 fires on the first event of a bucket and ignores the rest of its
+    ``within`` window; ``for_each`` keeps one bucket per version, so a new champion's first ``degraded``
+    is never swallowed by the window its predecessor opened. The run says why it runs (``reason``): the
+    champion degraded, so it retrains even while a challenger is under live evaluation (which it then
+    supersedes; ``flows/promote.py``).
+    """
+    return AutomationCore(
+        name=RETRAIN_ON_DEGRADED,
+        description="Run train-and-promote when a version degrades: once per version per debounce window.",
+        enabled=True,
+        tags=[TAG],
+        trigger=EventTrigger(
+            expect={Event.DEGRADED},
+            for_each=set(PER_VERSION),
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(seconds=settings.prefect.debounce_s),
+        ),
+        actions=[
+            RunDeployment(
+                source="selected", deployment_id=deployment_id, parameters={"reason": DEGRADED_REASON}
+            )
         ],
     )
 
@@ -348,9 +414,10 @@ def apply_automations(settings: Settings) -> dict[str, str]:
     with prefect_api(settings), get_client(sync_client=True) as client:
         retrain = find_deployment(client, TRAIN_DEPLOYMENT)
         if retrain is not None:
+            wanted.append(retrain_automation(retrain, settings))
             wanted.append(rerun_crashed_automation(retrain, settings))
         else:
-            logger.warning("no %s deployment yet: the crashed-run automation waits for it", TRAIN_DEPLOYMENT)
+            logger.warning("no %s deployment yet: the retrain automations wait for it", TRAIN_DEPLOYMENT)
         for automation in wanted:
             existing = client.read_automations_by_name(automation.name)
             if not existing:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from typing import Final
 
 import mlflow
@@ -19,19 +21,31 @@ from mlflow.types import DataType
 
 from adapters import prediction_log, registry
 from adapters.traffic import read_labelled_traffic
-from reggaeton.data import features_array, frame_hash
-from reggaeton.promotion import ModelScores
-from reggaeton.schema import FEATURE_NAMES, TARGET, validate_frame
+from reggaeton import slices
+from reggaeton.data import (
+    features_array,
+    frame_hash,
+    held_out,
+    provenance_or_base,
+    row_keys,
+    synthetic_dataset,
+    with_provenance,
+)
+from reggaeton.promotion import ModelScores, SliceRows
+from reggaeton.schema import FEATURE_NAMES, OBSERVED_AT, SOURCE, TARGET, validate_frame
+from reggaeton.schema import TRAFFIC as TRAFFIC_SOURCE
 from reggaeton.scorer import Scorer
 from reggaeton.servable import NotServableError, servable_scorer, threshold_from_tags
-from reggaeton.settings import Settings
+from reggaeton.settings import PromotionSettings, Settings
 
 logger = logging.getLogger(__name__)
 
-ORIGIN: Final = "origin"  # which part of the evaluation data a row comes from
-HOLDOUT: Final = "holdout"
-TRAFFIC: Final = "traffic"
 LATENCY_ROWS: Final = 100  # one-row calls timed per model
+# The fresh synthetic sample the base data's slices are also scored on: a seed of its own, so it shares
+# no song with any training sample (those are drawn with ``data.seed``).
+FRESH_SEED_OFFSET: Final = 1_000_003
+# Re-exported for the readers of the evaluation frame (the names live in ``reggaeton.slices``).
+ORIGIN, HOLDOUT, TRAFFIC, FRESH = slices.ORIGIN, slices.HOLDOUT, slices.TRAFFIC, slices.FRESH
 
 
 def unseen_traffic(traffic: pd.DataFrame, trained_until: datetime | None) -> pd.DataFrame:
@@ -50,37 +64,130 @@ def unseen_traffic(traffic: pd.DataFrame, trained_until: datetime | None) -> pd.
     return traffic.loc[created > cutoff]
 
 
-def evaluation_frame(holdout: pd.DataFrame, traffic: pd.DataFrame) -> pd.DataFrame:
-    """Held-out rows plus labelled traffic: features, target and an ``origin`` column.
+_COLUMNS: Final = (*FEATURE_NAMES, TARGET, SOURCE, OBSERVED_AT)
+
+
+def _part(rows: pd.DataFrame, origin: str) -> pd.DataFrame:
+    frame = provenance_or_base(rows)[list(_COLUMNS)].copy()
+    frame[ORIGIN] = origin
+    return frame
+
+
+def evaluation_frame(
+    holdout: pd.DataFrame,
+    traffic: pd.DataFrame,
+    *,
+    champion_reference: pd.DataFrame | None = None,
+    fresh: pd.DataFrame | None = None,
+    held_out: Callable[[pd.DataFrame], np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """The rows both models are scored on, each with its provenance and ``ORIGIN``.
+
+    Args:
+        holdout: The challenger's held-out rows (its reference set): ``HOLDOUT``.
+        traffic: Labelled traffic it never saw (``created_at``, features, target): ``TRAFFIC``.
+        champion_reference: The champion's reference set: its rows the challenger's lack are added as
+            ``CHAMPION_HOLDOUT`` (slices only), and every row of it is marked ``CHAMPION_REFERENCE``.
+        fresh: A fresh sample of the base data (``FRESH``, slices only).
+        held_out: The stable split's rule: the champion's rows it does not hold out are left out, as the
+            challenger may have trained on them (a champion split by an older rule).
+
+    A row already in an earlier part (same features) is not added again.
 
     Raises:
         reggaeton.schema.SchemaError: a row outside the schema, or a single class.
     """
-    columns = [*FEATURE_NAMES, TARGET]
-    parts = [holdout[columns].assign(**{ORIGIN: HOLDOUT})]
+    parts = [_part(holdout, HOLDOUT)]
+    champion = pd.DataFrame(columns=list(_COLUMNS))
+    if champion_reference is not None and not champion_reference.empty:
+        champion = champion_reference
+        kept = champion if held_out is None else champion.loc[held_out(champion)]
+        parts.append(_part(kept, slices.CHAMPION_HOLDOUT))
     if not traffic.empty:
-        parts.append(traffic[columns].assign(**{ORIGIN: TRAFFIC}))
-    frame = pd.concat(parts, ignore_index=True)
+        observed = traffic.assign(**{OBSERVED_AT: traffic[prediction_log.CREATED_AT]})
+        parts.append(_part(with_provenance(observed, TRAFFIC_SOURCE, observed[OBSERVED_AT]), TRAFFIC))
+    if fresh is not None and not fresh.empty:
+        parts.append(_part(fresh, FRESH))
+    seen: set[int] = set()
+    kept_parts = []
+    for part in parts:
+        keys = row_keys(part, "evaluation")
+        new = ~np.isin(keys, np.fromiter(seen, dtype=np.uint64, count=len(seen)))
+        seen.update(int(key) for key in keys)
+        kept_parts.append(part.loc[new])
+    frame = pd.concat(kept_parts, ignore_index=True)
     checked = validate_frame(frame, "evaluation data", require_target=True)
-    checked[ORIGIN] = frame[ORIGIN].to_numpy()
+    for column in (SOURCE, OBSERVED_AT, ORIGIN):
+        checked[column] = frame[column]
+    reference_keys = row_keys(champion, "evaluation") if len(champion) else np.empty(0, dtype=np.uint64)
+    checked[slices.CHAMPION_REFERENCE] = np.isin(row_keys(frame, "evaluation"), reference_keys).astype(
+        "int64"
+    )
     return checked
 
 
 def evaluation_hash(frame: pd.DataFrame) -> str:
-    """Content hash of the rows both models are scored on."""
-    return frame_hash(frame[[*FEATURE_NAMES, TARGET]])
+    """Content hash of the rows both models are scored on, with where each comes from."""
+    columns = [*FEATURE_NAMES, TARGET]
+    columns += [c for c in (SOURCE, ORIGIN, slices.CHAMPION_REFERENCE) if c in frame.columns]
+    return frame_hash(frame[columns].astype({c: "string" for c in (SOURCE, ORIGIN) if c in frame.columns}))
+
+
+def overall_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Which evaluation rows the overall rule judges: the challenger's held-out rows and unseen traffic."""
+    return frame[ORIGIN].isin(slices.OVERALL_ORIGINS).to_numpy(dtype=bool)
+
+
+def slice_rows(frame: pd.DataFrame, policy: PromotionSettings) -> list[SliceRows]:
+    """The declared slices and which evaluation rows each holds."""
+    return [
+        SliceRows(
+            name=spec.name,
+            rule=spec.rule,
+            rows=slices.matching_rows(frame, spec.where, spec.window_days),
+            min_positives=spec.min_positives,
+            allowed_regression=spec.allowed_regression,
+        )
+        for spec in policy.slices
+    ]
+
+
+def fresh_sample(settings: Settings) -> pd.DataFrame | None:
+    """A fresh sample of the synthetic base data for the slices (None with a folder, or when off)."""
+    rows = settings.promotion.fresh_rows
+    if settings.data.folder is not None or rows <= 0:
+        return None
+    return synthetic_dataset(rows, settings.data.seed + FRESH_SEED_OFFSET).frame
+
+
+def _reference(client: mlflow.MlflowClient, version: ModelVersion | None) -> pd.DataFrame | None:
+    """A version's reference set, or None when it has none that can be read (a hand-registered one)."""
+    if version is None:
+        return None
+    try:
+        return registry.load_reference(client, version)
+    except Exception as exc:  # the champion's rows are extra evidence; without them the gate still decides
+        logger.warning(
+            "version %s: no readable reference set (%s); its slice has no rows", version.version, exc
+        )
+        return None
 
 
 def load_evaluation(
-    settings: Settings, client: mlflow.MlflowClient, challenger: ModelVersion, holdout: pd.DataFrame | None
+    settings: Settings,
+    client: mlflow.MlflowClient,
+    challenger: ModelVersion,
+    holdout: pd.DataFrame | None,
+    champion: ModelVersion | None = None,
 ) -> pd.DataFrame:
-    """The gate's evaluation data for a challenger: its held-out rows plus the labelled traffic it never saw.
+    """The gate's evaluation rows for a challenger (see ``evaluation_frame``).
 
     Args:
-        settings: Where the prediction log is.
+        settings: Where the prediction log is, the split, the fresh sample's size.
         client: MLflow client.
         challenger: The registered version under test.
         holdout: Its held-out rows; None reads them from the version's reference set.
+        champion: The champion, whose held-out rows its slice is judged on (None: no champion).
     """
     if holdout is None:
         holdout = registry.load_reference(client, challenger)
@@ -90,10 +197,16 @@ def load_evaluation(
         start_ms = client.get_run(challenger.run_id).info.start_time
         trained_until = pd.Timestamp(start_ms, unit="ms", tz="UTC").to_pydatetime()
     traffic = unseen_traffic(traffic, trained_until)
-    frame = evaluation_frame(holdout, traffic)
-    logger.info(
-        "evaluation data: %d held-out rows, %d labelled traffic rows", len(holdout), len(traffic.index)
+    data = settings.data
+    frame = evaluation_frame(
+        holdout,
+        traffic,
+        champion_reference=_reference(client, champion),
+        fresh=fresh_sample(settings),
+        held_out=partial(held_out, fraction=data.holdout_fraction, seed=data.seed),
     )
+    counts = frame[ORIGIN].value_counts().to_dict()
+    logger.info("evaluation data by origin: %s (overall rule: %s)", counts, ", ".join(slices.OVERALL_ORIGINS))
     return frame
 
 

@@ -38,10 +38,12 @@ from prefect.cache_policies import NO_CACHE
 from adapters import decisions, live_log, live_state, prefect_events, registry
 from adapters.live_state import LiveState
 from adapters.prediction_log import make_engine, missing_sqlite_file
-from flows import promote
+from adapters.prefect_api import decision_lock
+from flows import gate, promote
 from monitoring.estimation import estimate_whole
 from monitoring.live_report import live_png
 from reggaeton import live, names
+from reggaeton.decision_record import SigningKey
 from reggaeton.live import LabelledPairs, LatencyCluster, LiveEvidence
 from reggaeton.promotion import PROMOTED, REJECTED, Outcome
 from reggaeton.settings import LiveSettings, Settings
@@ -296,6 +298,7 @@ def _emit(event: str, model_name: str, version: str, payload: Mapping[str, Any])
 def _decide_with_offline(
     settings: Settings,
     client: MlflowClient,
+    key: SigningKey,
     challenger: ModelVersion,
     champion: ModelVersion,
     action: live.LiveAction,
@@ -309,18 +312,45 @@ def _decide_with_offline(
     record = {**record, "action": action.action, "reason": action.reason}
     outcome: Outcome = PROMOTED if action.action == live.PROMOTE else REJECTED
     decision = replace(offline, outcome=outcome, reason=f"live gate: {action.reason}", live=record)
-    applied = promote.apply_decision(client, model_name, decision, by, action=promote.LIVE_GATE)
+    applied = promote.apply_decision(client, model_name, decision, by, key, action=promote.LIVE_GATE)
     live_state.end(
         client, model_name, str(challenger.version), live.CHAMPION if decision.promote else live.REJECTED
     )
     return LiveOutcome(action.action, str(challenger.version), applied.champion, action.reason, 0.0, record)
 
 
+def _canary_policy(settings: Settings, share: float, step: int | None) -> dict[str, Any]:
+    """A canary record's policy: the share every replica applies (``reggaeton.live.CANARY_SHARE``)."""
+    return {live.CANARY_SHARE: share, live.CANARY_STEP: step, "promotion_policy": settings.live.policy}
+
+
 def _canary_step(
-    settings: Settings, client: MlflowClient, state: LiveState, action: live.LiveAction, by: str
+    settings: Settings,
+    client: MlflowClient,
+    key: SigningKey,
+    state: LiveState,
+    champion: str | None,
+    action: live.LiveAction,
+    by: str,
+    evidence: Mapping[str, Any],
 ) -> None:
+    """Sign the canary's new share (what the replicas follow), then record its step."""
     model_name = settings.mlflow.model_name
-    live_state.canary(client, model_name, state.version, action.step, action.share)
+    with decision_lock():
+        promote.sign_live(
+            client,
+            key,
+            model_name,
+            state.version,
+            action=promote.CANARY_STEP,
+            outcome=live.CANARY,
+            champion=champion,
+            reason=action.reason,
+            evidence=evidence,
+            policy=_canary_policy(settings, action.share, action.step),
+            by=by,
+        )
+        live_state.canary(client, model_name, state.version, action.step, action.share)
     payload = {"step": action.step, "share": action.share, "reason": action.reason, "decided_by": by}
     _emit(names.Event.CANARY_STEP, model_name, state.version, payload)
     logger.info(
@@ -329,18 +359,41 @@ def _canary_step(
 
 
 def _abort(
-    settings: Settings, client: MlflowClient, state: LiveState, reason: str, by: str, *, reject: bool
+    settings: Settings,
+    client: MlflowClient,
+    key: SigningKey,
+    state: LiveState,
+    champion: str | None,
+    reason: str,
+    by: str,
+    *,
+    reject: bool,
+    evidence: Mapping[str, Any] | None = None,
 ) -> None:
-    """Share to 0 at once; rejected (the gate's abort), or back to shadow only (an operator's)."""
+    """Share to 0 at once (signed); rejected (the gate's abort), or back to shadow (an operator's)."""
     model_name = settings.mlflow.model_name
-    live_state.canary(client, model_name, state.version, None, 0.0)
-    if reject:
-        decisions.tag_decision(
-            client, model_name, state.version, REJECTED, f"canary aborted: {reason}", decisions.stamp(by)
+    with decision_lock():
+        promote.sign_live(
+            client,
+            key,
+            model_name,
+            state.version,
+            action=promote.CANARY_STEP,
+            outcome=REJECTED if reject else live.SHADOW,
+            champion=champion,
+            reason=f"canary aborted: {reason}",
+            evidence=evidence or {"aborted": reason},
+            policy=_canary_policy(settings, 0.0, None),
+            by=by,
         )
-        live_state.end(client, model_name, state.version, live.REJECTED)
-    else:
-        live_state.set_tags(client, model_name, state.version, {names.Tag.CANARY_HELD: "true"})
+        live_state.canary(client, model_name, state.version, None, 0.0)
+        if reject:
+            decisions.tag_decision(
+                client, model_name, state.version, REJECTED, f"canary aborted: {reason}", decisions.stamp(by)
+            )
+            live_state.end(client, model_name, state.version, live.REJECTED)
+        else:
+            live_state.set_tags(client, model_name, state.version, {names.Tag.CANARY_HELD: "true"})
     payload = {"reason": reason, "decided_by": by, "rejected": reject, "step": state.canary_step}
     _emit(names.Event.CANARY_ABORTED, model_name, state.version, payload)
     logger.warning(
@@ -356,7 +409,7 @@ def judge(settings: Settings, by: str = promote.LIVE_GATE, *, apply: bool = True
         by: Who decides, recorded on the versions.
         apply: False: only report what the gate would do (``reggaeton shadow``).
     """
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.PROMOTION_ACCOUNT)
     model_name = settings.mlflow.model_name
     found = live_state.challenger(client, model_name)
     champion = registry.get_alias(client, model_name, names.CHAMPION)
@@ -375,6 +428,10 @@ def judge(settings: Settings, by: str = promote.LIVE_GATE, *, apply: bool = True
                 live.CHAMPION if current == state.version else live.REJECTED,
             )
         return LiveOutcome(NONE, state.version, current, "the challenger is the champion, or there is none")
+    key, trusted = promote.signing_keys(settings)
+    problem = promote.unauthorized_champion_problem(client, model_name, trusted)
+    if problem is not None:  # the API serves another champion than the alias says: nothing to compare with
+        return LiveOutcome(NONE, state.version, current, f"not judging version {state.version}: {problem}")
     observed = observe(settings, client, challenger, champion, live_state.now())
     action = live.decide(observed.evidence, settings.live)
     record = evidence_record(observed.evidence, action, settings.live)
@@ -384,12 +441,12 @@ def judge(settings: Settings, by: str = promote.LIVE_GATE, *, apply: bool = True
     if not apply or action.action == live.WAIT:
         return LiveOutcome(action.action, state.version, current, action.reason, state.canary_share, record)
     if action.action in (live.START_CANARY, live.ADVANCE_CANARY):
-        _canary_step(settings, client, state, action, by)
+        _canary_step(settings, client, key, state, current, action, by, record)
         return LiveOutcome(action.action, state.version, current, action.reason, action.share, record)
     if action.action == live.ABORT_CANARY:
-        _abort(settings, client, state, action.reason, by, reject=True)
+        _abort(settings, client, key, state, current, action.reason, by, reject=True, evidence=record)
         return LiveOutcome(action.action, state.version, current, action.reason, 0.0, record)
-    return _decide_with_offline(settings, client, challenger, champion, action, record, by)
+    return _decide_with_offline(settings, client, key, challenger, champion, action, record, by)
 
 
 @flow(name=names.LIVE_GATE_FLOW)
@@ -457,7 +514,8 @@ def canary_start(by: str | None = None, settings: Settings | None = None) -> dic
     """
     settings = settings or Settings()
     by = by or decisions.operator_name()
-    client = registry.connect(settings)
+    key, _ = promote.signing_keys(settings)
+    client = registry.connect(settings, names.PROMOTION_ACCOUNT)
     found = live_state.challenger(client, settings.mlflow.model_name)
     if found is None or not found[1].under_evaluation:
         raise LiveGateError(
@@ -468,7 +526,8 @@ def canary_start(by: str | None = None, settings: Settings | None = None) -> dic
         raise LiveGateError(f"version {state.version}'s canary is already at {state.canary_share:.0%}")
     share = settings.live.canary_steps[0]
     action = live.LiveAction(live.START_CANARY, f"started by {by}", share=share, step=0)
-    _canary_step(settings, client, state, action, by)
+    champion = _champion_version(client, settings)
+    _canary_step(settings, client, key, state, champion, action, by, {"started_by": by})
     live_state.set_tags(client, settings.mlflow.model_name, state.version, {names.Tag.CANARY_HELD: None})
     return asdict(LiveOutcome(live.START_CANARY, state.version, None, action.reason, share))
 
@@ -482,10 +541,68 @@ def canary_abort(reason: str, by: str | None = None, settings: Settings | None =
     """
     settings = settings or Settings()
     by = by or decisions.operator_name()
-    client = registry.connect(settings)
+    key, _ = promote.signing_keys(settings)
+    client = registry.connect(settings, names.PROMOTION_ACCOUNT)
     found = live_state.challenger(client, settings.mlflow.model_name)
     if found is None or found[1].state != live.CANARY:
         raise LiveGateError("no canary is running")
     state = found[1]
-    _abort(settings, client, state, f"{reason} (by {by})", by, reject=False)
+    champion = _champion_version(client, settings)
+    _abort(settings, client, key, state, champion, f"{reason} (by {by})", by, reject=False)
     return asdict(LiveOutcome(live.ABORT_CANARY, state.version, None, reason, 0.0))
+
+
+def _champion_version(client: MlflowClient, settings: Settings) -> str | None:
+    found = registry.get_alias(client, settings.mlflow.model_name, names.CHAMPION)
+    return None if found is None else str(found.version)
+
+
+@flow(name="shadow-start")
+def shadow_start(
+    version: str, reason: str, by: str | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Operator command: put a registered version under live evaluation without the offline gate.
+
+    Like ``reggaeton promote`` for the champion: the version must still load and pass the servability
+    rule; it is recorded and signed as the operator's decision, with why. The live gate then judges it
+    like any other challenger (the offline gate must pass for a promotion all the same).
+
+    Raises:
+        LiveGateError: the version is the champion, or is not servable.
+    """
+    settings = settings or Settings()
+    by = by or decisions.operator_name()
+    version = str(version)
+    key, _ = promote.signing_keys(settings)
+    client = registry.connect(settings, names.PROMOTION_ACCOUNT)
+    model_name = settings.mlflow.model_name
+    champion = _champion_version(client, settings)
+    if champion == version:
+        raise LiveGateError(f"version {version} is the champion")
+    _, problems = gate.load_checked(model_name, version)
+    if problems:
+        raise LiveGateError(f"refusing to shadow version {version}: {'; '.join(problems)}")
+    why = f"put under live evaluation by {by}: {reason}"
+    with decision_lock():
+        promote.sign_live(
+            client,
+            key,
+            model_name,
+            version,
+            action=promote.MANUAL,
+            outcome=live.SHADOW,
+            champion=champion,
+            reason=why,
+            evidence={"reason": reason, "valid": True},
+            policy={"promotion_policy": settings.live.policy},
+            by=by,
+        )
+        decisions.tag_decision(client, model_name, version, live.SHADOW, why, decisions.stamp(by))
+        live_state.begin(client, model_name, version, live_state.now())
+    _emit(
+        names.Event.SHADOW_STARTED,
+        model_name,
+        version,
+        {"action": promote.MANUAL, "decided_by": by, "reason": reason},
+    )
+    return asdict(LiveOutcome(live.SHADOW, version, champion, why))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from adapters import registry
 from adapters.prefect_url import api_url
 from monitoring import events, pipeline, store
 from monitoring.estimation import ChunkResult
-from monitoring.policy import Alert
+from monitoring.policy import Alert, Retrain, VersionState, state_line
 from reggaeton import names
 from reggaeton.settings import Settings
 
@@ -31,12 +31,14 @@ class MonitorSummary:
     chunks: int = 0
     alerts: tuple[str, ...] = ()
     mlflow_run_id: str | None = None
+    state: str = ""  # the version's monitoring state after the run (``policy.state_line``)
+    retrain: str = ""  # what the run asked of its retrain: requested, suppressed or none
 
 
 @task(cache_policy=NO_CACHE)
 def champion_reference(settings: Settings) -> tuple[str, Any] | None:
     """The champion's version and reference set, or None without a champion."""
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.MONITORING_ACCOUNT)
     version = registry.get_alias(client, settings.mlflow.model_name, names.CHAMPION)
     if version is None:
         return None
@@ -69,15 +71,39 @@ def decide(
 
 
 @task(cache_policy=NO_CACHE)
+def remember(
+    settings: Settings,
+    stores: pipeline.Stores,
+    window: pipeline.Window,
+    analysis: pipeline.Analysis,
+    alerts: list[Alert],
+) -> tuple[VersionState, Retrain]:
+    """The version's state after this run (degraded until a run shows it recovered), stored and put on the
+    version in MLflow (the API's /metrics reads it there); and what this run asks of its retrain."""
+    state, retrain = pipeline.advance_state(
+        stores.results, settings.mlflow.model_name, analysis, alerts, window, settings, datetime.now(UTC)
+    )
+    since = state.since.isoformat(timespec="seconds") if state.since else ""
+    try:
+        client = registry.connect(settings)
+        name = settings.mlflow.model_name
+        registry.set_monitoring_state(client, name, window.model_version, str(state.status), since)
+    except Exception as error:  # a copy for the API and the UI; the results store holds the state
+        get_run_logger().warning("version %s: state not put on the version: %s", window.model_version, error)
+    return state, retrain
+
+
+@task(cache_policy=NO_CACHE)
 def record(
     settings: Settings,
     stores: pipeline.Stores,
     window: pipeline.Window,
     analysis: pipeline.Analysis,
     alerts: list[Alert],
+    state: VersionState,
 ) -> MonitorSummary:
     """Store results, render the plot, log the MLflow run, publish the Prefect artifact."""
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.MONITORING_ACCOUNT)
     experiment_id = registry.ensure_experiment(client, settings.mlflow.monitoring_experiment, settings)
     run_id = pipeline.start_mlflow_run(client, experiment_id, window.model_version)
     stored = pipeline.save(
@@ -94,9 +120,10 @@ def record(
         rendered = pipeline.render(stored, pipeline.policy_from_settings(settings), Path(folder))
         pipeline.log_to_mlflow(client, run_id, stored, analysis, rendered)
         image = base64.b64encode(rendered.png.read_bytes()).decode()
+    state_text = state_line(state, settings.prefect.debounce_s)
     create_markdown_artifact(
         key="monitoring-report",
-        markdown=_artifact_markdown(stored.record, alerts, image),
+        markdown=_artifact_markdown(stored.record, alerts, image, state_text),
         description=f"Monitoring of {settings.mlflow.model_name} v{window.model_version}",
     )
     return MonitorSummary(
@@ -105,12 +132,15 @@ def record(
         chunks=len(analysis.chunks),
         alerts=tuple(str(alert.kind) for alert in alerts),
         mlflow_run_id=run_id,
+        state=state_text,
     )
 
 
-def _artifact_markdown(run: store.RunRecord, alerts: list[Alert], png_base64: str) -> str:
+def _artifact_markdown(run: store.RunRecord, alerts: list[Alert], png_base64: str, state: str) -> str:
     lines = [
         f"# {run.model_name} v{run.model_version}",
+        f"**State**: {state}",
+        "",
         f"Rows read {run.rows_read}, analysed {run.rows_analysed} in {run.chunks} chunk(s) "
         f"of {run.chunk_size}; MLflow run `{run.mlflow_run_id}` (artifacts `monitoring/`).",
         "",
@@ -149,9 +179,13 @@ def _report_chunks(analysis: pipeline.Analysis) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def emit(settings: Settings, alerts: list[Alert]) -> int:
-    """Send ``degraded``/``drifted`` alerts as events to the configured Prefect server."""
-    return len(events.emit_alerts(alerts, settings.mlflow.model_name, api_url(settings)))
+def emit(settings: Settings, alerts: list[Alert], state: VersionState, retrain: Retrain) -> int:
+    """Send ``degraded``/``drifted`` alerts (and a suppressed retrain) as events to the Prefect server."""
+    return len(
+        events.emit_alerts(
+            alerts, settings.mlflow.model_name, api_url(settings), state=state, retrain=retrain
+        )
+    )
 
 
 @flow(name="monitor")
@@ -169,13 +203,16 @@ def monitor(settings: Settings | None = None) -> MonitorSummary:
         analysis = analyse(reference, window, stores, settings)
         _report_chunks(analysis)
         alerts = decide(settings, stores, window, analysis)
-        summary = record(settings, stores, window, analysis, alerts)
-    emit(settings, alerts)
+        state, retrain = remember(settings, stores, window, analysis, alerts)
+        summary = record(settings, stores, window, analysis, alerts, state)
+    emit(settings, alerts, state, retrain)
     logger.info(
-        "monitored v%s: %d rows, %d chunks, alerts %s",
+        "monitored v%s: %d rows, %d chunks, alerts %s; %s; retrain %s",
         version,
         summary.rows_read,
         summary.chunks,
         summary.alerts,
+        summary.state,
+        retrain.action,
     )
-    return summary
+    return replace(summary, retrain=str(retrain.action))

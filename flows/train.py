@@ -21,8 +21,17 @@ from prefect.runtime import flow_run
 
 from adapters import registry, tracking, traffic
 from flows import tune
-from reggaeton import tuning
-from reggaeton.data import Dataset, Split, load_dataset, split, with_extra_rows
+from reggaeton import names, tuning
+from reggaeton.data import (
+    Dataset,
+    Split,
+    base_rows_for_share,
+    keep_rows,
+    load_dataset,
+    split,
+    traffic_rows_for_share,
+    with_extra_rows,
+)
 from reggaeton.model import BASELINE
 from reggaeton.settings import Settings
 from reggaeton.training import (
@@ -65,18 +74,49 @@ class TrainingResult:
 def training_data(settings: Settings, extra_training_frame: pd.DataFrame | None = None) -> Dataset:
     """The configured data source plus labelled traffic (given, or read from the prediction log).
 
-    The prediction log is read only when ``data.include_feedback`` is on.
+    The prediction log is read only when ``data.include_feedback`` is on. The base data keeps at least
+    ``data.min_base_share`` of the rows (see ``base_and_traffic``).
 
     Raises:
         SchemaError: bad data, naming the file, column and row count.
     """
-    base = load_dataset(settings.data.folder, settings.data.synthetic_rows, settings.data.seed)
     extra = extra_training_frame
     if extra is None and settings.data.include_feedback:
         extra = traffic.read_labelled_traffic(settings)
+    base, extra = base_and_traffic(settings, extra)
     dataset = with_extra_rows(base, extra, TRAFFIC_SOURCE)
     logger.info("training data: %s", dataset.summary())
     return dataset
+
+
+def base_and_traffic(settings: Settings, extra: pd.DataFrame | None) -> tuple[Dataset, pd.DataFrame | None]:
+    """The base data and the traffic to train on, the base data at least ``data.min_base_share`` of both.
+
+    Labelled traffic grows with every week of feedback, and a drift brings mostly songs of the new kind:
+    added as it is, it drowns the base data, and the retrained model forgets the songs that are still
+    most of the traffic (issue 26: PR-AUC 0.68 -> 0.49 on the original songs). A synthetic base draws
+    as many songs as the share needs from the same generator; a folder's songs are what they are, so
+    the traffic is sampled down to fit (the same songs each time: by row key).
+    """
+    data = settings.data
+    traffic_rows = 0 if extra is None else len(extra)
+    if data.folder is not None:
+        base = load_dataset(data.folder, data.synthetic_rows, data.seed)
+        cap = traffic_rows_for_share(len(base.frame), data.min_base_share)
+        if extra is not None and cap is not None and traffic_rows > cap:
+            logger.info(
+                "keeping %d of %d labelled traffic rows: the base data stays %.0f %% of the data",
+                cap, traffic_rows, 100 * data.min_base_share,
+            )  # fmt: skip
+            extra = keep_rows(extra, cap, data.seed)
+        return base, extra
+    rows = max(data.synthetic_rows, base_rows_for_share(traffic_rows, data.min_base_share))
+    if rows > data.synthetic_rows:
+        logger.info(
+            "drawing %d synthetic base rows (not %d): the base data stays %.0f %% of the data",
+            rows, data.synthetic_rows, 100 * data.min_base_share,
+        )  # fmt: skip
+    return load_dataset(None, rows, data.seed), extra
 
 
 def split_data(settings: Settings, dataset: Dataset) -> Split:
@@ -203,7 +243,9 @@ def run_steps(
     """Data -> split -> parent run -> tuning -> fit and evaluate -> register; the run is closed either way."""
     dataset = steps.load_data(settings, extra_training_frame)
     parts = steps.split(settings, dataset)
-    client = registry.connect(settings)  # also points MLflow's fluent API at the store, for every step
+    client = registry.connect(
+        settings, names.TRAINING_ACCOUNT
+    )  # also points MLflow's fluent API at the store, for every step
     run = steps.start_run(client, settings, dataset, parts, flow_run_id, request_id)
     run_id = run.run_id
     try:

@@ -186,7 +186,7 @@ def tune_study(
     settings = Settings()
     merged = {**settings.training.model_dump(), **(training or {})}
     config = TrainingSettings.model_validate(merged)
-    client = registry.connect(settings)
+    client = registry.connect(settings, names.TRAINING_ACCOUNT)
     frame = tracking.load_tuning_data(client, parent_run_id)
     with tracking.TrialRecorder(client, experiment_id, parent_run_id) as recorder:
         seed = config.seed + 1 + run_index

@@ -1,9 +1,14 @@
-"""The stack's one-shot bootstrap job: deploy the flows and automations, then make the first champion.
+"""The stack's one-shot bootstrap job: set up what the services share, deploy, then make the first champion.
 
-``python -m infra.bootstrap`` runs ``python -m flows.deploy`` (pool, deployments, automations; idempotent)
-and then, only while the registry has no champion, runs the ``train-and-promote`` deployment on the worker
-and waits for it: the first champion is trained and promoted by the same path every retraining takes.
-Running it again on a stack that already has a champion only re-deploys.
+``python -m infra.bootstrap``, in order (each step idempotent; every ``up`` runs it again):
+
+1. the prediction log's tables, created or upgraded as their owner (the ``predictions`` role; the API's
+   role may only insert and read rows, ``infra/postgres/roles.sql``);
+2. MLflow's service accounts and their grants, as MLflow's admin (``infra/accounts.py``);
+3. on a registry that predates signed decisions, its champion signed once ("adopted", the upgrade path);
+4. ``python -m flows.deploy`` (pools, deployments, automations), saying where alerts go;
+5. only while the registry has no champion, the ``train-and-promote`` deployment on the worker, waited
+   for: the first champion is trained and promoted by the path every retraining takes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import sys
 from typing import cast
 
 from adapters.prefect_url import export_api_url
-from infra.services import TRAIN_TIMEOUT_S
+from infra.services import RECEIVER_URL, TRAIN_TIMEOUT_S
 from reggaeton import names
 from reggaeton.settings import Settings
 
@@ -54,8 +59,54 @@ def run_training(
     logger.info("%s run %s completed", deployment, flow_run.id)
 
 
+def migrate_prediction_log(settings: Settings) -> None:
+    """Create or upgrade the prediction log's tables with the settings' (owner) URL."""
+    from adapters.prediction_log import create_tables, make_engine
+
+    engine = make_engine(settings.prediction_log_url)
+    try:
+        create_tables(engine)
+    finally:
+        engine.dispose()
+    logger.info("prediction log tables ready")
+
+
+def adopt_champion(settings: Settings) -> None:
+    """Sign the champion once when the registry predates signed decisions (see adapters.decisions)."""
+    from adapters import decisions, keys, registry
+    from adapters.prefect_api import decision_lock
+
+    with decision_lock():
+        record = decisions.adopt_unsigned_champion(
+            registry.connect(settings),
+            keys.signing_key(settings),
+            settings.mlflow.model_name,
+            "bootstrap (upgrade)",
+        )
+    if record is not None:
+        logger.warning(
+            "adopted champion version %s: the registry predates signed decisions, so it was signed once "
+            "(decision %d); from now on only signed decisions make a champion",
+            record.version,
+            record.sequence,
+        )
+
+
+def announce_alerts(settings: Settings) -> None:
+    """Say where notifications go: a configured webhook, or loudly, the stack's own receiver."""
+    url = settings.alert_webhook_url
+    if url == RECEIVER_URL:
+        logger.warning(
+            "ALERTS GO TO THE STACK'S OWN RECEIVER (WEBHOOK_URL is not set): read them with "
+            "`docker-compose logs receiver`; set WEBHOOK_URL (a Slack incoming webhook or any "
+            "Slack-compatible URL) in .env to receive them, then `docker-compose up -d` again"
+        )
+    else:
+        logger.info("alerts go to the configured webhook (%s)", url.split("://", 1)[-1].split("/", 1)[0])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Deploy, then train the first champion unless one exists."""
+    """Set up, deploy, then train the first champion unless one exists."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deployment", default=names.TRAIN_DEPLOYMENT, help="the training deployment to run")
     args = parser.parse_args(argv)
@@ -63,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     # Every Prefect call goes to the stack's server, never to an ephemeral one.
     export_api_url(settings)
+    from infra.accounts import ensure_accounts, service_passwords
+
+    migrate_prediction_log(settings)
+    ensure_accounts(settings, service_passwords(settings))
+    adopt_champion(settings)
     subprocess.run([sys.executable, "-m", "flows.deploy"], check=True)
+    announce_alerts(settings)
     if has_champion(settings):
         logger.info("a champion exists: nothing to train")
         return 0

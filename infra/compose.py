@@ -1,7 +1,7 @@
 """docker-compose.yml from the service table, and the shape both the compose file and Pulumi are compared on.
 
-``python -m infra.compose`` rewrites ``docker-compose.yml`` and ``infra/postgres/init.sql``; the tests fail
-when the committed files differ from the table (edit the table, then regenerate).
+``python -m infra.compose`` rewrites ``docker-compose.yml``; the tests fail when the committed file differs
+from the table (edit the table, then regenerate).
 The file avoids what docker-compose v1 (1.29, Debian's package) lacks and works with ``docker compose`` v2.
 """
 
@@ -18,20 +18,16 @@ import yaml
 from infra.services import (
     BUILT_IMAGES,
     IMAGE_TAG,
-    INIT_SQL_PATH,
     NETWORK,
     SERVICES,
     VOLUMES,
     Healthcheck,
     Service,
-    init_sql,
     render,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-INIT_SQL_FILE = REPO_ROOT / "infra" / "postgres" / "init.sql"
-INIT_SQL_MOUNT = f"./infra/postgres/init.sql:{INIT_SQL_PATH}:ro"
 # The built images by their compose reference (repository:${IMAGE_TAG:-latest}), and back.
 IMAGE_REFS = {image: f"{repository}:{IMAGE_TAG}" for image, (repository, _) in BUILT_IMAGES.items()}
 _BUILT_BY_REF = {ref: image for image, ref in IMAGE_REFS.items()}
@@ -67,6 +63,8 @@ def _compose_service(service: Service) -> dict[str, Any]:
         out["image"] = service.image
     if service.replicas is not None:
         out["scale"] = service.replicas
+    if service.entrypoint is not None:
+        out["entrypoint"] = list(service.entrypoint)
     if service.command is not None:
         out["command"] = list(service.command)
     if service.environment:
@@ -74,8 +72,7 @@ def _compose_service(service: Service) -> dict[str, Any]:
     if service.ports:
         out["ports"] = [f"127.0.0.1:{port.host}:{port.container}" for port in service.ports]
     volumes = [f"{name}:{path}" for name, path in service.volumes.items()]
-    if service.name == "postgres":
-        volumes.append(INIT_SQL_MOUNT)
+    volumes += [f"./{source}:{path}:ro" for path, source in service.files.items()]
     if volumes:
         out["volumes"] = volumes
     if service.healthcheck is not None:
@@ -127,9 +124,10 @@ def _seconds(value: Any) -> int | None:
 def compose_shape(document: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Normalise a compose document to the shape compared with the table and with Pulumi.
 
-    Per service: image (the table's name for a built image), replica count, command, environment keys,
-    ports as ``(ip, host port, container port)``, healthcheck command, dependencies, volumes, memory and
-    memory+swap, stop grace period, one-shot.
+    Per service: image (the table's name for a built image), replica count, entrypoint, command,
+    environment keys, ports as ``(ip, host port, container port)``, healthcheck command, dependencies,
+    volumes, files of the repository mounted (by their path in the container), memory and memory+swap,
+    stop grace period, one-shot.
     Templates are rendered with ``values`` (what ``.env`` or the Pulumi config would hold).
     """
 
@@ -159,6 +157,7 @@ def compose_shape(document: Mapping[str, Any], values: Mapping[str, str]) -> dic
         shape[name] = {
             "image": _BUILT_BY_REF.get(image, image),
             "replicas": int(render(str(spec.get("scale", 1)), values)),
+            "entrypoint": fill(spec.get("entrypoint")),
             "command": fill(spec.get("command")),
             "environment": sorted(environment),
             "ports": sorted(ports),
@@ -168,6 +167,9 @@ def compose_shape(document: Mapping[str, Any], values: Mapping[str, str]) -> dic
                 str(v).split(":", 2)[0] + ":" + str(v).split(":", 2)[1]
                 for v in spec.get("volumes") or []
                 if not str(v).startswith(".")
+            ),
+            "files": sorted(
+                str(v).split(":", 2)[1] for v in spec.get("volumes") or [] if str(v).startswith("./")
             ),
             "memory_mb": _megabytes(spec.get("mem_limit")),
             "memory_swap_mb": _megabytes(spec.get("memswap_limit")),
@@ -189,6 +191,7 @@ def table_shape(
         service.name: {
             "image": service.image,
             "replicas": int(render(service.replicas or "1", values)),
+            "entrypoint": fill(service.entrypoint),
             "command": fill(service.command),
             "environment": sorted(service.environment),
             "ports": sorted(
@@ -197,6 +200,7 @@ def table_shape(
             "healthcheck": fill(service.healthcheck.test) if service.healthcheck else None,
             "depends_on": dict(service.depends_on),
             "volumes": sorted(f"{name}:{path}" for name, path in service.volumes.items()),
+            "files": sorted(service.files),
             "memory_mb": service.memory_mb,
             "memory_swap_mb": service.memory_mb,
             "stop_grace_s": service.stop_grace_s,
@@ -215,10 +219,8 @@ def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
 
 
 def main() -> int:
-    """Regenerate the compose file and the Postgres init script from the table."""
+    """Regenerate the compose file from the table."""
     COMPOSE_FILE.write_text(compose_text())
-    INIT_SQL_FILE.parent.mkdir(parents=True, exist_ok=True)
-    INIT_SQL_FILE.write_text(init_sql())
     return 0
 
 

@@ -4,6 +4,12 @@ Values are templates in docker-compose's interpolation syntax (``${NAME}``, ``${
 ``${NAME:?message}``): docker-compose fills them from ``.env``, the Pulumi program from its config
 (`VARIABLES` maps each name to a config key). ``tests/infra`` checks that the compose file and the Pulumi
 stack both declare exactly this table.
+
+Who holds what (the access matrix of docs/operations.md): MLflow runs its basic-auth app with one account
+per service (``infra/accounts.py`` grants each the least MLflow can express), the Prefect server requires
+its auth string, Postgres has a role per service and database (``infra/postgres/roles.sql``) and only the
+database and its roles job hold the superuser password; the decision signing key is the worker's and
+the bootstrap's, the API gets the public key. No password is on a command line.
 """
 
 from __future__ import annotations
@@ -32,8 +38,26 @@ IMAGE_TAG = "${IMAGE_TAG:-latest}"
 NETWORK = "reggaeton"
 WORK_POOL = names.WORK_POOL
 TUNING_POOL = names.TUNING_POOL
-DATABASES = ("prefect", "mlflow", "predictions", "optuna")
-INIT_SQL_PATH = "/docker-entrypoint-initdb.d/10-databases.sql"
+# The Postgres role of each service and the databases it owns (infra/postgres/roles.sql creates them):
+# MLflow, Prefect and Optuna own theirs; `predictions` owns the prediction log (it runs its migrations),
+# the API may only insert and read back log rows, the worker reads them and owns monitoring's results.
+DB_ROLES: dict[str, tuple[str, ...]] = {
+    "mlflow": ("mlflow", "mlflow_auth"),
+    "prefect": ("prefect",),
+    "optuna": ("optuna",),
+    "predictions": ("predictions",),
+    "worker": ("monitoring",),
+    "api": (),
+}
+DATABASES = tuple(database for owned in DB_ROLES.values() for database in owned)
+# Scripts and configuration mounted into containers (compose: read-only bind mounts; Pulumi: uploads).
+POSTGRES_FILES = {
+    "/reggaeton/start.sh": "infra/postgres/start.sh",
+    "/reggaeton/roles.sql": "infra/postgres/roles.sql",
+}
+MLFLOW_AUTH_CONFIG = "/app/infra/mlflow/basic_auth.ini"  # in the platform image (infra/ is copied)
+# Where alerts go without a WEBHOOK_URL: the stack's own receiver container (docker-compose logs receiver).
+RECEIVER_URL = "http://receiver:8765/alerts"
 # The balancer finds the API replicas by their network alias (Docker's DNS), up to this many
 # (HAProxy's server-template); each replica claims one of as many spool subfolders.
 MAX_API_REPLICAS = 16
@@ -53,10 +77,24 @@ class Variable:
 
 
 # Defaults are repeated inline in the templates (compose needs them there); a test keeps them equal.
+# A secret with a default is optional (an empty API key: no key; no webhook: the receiver container).
 VARIABLES: dict[str, Variable] = {
     "POSTGRES_USER": Variable("dbUser", "reggaeton"),
     "POSTGRES_PASSWORD": Variable("dbPassword", secret=True),
     "ADMIN_TOKEN": Variable("adminToken", secret=True),
+    "FEEDBACK_TOKEN": Variable("feedbackToken", secret=True),
+    "API_KEY": Variable("apiKey", "", secret=True),
+    "WEBHOOK_URL": Variable("webhookUrl", RECEIVER_URL, secret=True),
+    "PREFECT_AUTH_STRING": Variable("prefectAuthString", secret=True),
+    "MLFLOW_ADMIN_PASSWORD": Variable("mlflowAdminPassword", secret=True),
+    "MLFLOW_FLASK_SECRET": Variable("mlflowFlaskSecret", secret=True),
+    **{
+        f"MLFLOW_{account.upper()}_PASSWORD": Variable(f"mlflow{account.title()}Password", secret=True)
+        for account in names.MLFLOW_ACCOUNTS
+    },
+    **{f"{role.upper()}_DB_PASSWORD": Variable(f"{role}DbPassword", secret=True) for role in DB_ROLES},
+    "DECISION_SIGNING_KEY": Variable("decisionSigningKey", secret=True),
+    "DECISION_VERIFY_KEY": Variable("decisionVerifyKey"),
     "IMAGE_TAG": Variable("imageTag", "latest"),
     "MLFLOW_PORT": Variable("mlflowPort", "5000"),
     "PREFECT_PORT": Variable("prefectPort", "4200"),
@@ -100,15 +138,23 @@ class Service:
     healthcheck: Healthcheck | None = None
     depends_on: Mapping[str, Condition] = field(default_factory=dict)
     volumes: Mapping[str, str] = field(default_factory=dict)  # named volume -> mount path
+    files: Mapping[str, str] = field(default_factory=dict)  # mount path -> file of this repository
+    entrypoint: tuple[str, ...] | None = None  # None: the image's own
     memory_mb: int = 1024  # also the memory+swap limit: no swap, and nothing for Docker to compute
     one_shot: bool = False  # runs to completion once (restart "no"), everything else restarts
     stop_grace_s: int = 30  # SIGTERM, then this long before SIGKILL (compose down, Pulumi replace/destroy)
     replicas: str | None = None  # template of the container count (compose `scale`); None: exactly one
 
 
-def _pg(database: str, driver: str = "postgresql") -> str:
-    credentials = "${POSTGRES_USER:-reggaeton}:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
-    return f"{driver}://{credentials}@postgres:5432/{database}"
+def _pg(role: str, database: str, driver: str = "postgresql") -> str:
+    """A Postgres URL of a service role (its password from its own variable; never the superuser's)."""
+    password = f"${{{role.upper()}_DB_PASSWORD:?set {role.upper()}_DB_PASSWORD}}"
+    return f"{driver}://{role}:{password}@postgres:5432/{database}"
+
+
+def _secret(name: str) -> str:
+    """A required variable's template (the stack refuses to start without it)."""
+    return f"${{{name}:?set {name}}}"
 
 
 def _http_check(url: str) -> Healthcheck:
@@ -121,27 +167,41 @@ PREFECT_API = "http://prefect-server:4200/api"
 ARCHIVE_VOLUME = "prediction-archive"
 ARCHIVE_DIR = "/state/archive"
 
-# Environment shared by every container that runs project code.
-APP_ENVIRONMENT: dict[str, str] = {
+# What every container running project code gets: where the services are, and Prefect's auth string.
+BASE_ENVIRONMENT: dict[str, str] = {
     "REGGAETON_MODE": "production",
     "REGGAETON_STATE_DIR": "/state",
     "REGGAETON_MLFLOW__TRACKING_URI": "http://mlflow:5000",
-    "REGGAETON_TRAINING__OPTUNA_STORAGE": _pg("optuna"),
+    "REGGAETON_PREFECT__API_URL": PREFECT_API,
+    "REGGAETON_PREFECT__WORK_POOL": WORK_POOL,
+    "REGGAETON_PREFECT__TUNING_POOL": TUNING_POOL,
+    "PREFECT_API_URL": PREFECT_API,
+    "PREFECT_API_AUTH_STRING": _secret("PREFECT_AUTH_STRING"),
+}
+
+# The worker's flow runs (training, tuning, promotion, monitoring): their MLflow accounts, Optuna's role,
+# the worker role (reads the prediction log, owns monitoring's results), the decision signing key.
+FLOW_ENVIRONMENT: dict[str, str] = {
+    **BASE_ENVIRONMENT,
+    "REGGAETON_TRAINING__OPTUNA_STORAGE": _pg("optuna", "optuna"),
     "REGGAETON_TRAINING__N_TRIALS": "${TRAINING_TRIALS:-20}",
     "REGGAETON_TRAINING__N_JOBS": "1",
     # Tuning runs per retrain on the tuning pool (at most one per worker container); 1: in the retrain.
     "REGGAETON_TRAINING__PARALLEL_WORKERS": "${TRAINING_PARALLEL_WORKERS:-1}",
     # offline | shadow | canary (README, "Live evidence"): the retrain and the live gate read it.
     "REGGAETON_LIVE__POLICY": "${PROMOTION_POLICY:-offline}",
-    "REGGAETON_SERVING__PREDICTION_LOG_URL": _pg("predictions"),
-    "REGGAETON_SERVING__ADMIN_TOKEN": "${ADMIN_TOKEN:?set ADMIN_TOKEN}",
-    "REGGAETON_MONITORING__RESULTS_URL": _pg("predictions"),
+    "REGGAETON_SERVING__PREDICTION_LOG_URL": _pg("worker", "predictions"),
+    "REGGAETON_MONITORING__RESULTS_URL": _pg("worker", "monitoring"),
     # The retention flow archives old prediction-log rows here; the monitor and training read them back.
     "REGGAETON_RETENTION__ARCHIVE_DIR": ARCHIVE_DIR,
-    "REGGAETON_PREFECT__API_URL": PREFECT_API,
-    "REGGAETON_PREFECT__WORK_POOL": WORK_POOL,
-    "REGGAETON_PREFECT__TUNING_POOL": TUNING_POOL,
-    "PREFECT_API_URL": PREFECT_API,
+    **{
+        f"REGGAETON_MLFLOW__{account.upper()}_PASSWORD": _secret(f"MLFLOW_{account.upper()}_PASSWORD")
+        for account in (names.TRAINING_ACCOUNT, names.PROMOTION_ACCOUNT, names.MONITORING_ACCOUNT)
+    },
+    "REGGAETON_SIGNING__PRIVATE_KEY": _secret("DECISION_SIGNING_KEY"),
+    "REGGAETON_SIGNING__PUBLIC_KEYS": _secret("DECISION_VERIFY_KEY"),
+    # Notifications (the automations `reggaeton deploy` applies): the configured webhook, else the receiver.
+    "REGGAETON_PREFECT__WEBHOOK_URL": f"${{WEBHOOK_URL:-{RECEIVER_URL}}}",
     # Flow runs prove they are alive this often; the loop's automation crashes runs silent for 3 beats.
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(names.FLOW_HEARTBEAT_S),
     # Workers ask for runs this often: a triggered retrain starts within it (Prefect's default: 10 s).
@@ -149,6 +209,10 @@ APP_ENVIRONMENT: dict[str, str] = {
 }
 
 SECRET_CHECK = "check-secrets"
+POSTGRES_ROLES = "postgres-roles"
+# The containers that hold the Postgres superuser password: the database and its roles job (both on the
+# Postgres image); no application container does (tests/infra checks it with docker inspect).
+SUPERUSER_HOLDERS = frozenset({"postgres", POSTGRES_ROLES})
 # After SIGTERM the Prefect worker stops its flow runs and exits (seconds); what is left of it after this
 # is killed, then the runs it was submitting are handed back, within HAND_BACK_S more, before Docker's
 # SIGKILL.
@@ -157,14 +221,17 @@ HAND_BACK_S = 10
 
 SERVICES: tuple[Service, ...] = (
     Service(
-        # Runs first: refuses a secret still set to its example value (.env.example), naming the variable;
-        # everything else starts after it (postgres directly, the rest through postgres).
+        # Runs first: refuses a secret still set to its example value (.env.example), naming the variable,
+        # and a verify key that is not the signing key's other half; everything else starts after it
+        # (postgres directly, the rest through postgres). The Postgres superuser password is checked by
+        # the database itself (infra/postgres/start.sh): no application container holds it.
         name=SECRET_CHECK,
         image=APP_IMAGE,
         command=("python", "-m", "infra.check_secrets"),
         environment={
-            "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}",
-            "ADMIN_TOKEN": "${ADMIN_TOKEN:?set ADMIN_TOKEN}",
+            name: (f"${{{name}:-{variable.default}}}" if variable.default is not None else _secret(name))
+            for name, variable in VARIABLES.items()
+            if (variable.secret or name == "DECISION_VERIFY_KEY") and name != "POSTGRES_PASSWORD"
         },
         memory_mb=256,
         one_shot=True,
@@ -172,25 +239,52 @@ SERVICES: tuple[Service, ...] = (
     Service(
         name="postgres",
         image=POSTGRES_IMAGE,
-        command=None,
+        # Refuses an example superuser password, then the image's own entrypoint.
+        entrypoint=("sh", "/reggaeton/start.sh"),
+        command=("postgres",),
         environment={
             "POSTGRES_USER": "${POSTGRES_USER:-reggaeton}",
-            "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}",
+            "POSTGRES_PASSWORD": _secret("POSTGRES_PASSWORD"),
         },
         healthcheck=Healthcheck(("pg_isready", "-U", "${POSTGRES_USER:-reggaeton}", "-d", "postgres")),
         depends_on={SECRET_CHECK: "service_completed_successfully"},
         volumes={"pgdata": "/var/lib/postgresql/data"},
+        files=POSTGRES_FILES,
         memory_mb=512,
         stop_grace_s=60,  # a clean shutdown checkpoints; a killed Postgres replays its WAL on the next start
     ),
     Service(
+        # On every `up`: one role per service with the password of .env (rotation: change it, `up`),
+        # the databases each owns, CONNECT only where a role needs it, the prediction log's grants.
+        # Idempotent; it also hands the tables of a stack from before roles to their owners.
+        name=POSTGRES_ROLES,
+        image=POSTGRES_IMAGE,
+        entrypoint=("psql",),
+        command=("-v", "ON_ERROR_STOP=1", "-f", "/reggaeton/roles.sql"),
+        environment={
+            # libpq's own variables: the superuser's password never on a command line.
+            "PGHOST": "postgres",
+            "PGDATABASE": "postgres",
+            "PGUSER": "${POSTGRES_USER:-reggaeton}",
+            "PGPASSWORD": _secret("POSTGRES_PASSWORD"),
+            **{f"{role.upper()}_DB_PASSWORD": _secret(f"{role.upper()}_DB_PASSWORD") for role in DB_ROLES},
+        },
+        depends_on={"postgres": "service_healthy"},
+        files=POSTGRES_FILES,
+        memory_mb=128,
+        one_shot=True,
+    ),
+    Service(
         name="mlflow",
         image=APP_IMAGE,
+        # The basic-auth app: every API call needs an account (/health stays open for the probes). Its
+        # stores are Postgres databases of the mlflow role, found through the environment (the backend
+        # store's URL, libpq's password): nothing secret on the command line (`ps`, `docker inspect`).
         command=(
             "mlflow",
             "server",
-            "--backend-store-uri",
-            _pg("mlflow"),
+            "--app-name",
+            "basic-auth",
             "--serve-artifacts",
             "--artifacts-destination",
             "/mlartifacts",
@@ -204,12 +298,19 @@ SERVICES: tuple[Service, ...] = (
             "mlflow,mlflow:*,localhost,localhost:*,127.0.0.1,127.0.0.1:*",
         ),
         environment={
+            "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow@postgres:5432/mlflow",
+            "PGPASSWORD": _secret("MLFLOW_DB_PASSWORD"),
+            # basic_auth.ini: no default permission, the auth store in the mlflow_auth database.
+            "MLFLOW_AUTH_CONFIG_PATH": MLFLOW_AUTH_CONFIG,
+            "MLFLOW_AUTH_ADMIN_USERNAME": names.MLFLOW_ADMIN,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": _secret("MLFLOW_ADMIN_PASSWORD"),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret("MLFLOW_FLASK_SECRET"),
             # The job runner (GenAI features this stack does not use) forks ~7 processes of ~180 MB each.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         },
         ports=(Port(5000, "${MLFLOW_PORT:-5000}"),),
         healthcheck=_http_check("http://127.0.0.1:5000/health"),
-        depends_on={"postgres": "service_healthy"},
+        depends_on={POSTGRES_ROLES: "service_completed_successfully"},
         volumes={"mlartifacts": "/mlartifacts"},
         memory_mb=1536,
     ),
@@ -218,7 +319,9 @@ SERVICES: tuple[Service, ...] = (
         image=APP_IMAGE,
         command=("prefect", "server", "start", "--host", "0.0.0.0", "--port", "4200"),
         environment={
-            "PREFECT_API_DATABASE_CONNECTION_URL": _pg("prefect", "postgresql+asyncpg"),
+            "PREFECT_API_DATABASE_CONNECTION_URL": _pg("prefect", "prefect", "postgresql+asyncpg"),
+            # Every API call but /api/health and /api/ready needs the auth string (the UI asks for it).
+            "PREFECT_SERVER_API_AUTH_STRING": _secret("PREFECT_AUTH_STRING"),
             "PREFECT_UI_API_URL": "http://127.0.0.1:${PREFECT_PORT:-4200}/api",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             # The UI is copied out of site-packages at start; the image runs as a non-root user.
@@ -226,7 +329,17 @@ SERVICES: tuple[Service, ...] = (
         },
         ports=(Port(4200, "${PREFECT_PORT:-4200}"),),
         healthcheck=_http_check("http://127.0.0.1:4200/api/health"),
-        depends_on={"postgres": "service_healthy"},
+        depends_on={POSTGRES_ROLES: "service_completed_successfully"},
+    ),
+    Service(
+        # Where notifications go when WEBHOOK_URL is not set (the bootstrap says so): each alert is a line
+        # of `docker-compose logs receiver`. Not published; set WEBHOOK_URL for Slack or any webhook.
+        name="receiver",
+        image=APP_IMAGE,
+        command=("python", "-m", "embedded.receiver", "--host", "0.0.0.0", "--port", "8765"),
+        environment={"REGGAETON_STATE_DIR": "/state"},
+        healthcheck=_http_check("http://127.0.0.1:8765/health"),
+        memory_mb=128,
     ),
     Service(
         name="worker",
@@ -239,7 +352,7 @@ SERVICES: tuple[Service, ...] = (
             *("python", "-m", "infra.worker", "--pool", WORK_POOL),
             *("--tuning-pool", TUNING_POOL, "--grace-s", str(WORKER_GRACE_S)),
         ),
-        environment=APP_ENVIRONMENT,
+        environment=FLOW_ENVIRONMENT,
         healthcheck=_http_check("http://127.0.0.1:8080/health"),
         depends_on={"prefect-server": "service_healthy", "mlflow": "service_healthy"},
         volumes={ARCHIVE_VOLUME: ARCHIVE_DIR},
@@ -251,8 +364,14 @@ SERVICES: tuple[Service, ...] = (
         name="watchdog",
         image=APP_IMAGE,
         # The same process as the embedded stack's: stranded runs, dead-man's switch, cancelled runs.
+        # It talks to Prefect only: no MLflow account, no database.
         command=("python", "-m", "monitoring.watchdog"),
-        environment={**APP_ENVIRONMENT, "REGGAETON_STATE_DIR": "/state/watchdog"},
+        environment={
+            **BASE_ENVIRONMENT,
+            "REGGAETON_STATE_DIR": "/state/watchdog",
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(names.FLOW_HEARTBEAT_S),
+            "PREFECT_WORKER_QUERY_SECONDS": str(names.WORKER_POLL_S),
+        },
         # Healthy while its looks at the Prefect API succeed (it writes its memory after each one).
         healthcheck=Healthcheck(("python", "-m", "monitoring.watchdog", "--healthy")),
         depends_on={"prefect-server": "service_healthy"},
@@ -263,9 +382,17 @@ SERVICES: tuple[Service, ...] = (
     Service(
         name="bootstrap",
         image=APP_IMAGE,
-        # `python -m flows.deploy`, then train-and-promote on the worker while there is no champion.
+        # The prediction log's migrations (as its owner), the MLflow accounts and their grants (as MLflow's
+        # admin), the one-time signing of a champion from before signed decisions, `python -m
+        # flows.deploy`, then train-and-promote on the worker while there is no champion.
         command=("python", "-m", "infra.bootstrap"),
-        environment=APP_ENVIRONMENT,
+        environment={
+            **FLOW_ENVIRONMENT,
+            "REGGAETON_SERVING__PREDICTION_LOG_URL": _pg("predictions", "predictions"),
+            "MLFLOW_TRACKING_USERNAME": names.MLFLOW_ADMIN,
+            "MLFLOW_TRACKING_PASSWORD": _secret("MLFLOW_ADMIN_PASSWORD"),
+            "REGGAETON_MLFLOW__SERVING_PASSWORD": _secret("MLFLOW_SERVING_PASSWORD"),
+        },
         depends_on={"prefect-server": "service_healthy", "mlflow": "service_healthy"},
         volumes={ARCHIVE_VOLUME: ARCHIVE_DIR},
         memory_mb=2048,
@@ -273,12 +400,20 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         # N replicas (API_REPLICAS / apiReplicas, or `--scale api=N`), reached only through the balancer.
-        # Each polls the registry and hot-swaps on its own, and logs to the one Postgres prediction log.
+        # Each polls the registry and hot-swaps on its own (a champion only with a signed decision it
+        # verifies with the public key), and logs to the one Postgres prediction log as the api role.
         name="api",
         image=SERVING_IMAGE,
         command=("python", "-m", "serving"),
         environment={
-            **APP_ENVIRONMENT,
+            **BASE_ENVIRONMENT,
+            "REGGAETON_SERVING__PREDICTION_LOG_URL": _pg("api", "predictions"),
+            "REGGAETON_SERVING__ADMIN_TOKEN": _secret("ADMIN_TOKEN"),
+            "REGGAETON_SERVING__FEEDBACK_TOKEN": _secret("FEEDBACK_TOKEN"),
+            # Empty: POST /predict needs no key.
+            "REGGAETON_SERVING__API_KEY": "${API_KEY:-}",
+            "REGGAETON_MLFLOW__SERVING_PASSWORD": _secret("MLFLOW_SERVING_PASSWORD"),
+            "REGGAETON_SIGNING__PUBLIC_KEYS": _secret("DECISION_VERIFY_KEY"),
             "REGGAETON_SERVING__HOST": "0.0.0.0",
             "REGGAETON_SERVING__PORT": "8000",
             "REGGAETON_SERVING__MODEL_CACHE_DIR": "/state/model-cache",
@@ -307,11 +442,6 @@ SERVICES: tuple[Service, ...] = (
 )
 
 VOLUMES: tuple[str, ...] = tuple(dict.fromkeys(v for s in SERVICES for v in s.volumes))
-
-
-def init_sql(databases: tuple[str, ...] = DATABASES) -> str:
-    """The Postgres init script: one database per component (run once, on a fresh data volume)."""
-    return "".join(f"CREATE DATABASE {name};\n" for name in databases)
 
 
 _REFERENCE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")

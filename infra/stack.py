@@ -1,18 +1,26 @@
 """The Pulumi program (pulumi-docker): the stack of docker-compose.yml, built from the same service table.
 
-Config (``pulumi config set``; keys in :data:`infra.services.VARIABLES`): ``dbPassword`` and ``adminToken``
-are required secrets (an example value is refused); ``dbUser``, ``imageTag``, ``mlflowPort``, ``prefectPort``,
-``apiPort``, ``apiReplicas`` (API containers behind the balancer), ``workerReplicas`` (worker containers,
-each serving the work pool and, one run at a time, the tuning pool), ``trainingTrials`` and
-``trainingParallelWorkers`` (tuning runs per retrain) and ``promotionPolicy`` (offline, shadow or canary)
-have defaults;
-``memoryMb`` (an object, service -> MB) overrides sizes.
+Config (``pulumi config set``; keys in :data:`infra.services.VARIABLES`). Required secrets (``pulumi config
+set --secret``; an example value is refused): ``dbPassword`` (the Postgres superuser's), one per service
+role ``mlflowDbPassword``, ``prefectDbPassword``, ``optunaDbPassword``, ``predictionsDbPassword``,
+``workerDbPassword``, ``apiDbPassword``; the API's ``adminToken`` and ``feedbackToken``; MLflow's
+``mlflowAdminPassword``, ``mlflowFlaskSecret`` and the accounts' ``mlflowTrainingPassword``,
+``mlflowPromotionPassword``, ``mlflowMonitoringPassword``, ``mlflowServingPassword``; Prefect's
+``prefectAuthString``; the decision signing key ``decisionSigningKey``. Required plain: the public half,
+``decisionVerifyKey``. Optional secrets: ``apiKey`` (POST /predict then needs it) and ``webhookUrl`` (where
+alerts go; unset: the stack's receiver container). ``python -m infra.check_secrets --new-env FILE`` makes
+fresh values to copy. ``dbUser``, ``imageTag``, ``mlflowPort``, ``prefectPort``, ``apiPort``,
+``apiReplicas`` (API containers behind the balancer), ``workerReplicas`` (worker containers, each serving
+the work pool and, one run at a time, the tuning pool), ``trainingTrials``, ``trainingParallelWorkers``
+(tuning runs per retrain) and ``promotionPolicy`` (offline, shadow or canary) have defaults; ``memoryMb``
+(an object, service -> MB) overrides sizes.
 
 What the provider does not do by itself, the program does: containers run the built image by its id (a
 rebuild replaces them), a container that depends on a one-shot job's success is created only when the
 job exited 0 (else the update fails, saying why), containers are stopped with a grace period,
-memory+swap is explicit, the bootstrap may run past the provider's 20-minute create timeout, and the data
-volumes are left in place by ``pulumi destroy`` (``docker volume rm`` them to drop the data).
+memory+swap is explicit, the bootstrap may run past the provider's 20-minute create timeout, the files a
+service needs (the Postgres scripts) are uploaded, and the data volumes are left in place by ``pulumi
+destroy`` (``docker volume rm`` them to drop the data).
 """
 
 from __future__ import annotations
@@ -28,14 +36,12 @@ import pulumi_docker as docker
 from infra.services import (
     BUILT_IMAGES,
     IMAGE_TAG,
-    INIT_SQL_PATH,
     NETWORK,
     SERVICES,
     TRAIN_TIMEOUT_S,
     VARIABLES,
     VOLUMES,
     Service,
-    init_sql,
     references,
     render,
 )
@@ -74,10 +80,15 @@ def read_config(config: pulumi.Config | None = None) -> StackConfig:
     values: dict[str, str] = {}
     secrets: dict[str, pulumi.Output[str]] = {}
     for name, variable in VARIABLES.items():
-        if variable.secret:
+        if variable.secret and variable.default is None:
             secrets[name] = config.require_secret(variable.config_key).apply(
                 functools.partial(_refuse_example, variable.config_key)
             )
+        elif variable.secret:
+            # Optional (the API key, the webhook): unset keeps the template's default.
+            optional = config.get_secret(variable.config_key)
+            if optional is not None:
+                secrets[name] = optional.apply(functools.partial(_refuse_example, variable.config_key))
         elif variable.default is None:
             values[name] = config.require(variable.config_key)
         elif value := config.get(variable.config_key):
@@ -211,11 +222,11 @@ def _container(
     name: str,
 ) -> docker.Container:
     """One container of a service of the table (``name``: one of its replicas), after what it depends on."""
-    uploads = (
-        [docker.ContainerUploadArgs(file=INIT_SQL_PATH, content=init_sql())]
-        if service.name == "postgres"
-        else None
-    )
+    # The repository's files a service needs (compose bind-mounts them), uploaded before it starts.
+    uploads = [
+        docker.ContainerUploadArgs(file=path, content=(Path(config.context) / source).read_text())
+        for path, source in service.files.items()
+    ] or None
     after: list[pulumi.Input[pulumi.Resource]] = [c for dep in service.depends_on for c in containers[dep]]
     after += [
         completed_successfully(containers[dep][0], dep)
@@ -227,6 +238,7 @@ def _container(
         name,
         name=_container_name(name),
         image=shared.image_of(service),
+        entrypoints=list(service.entrypoint) if service.entrypoint else None,
         command=[fill(part, config) for part in service.command] if service.command else None,
         envs=_envs(service, config),
         ports=[

@@ -22,9 +22,15 @@ class Served:
 class PredictionApi:
     """A small synchronous client of the prediction API."""
 
-    def __init__(self, base_url: str, admin_token: str, timeout_s: float = 10.0) -> None:
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, trust_env=False)
-        self._admin = {"Authorization": f"Bearer {admin_token}"}
+    def __init__(
+        self, base_url: str, feedback_token: str, timeout_s: float = 10.0, api_key: str | None = None
+    ) -> None:
+        """A client sending labels with ``feedback_token`` and, when given, ``api_key`` with predictions."""
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout_s, trust_env=False, headers=headers
+        )
+        self._feedback = {"Authorization": f"Bearer {feedback_token}"}
 
     def __enter__(self) -> PredictionApi:
         return self
@@ -55,6 +61,6 @@ class PredictionApi:
     def feedback(self, prediction_id: str, label: int) -> None:
         """Record the true label of an earlier prediction."""
         response = self._client.post(
-            "/feedback", json={"prediction_id": prediction_id, "label": int(label)}, headers=self._admin
+            "/feedback", json={"prediction_id": prediction_id, "label": int(label)}, headers=self._feedback
         )
         response.raise_for_status()

@@ -24,7 +24,7 @@ from adapters.log_window import Watermark
 from adapters.prediction_log import CREATED_AT, PREDICTION_ID
 from monitoring import estimation, report, store
 from monitoring.estimation import ChunkPlan, ChunkResult
-from monitoring.policy import Alert, Policy, Results, evaluate
+from monitoring.policy import Alert, Policy, Results, Retrain, VersionState, advance, evaluate, judged
 from reggaeton.schema import PREDICTION, PROBABILITY
 from reggaeton.settings import Settings
 
@@ -248,6 +248,28 @@ def decide(window: Window, analysis: Analysis, history: History, policy: Policy)
         ),
         policy,
     )
+
+
+def advance_state(
+    results: Engine,
+    model_name: str,
+    analysis: Analysis,
+    alerts: list[Alert],
+    window: Window,
+    settings: Settings,
+    now: datetime,
+) -> tuple[VersionState, Retrain]:
+    """The version's state after this run (stored), and what the run asks of its retrain."""
+    previous = store.read_state(results, model_name, window.model_version)
+    policy = policy_from_settings(settings)
+    judged_chunks = sum(judged(chunk, policy) for chunk in analysis.chunks)
+    state, retrain = advance(
+        previous, window.model_version, alerts, judged_chunks, now, settings.prefect.debounce_s
+    )
+    store.save_state(results, model_name, state)
+    if previous is None or previous.status != state.status:
+        logger.info("version %s is now %s: %s", window.model_version, state.status, state.reason)
+    return state, retrain
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,17 @@
   ``consecutive_chunks`` chunks in a row, and no ``degraded`` alert: a warning, not a retrain.
 - ``insufficient data``: a window or chunk too small to judge. It never counts as a breach, so a
   thin window can delay an alert but never raise a false one.
+
+A version's state (``advance``) outlives the run: degraded until a run judges new chunks without a
+``degraded`` alert, with one retrain request per version per debounce window.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -259,3 +262,131 @@ def evaluate(results: Results, policy: Policy) -> list[Alert]:
     if any(alert.kind is AlertKind.DEGRADED for alert in alerts):
         return alerts  # a drift is only a warning when performance did not drop
     return alerts + _drifted(results, policy)
+
+
+# --- a version's state across runs: degraded until a run shows it recovered -----------------------------
+
+
+class Status(enum.StrEnum):
+    """What monitoring last concluded about a version."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+
+
+class RetrainAction(enum.StrEnum):
+    """What a run asks of the retrain trigger."""
+
+    REQUESTED = "requested"  # a `degraded` event that starts the version's retrain
+    SUPPRESSED = "suppressed"  # the version's retrain was requested within the debounce window
+    NONE = "none"  # nothing new to act on
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """A version's monitoring state, kept between runs (``monitoring.store``)."""
+
+    model_version: str
+    status: Status = Status.OK
+    since: datetime | None = None  # when it became degraded
+    reason: str = ""  # the alert that made it so, in words
+    retrain_requested_at: datetime | None = None  # the last `degraded` event that requested a retrain
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Retrain:
+    """This run's word on the version's retrain: requested, or suppressed and until when."""
+
+    action: RetrainAction
+    reason: str
+    allowed_after: datetime | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """JSON-ready: what the notification says about the retrain."""
+        return {
+            "action": str(self.action),
+            "reason": self.reason,
+            "allowed_after": self.allowed_after.isoformat() if self.allowed_after else None,
+        }
+
+
+def describe(alert: Alert) -> str:
+    """An alert in words, e.g. ``realized roc_auc 0.480 < 0.800 over 2 chunk(s)``."""
+    value = "-" if alert.value is None else f"{alert.value:.3f}"
+    threshold = "-" if alert.threshold is None else f"{alert.threshold:.3f}"
+    return f"{alert.source} {alert.metric} {value} < {threshold} over {alert.chunks} chunk(s)"
+
+
+def advance(
+    previous: VersionState | None,
+    model_version: str,
+    alerts: Sequence[Alert],
+    judged_chunks: int,
+    now: datetime,
+    debounce_s: float,
+) -> tuple[VersionState, Retrain]:
+    """The version's state after a run, and what the run asks of its retrain.
+
+    - A ``degraded`` alert makes (or keeps) the version degraded. Its retrain is requested unless one was
+      requested for this version less than ``debounce_s`` ago: then it is suppressed, saying until when
+      (the retrain automation debounces each version over the same window).
+    - A run that judged new chunks without a ``degraded`` alert shows the version recovered.
+    - A run with nothing new to judge changes nothing: a degraded version stays degraded.
+
+    Args:
+        previous: The stored state (None: never monitored).
+        model_version: The version monitored.
+        alerts: This run's alerts.
+        judged_chunks: New chunks this run judged (enough rows each).
+        now: The run's time.
+        debounce_s: One retrain request per version within this window (``prefect.debounce_s``).
+    """
+    state = previous or VersionState(model_version)
+    degraded = [alert for alert in alerts if alert.kind is AlertKind.DEGRADED]
+    if not degraded:
+        if judged_chunks > 0 and state.status is Status.DEGRADED:
+            state = replace(state, status=Status.OK, since=None, reason=f"recovered at {now.isoformat()}")
+        return replace(state, updated_at=now), Retrain(RetrainAction.NONE, "not degraded in this run")
+    since = state.since if state.status is Status.DEGRADED and state.since is not None else now
+    reason = "; ".join(describe(alert) for alert in degraded)
+    last = state.retrain_requested_at
+    window = timedelta(seconds=debounce_s)
+    if last is not None and now - last < window:
+        allowed = last + window
+        retrain = Retrain(
+            RetrainAction.SUPPRESSED,
+            f"version {model_version}'s retrain was requested at {last.isoformat(timespec='seconds')}: one "
+            f"per version every {debounce_s:.0f} s (PREFECT__DEBOUNCE_S); a `degraded` of this version "
+            f"requests the next one from {allowed.isoformat(timespec='seconds')}",
+            allowed,
+        )
+    else:
+        first = "the first for this version" if last is None else "the window since the last one has passed"
+        retrain = Retrain(RetrainAction.REQUESTED, f"retrain requested ({first})", now + window)
+        last = now
+    state = replace(
+        state,
+        status=Status.DEGRADED,
+        since=since,
+        reason=reason,
+        retrain_requested_at=last,
+        updated_at=now,
+    )
+    return state, retrain
+
+
+def state_line(state: VersionState, debounce_s: float) -> str:
+    """A version's state in one line (status, the monitor's report)."""
+    if state.status is not Status.DEGRADED:
+        return f"version {state.model_version}: ok" + (f" ({state.reason})" if state.reason else "")
+    since = state.since.isoformat(timespec="seconds") if state.since else "?"
+    line = f"version {state.model_version}: DEGRADED since {since} ({state.reason})"
+    if state.retrain_requested_at is not None:
+        requested = state.retrain_requested_at
+        allowed = requested + timedelta(seconds=debounce_s)
+        line += (
+            f"; retrain requested at {requested.isoformat(timespec='seconds')}, "
+            f"the next allowed from {allowed.isoformat(timespec='seconds')}"
+        )
+    return line

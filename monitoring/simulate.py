@@ -36,6 +36,7 @@ from adapters.prediction_log import CREATED_AT, MODEL_VERSION, PREDICTION_ID, fe
 from reggaeton import names, synthetic
 from reggaeton.calibration import OTHER, REGGAETON, ClassProfile
 from reggaeton.schema import FEATURE_NAMES, FEATURES_BY_NAME, PREDICTION, PROBABILITY, TARGET
+from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -222,12 +223,19 @@ class Run:
         return problems
 
 
-def run(url: str, admin_token: str, options: Run) -> dict[str, int]:
-    """Send one simulation's traffic (and late labels) to the API at ``url``; see :func:`send`."""
+def run(url: str, feedback_token: str, options: Run, api_key: str | None = None) -> dict[str, int]:
+    """Send one simulation's traffic (and late labels) to the API at ``url``; see :func:`send`.
+
+    Args:
+        url: The prediction API.
+        feedback_token: The API's feedback token (labels).
+        options: The simulation.
+        api_key: The API's key for POST /predict, when it requires one.
+    """
     from monitoring.api_client import PredictionApi
 
     songs = traffic(options.scenario, options.count, options.seed, drift_share=options.drift_share)
-    with PredictionApi(url, admin_token) as api:
+    with PredictionApi(url, feedback_token, api_key=api_key) as api:
         return send(
             api,
             songs,
@@ -239,10 +247,14 @@ def run(url: str, admin_token: str, options: Run) -> dict[str, int]:
         )
 
 
+def credentials(settings: Settings) -> tuple[str, str | None]:
+    """The feedback token and the API key (None when /predict needs none) of these settings."""
+    key = settings.serving.api_key
+    return settings.serving.feedback_token.get_secret_value(), key.get_secret_value() if key else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point (the demo's; operators use `reggaeton simulate`)."""
-    from reggaeton.settings import Settings
-
     settings = Settings()
     defaults = Run()
     parser = argparse.ArgumentParser(
@@ -266,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = options.problems()
     if problems:
         parser.error("; ".join(problems))
-    counts = run(args.url, settings.serving.admin_token.get_secret_value(), options)
+    token, key = credentials(settings)
+    counts = run(args.url, token, options, api_key=key)
     logger.info("scenario %s: %s", args.scenario, counts)
     return 0
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     insert,
     inspect,
     select,
@@ -32,6 +33,7 @@ from sqlalchemy import (
 
 from adapters.prediction_log import make_engine
 from monitoring.estimation import ESTIMATED_METRICS, ChunkResult, Estimate
+from monitoring.policy import Status, VersionState
 
 metadata: Final = MetaData()
 
@@ -107,6 +109,19 @@ chunks: Final = Table(
 )
 # Columns added after the first release: `connect` adds them to an older store.
 _ADDED_COLUMNS: Final = ("first_id", "last_id")
+
+# One row per monitored version: its state between runs (``policy.advance``).
+versions: Final = Table(
+    "monitoring_versions",
+    metadata,
+    Column("model_name", String(200), primary_key=True),
+    Column("model_version", String(50), primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("since", DateTime(timezone=True)),
+    Column("reason", String(1000), nullable=False, default=""),
+    Column("retrain_requested_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True)),
+)
 
 
 @dataclass(frozen=True)
@@ -319,3 +334,40 @@ def read_runs(engine: Engine, model_version: str | None = None) -> pd.DataFrame:
         query = query.where(runs.c.model_version == model_version)
     with engine.connect() as connection:
         return pd.DataFrame(connection.execute(query).mappings().all())
+
+
+def read_state(engine: Engine, model_name: str, model_version: str) -> VersionState | None:
+    """A version's stored state, or None when it was never monitored."""
+    query = select(versions).where(
+        versions.c.model_name == model_name, versions.c.model_version == model_version
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).mappings().first()
+    if row is None:
+        return None
+    return VersionState(
+        model_version=str(row["model_version"]),
+        status=Status(row["status"]),
+        since=_utc(row["since"]),
+        reason=str(row["reason"] or ""),
+        retrain_requested_at=_utc(row["retrain_requested_at"]),
+        updated_at=_utc(row["updated_at"]),
+    )
+
+
+def save_state(engine: Engine, model_name: str, state: VersionState) -> None:
+    """Store a version's state (replacing the previous one)."""
+    key = (versions.c.model_name == model_name) & (versions.c.model_version == state.model_version)
+    with engine.begin() as connection:
+        connection.execute(delete(versions).where(key))
+        connection.execute(
+            insert(versions).values(
+                model_name=model_name,
+                model_version=state.model_version,
+                status=str(state.status),
+                since=_utc(state.since),
+                reason=state.reason[:1000],
+                retrain_requested_at=_utc(state.retrain_requested_at),
+                updated_at=_utc(state.updated_at),
+            )
+        )

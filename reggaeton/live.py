@@ -37,16 +37,17 @@ from typing import Any, Final, Literal
 import numpy as np
 from scipy.stats import norm, t
 
+from reggaeton.live_states import CANARY as CANARY
+from reggaeton.live_states import CANARY_SHARE as CANARY_SHARE
+from reggaeton.live_states import CANARY_STEP as CANARY_STEP
+from reggaeton.live_states import CHAMPION as CHAMPION
+from reggaeton.live_states import REGISTERED as REGISTERED
+from reggaeton.live_states import REJECTED as REJECTED
+from reggaeton.live_states import SHADOW as SHADOW
+from reggaeton.live_states import UNDER_EVALUATION as UNDER_EVALUATION
+from reggaeton.live_states import assigned_share as assigned_share
 from reggaeton.metrics import SCORE_METRICS, Interval, paired_bootstrap_difference
 from reggaeton.settings import LiveSettings
-
-# A version's place in the loop (names.Tag.LIVE_STATE).
-REGISTERED: Final = "registered"
-SHADOW: Final = "shadow"
-CANARY: Final = "canary"
-CHAMPION: Final = "champion"
-REJECTED: Final = "rejected"
-UNDER_EVALUATION: Final = frozenset({SHADOW, CANARY})
 
 # What the labelled evidence says.
 WAITING: Final = "waiting"  # fewer labelled positives than the first look needs

@@ -79,19 +79,34 @@ def _stratified_indices(y_true: np.ndarray, rng: np.random.Generator) -> np.ndar
     return np.concatenate(parts)
 
 
-def _average_precision_rows(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """Average precision of each row (scikit-learn's definition: ties scored as one threshold)."""
-    order = np.argsort(-proba, axis=1, kind="stable")
-    scores = np.take_along_axis(proba, order, axis=1)
-    labels = np.take_along_axis(y_true, order, axis=1)
-    true_positives = np.cumsum(labels, axis=1)
-    precision = true_positives / np.arange(1, proba.shape[1] + 1)
-    # Each positive counts with the precision at the end of its group of tied scores.
-    columns = np.arange(proba.shape[1])
-    ends = np.where(np.diff(scores, axis=1, append=-np.inf) != 0, columns, proba.shape[1] - 1)
-    ends = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1]
-    at_end = np.take_along_axis(precision, ends, axis=1)
-    return np.sum(labels * at_end, axis=1) / true_positives[:, -1]
+def _average_precision_resampled(y_true: np.ndarray, proba: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Average precision of each resample (a row of ``rows``: indices), scikit-learn's definition.
+
+    Ties are scored as one threshold: each positive counts with the precision at the end of its group
+    of tied scores. The rows are sorted by score once; a resample is how many times it draws each row,
+    so its precision at a position is a cumulative sum in that order (no sort per resample), needed
+    only where the positives' groups end.
+    """
+    size, count = rows.shape
+    order = np.argsort(-proba, kind="stable")
+    rank = np.empty(count, dtype=np.intp)
+    rank[order] = np.arange(count)
+    scores = proba[order]
+    offsets = (np.arange(size) * count)[:, None]
+    draws = np.bincount((rank[rows] + offsets).ravel(), minlength=size * count).reshape(size, count)
+    positive = np.flatnonzero(y_true[order])  # sorted positions of the positives
+    if not len(positive):
+        return np.full(size, np.nan)  # undefined without a positive, as scikit-learn warns
+    ends = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
+    group_end = ends[np.searchsorted(ends, positive)]  # where each positive's group of ties ends
+    drawn = np.cumsum(draws, axis=1)[:, group_end]
+    positive_draws = draws[:, positive]
+    true_positives = np.cumsum(positive_draws, axis=1)
+    at_end = true_positives[:, np.searchsorted(positive, group_end, side="right") - 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = at_end / drawn
+    contributions = np.where(positive_draws > 0, positive_draws * precision, 0.0)
+    return np.sum(contributions, axis=1) / true_positives[:, -1]
 
 
 def _roc_auc_rows(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
@@ -106,14 +121,31 @@ def _brier_rows(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return np.mean((proba - y_true) ** 2, axis=1)
 
 
-# The interval metrics computed for all bootstrap replicates at once (one row each): 1,000 replicates
-# of three metrics took ~10 s as scikit-learn calls, most of it input validation. Equal to them within
-# floating-point rounding (tests/reggaeton/test_metrics.py).
-_ROWWISE: dict[Metric, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    average_precision_score: _average_precision_rows,
-    roc_auc_score: _roc_auc_rows,
-    brier_score_loss: _brier_rows,
+Resampled = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _gathered(rowwise: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Resampled:
+    """A metric of each row of gathered arrays, as a metric of each resample's indices."""
+
+    def resampled(y_true: np.ndarray, proba: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return rowwise(y_true[rows], proba[rows])
+
+    return resampled
+
+
+# The interval metrics computed for all bootstrap replicates at once (``rows``: one resample's indices
+# per row): 1,000 replicates of three metrics took ~10 s as scikit-learn calls, most of it input
+# validation. Equal to them within floating-point rounding (tests/reggaeton/test_metrics.py).
+_ROWWISE: dict[Metric, Resampled] = {
+    average_precision_score: _average_precision_resampled,
+    roc_auc_score: _gathered(_roc_auc_rows),
+    brier_score_loss: _gathered(_brier_rows),
 }
+
+
+# Resampled rows are scored in blocks of about this many cells (replicates x rows): a few tens of MB
+# per array, whatever the rows and rounds (2,000 replicates of 13,000 rows at once took ~1.5 GB).
+_BLOCK_CELLS = 2_000_000
 
 
 def _replicates(
@@ -121,12 +153,20 @@ def _replicates(
 ) -> list[np.ndarray]:
     """``metric`` on ``rounds`` stratified resamples (the same rows for every array in ``probas``)."""
     rng = np.random.default_rng(seed)
-    rows = np.stack([_stratified_indices(y_true, rng) for _ in range(rounds)])
     rowwise = _ROWWISE.get(metric)
-    if rowwise is not None:
-        labels = y_true[rows]
-        return [rowwise(labels, proba[rows]) for proba in probas]
-    return [np.array([metric(y_true[idx], proba[idx]) for idx in rows]) for proba in probas]
+    values = [np.empty(rounds) for _ in probas]
+    block = max(1, _BLOCK_CELLS // max(1, len(y_true)))
+    for start in range(0, rounds, block):
+        stop = min(rounds, start + block)
+        # Drawn replicate by replicate, in order: the same resamples whatever the block size.
+        rows = np.stack([_stratified_indices(y_true, rng) for _ in range(start, stop)])
+        if rowwise is not None:
+            for out, proba in zip(values, probas, strict=True):
+                out[start:stop] = rowwise(y_true, proba, rows)
+        else:
+            for out, proba in zip(values, probas, strict=True):
+                out[start:stop] = [metric(y_true[idx], proba[idx]) for idx in rows]
+    return values
 
 
 def bootstrap_interval(

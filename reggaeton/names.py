@@ -9,6 +9,15 @@ CHAMPION: Final = "champion"
 CHALLENGER: Final = "challenger"
 PREVIOUS_CHAMPION: Final = "previous-champion"  # alias kept by promotion, used by rollback
 
+# The accounts of MLflow's basic-auth app in the container stacks (the user name is the account's):
+# one per service, each with the least permissions MLflow can express (infra/accounts.py grants them).
+TRAINING_ACCOUNT: Final = "training"
+PROMOTION_ACCOUNT: Final = "promotion"
+MONITORING_ACCOUNT: Final = "monitoring"
+SERVING_ACCOUNT: Final = "serving"
+MLFLOW_ACCOUNTS: Final = (TRAINING_ACCOUNT, PROMOTION_ACCOUNT, MONITORING_ACCOUNT, SERVING_ACCOUNT)
+MLFLOW_ADMIN: Final = "admin"
+
 EXPERIMENT_TRAINING: Final = "reggaeton-training"
 EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
 # One MLflow run per batch scoring of a catalogue (`reggaeton score`, the score-catalogue deployment).
@@ -71,6 +80,9 @@ SERVICE_HEADER: Final = "x-reggaeton-service"
 # Artifact paths inside a training run.
 REFERENCE_ARTIFACT: Final = "reference/reference.parquet"
 MODEL_ARTIFACT_NAME: Final = "model"
+# The Prefect global concurrency limit (one slot) every decider holds while it numbers and writes a
+# decision record: two deciders never take the same sequence number.
+DECISION_LOCK: Final = "reggaeton-decisions"
 # Prefect artifact key of the promotion decision table (lowercase letters, digits and dashes).
 PROMOTION_ARTIFACT_KEY: Final = "reggaeton-promotion"
 # Prefect artifact keys of a batch scoring run: its progress bar and its summary table.
@@ -106,6 +118,16 @@ class Tag:
     DECISION_AGAINST: Final = "reggaeton.decision_against"  # champion version the gate compared with
     DECISION_DATA: Final = "reggaeton.decision_data"  # content hash of the gate's evaluation data
     DECISION_DETAIL: Final = "reggaeton.decision_detail"  # the decision's numbers as JSON
+    # Monitoring's state of the version (ok | degraded) and since when it is degraded, set by the monitor
+    # (its results store holds the state; this copy is what the API's /metrics and the MLflow UI show).
+    MONITORING_STATUS: Final = "reggaeton.monitoring_status"
+    MONITORING_SINCE: Final = "reggaeton.monitoring_since"
+    # The signed decision record (reggaeton/decision_record.py): its canonical JSON and its signature, on
+    # the version it decides about. The API serves a champion only when these verify.
+    DECISION_RECORD: Final = "reggaeton.decision_record"
+    DECISION_SIGNATURE: Final = "reggaeton.decision_signature"
+    # On the registered model: the last decision sequence handed out (the next decision takes one more).
+    DECISION_SEQUENCE: Final = "reggaeton.decision_sequence"
     WORKER: Final = "reggaeton.worker"  # on a trial's nested run: the worker (host) that ran it
     # A version's place in the live evaluation (reggaeton.live: registered, shadow, canary, champion,
     # rejected), when its live evaluation began (evidence counts from then), and when its canary step
@@ -122,6 +144,9 @@ class Event:
     """Prefect event names (the contract between emitters and automations)."""
 
     DEGRADED: Final = "reggaeton.model.degraded"
+    # The champion is still degraded, but its retrain was requested within the debounce window (the
+    # payload says when the next is allowed): notifies, never retrains.
+    RETRAIN_SUPPRESSED: Final = "reggaeton.model.retrain_suppressed"
     DRIFTED: Final = "reggaeton.data.drifted"
     PROMOTED: Final = "reggaeton.model.promoted"
     REJECTED: Final = "reggaeton.model.rejected"
@@ -134,6 +159,9 @@ class Event:
     CANARY_STEP: Final = "reggaeton.model.canary_step"
     CANARY_ABORTED: Final = "reggaeton.model.canary_aborted"
     CHALLENGER_FAILING: Final = "reggaeton.serving.challenger_failing"
+    # The champion alias points at a version no signed decision made champion (moved by hand, or a
+    # record that does not verify): the API keeps serving the current champion.
+    UNAUTHORIZED_CHAMPION: Final = "reggaeton.model.unauthorized_champion"
     # The prediction log's database cannot be written (rows wait in the spool) / is written again.
     LOG_UNAVAILABLE: Final = "reggaeton.serving.log_unavailable"
     LOG_RECOVERED: Final = "reggaeton.serving.log_recovered"
@@ -148,3 +176,5 @@ class Event:
     DEPLOYMENT_RESOURCE_PREFIX: Final = "reggaeton.deployment"
     # Resource id prefix used on every event: "<prefix>.<model name>".
     RESOURCE_PREFIX: Final = "reggaeton.model"
+    # The resource label holding the model version (automations debounce per version on it).
+    VERSION_LABEL: Final = "reggaeton.model.version"

@@ -48,6 +48,14 @@ TARGET: Final = "is_reggaeton"
 # Output columns shared by the reference set, the prediction log and monitoring.
 PROBABILITY: Final = "probability"
 PREDICTION: Final = "prediction"
+# Row provenance, carried by training data and the reference set (the gate's slices read it): where a
+# labelled row came from, the data source (a folder or the synthetic sample) or production traffic with
+# its feedback label, and when it was observed (a traffic row's prediction time, UTC; empty for base rows).
+SOURCE: Final = "source"
+BASE: Final = "base"
+TRAFFIC: Final = "traffic"
+SOURCES: Final = (BASE, TRAFFIC)
+OBSERVED_AT: Final = "observed_at"
 
 # Songs from the original challenge, used as API examples and smoke checks.
 EXAMPLE_SONGS: Final[tuple[dict[str, float], ...]] = (

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reggaeton import names
+from reggaeton import names, slices
 
 LOCAL_PLACEHOLDER_SECRET = "local-dev-only"
 # Values anyone can read in this repository (the default above, .env.example's): refused outside local mode.
@@ -73,6 +73,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _blank_is_none(value: object) -> object:
+    """An empty value means unset: compose's ``${NAME:-}`` of a variable left out of ``.env``."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class MLflowSettings(_Section):
     """Tracking store and registry."""
 
@@ -85,6 +90,22 @@ class MLflowSettings(_Section):
     batch_experiment: str = names.EXPERIMENT_BATCH
     host: str = "127.0.0.1"
     port: int = 5000
+    # Passwords of the MLflow basic-auth accounts (names.MLFLOW_ACCOUNTS) in the container stacks: a
+    # process authenticates as the account of what it does (registry.connect). Unset: an open server
+    # (the embedded stack), or MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD (the operator's).
+    training_password: SecretStr | None = None
+    promotion_password: SecretStr | None = None
+    monitoring_password: SecretStr | None = None
+    serving_password: SecretStr | None = None
+
+    _optional_passwords = field_validator(
+        "training_password", "promotion_password", "monitoring_password", "serving_password", mode="before"
+    )(_blank_is_none)
+
+    def account_password(self, account: str) -> SecretStr | None:
+        """The password of one account of names.MLFLOW_ACCOUNTS (None: not configured here)."""
+        password: SecretStr | None = getattr(self, f"{account}_password")
+        return password
 
 
 class DataSettings(_Section):
@@ -95,6 +116,10 @@ class DataSettings(_Section):
     seed: int = 42
     holdout_fraction: float = Field(default=0.25, gt=0.05, lt=0.6)
     include_feedback: bool = True  # add labelled production traffic to training data when present
+    # A retrain keeps at least this share of its rows from the base data, so the traffic it adds does not
+    # drown the songs that are still there: a synthetic base draws more songs from the same generator;
+    # a folder's songs are all kept and the traffic is sampled down to fit (by row key). 0: no limit.
+    min_base_share: float = Field(default=0.75, ge=0, lt=1)
 
 
 class TrainingSettings(_Section):
@@ -123,6 +148,72 @@ class TrainingSettings(_Section):
     worker_name: str | None = None
 
 
+class SliceSpec(_Section):
+    """One slice the gate judges on its own: a name, a rule over rows, its power and its tolerance.
+
+    ``where`` is a predicate over the columns of ``reggaeton.slices.SLICE_COLUMNS`` (the seven features,
+    ``source``, ``origin``, ``champion_reference``), e.g. ``tempo >= 120 and source == 'traffic'``;
+    ``window_days`` keeps the rows observed within that many days of the newest one.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=40)
+    where: str = ""
+    window_days: float | None = Field(default=None, gt=0)
+    # Below this many positives (or without a negative) the slice is "too small to judge": reported,
+    # never counted as held. PR-AUC's paired interval over ~20 positives is about +-0.1 wide.
+    min_positives: int = Field(default=20, ge=1)
+    allowed_regression: float = Field(default=0.02, ge=0, lt=1)  # PR-AUC the challenger may lose here
+    description: str = ""
+
+    @field_validator("where")
+    @classmethod
+    def _readable(cls, where: str) -> str:
+        slices.parse_rule(where)  # RuleError is a ValueError: the settings error names the field
+        return where
+
+    @property
+    def rule(self) -> str:
+        """The rule in words."""
+        return slices.rule_text(self.where, self.window_days)
+
+
+# The slices judged by default (see the README, "Slices"): the base data (what a retrain must not
+# forget), the champion's own held-out rows, recent labelled traffic, and three tempo/sound bands.
+DEFAULT_SLICES: Final[tuple[SliceSpec, ...]] = (
+    SliceSpec(
+        name="base-data",
+        where="source == 'base'",
+        description="the base data (a folder's songs, or the synthetic sample: a fresh draw of it)",
+    ),
+    SliceSpec(
+        name="champion-reference",
+        where="champion_reference == 1",
+        description="the champion's own held-out rows: what it was validated on",
+    ),
+    SliceSpec(
+        name="recent-traffic",
+        where="source == 'traffic'",
+        window_days=7,
+        description="labelled traffic of the last week: today's songs",
+    ),
+    SliceSpec(
+        name="dembow-tempo",
+        where="tempo >= 85 and tempo < 105",
+        description="the dembow rhythm's tempo, where most reggaeton is",
+    ),
+    SliceSpec(
+        name="fast-tempo",
+        where="tempo >= 120",
+        description="fast songs: dance-pop, electronic, and faster reggaeton",
+    ),
+    SliceSpec(
+        name="acoustic",
+        where="acousticness >= 0.4",
+        description="acoustic songs: ballads, acoustic versions",
+    ),
+)
+
+
 class PromotionSettings(_Section):
     """The champion/challenger gate."""
 
@@ -138,6 +229,26 @@ class PromotionSettings(_Section):
     min_roc_auc: float = 0.7
     bootstrap_rounds: int = Field(default=1000, ge=100)
     seed: int = 7
+    # Slices judged on their own (reggaeton.promotion): each must not be worse beyond noise by more
+    # than its allowed regression. Environment: REGGAETON_PROMOTION__SLICES='[{"name": ..., ...}]'.
+    slices: tuple[SliceSpec, ...] = DEFAULT_SLICES
+    # "worse": a slice blocks when its interval lies below -allowed (shown worse; the error controlled is
+    # a false block, Bonferroni over the judged slices). "within": a slice blocks unless its interval
+    # lies above -allowed (shown within; the error controlled is a false pass, no adjustment needed).
+    slice_rule: Literal["worse", "within"] = "worse"
+    slice_bootstrap_rounds: int = Field(default=2000, ge=100)  # tails of 1 - 0.05/6 need rounds
+    # With a synthetic base, the base data's slices are also scored on a fresh sample of this many songs
+    # (never trained on), so they have the power a handful of held-out positives lack. 0: none.
+    fresh_rows: int = Field(default=10_000, ge=0)
+
+    @field_validator("slices")
+    @classmethod
+    def _unique_names(cls, specs: tuple[SliceSpec, ...]) -> tuple[SliceSpec, ...]:
+        seen = [spec.name for spec in specs]
+        twice = sorted({name for name in seen if seen.count(name) > 1})
+        if twice:
+            raise ValueError(f"slice names must be unique: {', '.join(twice)}")
+        return specs
 
 
 Policy = Literal["offline", "shadow", "canary"]
@@ -207,8 +318,10 @@ class ServingSettings(_Section):
     poll_interval_s: float = Field(default=5.0, gt=0)
     max_batch: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    admin_token: SecretStr = SecretStr(LOCAL_PLACEHOLDER_SECRET)
-    api_key: SecretStr | None = None
+    admin_token: SecretStr = SecretStr(LOCAL_PLACEHOLDER_SECRET)  # /admin routes
+    # POST /feedback (the labelling side): its own credential, not the admin token outside local mode.
+    feedback_token: SecretStr = SecretStr(LOCAL_PLACEHOLDER_SECRET)
+    api_key: SecretStr | None = None  # POST /predict requires it (X-API-Key) when set
     prediction_log_url: str | None = None  # default: SQLite file in the state folder
     log_queue_size: int = Field(default=100_000, ge=1)
     log_batch_size: int = Field(default=500, ge=1)
@@ -229,6 +342,8 @@ class ServingSettings(_Section):
     spool_fsync: bool = False  # fsync each write: survives power loss, not only a killed process
     retry_after_s: int = Field(default=1, ge=1)  # Retry-After of a 503 while the log cannot take rows
     log_close_timeout_s: float = Field(default=10.0, gt=0)  # durable: rows left at shutdown stay spooled
+
+    _optional_key = field_validator("api_key", mode="before")(_blank_is_none)
 
 
 class MonitoringSettings(_Section):
@@ -289,6 +404,23 @@ class PrefectSettings(_Section):
     stranded_after_s: int = Field(default=120, ge=10)
 
 
+class SigningSettings(_Section):
+    """Signed decision records (reggaeton/decision_record.py): the deciding side signs, the API verifies.
+
+    The private key belongs to the promoting side only (flows on the worker, the operator's command line);
+    an API replica gets the public keys. Key texts are the compact forms of ``decision_record``.
+    """
+
+    # Default: the file <key_dir>/decision-signing.key (`reggaeton up` creates the pair in local mode).
+    private_key: SecretStr | None = None
+    # Public keys the API trusts, comma-separated (two during a rotation). Default: the file
+    # <key_dir>/decision-verify.pub.
+    public_keys: str | None = None
+    key_dir: Path | None = None  # default: <state>/keys
+
+    _optional_keys = field_validator("private_key", "public_keys", mode="before")(_blank_is_none)
+
+
 class WatchdogSettings(_Section):
     """The watchdog process: the backstop of the stranded-run rule and the loop's dead-man's switch."""
 
@@ -336,6 +468,7 @@ class Settings(BaseSettings):
     prefect: PrefectSettings = PrefectSettings()
     watchdog: WatchdogSettings = WatchdogSettings()
     batch: BatchSettings = BatchSettings()
+    signing: SigningSettings = SigningSettings()
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:
@@ -354,13 +487,38 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} and {clashes[0]} are both {port}: each local service needs its own")
         return self
 
+    def _given_secrets(self) -> dict[str, SecretStr]:
+        """The secrets this process was given (a default placeholder is not given: see serving_problems)."""
+        sections = {"serving": self.serving, "signing": self.signing, "mlflow": self.mlflow}
+        fields = {
+            "serving": ("admin_token", "feedback_token", "api_key"),
+            "signing": ("private_key",),
+            "mlflow": tuple(f"{account}_password" for account in names.MLFLOW_ACCOUNTS),
+        }
+        given = {}
+        for section, names_ in fields.items():
+            for name in names_:
+                value = getattr(sections[section], name)
+                if name in sections[section].model_fields_set and value is not None:
+                    given[f"{section}.{name}"] = value
+        return given
+
     def _refuse_example_secrets(self) -> None:
-        secrets = {"serving.admin_token": self.serving.admin_token, "serving.api_key": self.serving.api_key}
-        for path, secret in secrets.items():
-            if secret is not None and secret.get_secret_value() in EXAMPLE_SECRETS:
+        # Each process gets only the secrets it uses (the worker no API token): a secret left at its
+        # placeholder is refused where it is used (serving_problems), one given as an example value here.
+        given = self._given_secrets()
+        for path, secret in given.items():
+            if secret.get_secret_value() in EXAMPLE_SECRETS:
                 raise ValueError(
                     f"{_env_name(path)} is an example value, not a secret: set your own outside local mode"
                 )
+        tokens = [given.get(path) for path in ("serving.feedback_token", "serving.admin_token")]
+        if tokens[0] is not None and tokens[1] is not None and tokens[0] == tokens[1]:
+            # Whoever labels predictions must not be able to reload models: one credential per purpose.
+            raise ValueError(
+                f"{_env_name('serving.feedback_token')} equals {_env_name('serving.admin_token')}: "
+                "give each its own value outside local mode"
+            )
         urls = {
             "mlflow.tracking_uri": self.mlflow.tracking_uri,
             "mlflow.registry_uri": self.mlflow.registry_uri,
@@ -374,6 +532,21 @@ class Settings(BaseSettings):
                     f"the password in {_env_name(path)} is an example value, not a secret: "
                     "set your own outside local mode"
                 )
+
+    def serving_problems(self) -> list[str]:
+        """Why an API server must not start with these settings (empty when it may).
+
+        Outside local mode the API's own credentials must be set: an admin token and a feedback token
+        (each its own), never the placeholder every process defaults to.
+        """
+        if self.mode == "local":
+            return []
+        given = self._given_secrets()
+        return [
+            f"{_env_name(path)} is not set: the API needs its own outside local mode"
+            for path in ("serving.admin_token", "serving.feedback_token")
+            if path not in given
+        ]
 
     # Resolved locations: the defaults all live in one state folder.
     @property
@@ -433,6 +606,11 @@ class Settings(BaseSettings):
     def spool_dir(self) -> Path:
         """The prediction log's journal folder (see ``ServingSettings.durable_log``)."""
         return self.serving.spool_dir or self.state_path / "prediction-spool"
+
+    @property
+    def signing_key_dir(self) -> Path:
+        """Where the decision signing keys live by default (see :class:`SigningSettings`)."""
+        return self.signing.key_dir or self.state_path / "keys"
 
     @property
     def prefect_home(self) -> Path:

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 
+from adapters import keys
 from adapters.prediction_log import create_tables, make_engine
 from reggaeton.settings import Settings
 from serving.cache import ModelCache
@@ -67,7 +68,7 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
 
 async def _load_cached(services: Services, cache: ModelCache) -> None:
     def load() -> ServedModel | None:
-        return cache.load(services.settings.mlflow.model_name)
+        return cache.load(services.settings.mlflow.model_name, keys.verify_keys(services.settings))
 
     try:
         cached = await in_daemon_thread(load, name="cache-load")
@@ -91,8 +92,30 @@ def _journal(settings: Settings) -> Journal | None:
     )
 
 
+def _check_verify_keys(settings: Settings) -> None:
+    """Refuse to start without a public key outside local mode: every champion would be refused."""
+    trusted = keys.verify_keys(settings)  # raises KeyUnavailable on a key that is not a public key
+    if trusted:
+        logger.info("decision records verified with key(s) %s", ", ".join(trusted.ids))
+    elif settings.mode == "local":
+        logger.warning(
+            "no public key at %s yet: no champion is served until `reggaeton up` (or a signed decision) "
+            "creates it",
+            keys.public_path(settings),
+        )
+    else:
+        raise keys.KeyUnavailable(
+            "REGGAETON_SIGNING__PUBLIC_KEYS is not set: the API verifies the champion's signed decision "
+            "record with it, and would serve nothing"
+        )
+
+
 def _build_services(settings: Settings, metrics: ServingMetrics) -> Services:
     """The server's parts for these settings; nothing started yet."""
+    problems = settings.serving_problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+    _check_verify_keys(settings)
     serving = settings.serving
     if (
         settings.prediction_log_url.startswith("sqlite:")
@@ -135,7 +158,9 @@ def _build_services(settings: Settings, metrics: ServingMetrics) -> Services:
         metrics=metrics,
         cache=cache,
         live=live,
-        challenger=ChallengerRefresher(live.holder, source, metrics, live.episodes, serving.poll_interval_s),
+        challenger=ChallengerRefresher(
+            live.holder, holder, source, metrics, live.episodes, serving.poll_interval_s
+        ),
     )
 
 

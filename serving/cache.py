@@ -8,7 +8,9 @@ holds the pipeline, read only when the scorer cannot be used: written by another
 the metadata stays readable). Either way the example songs are scored again before anything is served.
 
 The cache is written by this server from a model it loaded from the registry and checked; it is a
-joblib (pickle) file, so the cache folder must be as trusted as the server's own code.
+joblib (pickle) file, so the cache folder must be as trusted as the server's own code. It keeps the
+version's signed decision record too, verified again with the current public keys before the cached
+version serves (a cache written before signed decisions, or under a key no longer trusted, is ignored).
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from typing import Any, Final
 
 import joblib
 
+from reggaeton import decision_record
 from reggaeton import scorer as scorer_module
+from reggaeton.decision_record import RecordError, VerifyKeys
 from serving.holder import ServedModel, checked, prepared
 
 logger = logging.getLogger(__name__)
 
 CACHE_FILE: Final = "champion.joblib"
 MODEL_FILE: Final = "champion-model.joblib"
-_FORMAT: Final = 2
+_FORMAT: Final = 3  # 3: with the decision record
 
 
 @functools.cache
@@ -71,11 +75,13 @@ class ModelCache:
                 "metrics": dict(served.metrics),
                 "scorer": pickle.dumps(served.scorer, protocol=pickle.HIGHEST_PROTOCOL),
                 "scorer_code": scorer_code(),
+                "decision": served.decision.text() if served.decision is not None else None,
+                "signature": served.signature,
             },
         )
 
-    def load(self, model_name: str) -> ServedModel | None:
-        """The cached model of ``model_name``, checked and ready to serve, or None when there is none.
+    def load(self, model_name: str, trusted: VerifyKeys) -> ServedModel | None:
+        """The cached model of ``model_name``, authorized, checked and ready to serve, or None.
 
         Blocking (reads files, scores the example songs): call it off the event loop.
 
@@ -89,6 +95,13 @@ class ModelCache:
             logger.warning("model cache %s is for another model or format; ignoring it", self.path)
             return None
         version = str(payload["version"])
+        try:
+            decision = decision_record.authorize_champion(
+                payload.get("decision"), payload.get("signature"), trusted, model=model_name, version=version
+            )
+        except RecordError as exc:
+            logger.warning("cached version %s is not authorized now (%s); ignoring the cache", version, exc)
+            return None
         scorer = None
         if payload.get("scorer_code") == scorer_code():
             try:
@@ -114,6 +127,8 @@ class ModelCache:
             source="cache",
             metrics=payload["metrics"],
             scorer=scorer,
+            decision=decision,
+            signature=payload["signature"],
         )
         return checked(served) if scorer is not None else prepared(served)
 

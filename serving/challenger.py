@@ -1,11 +1,11 @@
 """Follow the challenger under live evaluation: poll its alias, load it off the event loop, swap it in.
 
-Every replica polls the ``challenger`` alias on the champion's interval and reads what the deciding side
-recorded on that version (``RegistrySource.live_role``): whether it is under live evaluation (shadow
-or canary) and, during a canary, which share of the requests it answers. So every replica shadows the
-same version and holds the same canary share, whichever replica a request reaches. A version that
-fails to load or to pass the servability check is not shadowed (counted as a failing episode); the
-share of a version already loaded changes without reloading it.
+Every replica polls the ``challenger`` alias on the champion's interval and reads the signed decision
+record on that version (``RegistrySource.live_role``): whether the deciding side put it under live
+evaluation (shadow or canary) and, during a canary, which share of the requests it answers. So every
+replica shadows the same version and holds the same canary share, whichever replica a request reaches.
+A version that fails to load or to pass the servability check is not shadowed (counted as a failing
+episode); the share of a version already loaded changes without reloading it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from serving.holder import ServedModel, prepared
+from serving.holder import ModelHolder, ServedModel, prepared
 from serving.live import LiveAssignment, LiveHolder
 from serving.metrics import ServingMetrics
 from serving.shadow import Episodes
@@ -31,12 +31,14 @@ class ChallengerRefresher:
     def __init__(
         self,
         holder: LiveHolder,
+        champion: ModelHolder,
         source: RegistrySource,
         metrics: ServingMetrics,
         episodes: Episodes,
         poll_interval_s: float,
     ) -> None:
         self._holder = holder
+        self._champion = champion
         self._source = source
         self._metrics = metrics
         self._episodes = episodes
@@ -50,8 +52,10 @@ class ChallengerRefresher:
             return await self._check()
 
     async def _check(self) -> LiveAssignment | None:
+        served = self._champion.current
+        sequence = served.decision.sequence if served is not None and served.decision is not None else None
         try:
-            role = await in_daemon_thread(self._source.live_role, name="challenger-lookup")
+            role = await in_daemon_thread(self._source.live_role, sequence, name="challenger-lookup")
         except Exception as exc:
             logger.warning("registry unavailable for the challenger: %r", exc)
             return self._holder.current  # keep what we have until the registry answers again

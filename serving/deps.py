@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the services, the served model, and the two credentials."""
+"""FastAPI dependencies: the services, the served model, and the three credentials (one per purpose)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from serving.holder import ServedModel
 from serving.service import Services
 
 _admin_scheme = HTTPBearer(auto_error=False, description="The admin token (REGGAETON_SERVING__ADMIN_TOKEN).")
+_feedback_scheme = HTTPBearer(
+    auto_error=False,
+    description="The feedback token (REGGAETON_SERVING__FEEDBACK_TOKEN).",
+    scheme_name="feedback",
+)
 _api_key_scheme = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="Required when REGGAETON_SERVING__API_KEY is set."
 )
@@ -46,19 +51,31 @@ def _same_secret(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+def _require_bearer(credentials: HTTPAuthorizationCredentials | None, expected: str, what: str) -> None:
+    if credentials is None or not _same_secret(credentials.credentials, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, f"{what} token required", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
 async def require_admin(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_scheme)],
 ) -> None:
     """Refuse a request without the admin bearer token (constant-time comparison)."""
-    expected = services.settings.serving.admin_token.get_secret_value()
-    if credentials is None or not _same_secret(credentials.credentials, expected):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "admin token required", headers={"WWW-Authenticate": "Bearer"}
-        )
+    _require_bearer(credentials, services.settings.serving.admin_token.get_secret_value(), "admin")
+
+
+async def require_feedback(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_feedback_scheme)],
+) -> None:
+    """Refuse a request without the feedback bearer token (the labelling side's own credential)."""
+    _require_bearer(credentials, services.settings.serving.feedback_token.get_secret_value(), "feedback")
 
 
 AdminDep = Annotated[None, Depends(require_admin)]
+FeedbackDep = Annotated[None, Depends(require_feedback)]
 
 
 async def require_api_key(

@@ -6,23 +6,35 @@ from adapters import prefect_events
 from reggaeton import names
 
 
-def emit_reload_failed(model_name: str, version: str, reason: str, serving_version: str | None) -> bool:
-    """Send ``reggaeton.model.reload_failed`` for a refused version; blocking, call it from a thread.
+def _emit_refused(
+    event: str, model_name: str, version: str, reason: str, serving_version: str | None
+) -> bool:
+    """A refused version's event (rare): waits (bounded) until it has left the process."""
+    payload = {"version": version, "reason": reason[:2000], "serving_version": serving_version}
+    sent = prefect_events.emit(
+        event, model_name, version, payload, drain_timeout_s=prefect_events.DRAIN_TIMEOUT_S
+    )
+    return sent is not None
 
-    Reload failures are rare, so it waits (bounded) until the event has left the process.
+
+def emit_reload_failed(model_name: str, version: str, reason: str, serving_version: str | None) -> bool:
+    """Send ``reggaeton.model.reload_failed`` for a version that failed to load or check; blocking.
 
     Returns:
         Whether the event was handed to Prefect.
     """
-    payload = {"version": version, "reason": reason[:2000], "serving_version": serving_version}
-    sent = prefect_events.emit(
-        names.Event.RELOAD_FAILED,
-        model_name,
-        version,
-        payload,
-        drain_timeout_s=prefect_events.DRAIN_TIMEOUT_S,
-    )
-    return sent is not None
+    return _emit_refused(names.Event.RELOAD_FAILED, model_name, version, reason, serving_version)
+
+
+def emit_unauthorized_champion(
+    model_name: str, version: str, reason: str, serving_version: str | None
+) -> bool:
+    """Send ``reggaeton.model.unauthorized_champion`` (once per alias move, from each replica); blocking.
+
+    Returns:
+        Whether the event was handed to Prefect.
+    """
+    return _emit_refused(names.Event.UNAUTHORIZED_CHAMPION, model_name, version, reason, serving_version)
 
 
 def emit_log_state(model_name: str, available: bool, detail: str, spool_bytes: int) -> bool:

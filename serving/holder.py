@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from reggaeton.decision_record import DecisionRecord
 from reggaeton.scorer import Scorer, ScorerKind, pipeline_scorer
 from reggaeton.servable import NotServableError, check_servable, servable_scorer
 
@@ -34,6 +35,10 @@ class ServedModel:
     # How the model is called (reggaeton/scorer.py); the model's own predict_proba unless :func:`prepared`
     # chose a rebuilt one. Carried over by dataclasses.replace.
     scorer: Scorer | None = field(default=None, repr=False)
+    # The signed decision that made this version champion (verified before it was served) and its
+    # signature: a later champion must carry a newer one.
+    decision: DecisionRecord | None = None
+    signature: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.scorer is None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from reggaeton import names
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -50,10 +55,38 @@ class ServingMetrics:
             ["outcome"],
             registry=r,
         )
+        self.unauthorized = Counter(
+            "reggaeton_unauthorized_champions",
+            "Times the champion alias was found pointing at a version no signed decision made champion "
+            "(one per move; the version was not served).",
+            registry=r,
+        )
+        self.unauthorized_version = Gauge(
+            "reggaeton_champion_alias_unauthorized",
+            "1 for the version the champion alias points at while no signed decision authorizes it.",
+            ["version"],
+            registry=r,
+        )
+        self.decision_sequence = Gauge(
+            "reggaeton_served_decision_sequence",
+            "Sequence of the signed decision record of the version being served (0: none).",
+            registry=r,
+        )
         self.model_batch_rows = Histogram(
             "reggaeton_model_batch_rows",
             "Rows per model call (micro-batching).",
             buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.champion_degraded = Gauge(
+            "reggaeton_champion_degraded",
+            "1 while monitoring holds the champion degraded (until a run shows it recovered), else 0.",
+            ["model_version"],
+            registry=r,
+        )
+        self.champion_degraded_since = Gauge(
+            "reggaeton_champion_degraded_since_timestamp_seconds",
+            "Since when monitoring holds the champion degraded (0 while it is not).",
             registry=r,
         )
         self._define_log_metrics(r)
@@ -152,9 +185,27 @@ class ServingMetrics:
         if version is not None:
             self.challenger.labels(model_version=version, share=f"{share:g}").set(1)
 
-    def set_served(self, version: str, source: str, loaded_at: float) -> None:
+    def set_monitoring(self, version: str, tags: Mapping[str, str]) -> None:
+        """The champion's monitoring state, from the tags the monitor puts on its version."""
+        degraded = tags.get(names.Tag.MONITORING_STATUS) == "degraded"
+        self.champion_degraded.clear()
+        self.champion_degraded.labels(model_version=version).set(1 if degraded else 0)
+        since = tags.get(names.Tag.MONITORING_SINCE) if degraded else None
+        try:
+            self.champion_degraded_since.set(datetime.fromisoformat(since).timestamp() if since else 0)
+        except ValueError:
+            self.champion_degraded_since.set(0)
+
+    def set_served(self, version: str, source: str, loaded_at: float, sequence: int | None) -> None:
         """Point the version gauge at a newly served version."""
         self.model_version.clear()
         self.model_version.labels(model_version=version, source=source).set(1)
         self.model_loaded_at.set(loaded_at)
         self.positive_rate.set(0)
+        self.decision_sequence.set(sequence or 0)
+
+    def set_unauthorized(self, version: str | None) -> None:
+        """The alias's unauthorized version (None: the alias is authorized)."""
+        self.unauthorized_version.clear()
+        if version is not None:
+            self.unauthorized_version.labels(version=version).set(1)

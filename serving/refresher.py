@@ -1,4 +1,9 @@
-"""Hot reload: follow the champion alias, load new versions off the event loop, check, then swap."""
+"""Hot reload: follow the champion alias, authorize it, load new versions off the event loop, check, swap.
+
+A champion whose signed decision record does not authorize it (an alias moved by hand, a record copied
+from another version or older than the served one) is not loaded: the current model keeps serving, the
+refusal is counted on /metrics and announced once with ``reggaeton.model.unauthorized_champion``.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from serving.cache import ModelCache
-from serving.events import emit_reload_failed
+from serving.events import emit_reload_failed, emit_unauthorized_champion
 from serving.holder import ModelHolder, ServedModel, prepared
 from serving.metrics import ServingMetrics
-from serving.source import RegistrySource
+from serving.source import RegistrySource, UnauthorizedChampionError
 from serving.threads import fire_and_forget, in_daemon_thread
 
 logger = logging.getLogger(__name__)
 
-Outcome = Literal["swapped", "unchanged", "refused", "unavailable", "no_champion"]
+Outcome = Literal["swapped", "unchanged", "refused", "unauthorized", "unavailable", "no_champion"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Refresher:
         self._poll_interval_s = poll_interval_s
         self._lock = asyncio.Lock()
         self._refused: dict[str, str] = {}
+        self._announced: set[str] = set()  # unauthorized versions already announced (one event each)
         self._cache_lock = threading.Lock()
 
     def install(self, served: ServedModel) -> None:
@@ -58,7 +64,8 @@ class Refresher:
         # Move the long-lived objects (libraries, the model) out of the collector's reach: a full
         # collection over them would stall every request. (The replaced model is freed by refcount.)
         gc.freeze()
-        self._metrics.set_served(served.version, served.source, served.loaded_at.timestamp())
+        sequence = served.decision.sequence if served.decision is not None else None
+        self._metrics.set_served(served.version, served.source, served.loaded_at.timestamp(), sequence)
         logger.info(
             "serving %s version %s (from %s, scorer %s)",
             served.name,
@@ -88,9 +95,17 @@ class Refresher:
         if champion is None:
             return ReloadResult("no_champion", None)
         version = str(champion.version)
+        self._metrics.set_monitoring(version, getattr(champion, "tags", None) or {})
         current = self._holder.current
         if current is not None and current.version == version:
+            self._alias_authorized()
             return ReloadResult("unchanged", version)
+        served_sequence = current.decision.sequence if current is not None and current.decision else None
+        try:
+            record, signature = self._source.authorize(champion, served_sequence)
+        except UnauthorizedChampionError as exc:
+            return self._unauthorized(version, str(exc), current)
+        self._alias_authorized()
         if version in self._refused and not force:
             return ReloadResult("refused", version, self._refused[version])
         try:
@@ -109,10 +124,40 @@ class Refresher:
             )
             return ReloadResult("refused", version, reason)
         self._refused.pop(version, None)
-        served = dataclasses.replace(served, load_seconds=time.perf_counter() - started)
+        served = dataclasses.replace(
+            served, load_seconds=time.perf_counter() - started, decision=record, signature=signature
+        )
         self.install(served)
         fire_and_forget(self._save_cache, served, name="model-cache")
         return ReloadResult("swapped", version)
+
+    def _unauthorized(self, version: str, reason: str, current: ServedModel | None) -> ReloadResult:
+        """Keep serving; count the refusal; announce it once per alias move."""
+        self._metrics.set_unauthorized(version)
+        if version not in self._announced:
+            self._announced.add(version)
+            self._metrics.unauthorized.inc()
+            serving = current.version if current is not None else None
+            logger.error(
+                "champion alias points at version %s; not serving it (serving %s): %s",
+                version,
+                serving,
+                reason,
+            )
+            fire_and_forget(
+                emit_unauthorized_champion,
+                self._source.model_name,
+                version,
+                reason,
+                serving,
+                name="unauthorized-champion-event",
+            )
+        return ReloadResult("unauthorized", version, reason)
+
+    def _alias_authorized(self) -> None:
+        """The alias points at an authorized version again: a later move by hand is announced anew."""
+        self._announced.clear()
+        self._metrics.set_unauthorized(None)
 
     def _load_checked(self, champion: object) -> ServedModel:
         return prepared(self._source.load(champion))

@@ -104,6 +104,20 @@ class FeedbackResponse(BaseModel):
     created: bool
 
 
+class DecisionResponse(BaseModel):
+    """The signed decision that made the served version champion (verified before it was served)."""
+
+    sequence: int = Field(description="Strictly increasing per model: a newer champion has a higher one.")
+    action: str = Field(description="gate, manual, rollback, live_gate or canary_step.")
+    outcome: str
+    previous_champion: str | None
+    decided_by: str
+    decided_at: str
+    evidence_digest: str = Field(description="SHA-256 of the evidence the decision was based on.")
+    summary: str
+    key_id: str = Field(description="The public key that verified its signature.")
+
+
 class ModelResponse(BaseModel):
     """The version being served."""
 
@@ -120,6 +134,7 @@ class ModelResponse(BaseModel):
     )
     metrics: dict[str, float]
     features: list[str] = list(FEATURE_NAMES)
+    decision: DecisionResponse | None = None
 
 
 class ReloadResponse(BaseModel):

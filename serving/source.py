@@ -1,7 +1,9 @@
-"""The registry side of hot reload: resolve the champion alias and load a version (blocking calls).
+"""The registry side of hot reload: resolve the champion alias, authorize it, load it (blocking calls).
 
-MLflow is imported only here and only when first used, so a server starting from its local cache
-does not pay for importing it on the way to its first prediction.
+A version is served only when its signed decision record makes it champion (``decision_record
+.authorize_champion``, with the public keys of ``adapters.keys``); an alias moved any other way is
+refused here, before anything is loaded. MLflow is imported only here and only when first used, so a
+server starting from its local cache does not pay for importing it on the way to its first prediction.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from reggaeton import names
+from adapters import keys
+from reggaeton import decision_record, live_states, names
+from reggaeton.decision_record import DecisionRecord, RecordError, VerifyKeys
 from reggaeton.servable import NotServableError, threshold_from_tags
 from reggaeton.settings import Settings
 from serving.holder import ModelCheckError, ServedModel
@@ -33,6 +37,10 @@ class LiveRole:
         return str(self.model_version.version)
 
 
+class UnauthorizedChampionError(RuntimeError):
+    """The champion alias points at a version no signed decision made champion; the message says why."""
+
+
 class RegistrySource:
     """Reads ``models:/<name>@champion`` via ``adapters.registry``; every method blocks (use a thread)."""
 
@@ -49,7 +57,7 @@ class RegistrySource:
         if self._client is None:
             from adapters import registry
 
-            self._client = registry.connect(self._settings)
+            self._client = registry.connect(self._settings, names.SERVING_ACCOUNT)
         return self._client
 
     def champion(self) -> Any:
@@ -58,12 +66,15 @@ class RegistrySource:
 
         return registry.get_alias(self._connected(), self.model_name, names.CHAMPION)
 
-    def live_role(self) -> LiveRole | None:
-        """The version behind the challenger alias when it is under live evaluation, else None.
+    def live_role(self, served_sequence: int | None) -> LiveRole | None:
+        """The version behind the challenger alias when a signed decision put it under live evaluation.
 
-        A challenger is under live evaluation while its live state (``names.Tag.LIVE_STATE``) is shadow
-        or canary; during a canary its share is ``names.Tag.CANARY_SHARE``. The champion itself, or a
-        version the offline policy registered (state absent), is never shadowed.
+        Its decision record (``reggaeton.decision_record``) must verify with the trusted public keys,
+        decide about that very version, say ``shadow`` or ``canary`` (``live_states.assigned_share``:
+        the canary's share is in the signed record) and be newer than the served champion's decision
+        (``served_sequence``): a record replayed, copied from another version, or older than the
+        champion is not followed, so nobody but the deciding side can make a replica shadow a version,
+        let alone hand it a share of the requests.
         """
         from adapters import registry
 
@@ -71,14 +82,52 @@ class RegistrySource:
         if found is None:
             return None
         tags = found.tags or {}
-        state = tags.get(names.Tag.LIVE_STATE)
-        if state not in ("shadow", "canary"):
+        text, signature = tags.get(names.Tag.DECISION_RECORD), tags.get(names.Tag.DECISION_SIGNATURE)
+        if not text or not signature:
             return None
         try:
-            share = float(tags.get(names.Tag.CANARY_SHARE, "0")) if state == "canary" else 0.0
-        except ValueError:
-            share = 0.0
-        return LiveRole(found, min(max(share, 0.0), 1.0))
+            record = self.verify_keys().verify(text, signature)
+        except (RecordError, keys.KeyUnavailable) as exc:
+            logger.debug("challenger version %s not followed: %s", found.version, exc)
+            return None
+        if record.model != self.model_name or record.version != str(found.version):
+            return None
+        if served_sequence is not None and record.sequence <= served_sequence:
+            return None
+        share = live_states.assigned_share(record)
+        return None if share is None else LiveRole(found, share, record.sequence)
+
+    def verify_keys(self) -> VerifyKeys:
+        """The public keys trusted now (read again each time: a key file may appear or rotate)."""
+        return keys.verify_keys(self._settings)
+
+    def authorize(self, version: Any, served_sequence: int | None) -> tuple[DecisionRecord, str]:
+        """The verified decision record of the champion version, and its signature.
+
+        Args:
+            version: The ModelVersion the alias points at (with its tags).
+            served_sequence: The sequence of the served version's record (None: nothing served).
+
+        Raises:
+            UnauthorizedChampionError: no record, a bad signature, another version's record, not a
+                promotion, or a decision older than the served one.
+        """
+        tags = version.tags or {}
+        text, signature = tags.get(names.Tag.DECISION_RECORD), tags.get(names.Tag.DECISION_SIGNATURE)
+        try:
+            trusted = self.verify_keys()
+            record = decision_record.authorize_champion(
+                text,
+                signature,
+                trusted,
+                model=self.model_name,
+                version=str(version.version),
+                served_sequence=served_sequence,
+            )
+        except (RecordError, keys.KeyUnavailable) as exc:
+            raise UnauthorizedChampionError(str(exc)) from None
+        assert signature is not None  # authorize_champion refuses an unsigned record
+        return record, signature
 
     def load(self, version: Any) -> ServedModel:
         """Load a registered version into a :class:`ServedModel` (not yet smoke-checked).

@@ -37,7 +37,7 @@ for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads, "1")
 
 # Tests that use these fixtures start servers, so they are not in the fast tier (`make test-fast`).
-SERVER_FIXTURES = {"prefect_api_url": "prefect"}
+SERVER_FIXTURES = {"prefect_api_url": "prefect", "postgres_server_url": "slow"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -89,6 +89,24 @@ def original_data() -> Path:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must have the original data at {ORIGINAL_DATA}")
     pytest.skip(f"original challenge data not found at {ORIGINAL_DATA} (set REGGAETON_TEST_DATA)")
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """The local alert receiver in a thread on a free port: (its port, its alerts file)."""
+    import threading
+
+    from embedded.receiver import make_server
+
+    path = tmp_path / "alerts.jsonl"
+    server = make_server(path)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port, path
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy.exc import OperationalError
 
-from serving.deps import AdminDep, ServicesDep
+from serving.deps import FeedbackDep, ServicesDep
 from serving.feedback_store import (
     ArchivedPredictionError,
     ConflictingFeedbackError,
@@ -26,14 +26,14 @@ _FLUSH_WAIT_S = 5.0  # how long a label waits for its prediction's row to reach 
     "/feedback",
     responses={
         400: {"description": "The body cannot be decoded (not UTF-8 text)."},
-        401: {"description": "Admin token required."},
+        401: {"description": "Feedback token required."},
         404: {"description": "Unknown prediction id."},
         409: {"description": "A different label was already recorded."},
         410: {"description": "The prediction was archived (older than the log's retention): no label now."},
         503: {"description": "The prediction log database is unavailable or catching up; retry later."},
     },
 )
-async def post_feedback(body: FeedbackRequest, services: ServicesDep, _: AdminDep) -> FeedbackResponse:
+async def post_feedback(body: FeedbackRequest, services: ServicesDep, _: FeedbackDep) -> FeedbackResponse:
     """Record the true label of a prediction (repeating the same label is a no-op)."""
 
     def record() -> Awaitable[bool]:

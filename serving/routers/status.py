@@ -8,7 +8,8 @@ from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.deps import ChampionDep, ServicesDep
-from serving.schemas import ModelResponse
+from serving.holder import ServedModel
+from serving.schemas import DecisionResponse, ModelResponse
 
 router = APIRouter(tags=["status"])
 
@@ -47,6 +48,24 @@ async def model(served: ChampionDep) -> ModelResponse:
         load_seconds=served.load_seconds,
         scorer=served.scorer_kind,
         metrics=dict(served.metrics),
+        decision=_decision(served),
+    )
+
+
+def _decision(served: ServedModel) -> DecisionResponse | None:
+    record = served.decision
+    if record is None:
+        return None
+    return DecisionResponse(
+        sequence=record.sequence,
+        action=record.action,
+        outcome=record.outcome,
+        previous_champion=record.previous_champion,
+        decided_by=record.decided_by,
+        decided_at=record.decided_at,
+        evidence_digest=record.evidence.digest,
+        summary=record.evidence.summary,
+        key_id=(served.signature or "").partition(":")[0],
     )
 
 

@@ -9,7 +9,7 @@ from adapters import decisions, registry
 from reggaeton import names
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
-from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.schema import BASE, FEATURE_NAMES, OBSERVED_AT, PREDICTION, PROBABILITY, SOURCE, TARGET
 from reggaeton.settings import Settings
 
 
@@ -32,8 +32,10 @@ def test_register_alias_and_reference_round_trip(settings: Settings) -> None:
     assert champion is not None and champion.version == version.version
     assert champion.tags[names.Tag.THRESHOLD] == "0.4"
     reference = registry.load_reference(client, champion)
-    assert list(reference.columns) == [*FEATURE_NAMES, PROBABILITY, PREDICTION, TARGET]
+    assert list(reference.columns) == [*FEATURE_NAMES, PROBABILITY, PREDICTION, TARGET, SOURCE, OBSERVED_AT]
     np.testing.assert_allclose(reference[PROBABILITY], proba)
+    # Each row's provenance survives the round trip (the gate's slices read it).
+    assert (reference[SOURCE] == BASE).all() and reference[OBSERVED_AT].isna().all()
     loaded = registry.load_pipeline(names.MODEL_NAME, version.version)
     np.testing.assert_allclose(loaded.predict_proba(features_array(data.holdout))[:, 1], proba)
 
@@ -73,3 +75,10 @@ def test_the_registry_reads_well_in_the_mlflow_ui(settings: Settings) -> None:
     described = client.get_model_version(names.MODEL_NAME, version.version)
     assert described.description == "rejected (2026-11-30T21:00:00+00:00, dana): PR-AUC gain too small"
     assert described.tags[names.Tag.DECISION] == "rejected"
+    # The slice table follows the reason; a description past the SQL registries' 5,000 characters is cut.
+    table = "### Slices\n\n" + "| a-slice | tempo >= 120 | ... |\n" * 300
+    decisions.tag_decision(client, names.MODEL_NAME, version.version, "rejected", "worse", stamp, notes=table)
+    described = client.get_model_version(names.MODEL_NAME, version.version)
+    assert described.description.startswith("rejected (2026-11-30T21:00:00+00:00, dana): worse\n\n### Slices")
+    assert len(described.description) <= decisions.DESCRIPTION_LIMIT
+    assert described.description.endswith("(cut: see the run's gate/ files)")

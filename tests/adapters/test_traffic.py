@@ -6,7 +6,7 @@ from pathlib import Path
 
 from adapters import prediction_log
 from adapters.traffic import read_labelled_traffic
-from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.schema import FEATURE_NAMES, OBSERVED_AT, PREDICTION, PROBABILITY, TARGET
 from reggaeton.settings import Settings
 
 
@@ -22,5 +22,6 @@ def test_no_log_yet_reads_as_no_traffic_and_creates_no_file(settings: Settings) 
         PROBABILITY,
         PREDICTION,
         TARGET,
+        OBSERVED_AT,  # the prediction's time in UTC: a training row's provenance
     ]
     assert not log_file.exists()

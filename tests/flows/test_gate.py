@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from adapters.prediction_log import CREATED_AT
+from flows import gate
+from reggaeton import slices
+from reggaeton.data import held_out, split, synthetic_dataset
 from reggaeton.promotion import PROMOTED, REJECTED, ModelScores, decide, markdown_report
+from reggaeton.schema import BASE, OBSERVED_AT, SOURCE, TRAFFIC
 from reggaeton.settings import PromotionSettings
 
 POLICY = PromotionSettings(bootstrap_rounds=300)
@@ -170,3 +177,37 @@ def test_decision_record_and_report_carry_every_number(y_true: np.ndarray) -> No
     report = markdown_report(decision)
     assert "| PR-AUC |" in report and "version 1" in report and "version 2" in report
     assert f"{decision.challenger_metrics['pr_auc']:.4f}" in report
+
+
+def test_evaluation_rows_hold_the_champions_held_out_rows_traffic_and_a_fresh_sample() -> None:
+    """What the slices read: each row's origin, source and time, and whether the champion held it out."""
+    first = split(synthetic_dataset(2300, seed=42), 0.25, seed=42)
+    second = split(synthetic_dataset(4000, seed=42), 0.25, seed=42)  # a larger draw: shares songs
+    other = synthetic_dataset(300, seed=5).frame  # a champion split by another rule: some rows trained on
+    champion_reference = pd.concat([first.holdout, other], ignore_index=True)
+    when = pd.Timestamp("2026-12-06 12:00", tz="UTC")
+    traffic = synthetic_dataset(200, seed=8).frame.assign(**{CREATED_AT: when}).drop(columns=[OBSERVED_AT])
+    traffic = pd.concat([traffic, second.holdout.head(3).assign(**{CREATED_AT: when})], ignore_index=True)
+    rule = partial(held_out, fraction=0.25, seed=42)
+
+    frame = gate.evaluation_frame(
+        second.holdout,
+        traffic,
+        champion_reference=champion_reference,
+        fresh=synthetic_dataset(500, seed=77).frame,
+        held_out=rule,
+    )
+
+    origins = frame[slices.ORIGIN].value_counts().to_dict()
+    assert origins[gate.HOLDOUT] == len(second.holdout)
+    # The champion's held-out rows the challenger's lack, only those the stable split holds out.
+    shared = frame[(frame[slices.ORIGIN] == gate.HOLDOUT) & (frame[slices.CHAMPION_REFERENCE] == 1)]
+    assert len(shared) > 0  # the same songs in both versions' data: held out by both
+    assert origins[slices.CHAMPION_HOLDOUT] == int(rule(champion_reference).sum()) - len(shared)
+    assert frame[slices.CHAMPION_REFERENCE].sum() == int(rule(champion_reference).sum())
+    assert origins[gate.TRAFFIC] == 200  # the 3 songs already held out are not counted twice
+    assert origins[gate.FRESH] == 500
+    traffic_rows = frame[frame[slices.ORIGIN] == gate.TRAFFIC]
+    assert (traffic_rows[SOURCE] == TRAFFIC).all() and (traffic_rows[OBSERVED_AT] == when).all()
+    assert (frame.loc[frame[slices.ORIGIN] != gate.TRAFFIC, SOURCE] == BASE).all()
+    assert gate.overall_rows(frame).sum() == len(second.holdout) + 200

@@ -25,8 +25,11 @@ from reggaeton.settings import Settings
 RESOURCE_ID = f"{names.Event.RESOURCE_PREFIX}.{names.MODEL_NAME}"
 
 
-def read_events(event_name: str, expected: int, timeout_s: float = 60.0) -> list[Any]:
-    """Events of one name for our model, read back from the server (polled: the server persists async)."""
+def read_events(
+    event_name: str, expected: int, timeout_s: float = 60.0, version: str | None = None
+) -> list[Any]:
+    """Events of one name for our model (of one version), read back from the server (polled: the server
+    persists async; other tests of the session send events of the same name and model)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
@@ -37,6 +40,8 @@ def read_events(event_name: str, expected: int, timeout_s: float = 60.0) -> list
     while True:
         with get_client(sync_client=True) as client:
             found = client.read_events(filter=query, limit=50).events
+        if version is not None:
+            found = [event for event in found if event.payload.get("model_version") == version]
         if len(found) >= expected or time.monotonic() > deadline:
             return found
         time.sleep(1.0)
@@ -115,12 +120,15 @@ def test_monitor_flow_on_drifted_traffic_emits_degraded(tmp_path: Any, prefect_a
     summary = monitor(settings)
     assert summary.model_version == version and summary.rows_read == 1500 and summary.chunks == 3
     assert "degraded" in summary.alerts
+    assert summary.state.startswith(f"version {version}: DEGRADED since ")
+    assert summary.retrain == "requested"
 
-    degraded = [e for e in read_events(names.Event.DEGRADED, 1) if e.payload["model_version"] == version]
+    degraded = read_events(names.Event.DEGRADED, 1, version=version)
     assert degraded, "no degraded event on the Prefect server"
     payload = degraded[0].payload
     assert payload["value"] < payload["threshold"] and payload["metric"] in ("roc_auc", "f1")
     assert payload["window"]["start"] and payload["window"]["end"]
+    assert payload["retrain"]["action"] == "requested" and payload["degraded_since"]
 
     results = store.connect(settings.monitoring_results_url)
     runs = store.read_runs(results, version)
@@ -132,6 +140,10 @@ def test_monitor_flow_on_drifted_traffic_emits_degraded(tmp_path: Any, prefect_a
     artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id, "monitoring")}
     assert artifacts == {"monitoring/monitoring.png", "monitoring/monitoring.html"}
 
-    # The watermark moved: a second run finds nothing new and says so instead of alerting.
+    # The watermark moved: a second run finds nothing new and says so instead of alerting...
     again = monitor(settings)
     assert again.rows_read == 0 and again.alerts == ("insufficient data",)
+    # ...and the version stays degraded: in the results store, on the version (the API's /metrics).
+    assert again.state.startswith(f"version {version}: DEGRADED since ") and again.retrain == "none"
+    tags = client.get_model_version(names.MODEL_NAME, version).tags
+    assert tags[names.Tag.MONITORING_STATUS] == "degraded" and tags[names.Tag.MONITORING_SINCE]

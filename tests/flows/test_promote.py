@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -18,15 +19,17 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.events.worker import EventsWorker
+from pydantic import SecretStr
 
-from adapters import decisions, prediction_log, registry
+from adapters import decisions, keys, prediction_log, registry
+from adapters.prefect_api import decision_lock, prefect_api_at
 from cli.main import main as reggaeton
 from flows import gate, promote
-from reggaeton import names
+from reggaeton import decision_record, names
 from reggaeton.data import Split, features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
 from reggaeton.promotion import PROMOTED, REJECTED
-from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, SOURCE, TARGET, TRAFFIC
 from reggaeton.settings import MLflowSettings, PromotionSettings, Settings
 
 # Logistic regression: the one family the registry's skops trust list loads today.
@@ -41,8 +44,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def gate_settings(store: Path, request: pytest.FixtureRequest) -> Settings:
-    # A linear model on the small synthetic sample reaches PR-AUC ~0.2: floors set below it.
-    policy = PromotionSettings(bootstrap_rounds=200, min_pr_auc=0.1)
+    # A linear model on the small synthetic sample reaches PR-AUC ~0.2: floors set below it. The slices
+    # are judged on a small fresh sample with few rounds: the gate's flow is under test here.
+    policy = PromotionSettings(
+        bootstrap_rounds=200, slice_bootstrap_rounds=200, fresh_rows=2000, min_pr_auc=0.1
+    )
     model_name = f"reggaeton-{request.node.name.removeprefix('test_')[:60]}"
     return Settings(state_dir=store, promotion=policy, mlflow=MLflowSettings(model_name=model_name))
 
@@ -97,6 +103,13 @@ def _tags(settings: Settings, version: str) -> dict[str, str]:
     return dict(registry.connect(settings).get_model_version(settings.mlflow.model_name, version).tags)
 
 
+def _record(settings: Settings, version: str) -> decision_record.DecisionRecord:
+    """A version's decision record, verified with the state folder's public key (as the API does)."""
+    tags = _tags(settings, version)
+    trusted = keys.verify_keys(settings)
+    return trusted.verify(tags[names.Tag.DECISION_RECORD], tags[names.Tag.DECISION_SIGNATURE])
+
+
 def _events(settings: Settings, name: str, version: str, expected: int = 1) -> list[Any]:
     """Events of one name about one version, waiting (bounded) for the server to store them."""
     EventsWorker.drain_all()
@@ -144,6 +157,18 @@ def test_first_gate_makes_a_champion_and_a_rerun_changes_nothing(
     assert tags[names.Tag.DECISION_AGAINST] == "none"
     detail = json.loads(tags[names.Tag.DECISION_DETAIL])
     assert detail["challenger_metrics"]["pr_auc"] >= gate_settings.promotion.min_pr_auc
+    # The signed record: this version, promoted by the gate, the first decision, over the detail shown.
+    record = _record(gate_settings, version)
+    assert (record.model, record.version, record.action, record.outcome) == (
+        gate_settings.mlflow.model_name,
+        version,
+        decision_record.GATE,
+        PROMOTED,
+    )
+    assert record.sequence == 1 and record.previous_champion is None
+    assert record.evaluation == tags[names.Tag.DECISION_DATA]
+    assert record.evidence.digest == decision_record.evidence_digest(detail)
+    assert record.policy == gate_settings.promotion.model_dump()
     assert len(_events(gate_settings, names.Event.PROMOTED, version)) == 1
     artifacts = _artifacts()
     assert len(artifacts) == artifacts_before + 1
@@ -171,9 +196,34 @@ def test_identical_challenger_is_rejected_and_the_alias_stays(gate_settings: Set
     assert _champion(gate_settings) == champion
     assert _tags(gate_settings, twin)[names.Tag.DECISION] == REJECTED
     assert _tags(gate_settings, twin)[names.Tag.DECISION_AGAINST] == champion
+    # A rejection is signed and numbered too, and authorizes nothing.
+    rejection = _record(gate_settings, twin)
+    assert (
+        rejection.outcome == REJECTED and rejection.sequence == _record(gate_settings, champion).sequence + 1
+    )
+    assert not rejection.promotes
     assert _tags(gate_settings, champion)[names.Tag.DECISION] == decisions.RETAINED
     events = _events(gate_settings, names.Event.REJECTED, twin)
     assert len(events) == 1 and events[0].payload["champion_version"] == champion
+    # Every declared slice is judged and shown: the outcome, the event, the artifact with its plot, the
+    # version's description, and the decision's files on the challenger's training run.
+    slice_names = [spec.name for spec in gate_settings.promotion.slices]
+    assert [s["name"] for s in outcome["slices"]] == slice_names
+    assert [s["name"] for s in events[0].payload["slices"]] == slice_names
+    base = next(s for s in outcome["slices"] if s["name"] == "base-data")
+    assert base["positives"] >= base["min_positives"] and base["pr_auc_difference"] is not None
+    [artifact] = [a for a in _artifacts() if f"challenger (version {twin})" in a.data]
+    assert "## Slices" in artifact.data and "| base-data | source == 'base' |" in artifact.data
+    assert "data:image/png;base64," in artifact.data
+    client = registry.connect(gate_settings)
+    described = client.get_model_version(gate_settings.mlflow.model_name, twin).description
+    assert described.startswith("rejected (") and "### Slices" in described
+    run_id = client.get_model_version(gate_settings.mlflow.model_name, twin).run_id
+    files = {a.path for a in client.list_artifacts(run_id, promote.GATE_ARTIFACTS)}
+    assert files == {
+        f"gate/{name}-vs-{champion}.{ext}"
+        for name, ext in (("decision", "md"), ("decision", "json"), ("slices", "png"))
+    }
 
     tags = _tags(gate_settings, twin)
     again = promote.promotion_gate(twin, gate_settings)
@@ -192,6 +242,10 @@ def test_better_challenger_replaces_the_champion_and_rollback_restores_it(
     assert _champion(gate_settings) is None
     manual = promote.promote_version(weak, "bootstrap the registry", by="alice", settings=gate_settings)
     assert manual["outcome"] == PROMOTED and _champion(gate_settings) == weak
+    # The override of the gate's rejection is recorded with the promotion.
+    assert manual["reason"].startswith(
+        "manual promotion: bootstrap the registry; overrides the gate's rejection ("
+    )
     assert _tags(gate_settings, weak)[names.Tag.DECIDED_BY] == "alice"
 
     strong = _good(gate_settings, data)
@@ -221,6 +275,22 @@ def test_better_challenger_replaces_the_champion_and_rollback_restores_it(
     assert _champion(gate_settings) == weak
     with pytest.raises(promote.PromotionError, match="no previous champion"):
         promote.rollback("again", by="bob", settings=gate_settings)
+
+    # Every decision took the next number; the rollback's record supersedes the strong one's, so an API
+    # that served the strong version accepts the rollback and would refuse the weak version's old record.
+    weak_record, strong_record = _record(gate_settings, weak), _record(gate_settings, strong)
+    assert (weak_record.action, weak_record.previous_champion) == (decision_record.ROLLBACK, strong)
+    assert weak_record.decided_by == "bob" and weak_record.sequence > strong_record.sequence
+    trusted = keys.verify_keys(gate_settings)
+    name = gate_settings.mlflow.model_name
+    assert decision_record.authorize_champion(
+        weak_tags[names.Tag.DECISION_RECORD],
+        weak_tags[names.Tag.DECISION_SIGNATURE],
+        trusted,
+        model=name,
+        version=weak,
+        served_sequence=strong_record.sequence,
+    )
 
     promoted = _events(gate_settings, names.Event.PROMOTED, weak, expected=2)
     assert {e.payload["action"] for e in promoted} == {promote.MANUAL, promote.ROLLBACK}
@@ -265,7 +335,7 @@ def test_evaluation_adds_labelled_traffic_the_challenger_has_not_seen(
     trained_at = datetime.fromtimestamp(client.get_run(str(challenger.run_id)).info.start_time / 1000, UTC)
     engine = prediction_log.make_engine(gate_settings.prediction_log_url)
     prediction_log.create_tables(engine)
-    rows = data.holdout.head(6)
+    rows = synthetic_dataset(40, seed=11).frame.head(6)  # songs the version never saw
     predicted = [trained_at - timedelta(hours=1)] * 2 + [trained_at + timedelta(hours=1)] * 4
     with engine.begin() as connection:
         for (_, row), when in zip(rows.iterrows(), predicted, strict=True):
@@ -294,6 +364,7 @@ def test_evaluation_adds_labelled_traffic_the_challenger_has_not_seen(
     frame = gate.load_evaluation(gate_settings, client, challenger, None)
 
     assert (frame[gate.ORIGIN] == gate.HOLDOUT).sum() == len(data.holdout)
+    assert (frame[SOURCE] == TRAFFIC).sum() == 4
     assert (frame[gate.ORIGIN] == gate.TRAFFIC).sum() == 4  # predicted after the challenger was trained
     no_feedback_training = gate_settings.model_copy(
         update={"data": gate_settings.data.model_copy(update={"include_feedback": False})}
@@ -332,4 +403,127 @@ def test_operator_commands_from_the_command_line(
     assert (
         tags[names.Tag.DECIDED_BY] == "dana"
         and tags[names.Tag.DECISION_REASON] == "manual promotion: first model"
+    )
+
+
+def _move_by_hand(settings: Settings, version: str) -> None:
+    """What the gate cannot prevent: anyone with write access to the registry points the alias."""
+    registry.connect(settings).set_registered_model_alias(settings.mlflow.model_name, names.CHAMPION, version)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api_url")
+def test_an_alias_moved_by_hand_is_neither_gated_against_nor_kept_by_a_rollback(
+    gate_settings: Settings, data: Split
+) -> None:
+    decided = _good(gate_settings, data)
+    promote.promotion_gate(decided, gate_settings)
+    undecided = _good(gate_settings, data, seed=1)
+    _move_by_hand(gate_settings, undecided)
+
+    # The gate refuses to compare with a champion no decision made, naming both ways out.
+    challenger = _good(gate_settings, data, seed=2)
+    with pytest.raises(
+        promote.PromotionError, match=f"points at version {undecided}, which no signed decision"
+    ):
+        promote.promotion_gate(challenger, gate_settings)
+    assert names.Tag.DECISION_RECORD not in _tags(gate_settings, challenger)
+
+    # A rollback goes back to the last decided champion, signed with a newer number.
+    back = promote.rollback("moved by hand", by="erin", settings=gate_settings)
+    assert back["version"] == decided and _champion(gate_settings) == decided
+    restored = _record(gate_settings, decided)
+    assert restored.action == decision_record.ROLLBACK and restored.previous_champion == undecided
+    assert restored.sequence == 2
+
+    # The operator may accept a hand-moved version instead: `promote` signs it even though the alias is there.
+    _move_by_hand(gate_settings, undecided)
+    accepted = promote.promote_version(undecided, "accept the hotfix", by="erin", settings=gate_settings)
+    assert accepted["outcome"] == PROMOTED and accepted["changed"]
+    record = _record(gate_settings, undecided)
+    assert (record.action, record.sequence, record.previous_champion) == (
+        decision_record.MANUAL,
+        3,
+        undecided,
+    )
+    # Its rollback target is the decided champion, not the hand-moved alias.
+    assert _tags(gate_settings, undecided)[names.Tag.PREVIOUS_CHAMPION] == decided
+    again = promote.promote_version(undecided, "twice", by="erin", settings=gate_settings)
+    assert again["outcome"] == promote.UNCHANGED
+
+
+@pytest.mark.slow
+def test_two_deciders_at_once_never_take_the_same_sequence(
+    gate_settings: Settings, data: Split, prefect_api_url: str
+) -> None:
+    versions = [_good(gate_settings, data, seed=seed) for seed in (4, 5)]
+    client = registry.connect(gate_settings)
+    key = keys.signing_key(gate_settings)
+    name = gate_settings.mlflow.model_name
+    taken: list[int] = []
+    errors: list[BaseException] = []
+
+    def decide(version: str) -> None:
+        try:
+            with prefect_api_at(prefect_api_url), decision_lock(wait_s=60):
+                # Read, then take time before writing: without the lock both would read the same number.
+                numbered = decisions.next_sequence(client, name)
+                time.sleep(1.0)
+                record = decisions.sign_decision(
+                    client,
+                    key,
+                    model=name,
+                    version=version,
+                    action=decision_record.MANUAL,
+                    outcome=PROMOTED,
+                    previous_champion=None,
+                    evaluation=None,
+                    evidence=decision_record.evidence_of({}, "concurrency test"),
+                    policy={},
+                    decided_by="test",
+                    decided_at=decisions.now(),
+                )
+                assert record.sequence == numbered
+                taken.append(record.sequence)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=decide, args=(version,)) for version in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert sorted(taken) == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api_url")
+def test_promoting_the_champion_signs_it_again_with_a_new_key(gate_settings: Settings, data: Split) -> None:
+    """A key rotation: with the new private key and both public keys, promoting the champion re-signs it."""
+    champion = _good(gate_settings, data)
+    promote.promotion_gate(champion, gate_settings)
+    old = keys.signing_key(gate_settings)
+    new = decision_record.generate()
+    rotated = gate_settings.model_copy(
+        update={
+            "signing": gate_settings.signing.model_copy(
+                update={
+                    "private_key": SecretStr(new.private_text()),
+                    "public_keys": f"{old.public_text()},{new.public_text()}",
+                }
+            )
+        }
+    )
+    again = promote.promote_version(champion, "key rotation", by="ops", settings=rotated)
+    assert again["outcome"] == PROMOTED and again["changed"]
+    tags = _tags(gate_settings, champion)
+    assert tags[names.Tag.DECISION_SIGNATURE].startswith(f"{new.key_id}:")
+    record = decision_record.VerifyKeys.of([new.public]).verify(
+        tags[names.Tag.DECISION_RECORD], tags[names.Tag.DECISION_SIGNATURE]
+    )
+    assert (record.action, record.sequence) == (decision_record.MANUAL, 2)
+    # Signed by this key already: nothing to do.
+    assert (
+        promote.promote_version(champion, "twice", by="ops", settings=rotated)["outcome"] == promote.UNCHANGED
     )

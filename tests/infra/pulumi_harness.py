@@ -174,6 +174,7 @@ def container_shape(run: Run, tag: str, replicated: set[str]) -> dict[str, dict[
         health = inputs.get("healthcheck")
         spec = {
             "image": by_resource[ids[image]] if image in ids else image,
+            "entrypoint": list(inputs["entrypoints"]) if inputs.get("entrypoints") else None,
             "command": list(inputs["command"]) if inputs.get("command") else None,
             "environment": sorted(env.split("=", 1)[0] for env in inputs.get("envs", [])),
             "ports": sorted((p["ip"], p["external"], p["internal"]) for p in inputs.get("ports", [])),
@@ -182,6 +183,7 @@ def container_shape(run: Run, tag: str, replicated: set[str]) -> dict[str, dict[
             "volumes": sorted(
                 f"{volume_names[v['volumeName']]}:{v['containerPath']}" for v in inputs.get("volumes", [])
             ),
+            "files": sorted(upload["file"] for upload in inputs.get("uploads") or []),
             "memory_mb": inputs.get("memory"),
             "memory_swap_mb": inputs.get("memorySwap"),
             # Pulumi's two stop settings (replace/destroy, `docker stop`) must agree to match compose's one.

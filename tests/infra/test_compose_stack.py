@@ -2,12 +2,20 @@
 with its tuning spread over 2 worker containers, promote and kill a replica under load, restart, tear
 down; and, with the image it built, `up` refused while a secret holds its example value.
 
+With authentication on: MLflow and Prefect refuse anonymous calls, the serving account cannot move an
+alias or register a version, an alias moved by hand (with an account that can) is served by no replica
+and reaches the configured webhook (a test receiver container) as an alert, the operator's `reggaeton
+promote` and `rollback` (credentials from .env) work end to end, and no application container holds the
+Postgres superuser password.
+
 Needs a Docker engine (locally: skipped with the reason; under CI=true: a failure). `.ci/run` prepares one.
 """
 
 from __future__ import annotations
 
+import base64
 import calendar
+import contextlib
 import json
 import os
 import secrets
@@ -24,8 +32,10 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from stack_secrets import secret_values
 
-from infra.services import SECRET_CHECK, SERVICES
+from adapters.registry import logged_model_id
+from infra.services import SECRET_CHECK, SERVICES, SUPERUSER_HOLDERS
 from infra.services import service as table_service
 from reggaeton.names import MODEL_NAME, REPLICA_HEADER, TUNING_POOL, Tag
 from reggaeton.schema import EXAMPLE_SONGS, INVALID_EXAMPLE_SONG
@@ -38,6 +48,8 @@ UP_TIMEOUT_S = 2400  # first build included
 READY_TIMEOUT_S = 300
 TRAIN_TIMEOUT_S = 1200
 API_REPLICAS = 2
+# The webhook of this test: a receiver container on the stack's network (WEBHOOK_URL points at it).
+TEST_RECEIVER = "test-receiver"
 
 
 def compose_command() -> list[str] | None:
@@ -85,6 +97,7 @@ class Stack:
     command: list[str]
     env: dict[str, str]
     host_dir: Path
+    receiver: str = ""  # the test receiver container (the configured webhook)
 
     def compose(
         self, *args: str, timeout_s: float = 600, check: bool = True
@@ -117,6 +130,40 @@ class Stack:
     def logs(self) -> str:
         return self.compose("logs", "--no-color", "--tail", "60", check=False, timeout_s=120).stdout
 
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """What a client of POST /predict sends: the stack's API key."""
+        return {"X-API-Key": self.env["API_KEY"]}
+
+    @contextlib.contextmanager
+    def prefect(self) -> Iterator[None]:
+        """Prefect's client pointed at the stack, with its auth string."""
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        updates = {
+            PREFECT_API_URL: f"{self.url('PREFECT_PORT')}/api",
+            PREFECT_API_AUTH_STRING: self.env["PREFECT_AUTH_STRING"],
+        }
+        with temporary_settings(updates=updates):
+            yield
+
+    @contextlib.contextmanager
+    def mlflow(self, account: str = "admin") -> Iterator[Any]:
+        """An MlflowClient of the stack's server acting as ``account`` (its password from .env)."""
+        from mlflow import MlflowClient
+
+        password = self.env[f"MLFLOW_{account.upper()}_PASSWORD"]
+        saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        os.environ.update({"MLFLOW_TRACKING_USERNAME": account, "MLFLOW_TRACKING_PASSWORD": password})
+        try:
+            yield MlflowClient(tracking_uri=self.url("MLFLOW_PORT"), registry_uri=self.url("MLFLOW_PORT"))
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
 
 def project_stack(command: list[str], project: str, env: dict[str, str], env_file: Path) -> Stack:
     """A compose project of the repository's compose file, its ``.env`` written from ``env``."""
@@ -136,10 +183,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.skip(f"compose stack test skipped: {problem}")
     command = compose_command()
     assert command is not None
+    project = f"reggaeton-test-{os.getpid()}"
     env = {
+        **secret_values(secrets.token_urlsafe(12)),
         "POSTGRES_USER": "reggaeton",
-        "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
-        "ADMIN_TOKEN": secrets.token_urlsafe(16),
+        # The optional ones set too, so their wiring is tested: /predict requires the key, alerts go to a
+        # receiver container of this test (started once the stack's network exists).
+        "API_KEY": secrets.token_urlsafe(16),
+        "WEBHOOK_URL": f"http://{TEST_RECEIVER}:8765/alerts",
         "IMAGE_TAG": os.environ.get("REGGAETON_TEST_IMAGE_TAG", "test"),
         "MLFLOW_PORT": str(free_port()),
         "PREFECT_PORT": str(free_port()),
@@ -148,15 +199,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TRAINING_TRIALS": "3",
     }
     env_file = tmp_path_factory.mktemp("compose") / ".env"
-    running = project_stack(command, f"reggaeton-test-{os.getpid()}", env, env_file)
+    running = project_stack(command, project, env, env_file)
+    receiver = f"{project}-{TEST_RECEIVER}"
     try:
         started = time.monotonic()
         up = running.compose("up", "-d", "--build", timeout_s=UP_TIMEOUT_S, check=False)
         print(f"\n`up -d --build` took {time.monotonic() - started:.0f}s")
         if up.returncode != 0:
             pytest.fail(f"docker-compose up failed:\n{up.stderr[-4000:]}\n{running.logs()}")
+        network = next(
+            iter(running.inspect(running.container("api").split()[0])["NetworkSettings"]["Networks"])
+        )
+        subprocess.run(
+            [
+                *("docker", "run", "-d", "--no-healthcheck", "--name", receiver, "--network", network),
+                *("--network-alias", TEST_RECEIVER, f"reggaeton-mlops:{env['IMAGE_TAG']}"),
+                *("python", "-m", "embedded.receiver", "--host", "0.0.0.0", "--port", "8765"),
+                *("--file", "/tmp/alerts.jsonl"),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        running.receiver = receiver
         yield running
     finally:
+        subprocess.run(["docker", "rm", "-f", receiver], capture_output=True, timeout=120, check=False)
         running.compose(
             "down", "--volumes", "--remove-orphans", "--timeout", "20", check=False, timeout_s=600
         )
@@ -170,7 +238,7 @@ def ready(stack: Stack) -> bool:
 
 
 def predict(stack: Stack, songs: list[dict[str, float]]) -> httpx.Response:
-    return httpx.post(f"{stack.url('API_PORT')}/predict", json=songs, timeout=30)
+    return httpx.post(f"{stack.url('API_PORT')}/predict", json=songs, timeout=30, headers=stack.api_headers)
 
 
 @dataclass(frozen=True)
@@ -190,6 +258,7 @@ class Load:
 
     def __init__(self, stack: Stack, threads: int = 4, pause_s: float = 0.01, max_s: float = 180) -> None:
         self.url = stack.url("API_PORT")
+        self.headers = stack.api_headers
         self.answers: list[Answer] = []  # list.append is atomic: the threads share it
         self._stop = threading.Event()
         self._pause_s, self._max_s = pause_s, max_s
@@ -207,7 +276,7 @@ class Load:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self._max_s
-        with httpx.Client(base_url=self.url, timeout=5.0) as client:
+        with httpx.Client(base_url=self.url, timeout=5.0, headers=self.headers) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
                     response = client.post("/predict", json=EXAMPLE_SONGS[0])
@@ -244,10 +313,8 @@ class Load:
 
 
 def registry_versions(stack: Stack) -> list[int]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=stack.url("MLFLOW_PORT"), registry_uri=stack.url("MLFLOW_PORT"))
-    return sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'"))
+    with stack.mlflow() as client:
+        return sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'"))
 
 
 def test_stack_converges_with_every_service_healthy(stack: Stack) -> None:
@@ -284,22 +351,20 @@ def _scale_workers(stack: Stack, count: int) -> None:
 
 
 def _online_tuning_workers(stack: Stack) -> int:
-    from adapters.prefect_api import online_workers, prefect_api_at
+    from adapters.prefect_api import online_workers
 
-    with prefect_api_at(f"{stack.url('PREFECT_PORT')}/api"):
+    with stack.prefect():
         return len(online_workers(TUNING_POOL))
 
 
 def test_training_flow_spreads_its_tuning_over_two_workers_and_registers_one_version(stack: Stack) -> None:
     """The issue's retrain: 2 worker containers, parallel_workers=2: trials ran on both (their MLflow
     records say which), exactly one version registered, the gate's decision recorded on it."""
-    from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     _scale_workers(stack, 2)
     try:
@@ -307,7 +372,7 @@ def test_training_flow_spreads_its_tuning_over_two_workers_and_registers_one_ver
         hosts = {stack.inspect(c)["Config"]["Hostname"] for c in stack.containers("worker")}
         assert len(hosts) == 2
         before = registry_versions(stack)
-        with temporary_settings({PREFECT_API_URL: f"{stack.url('PREFECT_PORT')}/api"}):
+        with stack.prefect():
             with get_client(sync_client=True) as client:
                 deployments = client.read_deployments(
                     deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[TRAIN_DEPLOYMENT]))
@@ -326,16 +391,18 @@ def test_training_flow_spreads_its_tuning_over_two_workers_and_registers_one_ver
     after = registry_versions(stack)
     assert len(after) == len(before) + 1 and max(after) > max(before, default=0)
 
-    client = MlflowClient(tracking_uri=stack.url("MLFLOW_PORT"), registry_uri=stack.url("MLFLOW_PORT"))
-    version = client.get_model_version(MODEL_NAME, str(max(after)))
+    with stack.mlflow() as client:
+        version = client.get_model_version(MODEL_NAME, str(max(after)))
+        parent = client.get_run(version.run_id)
+        trials = client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{version.run_id}'"
+        )
     assert version.tags[Tag.FLOW_RUN_ID] and version.run_id
     assert {Tag.DECISION, Tag.DECISION_REASON, Tag.DECIDED_BY, Tag.DECIDED_AT} <= set(version.tags), (
         version.tags
     )
-    parent = client.get_run(version.run_id)
-    trials = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{version.run_id}'"
-    )
+    # The gate's decision is signed by the worker (the training, tuning and gate accounts all did their part).
+    assert {Tag.DECISION_RECORD, Tag.DECISION_SIGNATURE} <= set(version.tags)
     assert len(trials) >= 6
     assert {trial.data.tags.get(Tag.WORKER) for trial in trials} == hosts
 
@@ -354,12 +421,14 @@ def _reggaeton(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_promote_under_load_moves_every_replica_without_a_failed_request(stack: Stack) -> None:
-    from mlflow import MlflowClient
+def _champion(stack: Stack) -> str:
+    with stack.mlflow() as client:
+        return str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
 
+
+def test_promote_under_load_moves_every_replica_without_a_failed_request(stack: Stack) -> None:
     wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
-    client = MlflowClient(tracking_uri=stack.url("MLFLOW_PORT"), registry_uri=stack.url("MLFLOW_PORT"))
-    champion = str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
+    champion = _champion(stack)
     others = [str(v) for v in registry_versions(stack) if str(v) != champion]
     assert others, "the training test registers a second version"
     target = others[-1]
@@ -380,7 +449,7 @@ def test_promote_under_load_moves_every_replica_without_a_failed_request(stack: 
         result = _reggaeton(stack, "promote", "--version", target, "--reason", "from the host")
         ended = time.monotonic()
         assert result.returncode == 0, result.stderr[-3000:]
-        assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == target
+        assert _champion(stack) == target
         wait_for(f"the API to serve version {target}", served, 60, every_s=0.1)
         waited, body = time.monotonic() - ended, first[0]
         # Each replica polls and swaps on its own: both answer with the new version (their header).
@@ -409,6 +478,140 @@ def test_promote_under_load_moves_every_replica_without_a_failed_request(stack: 
     assert f"API serves version {target}" in status.stdout, status.stdout
     inside = stack.compose("exec", "-T", "worker", "reggaeton", "--help")
     assert "usage: reggaeton" in inside.stdout
+
+
+def test_mlflow_and_prefect_refuse_anonymous_calls_and_their_probes_stay_open(stack: Stack) -> None:
+    mlflow, prefect, api = stack.url("MLFLOW_PORT"), f"{stack.url('PREFECT_PORT')}/api", stack.url("API_PORT")
+    search = f"{mlflow}/api/2.0/mlflow/registered-models/search"
+    assert httpx.get(search, timeout=10).status_code == 401
+    assert httpx.get(search, auth=("admin", "not-the-password-1"), timeout=10).status_code == 401
+    assert (
+        httpx.get(search, auth=("admin", stack.env["MLFLOW_ADMIN_PASSWORD"]), timeout=10).status_code == 200
+    )
+    assert httpx.get(f"{mlflow}/health", timeout=10).status_code == 200
+    assert httpx.post(f"{prefect}/flows/filter", json={}, timeout=10).status_code == 401
+    auth_string = base64.b64encode(stack.env["PREFECT_AUTH_STRING"].encode()).decode()
+    authorized = {"Authorization": f"Basic {auth_string}"}
+    assert httpx.post(f"{prefect}/flows/filter", json={}, headers=authorized, timeout=10).status_code == 200
+    assert httpx.get(f"{prefect}/health", timeout=10).status_code == 200
+    # The API: a key for /predict, a feedback token distinct from the admin token.
+    assert httpx.post(f"{api}/predict", json=EXAMPLE_SONGS[0], timeout=10).status_code == 401
+    label = {"prediction_id": "no-such-prediction", "label": 1}
+    as_admin = {"Authorization": f"Bearer {stack.env['ADMIN_TOKEN']}"}
+    as_labeller = {"Authorization": f"Bearer {stack.env['FEEDBACK_TOKEN']}"}
+    assert httpx.post(f"{api}/feedback", json=label, headers=as_admin, timeout=30).status_code == 401
+    assert httpx.post(f"{api}/feedback", json=label, headers=as_labeller, timeout=30).status_code == 404
+
+
+def test_the_serving_account_reads_but_cannot_move_an_alias_or_register_a_version(stack: Stack) -> None:
+    from mlflow.exceptions import MlflowException
+
+    wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
+    with stack.mlflow("serving") as client:
+        champion = client.get_model_version_by_alias(MODEL_NAME, "champion")  # what it needs: reading
+        for attempt in (
+            lambda: client.set_registered_model_alias(MODEL_NAME, "champion", champion.version),
+            lambda: client.create_model_version(
+                MODEL_NAME, champion.source, run_id=champion.run_id, model_id=logged_model_id(champion)
+            ),
+            lambda: client.set_model_version_tag(MODEL_NAME, champion.version, Tag.DECISION_RECORD, "{}"),
+        ):
+            with pytest.raises(MlflowException, match="403"):
+                attempt()
+    with stack.mlflow("monitoring") as client, pytest.raises(MlflowException, match="403"):
+        client.set_registered_model_alias(MODEL_NAME, "champion", champion.version)
+
+
+def _alerts(stack: Stack) -> list[dict[str, Any]]:
+    """What the test receiver (the configured webhook) got."""
+    out = subprocess.run(
+        ["docker", "exec", stack.receiver, "cat", "/tmp/alerts.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+UNAUTHORIZED_GAUGE = "reggaeton_champion_alias_unauthorized"
+
+
+def test_an_alias_moved_by_hand_is_served_by_no_replica_and_alerts_the_webhook(stack: Stack) -> None:
+    wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
+    champion = _champion(stack)
+    # An undecided version, and the move: by the training account, which MLflow lets register versions and
+    # move aliases alike (EDIT on the model); the signed decision is what it cannot make.
+    with stack.mlflow("training") as client:
+        model = client.get_model_version(MODEL_NAME, champion)
+        undecided = str(
+            client.create_model_version(
+                MODEL_NAME,
+                model.source,
+                run_id=model.run_id,
+                tags={Tag.THRESHOLD: model.tags[Tag.THRESHOLD]},
+                model_id=logged_model_id(model),
+            ).version
+        )
+        moved_at = time.monotonic()
+        client.set_registered_model_alias(MODEL_NAME, "champion", undecided)
+
+    def alerted() -> bool:
+        return any(
+            "without a decision" in a["subject"] and f"'version': '{undecided}'" in a["body"]
+            for a in _alerts(stack)
+        )
+
+    gauge = f'{UNAUTHORIZED_GAUGE}{{version="{undecided}"}}'
+    with Load(stack) as load:
+        wait_for("the alert at the configured webhook", alerted, 30, every_s=1)
+        alerted_after = time.monotonic() - moved_at
+        wait_for(
+            "every replica to refuse the alias",
+            lambda: all(_metric_or_none(stack, c, gauge) == 1.0 for c in stack.containers("api")),
+            30,
+            every_s=1,
+        )
+        time.sleep(1)
+    print(f"\nalias moved by hand: alert at the webhook after {alerted_after:.1f} s")
+    assert load.failures == []
+    assert {a.version for a in load.ok} == {champion}
+    assert len(_spread(load.ok)) == API_REPLICAS
+    status = _reggaeton(stack, "status")
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert f"champion decision: NOT AUTHORIZED: version {undecided} has no decision record" in status.stdout
+    assert f"API REFUSES the champion alias (version {undecided})" in status.stdout
+
+    # The operator goes back to the last decided champion: a signed rollback, from the host.
+    back = _reggaeton(stack, "rollback", "--reason", "alias moved by hand")
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert _champion(stack) == champion
+    wait_for(
+        "the replicas to stop refusing",
+        lambda: all(
+            _metric_or_none(stack, container, gauge) is None for container in stack.containers("api")
+        ),
+        60,
+        every_s=1,
+    )
+    status = _reggaeton(stack, "status")
+    assert "auth: MLflow on, Prefect on" in status.stdout, status.stdout
+    assert "signature verified (key " in status.stdout
+    assert f"alerts: webhook configured ({TEST_RECEIVER})" in status.stdout
+    assert f"API serves version {champion}" in status.stdout
+
+
+def _metric_or_none(stack: Stack, container: str, sample: str) -> float | None:
+    out = subprocess.run(
+        ["docker", "exec", container, "python", "-c", _REPLICA_METRICS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    try:
+        return _metric(out.stdout, sample)
+    except AssertionError:
+        return None
 
 
 def _spread(answers: list[Answer]) -> dict[str, int]:
@@ -536,6 +739,45 @@ def test_image_is_non_root_and_its_size_is_reported(stack: Stack) -> None:
             assert not (service.name == "api" and bindings), bindings
 
 
+def test_no_application_container_holds_the_postgres_superuser_password(stack: Stack) -> None:
+    superuser = stack.env["POSTGRES_PASSWORD"]
+    passwords = [
+        value for key, value in stack.env.items() if key.endswith("PASSWORD") or key.endswith("SECRET")
+    ]
+    seen = set()
+    for service in SERVICES:
+        for container in stack.containers(service.name):
+            inspected = stack.inspect(container)
+            config = inspected["Config"]
+            environment = "\n".join(config.get("Env") or [])
+            command_line = " ".join(
+                [*(config.get("Entrypoint") or []), *(config.get("Cmd") or []), *inspected["Args"]]
+            )
+            if service.name not in SUPERUSER_HOLDERS:
+                assert superuser not in environment, service.name
+            # No password of any kind on a command line (`ps`, `docker inspect`).
+            assert not [p for p in passwords if p in command_line], (service.name, command_line)
+            seen.add(service.name)
+    assert seen == {s.name for s in SERVICES}  # the one-shot jobs included (exited, still inspectable)
+
+    # The API's role inserts and reads the log's rows, nothing else; the worker's only reads them.
+    def as_role(role: str, database: str, sql: str) -> subprocess.CompletedProcess[str]:
+        return stack.compose(
+            "exec", "-T", "postgres", "psql", "-U", role, "-d", database, "-c", sql, check=False
+        )
+
+    assert as_role("api", "predictions", "SELECT count(*) FROM predictions").returncode == 0
+    for sql in ("DELETE FROM feedback", "UPDATE predictions SET model_version = 'x'", "DROP TABLE feedback"):
+        refused = as_role("api", "predictions", sql)
+        assert refused.returncode != 0 and (
+            "permission denied" in refused.stderr or "must be owner" in refused.stderr
+        )
+    denied = as_role("api", "mlflow", "SELECT 1")
+    assert denied.returncode != 0 and "permission denied for database" in denied.stderr
+    refused = as_role("worker", "predictions", "DELETE FROM feedback")
+    assert refused.returncode != 0 and "permission denied" in refused.stderr
+
+
 def test_an_example_secret_stops_compose_before_any_service_starts(stack: Stack, tmp_path: Path) -> None:
     # `cp .env.example .env` with one secret left as it is; the image is the one the stack built.
     env = {**stack.env, "ADMIN_TOKEN": "change-me"}
@@ -616,7 +858,7 @@ def test_the_api_keeps_answering_while_postgres_is_stopped_or_unreachable(stack:
     stop = threading.Event()
 
     def load() -> None:
-        with httpx.Client(base_url=stack.url("API_PORT"), timeout=1.0) as client:
+        with httpx.Client(base_url=stack.url("API_PORT"), timeout=1.0, headers=stack.api_headers) as client:
             for _ in range(40_000):  # bounded in count and by the stop event
                 if stop.is_set():
                     return

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from pulumi_harness import run_program
+from stack_secrets import SECRET_CONFIG_KEYS, secret_values
 
 from infra import compose
 from infra.services import SERVICES, VARIABLES, Port, Service, inline_defaults, references, render
@@ -16,7 +17,7 @@ from reggaeton.settings import EXAMPLE_SECRETS
 
 # What .env (compose) and the Pulumi config (stack) hold: only the secrets (every default applies, so a
 # changed default shows), and every variable set (so a renamed variable shows).
-SECRETS = {"POSTGRES_PASSWORD": "pw-parity", "ADMIN_TOKEN": "token-parity"}
+SECRETS = secret_values("parity")
 CUSTOM = SECRETS | {
     "POSTGRES_USER": "someone",
     "IMAGE_TAG": "custom",
@@ -27,7 +28,7 @@ CUSTOM = SECRETS | {
     "TRAINING_TRIALS": "3",
 }
 VALUE_SETS = {"defaults": SECRETS, "custom": CUSTOM}
-PULUMI_SECRETS = [v.config_key for v in VARIABLES.values() if v.secret]
+PULUMI_SECRETS = SECRET_CONFIG_KEYS
 
 
 REPLICATED = {s.name for s in SERVICES if s.replicas is not None}
@@ -79,7 +80,6 @@ def compose_document() -> dict[str, Any]:
 
 def test_compose_file_is_generated_from_the_table() -> None:
     assert compose.COMPOSE_FILE.read_text() == compose.compose_text(), "run `python -m infra.compose`"
-    assert compose.INIT_SQL_FILE.read_text() == compose.init_sql(), "run `python -m infra.compose`"
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
@@ -230,5 +230,12 @@ def test_env_example_covers_every_variable() -> None:
     values = dict(
         line.split("=", 1) for line in example.splitlines() if "=" in line and not line.startswith("#")
     )
-    # Whatever .env.example suggests for a secret is refused, so `cp .env.example .env` alone never starts.
-    assert {values[name] for name, v in VARIABLES.items() if v.secret} <= EXAMPLE_SECRETS
+    # Whatever .env.example suggests for a required secret is refused, so `cp .env.example .env` alone never
+    # starts; an optional one (API key, webhook) is left empty: its default applies.
+    assert {
+        values[name] for name, v in VARIABLES.items() if v.secret and v.default is None
+    } <= EXAMPLE_SECRETS
+    assert {name: values[name] for name, v in VARIABLES.items() if v.secret and v.default is not None} == {
+        "API_KEY": "",
+        "WEBHOOK_URL": "",
+    }

@@ -19,30 +19,32 @@ from pulumi_harness import (
     run_program,
     service_of,
 )
+from stack_secrets import SECRET_CONFIG_KEYS, config_values
 
 from infra.services import (
     APP_IMAGE,
     BUILT_IMAGES,
-    INIT_SQL_PATH,
+    POSTGRES_FILES,
     SERVICES,
+    SUPERUSER_HOLDERS,
     TRAIN_TIMEOUT_S,
     TUNING_POOL,
     VARIABLES,
     VOLUMES,
     WORK_POOL,
-    init_sql,
 )
 from infra.services import service as table_service
 
-PASSWORD = "pw-under-test-7f3a"
-TOKEN = "token-under-test-91c2"
-SECRETS = {"dbPassword": PASSWORD, "adminToken": TOKEN}
+SECRETS = config_values("under-test")
+PASSWORD = SECRETS["dbPassword"]  # the Postgres superuser's
+TOKEN = SECRETS["adminToken"]
+API_DB_PASSWORD = SECRETS["apiDbPassword"]
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 
 @pytest.fixture(scope="module")
 def run() -> Run:
-    return run_program({**SECRETS, "imageTag": "t1", "apiPort": "18000"}, secret_keys=list(SECRETS))
+    return run_program({**SECRETS, "imageTag": "t1", "apiPort": "18000"}, secret_keys=SECRET_CONFIG_KEYS)
 
 
 REPLICATED = {s.name for s in SERVICES if s.replicas is not None}
@@ -75,7 +77,7 @@ def test_declares_the_images_one_network_the_volumes_and_the_containers(run: Run
 
 
 def test_api_replicas_come_from_config_and_share_the_alias_the_balancer_resolves() -> None:
-    run = run_program({**SECRETS, "apiReplicas": "3"}, secret_keys=list(SECRETS))
+    run = run_program({**SECRETS, "apiReplicas": "3"}, secret_keys=SECRET_CONFIG_KEYS)
     replicas = containers_of(run, "api")
     assert sorted(replicas) == ["api-1", "api-2", "api-3"]
     for inputs in replicas.values():
@@ -85,11 +87,11 @@ def test_api_replicas_come_from_config_and_share_the_alias_the_balancer_resolves
     # The balancer starts once every replica is healthy (Pulumi waits for each).
     assert run.depends_on["balancer"] == ["api-1", "api-2", "api-3"]
     with pytest.raises(Exception, match="at least one replica"):
-        run_program({**SECRETS, "apiReplicas": "0"}, secret_keys=list(SECRETS))
+        run_program({**SECRETS, "apiReplicas": "0"}, secret_keys=SECRET_CONFIG_KEYS)
 
 
 def test_worker_replicas_come_from_config_each_serving_both_pools() -> None:
-    run = run_program({**SECRETS, "workerReplicas": "3"}, secret_keys=list(SECRETS))
+    run = run_program({**SECRETS, "workerReplicas": "3"}, secret_keys=SECRET_CONFIG_KEYS)
     workers = containers_of(run, "worker")
     assert sorted(workers) == ["worker-1", "worker-2", "worker-3"]
     for inputs in workers.values():
@@ -98,7 +100,7 @@ def test_worker_replicas_come_from_config_each_serving_both_pools() -> None:
         assert command[command.index("--tuning-pool") + 1] == TUNING_POOL
         assert not inputs.get("ports")
     with pytest.raises(Exception, match="at least one replica"):
-        run_program({**SECRETS, "workerReplicas": "0"}, secret_keys=list(SECRETS))
+        run_program({**SECRETS, "workerReplicas": "0"}, secret_keys=SECRET_CONFIG_KEYS)
 
 
 def test_containers_are_wired_to_the_network_image_volumes_and_dependencies(run: Run) -> None:
@@ -128,7 +130,11 @@ def test_containers_are_wired_to_the_network_image_volumes_and_dependencies(run:
             assert inputs["wait"] is True
             assert inputs["restart"] == "unless-stopped"
             assert inputs["healthcheck"]["tests"][0] == "CMD"
-    assert containers["postgres"]["uploads"] == [{"file": INIT_SQL_PATH, "content": init_sql()}]
+    for name in ("postgres", "postgres-roles"):
+        assert containers[name]["uploads"] == [
+            {"file": path, "content": (INFRA.parent / source).read_text()}
+            for path, source in POSTGRES_FILES.items()
+        ]
 
 
 def test_ports_come_from_config_and_bind_only_to_loopback(run: Run) -> None:
@@ -145,18 +151,25 @@ def test_secrets_stay_secret_and_reach_only_the_containers_that_use_them(run: Ru
     containers = run.mocks.of_type(CONTAINER)
     envs = {name: dict(e.split("=", 1) for e in c.get("envs", [])) for name, c in containers.items()}
     assert envs["postgres"]["POSTGRES_PASSWORD"] == PASSWORD
-    assert PASSWORD in envs["api-1"]["REGGAETON_SERVING__PREDICTION_LOG_URL"]
+    assert API_DB_PASSWORD in envs["api-1"]["REGGAETON_SERVING__PREDICTION_LOG_URL"]
     assert envs["api-1"]["REGGAETON_SERVING__ADMIN_TOKEN"] == TOKEN
-    assert PASSWORD in " ".join(containers["mlflow"]["command"])
+    assert envs["api-1"]["REGGAETON_SIGNING__PUBLIC_KEYS"] == SECRETS["decisionVerifyKey"]
+    assert envs["worker-1"]["REGGAETON_SIGNING__PRIVATE_KEY"] == SECRETS["decisionSigningKey"]
+    # Only the database and its roles job hold the superuser's password; no password on a command line;
+    # the API holds no private key and no admin password of MLflow.
+    for name, inputs in containers.items():
+        if service_of(name, REPLICATED) not in SUPERUSER_HOLDERS:
+            assert PASSWORD not in json.dumps(envs[name]), name
+        assert not any(value in " ".join(inputs.get("command") or []) for value in SECRETS.values()), name
+    assert "REGGAETON_SIGNING__PRIVATE_KEY" not in envs["api-1"]
+    assert SECRETS["mlflowAdminPassword"] not in json.dumps(envs["api-1"])
     # Every input that carries a secret is itself a Pulumi secret (encrypted in state, masked in logs),
     # in the program and on the wire to the engine; inputs without one stay plain.
-    assert run.secret["postgres"]["envs"] and run.secret["api-1"]["envs"]
-    assert run.secret["mlflow"]["command"] and not run.secret["mlflow"]["envs"]
-    assert not run.secret["api-1"]["command"]
+    assert run.secret["postgres"]["envs"] and run.secret["api-1"]["envs"] and run.secret["mlflow"]["envs"]
+    assert not run.secret["mlflow"]["command"] and not run.secret["api-1"]["command"]
     wire = run.mocks.secret_inputs(CONTAINER)
-    assert wire["mlflow"] == {"command"}
-    assert wire["postgres"] == {"envs"}
-    assert wire["api-1"] == {"envs"}
+    assert wire["mlflow"] == wire["postgres"] == wire["api-1"] == {"envs"}
+    assert wire["receiver"] == set()  # it holds no secret
     # Secrets never reach the image build or the resource names.
     everything_else = json.dumps([r.inputs for r in run.mocks.resources if r.typ != CONTAINER])
     assert PASSWORD not in everything_else and TOKEN not in everything_else
@@ -177,12 +190,13 @@ def test_the_worker_and_the_watchdog_stop_cleanly(run: Run) -> None:
 
 
 def test_missing_secret_fails_the_program() -> None:
+    without = {key: value for key, value in SECRETS.items() if key != "dbPassword"}
     with pytest.raises(Exception, match="dbPassword"):
-        run_program({"adminToken": TOKEN}, secret_keys=["adminToken"])
+        run_program(without, secret_keys=SECRET_CONFIG_KEYS)
 
 
 def test_memory_sizes_are_config() -> None:
-    run = run_program({**SECRETS, "memoryMb": json.dumps({"api": 3072})}, secret_keys=list(SECRETS))
+    run = run_program({**SECRETS, "memoryMb": json.dumps({"api": 3072})}, secret_keys=SECRET_CONFIG_KEYS)
     containers = run.mocks.of_type(CONTAINER)
     assert containers["api-2"]["memory"] == 3072
     assert containers["worker-1"]["memory"] == next(s.memory_mb for s in SERVICES if s.name == "worker")
@@ -192,15 +206,17 @@ def test_memory_sizes_are_config() -> None:
 
 def test_example_secrets_are_refused_naming_the_config_key() -> None:
     with pytest.raises(ValueError, match="config dbPassword is an example value"):
-        run_program({**SECRETS, "dbPassword": "change-me"}, secret_keys=list(SECRETS))
+        run_program({**SECRETS, "dbPassword": "change-me"}, secret_keys=SECRET_CONFIG_KEYS)
     with pytest.raises(ValueError, match="config adminToken is an example value"):
-        run_program({**SECRETS, "adminToken": "change-me"}, secret_keys=list(SECRETS))
+        run_program({**SECRETS, "adminToken": "change-me"}, secret_keys=SECRET_CONFIG_KEYS)
+    with pytest.raises(ValueError, match="config apiKey is an example value"):  # optional, never an example
+        run_program({**SECRETS, "apiKey": "change-me"}, secret_keys=SECRET_CONFIG_KEYS)
 
 
 def test_a_rebuilt_image_changes_exactly_the_containers_that_run_it() -> None:
     config = {**SECRETS, "imageTag": "t1"}
-    first, same = (run_program(config, secret_keys=list(SECRETS)) for _ in range(2))
-    rebuilt = run_program(config, secret_keys=list(SECRETS), image_id="sha256:2222")
+    first, same = (run_program(config, secret_keys=SECRET_CONFIG_KEYS) for _ in range(2))
+    rebuilt = run_program(config, secret_keys=SECRET_CONFIG_KEYS, image_id="sha256:2222")
     # Same config, same image: every resource gets the same inputs (nothing for a second `up` to change).
     # By resource, not by the order of registration, which follows when each one's inputs resolve.
     assert {(r.typ, r.name): r.inputs for r in first.mocks.resources} == {
@@ -231,7 +247,7 @@ def needs(job: str) -> set[str]:
 def test_a_failed_one_shot_job_fails_the_update_and_blocks_what_needs_it(job: str) -> None:
     mocks = RecordingMocks(exit_codes={job: 3})
     with pytest.raises(RuntimeError, match=rf"one-shot job '{job}' exited with code 3") as failure:
-        run_program(SECRETS, secret_keys=list(SECRETS), mocks=mocks)
+        run_program(SECRETS, secret_keys=SECRET_CONFIG_KEYS, mocks=mocks)
     assert f"docker logs reggaeton-dev-{job}" in str(failure.value)
     urn = f"urn:pulumi:dev::reggaeton::docker:index/container:Container::{job}"
     assert f"pulumi up --replace '{urn}'" in str(failure.value)

@@ -18,6 +18,36 @@ DETAIL = {
     "challenger_metrics": {"pr_auc": 0.8812, "roc_auc": 0.9702, "brier": 0.031},
     "champion_metrics": {"pr_auc": 0.4711, "roc_auc": 0.8013, "brier": 0.074},
     "pr_auc_gain": {"estimate": 0.4101, "low": 0.3302, "high": 0.4899},
+    "slices": [
+        {
+            "name": "base-data",
+            "rule": "source == 'base'",
+            "rows": 12300,
+            "positives": 378,
+            "min_positives": 20,
+            "allowed_regression": 0.02,
+            "verdict": "held",
+            "champion_pr_auc": 0.726,
+            "challenger_pr_auc": 0.795,
+            "pr_auc_difference": {"estimate": 0.069, "low": 0.028, "high": 0.113},
+            "confidence": 0.9917,
+            "detail": "",
+        },
+        {
+            "name": "acoustic",
+            "rule": "acousticness >= 0.4",
+            "rows": 279,
+            "positives": 12,
+            "min_positives": 20,
+            "allowed_regression": 0.02,
+            "verdict": "too small to judge",
+            "champion_pr_auc": 0.3,
+            "challenger_pr_auc": 0.2,
+            "pr_auc_difference": None,
+            "confidence": None,
+            "detail": "",
+        },
+    ],
 }
 
 
@@ -47,6 +77,10 @@ def test_summary_names_versions_decision_alerts_and_urls(tmp_path: Path) -> None
     assert "champion   version 1: pr_auc=0.471, roc_auc=0.801, brier=0.074" in text
     assert "challenger version 2: pr_auc=0.881, roc_auc=0.970, brier=0.031" in text
     assert "PR-AUC gain +0.410, interval [+0.330, +0.490]" in text
+    # The decision's per-slice table: every slice, both models, the difference with its interval.
+    assert "  per slice (PR-AUC, challenger minus champion with its interval):\n" in text
+    assert "    base-data  12300  378  0.726     0.795       +0.069 [+0.028, +0.113]  held\n" in text
+    assert "    acoustic   279    12   0.300     0.200       -" + " " * 24 + "too small to judge\n" in text
     assert "API served: 1 -> 2" in text
     assert "t1  [reggaeton] model degraded: retraining" in text
     # The retrain loop's time against its target (issue 13: 60 s); other timings without one.

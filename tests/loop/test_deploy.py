@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 import yaml
+from prefect.automations import EventTrigger
 from prefect.client.orchestration import get_client
 
 from adapters.prefect_api import prefect_api
@@ -90,6 +93,7 @@ def test_deploy_twice_same_state(project: Path, loop_settings: Settings) -> None
     assert retrain[3] == "run-deployment"
     assert retrain[4] == train["id"]
     assert Event.DEGRADED in retrain[1] and '"within":600.0' in retrain[1]
+    assert Event.VERSION_LABEL in retrain[1]  # debounced per version (for_each), not for the whole loop
     rerun = names["reggaeton-rerun-crashed-retrain"]  # found the retrain deployment by its name
     assert rerun[3] == "run-deployment" and rerun[4] == train["id"]
     for notice in automations.notices(loop_settings):
@@ -129,15 +133,30 @@ def test_notices_cover_every_event_of_the_contract() -> None:
         Event.CANARY_STEP,
         Event.CANARY_ABORTED,
         Event.CHALLENGER_FAILING,
+        Event.UNAUTHORIZED_CHAMPION,
     } <= covered
     assert automations.FLOW_RUN_FAILED in covered
 
 
-def test_degraded_notice_is_debounced_like_the_retrain() -> None:
-    [degraded] = [n for n in automations.notices(Settings()) if Event.DEGRADED in n.events]
+def test_degraded_notice_is_debounced_like_the_retrain_per_version() -> None:
+    settings = Settings(prefect={"debounce_s": 42})
+    [degraded] = [n for n in automations.notices(settings) if Event.DEGRADED in n.events]
+    retrain = automations.retrain_automation(uuid4(), settings).trigger
+    assert isinstance(retrain, EventTrigger)
+    assert degraded.debounce == retrain.within == timedelta(seconds=42)
+    assert degraded.for_each == retrain.for_each == {"prefect.resource.id", Event.VERSION_LABEL}
+    # The retrain is no deployment trigger in prefect.yaml: its window comes from the settings.
     config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     [train] = [d for d in config["deployments"] if d["name"] == "train-and-promote"]
-    assert degraded.debounce == timedelta(seconds=train["triggers"][0]["within"])
+    assert not train.get("triggers")
+
+
+def test_unauthorized_champion_notifies_once_per_version_moved_to() -> None:
+    # Every API replica reports the same move: one notification per version and window, not per replica.
+    [notice] = [n for n in automations.notices(Settings()) if Event.UNAUTHORIZED_CHAMPION in n.events]
+    assert notice.for_each == {Event.VERSION_LABEL} and notice.debounce > timedelta(0)
+    trigger = automations.to_automation(notice, uuid.uuid4()).trigger
+    assert trigger.for_each == {Event.VERSION_LABEL}
 
 
 def test_weekly_retrain_is_anchored_on_monday_0300_utc() -> None:

@@ -38,7 +38,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sqlalchemy import select
 
-from adapters import live_state, log_window, prediction_log, registry
+from adapters import log_window, prediction_log, registry
 from adapters.prefect_api import prefect_api
 from embedded import demo, manual, stack
 from embedded.receiver import read_alerts
@@ -278,9 +278,10 @@ def _raising_model() -> Pipeline:
 
 
 def _put_under_evaluation(settings: Settings, version: str) -> None:
-    """What the offline gate does for a challenger it passes, done here for one it could not score."""
-    client = _client(settings)
-    live_state.begin(client, settings.mlflow.model_name, version, live_state.now())
+    """An operator puts a version under live evaluation without the offline gate (which could not score
+    the raising one): signed like the gate's own start, which is what the replicas follow."""
+    with prefect_api(settings):
+        live_gate.shadow_start(version, "the test's challenger", by="test", settings=settings)
 
 
 def test_a_challenger_raising_on_every_call_fails_no_request_and_is_rejected(

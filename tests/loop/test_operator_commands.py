@@ -37,6 +37,7 @@ EXCLUDED: dict[str, str] = {
     "make test": "the test suite itself",
     "make bench-": "benchmarks: minutes of load, measured by hand (`make bench-*`), never in the suite",
     "cp .env.example .env": "compose set-up: writes .env into the checkout",
+    ".venv/bin/python -m infra.check_secrets --new-env": "compose set-up: writes .env into the checkout",
     "docker-compose": "the compose stack: tests/infra/test_compose_stack.py brings it up (Docker)",
     ".venv/bin/reggaeton --stack compose": "needs the compose stack up (Docker), not the local one",
     "cd infra": "Pulumi: another stack (tests/infra/test_pulumi.py checks the program with Pulumi's mocks)",
@@ -46,6 +47,8 @@ EXCLUDED: dict[str, str] = {
     "make install": "the suite already runs in the installed .venv (CI runs `make install` first)",
     ".venv/bin/reggaeton score": "needs catalogue files: tests/cli/test_score.py runs the command on one",
     ".venv/bin/python -c": "reads the output of the `reggaeton score` example before it",
+    "export REGGAETON_PROMOTION__SLICES": "declares slices for the processes started after it, in the same "
+    "shell: tests/reggaeton/test_split_and_slices.py reads such a JSON list from the environment",
 }
 # Small enough for CI, otherwise as written.
 SUBSTITUTIONS = {"--n-trials 20": "--n-trials 2"}

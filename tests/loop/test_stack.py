@@ -87,6 +87,8 @@ def test_settings_round_trip_through_the_environment(tmp_path: Path, monkeypatch
         serving={"port": 18000, "admin_token": "s3cret"},
         training={"n_trials": 3, "families": ("logistic_regression",)},
         prefect={"alert_receiver_port": 18765, "work_pool": "other-pool"},
+        # A list of models: declared slices reach the worker's flow runs (the gate) as JSON.
+        promotion={"slices": [{"name": "fast", "where": "tempo >= 130", "window_days": 7}]},
     )
     for key in [k for k in os.environ if k.startswith("REGGAETON_")]:
         monkeypatch.delenv(key)

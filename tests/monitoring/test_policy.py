@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from monitoring.estimation import ChunkResult, Estimate
-from monitoring.policy import AlertKind, Policy, Results, evaluate
+from monitoring.policy import (
+    AlertKind,
+    Policy,
+    Results,
+    RetrainAction,
+    Status,
+    advance,
+    evaluate,
+    state_line,
+)
 
 POLICY = Policy(
     thresholds={"roc_auc": 0.8}, consecutive_chunks=2, min_rows=200, min_labelled=50, drift_min_features=2
@@ -115,3 +124,46 @@ def test_drift_without_performance_drop_is_drifted() -> None:
 def test_drift_with_performance_drop_is_degraded_only() -> None:
     chunks = [chunk(i, 0.6, multivariate=True) for i in range(2)]
     assert kinds(evaluate(Results("1", chunks), POLICY)) == [AlertKind.DEGRADED]
+
+
+# --- a version's state across runs -------------------------------------------------------------------
+WINDOW_S = 600.0
+
+
+def _degraded_alerts(version: str = "2") -> list:
+    return evaluate(Results(version, [chunk(0, 0.7), chunk(1, 0.6)]), POLICY)
+
+
+def test_a_version_stays_degraded_until_a_run_shows_it_recovered() -> None:
+    state, retrain = advance(None, "2", _degraded_alerts(), 2, T0, WINDOW_S)
+    assert state.status is Status.DEGRADED and state.since == T0
+    assert retrain.action is RetrainAction.REQUESTED and state.retrain_requested_at == T0
+    assert retrain.reason == "retrain requested (the first for this version)"
+
+    # A run with nothing new to judge (quiet traffic) leaves it degraded, and asks for nothing.
+    quiet, retrain = advance(state, "2", [], 0, T0 + timedelta(minutes=5), WINDOW_S)
+    assert quiet.status is Status.DEGRADED and quiet.since == T0
+    assert retrain.action is RetrainAction.NONE
+
+    # Judged chunks without a degraded alert: recovered.
+    healthy = evaluate(Results("2", [chunk(2), chunk(3)]), POLICY)
+    recovered, _ = advance(quiet, "2", healthy, 2, T0 + timedelta(minutes=10), WINDOW_S)
+    assert recovered.status is Status.OK and recovered.since is None
+    assert "recovered at" in state_line(recovered, WINDOW_S)
+
+
+def test_one_retrain_request_per_version_per_window_the_rest_say_until_when() -> None:
+    first, _ = advance(None, "2", _degraded_alerts(), 2, T0, WINDOW_S)
+    again, retrain = advance(first, "2", _degraded_alerts(), 2, T0 + timedelta(minutes=5), WINDOW_S)
+    assert retrain.action is RetrainAction.SUPPRESSED
+    assert retrain.allowed_after == T0 + timedelta(seconds=WINDOW_S)
+    assert "requested at 2026-01-01T00:00:00+00:00" in retrain.reason
+    assert "requests the next one from 2026-01-01T00:10:00+00:00" in retrain.reason
+    assert again.since == T0 and again.retrain_requested_at == T0  # the window is not pushed on
+    later, retrain = advance(again, "2", _degraded_alerts(), 2, T0 + timedelta(seconds=WINDOW_S), WINDOW_S)
+    assert retrain.action is RetrainAction.REQUESTED
+    assert retrain.reason == "retrain requested (the window since the last one has passed)"
+    assert later.retrain_requested_at == T0 + timedelta(seconds=WINDOW_S)
+    # A new champion has a state of its own: its first degraded requests its retrain at once.
+    _, new = advance(None, "3", _degraded_alerts("3"), 2, T0 + timedelta(minutes=1), WINDOW_S)
+    assert new.action is RetrainAction.REQUESTED

@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from monitoring import store
 from monitoring.estimation import ChunkResult
+from monitoring.policy import Status, VersionState
 
 
 def test_a_store_from_before_the_chunk_ids_gains_them_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -38,4 +39,18 @@ def test_a_store_from_before_the_chunk_ids_gains_them_and_keeps_its_rows(tmp_pat
     stored = store.recent_stored(engine, "1", 5)
     assert [(s.run_id, s.chunk.first_id, s.chunk.last_id) for s in stored] == [("r1", "a", "b")]
     store.connect(url)  # again: nothing to add, no error
+    engine.dispose()
+
+
+def test_a_version_state_round_trips_and_is_replaced(tmp_path: Path) -> None:
+    engine = store.connect(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    at = datetime(2026, 12, 6, 12, 7, tzinfo=UTC)
+    assert store.read_state(engine, "m", "2") is None
+    degraded = VersionState("2", Status.DEGRADED, at, "realized roc_auc 0.480 < 0.800", at, at)
+    store.save_state(engine, "m", degraded)
+    assert store.read_state(engine, "m", "2") == degraded
+    recovered = VersionState("2", Status.OK, None, "recovered", at, at)
+    store.save_state(engine, "m", recovered)
+    assert store.read_state(engine, "m", "2") == recovered
+    assert store.read_state(engine, "other-model", "2") is None
     engine.dispose()

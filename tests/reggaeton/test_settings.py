@@ -27,10 +27,30 @@ def test_two_local_services_on_one_port_are_refused() -> None:
         Settings(mlflow={"port": 6100}, prefect={"alert_receiver_port": 6100})
 
 
-def test_production_needs_its_own_admin_token() -> None:
-    with pytest.raises(ValidationError, match="REGGAETON_SERVING__ADMIN_TOKEN"):
-        Settings(mode="production")
-    assert Settings(mode="production", serving={"admin_token": "s3cret-token"}).mode == "production"
+def test_a_production_api_needs_its_own_admin_and_feedback_tokens() -> None:
+    # A process that serves nothing (the worker) holds no API token; an API without them does not start.
+    bare = Settings(mode="production")
+    assert [problem.split(" ")[0] for problem in bare.serving_problems()] == [
+        "REGGAETON_SERVING__ADMIN_TOKEN",
+        "REGGAETON_SERVING__FEEDBACK_TOKEN",
+    ]
+    assert Settings(serving={}).serving_problems() == []  # local mode: the placeholders serve
+    with pytest.raises(ValidationError, match="REGGAETON_SERVING__ADMIN_TOKEN is an example value"):
+        Settings(mode="production", serving={"admin_token": "local-dev-only"})
+    # One credential per purpose: whoever sends labels cannot reload models with the same token.
+    with pytest.raises(ValidationError, match="FEEDBACK_TOKEN equals REGGAETON_SERVING__ADMIN_TOKEN"):
+        Settings(mode="production", serving={"admin_token": "s3cret-token", "feedback_token": "s3cret-token"})
+    production = Settings(
+        mode="production", serving={"admin_token": "s3cret-token", "feedback_token": "labels"}
+    )
+    assert production.serving_problems() == []
+
+
+def test_an_empty_optional_secret_is_unset() -> None:
+    # docker-compose's ${API_KEY:-} when .env leaves it out: no key required, not an empty one.
+    settings = Settings(serving={"api_key": ""}, signing={"private_key": " ", "public_keys": ""})
+    assert settings.serving.api_key is None
+    assert settings.signing.private_key is None and settings.signing.public_keys is None
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLE_SECRETS))
@@ -38,6 +58,7 @@ def test_production_refuses_example_secrets_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, example: str
 ) -> None:
     monkeypatch.setenv("REGGAETON_MODE", "production")
+    monkeypatch.setenv("REGGAETON_SERVING__FEEDBACK_TOKEN", "labels-token")
     monkeypatch.setenv("REGGAETON_SERVING__ADMIN_TOKEN", example)
     with pytest.raises(ValidationError, match="REGGAETON_SERVING__ADMIN_TOKEN is an example value"):
         Settings()
@@ -46,6 +67,10 @@ def test_production_refuses_example_secrets_naming_the_variable(
     with pytest.raises(ValidationError, match="REGGAETON_SERVING__API_KEY is an example value"):
         Settings()
     monkeypatch.delenv("REGGAETON_SERVING__API_KEY")
+    monkeypatch.setenv("REGGAETON_SIGNING__PRIVATE_KEY", example)
+    with pytest.raises(ValidationError, match="REGGAETON_SIGNING__PRIVATE_KEY is an example value"):
+        Settings()
+    monkeypatch.delenv("REGGAETON_SIGNING__PRIVATE_KEY")
     # A database password is a secret too, inside its URL.
     monkeypatch.setenv("REGGAETON_SERVING__PREDICTION_LOG_URL", f"postgresql://reggaeton:{example}@db:5432/p")
     with pytest.raises(ValidationError, match="password in REGGAETON_SERVING__PREDICTION_LOG_URL"):

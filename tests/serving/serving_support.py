@@ -18,14 +18,15 @@ import httpx
 import mlflow
 import numpy as np
 
-from adapters import registry
-from reggaeton import names
+from adapters import decisions, keys, registry
+from reggaeton import decision_record, names
 from reggaeton.data import features_array, split, synthetic_dataset
 from reggaeton.model import LOGISTIC_REGRESSION, build_pipeline
 from reggaeton.schema import TARGET
 from reggaeton.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token"
+FEEDBACK_TOKEN = "test-feedback-token"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,15 +44,25 @@ def make_settings(state_dir: Path, registry_settings: Settings | None = None, **
         registry_settings: Share this MLflow store and registry (the session's registered versions).
     """
     mlflow_section: dict[str, Any] = {}
+    signing: dict[str, Any] = {}
     if registry_settings is not None:
         mlflow_section = {
             "tracking_uri": registry_settings.tracking_uri,
             "artifact_root": registry_settings.artifact_root,
         }
+        # The server trusts the public key of the registry's decider (tests/serving: `promote` below).
+        signing = {"public_keys": keys.ensure_local_keys(registry_settings).public_text()}
     return Settings(
         state_dir=state_dir,
         mlflow=mlflow_section,
-        serving={"poll_interval_s": 0.5, "admin_token": ADMIN_TOKEN, "port": free_port(), **serving},
+        signing=signing,
+        serving={
+            "poll_interval_s": 0.5,
+            "admin_token": ADMIN_TOKEN,
+            "feedback_token": FEEDBACK_TOKEN,
+            "port": free_port(),
+            **serving,
+        },
     )
 
 
@@ -82,8 +93,56 @@ def register_version(
     return str(version.version)
 
 
+def sign(settings: Settings, version: str, key: decision_record.SigningKey | None = None) -> None:
+    """Write an operator's signed decision about ``version`` (with the next sequence); no alias moves.
+
+    Args:
+        key: The signing key (default: the registry's own, which the test servers trust).
+    """
+    decisions.sign_decision(
+        registry.connect(settings),
+        key or keys.ensure_local_keys(settings),
+        model=names.MODEL_NAME,
+        version=version,
+        action=decision_record.MANUAL,
+        outcome=decision_record.PROMOTED,
+        previous_champion=None,
+        evaluation=None,
+        evidence=decision_record.evidence_of({"test": version}, "serving tests"),
+        policy={},
+        decided_by="serving tests",
+        decided_at=decisions.now(),
+    )
+
+
 def promote(settings: Settings, version: str) -> None:
-    """Point the champion alias at ``version``."""
+    """An operator's decision: sign ``version`` with the next sequence, then point the alias at it."""
+    sign(settings, version)
+    registry.connect(settings).set_registered_model_alias(names.MODEL_NAME, names.CHAMPION, version)
+
+
+def decided(
+    model_name: str, version: str, key: decision_record.SigningKey, sequence: int | None = None
+) -> dict[str, Any]:
+    """The ``decision`` and ``signature`` of a ServedModel authorized by an operator's signed decision."""
+    record = decision_record.new_record(
+        model=model_name,
+        version=version,
+        action=decision_record.MANUAL,
+        outcome=decision_record.PROMOTED,
+        previous_champion=None,
+        sequence=sequence or int(version),
+        evaluation=None,
+        evidence=decision_record.evidence_of({}, "serving tests"),
+        policy={},
+        decided_by="serving tests",
+        decided_at="2026-12-06T12:00:00+00:00",
+    )
+    return {"decision": record, "signature": key.sign(record)}
+
+
+def move_by_hand(settings: Settings, version: str) -> None:
+    """Point the champion alias at ``version`` without a decision (anyone with registry access can)."""
     registry.connect(settings).set_registered_model_alias(names.MODEL_NAME, names.CHAMPION, version)
 
 
@@ -105,6 +164,9 @@ class Server:
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def feedback_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -131,6 +193,7 @@ def server_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
             "REGGAETON_SERVING__PORT": str(serving.port),
             "REGGAETON_SERVING__POLL_INTERVAL_S": str(serving.poll_interval_s),
             "REGGAETON_SERVING__ADMIN_TOKEN": serving.admin_token.get_secret_value(),
+            "REGGAETON_SERVING__FEEDBACK_TOKEN": serving.feedback_token.get_secret_value(),
             "REGGAETON_SERVING__MAX_BATCH": str(serving.max_batch),
             "REGGAETON_SERVING__MAX_BODY_BYTES": str(serving.max_body_bytes),
             "REGGAETON_SERVING__LOG_QUEUE_SIZE": str(serving.log_queue_size),
@@ -146,6 +209,8 @@ def server_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
         env["REGGAETON_MLFLOW__TRACKING_URI"] = settings.mlflow.tracking_uri
     if settings.mlflow.artifact_root:
         env["REGGAETON_MLFLOW__ARTIFACT_ROOT"] = settings.mlflow.artifact_root
+    if settings.signing.public_keys is not None:
+        env["REGGAETON_SIGNING__PUBLIC_KEYS"] = settings.signing.public_keys
     if serving.api_key is not None:
         env["REGGAETON_SERVING__API_KEY"] = serving.api_key.get_secret_value()
     if serving.replica_name is not None:

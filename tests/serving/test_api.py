@@ -141,6 +141,48 @@ def test_metrics_count_requests_and_predictions(served: Server) -> None:
     assert "reggaeton_prediction_log_queue_full_total 0.0" in text
 
 
+def test_metrics_show_the_champion_degraded_while_monitoring_holds_it_so(
+    served: Server, registry_versions: Registry
+) -> None:
+    """The monitor puts its state on the champion version; the API's next poll shows it (issue 26)."""
+    from adapters import registry
+    from embedded.manual import wait_until
+
+    settings = registry_versions.settings
+    client = registry.connect(settings)
+    version = registry_versions.good[0]
+
+    def degraded_gauge() -> str | None:
+        text = httpx.get(served.url + "/metrics", timeout=5).text
+        found = [line for line in text.splitlines() if line.startswith("reggaeton_champion_degraded")]
+        return "\n".join(found) if found else None
+
+    def showing(expected: str) -> str | None:
+        text = degraded_gauge()
+        return text if text and expected in text else None
+
+    try:
+        registry.set_monitoring_state(
+            client, settings.mlflow.model_name, version, "degraded", "2026-12-06T12:07:00+00:00"
+        )
+        shown = wait_until(
+            "the degraded champion on /metrics",
+            lambda: showing(f'{{model_version="{version}"}} 1.0'),
+            15,
+            0.2,
+        )
+        assert "reggaeton_champion_degraded_since_timestamp_seconds 1.79655882e+09" in shown
+        registry.set_monitoring_state(client, settings.mlflow.model_name, version, "ok", "")
+        wait_until(
+            "the recovered champion on /metrics",
+            lambda: showing(f'{{model_version="{version}"}} 0.0'),
+            15,
+            0.2,
+        )
+    finally:
+        registry.set_monitoring_state(client, settings.mlflow.model_name, version, "ok", "")
+
+
 def test_openapi_has_the_challenge_examples(served: Server) -> None:
     with served.client() as client:
         spec = client.get("/openapi.json").json()
@@ -150,21 +192,22 @@ def test_openapi_has_the_challenge_examples(served: Server) -> None:
     assert spec["components"]["schemas"]["Song"]["properties"]["loudness"]["maximum"] == 0
 
 
-def test_feedback_needs_admin_token(served: Server) -> None:
+def test_feedback_and_admin_need_each_their_own_token(served: Server) -> None:
     with served.client() as client:
         pid = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
-        missing = client.post("/feedback", json={"prediction_id": pid, "label": 1})
-        wrong = client.post(
-            "/feedback",
-            json={"prediction_id": pid, "label": 1},
-            headers={"Authorization": "Bearer nope-ñ".encode()},
-        )
+        label = {"prediction_id": pid, "label": 1}
+        missing = client.post("/feedback", json=label)
+        wrong = client.post("/feedback", json=label, headers={"Authorization": "Bearer nope-ñ".encode()})
+        # One credential per purpose: the admin token sends no labels, the feedback token reloads nothing.
+        admin_labels = client.post("/feedback", json=label, headers=served.admin_headers())
         reload_ = client.post("/admin/reload")
+        feedback_reloads = client.post("/admin/reload", headers=served.feedback_headers())
     assert missing.status_code == wrong.status_code == reload_.status_code == 401
+    assert admin_labels.status_code == feedback_reloads.status_code == 401
 
 
 def test_feedback_records_once_and_repeats_idempotently(served: Server) -> None:
-    with served.client(headers=served.admin_headers()) as client:
+    with served.client(headers=served.feedback_headers()) as client:
         pid = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
         first = client.post("/feedback", json={"prediction_id": pid, "label": 1})
         again = client.post("/feedback", json={"prediction_id": pid, "label": 1})
@@ -191,7 +234,7 @@ def test_admin_reload_reports_unchanged(served: Server, registry_versions: Regis
 
 
 def test_predictions_are_logged(served: Server) -> None:
-    with served.client(headers=served.admin_headers()) as client:
+    with served.client(headers=served.feedback_headers()) as client:
         ids = [p["id"] for p in client.post("/predict", json=list(EXAMPLE_SONGS)).json()["predictions"]]
         # Feedback waits for the log to be flushed, so afterwards the rows are visible.
         client.post("/feedback", json={"prediction_id": ids[0], "label": 0})
@@ -236,7 +279,7 @@ def test_feedback_for_an_archived_prediction_is_gone_not_unknown(served: Server)
         engine.dispose()
     (archived,) = time_ordered_ids(1, int((cutoff - timedelta(hours=1)).timestamp() * 1000))
     (never_issued,) = time_ordered_ids(1, int(datetime.now(UTC).timestamp() * 1000))
-    with served.client(headers=served.admin_headers()) as client:
+    with served.client(headers=served.feedback_headers()) as client:
         live = client.post("/predict", json=SONG).json()["predictions"][0]["id"]
         gone = client.post("/feedback", json={"prediction_id": archived, "label": 1})
         unknown = client.post("/feedback", json={"prediction_id": never_issued, "label": 1})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from serving_support import decided
 from sklearn.linear_model import LogisticRegression
 from sqlalchemy import Engine, create_engine, func, select
 from starlette.datastructures import State
@@ -26,6 +28,7 @@ from adapters.prediction_log import (
     make_engine,
     predictions,
 )
+from reggaeton import decision_record
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES
 from reggaeton.servable import examples_array
 from reggaeton.settings import Settings
@@ -455,16 +458,18 @@ def test_prepared_refuses_nan_and_bad_threshold() -> None:
 
 
 def test_cache_round_trip_and_other_model_ignored(tmp_path: Path) -> None:
+    key = decision_record.generate()
+    trusted = decision_record.VerifyKeys.of([key.public])
     cache = ModelCache(tmp_path / "cache")
-    assert cache.load("m") is None
+    assert cache.load("m", trusted) is None
     model = _CountingModel()
-    cache.save(_served(model, version="7"))
-    loaded = cache.load("m")
+    cache.save(dataclasses.replace(_served(model, version="7"), **decided("m", "7", key)))
+    loaded = cache.load("m", trusted)
     assert loaded is not None and loaded.version == "7" and loaded.source == "cache"
     np.testing.assert_allclose(
         loaded.probabilities(examples_array()), _served(model).probabilities(examples_array())
     )
-    assert cache.load("another-model") is None
+    assert cache.load("another-model", trusted) is None
 
 
 def test_one_spool_folder_serves_one_server_at_a_time(tmp_path: Path) -> None:

@@ -7,13 +7,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from serving_support import ADMIN_TOKEN, Server
+from serving_support import ADMIN_TOKEN, FEEDBACK_TOKEN, Server
 
 MAX_EXAMPLES = 25  # per operation and phase: bounded, and reproducible with the fixed seed
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_disagreement(served: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("token", "paths"),
+    # Each credential where it is the right one: /feedback takes the feedback token, the rest the admin's.
+    [(FEEDBACK_TOKEN, ["--include-path", "/feedback"]), (ADMIN_TOKEN, ["--exclude-path", "/feedback"])],
+    ids=["feedback", "others"],
+)
+def test_schemathesis_finds_no_disagreement(
+    served: Server, tmp_path: Path, token: str, paths: list[str]
+) -> None:
     report = tmp_path / "schemathesis.txt"
     command = [
         str(Path(sys.executable).with_name("schemathesis")),
@@ -26,7 +34,8 @@ def test_schemathesis_finds_no_disagreement(served: Server, tmp_path: Path) -> N
         "--seed",
         "12",
         "--header",
-        f"Authorization: Bearer {ADMIN_TOKEN}",
+        f"Authorization: Bearer {token}",
+        *paths,
         "--request-timeout",
         "10",
         "--no-color",

@@ -239,8 +239,11 @@ def test_the_canary_answers_its_share_and_the_champion_scores_those_requests(tmp
     def client(i: int) -> list[tuple[bytes, bytes]]:
         return [(CLIENT_HEADER.encode(), f"client-{i % 10}".encode())]
 
+    # A deadline no loaded machine reaches: every canary request is answered by the canary itself.
+    patient = POLICY.model_copy(update={"canary_timeout_s": 30.0})
+
     async def scenario() -> list[Any]:
-        async with _replica(tmp_path, _served(_Model(), "2"), share=0.5) as replica:
+        async with _replica(tmp_path, _served(_Model(), "2"), share=0.5, policy=patient) as replica:
             answered = await _send(replica, 400, client)
             await replica.log.flush()
             _wait(lambda: replica.sample("reggaeton_shadow_rows_total", outcome="written") == 400)

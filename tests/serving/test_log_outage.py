@@ -251,7 +251,7 @@ def test_a_full_spool_answers_503_at_once_and_recovers(
             record_property("refusal_seconds_max", max(seconds for _, seconds in refusals))
             # A label for a row still in the spool: a bounded wait, then 503 to retry later (never a hang).
             label = {"prediction_id": answered[-1], "label": 1}
-            early = client.post("/feedback", json=label, headers=server.admin_headers(), timeout=10)
+            early = client.post("/feedback", json=label, headers=server.feedback_headers(), timeout=10)
             assert early.status_code == 503 and "retry-after" in early.headers
         deadline = time.monotonic() + 60
         while client.get("/ready").status_code != 200:
@@ -261,7 +261,7 @@ def test_a_full_spool_answers_503_at_once_and_recovers(
         assert response.status_code == 200
         answered.extend(p["id"] for p in response.json()["predictions"])
         metrics = _wait_until_written(server)
-        late = client.post("/feedback", json=label, headers=server.admin_headers())
+        late = client.post("/feedback", json=label, headers=server.feedback_headers())
         assert late.status_code == 200 and late.json()["created"] is True
         server.stop()
         ids = _logged_ids(server)

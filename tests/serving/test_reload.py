@@ -167,6 +167,7 @@ def test_starts_from_the_cache_while_mlflow_is_down(tmp_path: Path, registry_ver
         state_dir=settings.state_dir,
         mlflow={"tracking_uri": f"http://127.0.0.1:{free_port()}"},
         serving={**settings.serving.model_dump(), "port": free_port()},
+        signing=settings.signing,
     )
     with run_server(down) as server, server.client(headers=server.admin_headers()) as client:
         model = client.get("/model").json()

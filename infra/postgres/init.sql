@@ -1,4 +1,0 @@
-CREATE DATABASE prefect;
-CREATE DATABASE mlflow;
-CREATE DATABASE predictions;
-CREATE DATABASE optuna;
