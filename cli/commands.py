@@ -166,6 +166,18 @@ def cmd_shadow(ctx: Context, args: argparse.Namespace) -> int:
     from flows import live_gate
 
     quiet_tracebacks(ctx.debug)
+    if args.start is not None:
+        from prefect.events.worker import EventsWorker
+
+        try:
+            with prefect_api_at(ctx.endpoints.prefect_api):
+                started = live_gate.shadow_start(args.start, args.reason or "operator", args.by, ctx.settings)
+        except live_gate.LiveGateError as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            EventsWorker.drain_all()
+        print(f"shadow: version {started['version']} under live evaluation ({started['reason']})")
+        return 0
     with prefect_api_at(ctx.endpoints.prefect_api):
         report = live_gate.live_report(ctx.settings)
     print("\n".join(live_gate.report_lines(report, ctx.settings)))

@@ -57,6 +57,7 @@ EXAMPLES = """examples:
   reggaeton promote --version 2 --reason "hotfix"   operator override (the version must still be valid)
   reggaeton rollback --reason "precision dropped"   back to the previous champion
   reggaeton shadow                   the challenger under live evaluation: what it saw, the live comparison
+  reggaeton shadow --start 4 --reason "try it live"   shadow a version without the offline gate (override)
   reggaeton canary start             the challenger answers the first canary step's share of requests
   reggaeton canary abort --reason "p99 alarm"   its share back to 0 at once (it keeps shadowing)
   reggaeton simulate --scenario drift --count 1000  traffic to the running API
@@ -147,11 +148,17 @@ def _add_model_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
     promote_cmd.add_argument("--reason", required=True)
     rollback_cmd = add("rollback", cmd_rollback, "make the previous champion champion again")
     rollback_cmd.add_argument("--reason", required=True)
-    add(
+    shadow_cmd = add(
         "shadow",
         cmd_shadow,
         "the challenger under live evaluation: what it has seen, the live comparison so far",
     )
+    shadow_cmd.add_argument(
+        "--start",
+        metavar="VERSION",
+        help="put this registered version under live evaluation without the offline gate (operator override)",
+    )
+    shadow_cmd.add_argument("--reason", help="why (with --start)")
     canary_cmd = add("canary", cmd_canary, "start the challenger's canary, or abort it (share back to 0)")
     canary_cmd.add_argument("action", choices=("start", "abort"))
     canary_cmd.add_argument("--reason", help="why (abort)")
@@ -166,7 +173,7 @@ def _add_model_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
         default=300,
         help="how long to wait for the deployment's one slot (default 300)",
     )
-    for command in (promote_cmd, rollback_cmd, canary_cmd):
+    for command in (promote_cmd, rollback_cmd, canary_cmd, shadow_cmd):
         command.add_argument("--by", default=None, help="who (default: the login name)")
 
 
