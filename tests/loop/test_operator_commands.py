@@ -47,6 +47,12 @@ EXCLUDED: dict[str, str] = {
     "make install": "the suite already runs in the installed .venv (CI runs `make install` first)",
     ".venv/bin/reggaeton score": "needs catalogue files: tests/cli/test_score.py runs the command on one",
     ".venv/bin/python -c": "reads the output of the `reggaeton score` example before it",
+    ".venv/bin/reggaeton demo": "the whole loop again (minutes): test_loop_e2e runs it on this stack, "
+    "tests/loop/test_live_loop.py the live path",
+    "REGGAETON_LIVE__POLICY=shadow": "a stack under the shadow policy: tests/loop/test_live_loop.py runs one",
+    ".venv/bin/reggaeton canary": "needs a challenger under live evaluation (this stack's is offline): "
+    "tests/flows/test_live_gate.py and tests/loop/test_live_loop.py start and abort canaries",
+    ".venv/bin/reggaeton shadow --start": "puts a version under live evaluation: test_live_loop.py does",
     "export REGGAETON_PROMOTION__SLICES": "declares slices for the processes started after it, in the same "
     "shell: tests/reggaeton/test_split_and_slices.py reads such a JSON list from the environment",
 }
@@ -54,7 +60,7 @@ EXCLUDED: dict[str, str] = {
 SUBSTITUTIONS = {"--n-trials 20": "--n-trials 2"}
 # The order an operator runs them in; commands of one step keep the docs' order.
 ORDER: tuple[str, ...] = ("--help", "up", "deploy", "status", "train", "gate", "promote", "rollback")
-ORDER += ("simulate", "monitor", "alerts", "down")
+ORDER += ("simulate", "monitor", "shadow", "live-gate", "alerts", "down")
 # Settings that reach the subprocesses: where the state is and how small training is, never a URL.
 FORWARDED = re.compile(r"REGGAETON_(STATE_DIR|MODE|TRAINING__.*|PROMOTION__.*|DATA__.*|PREFECT__WORK_POOL)$")
 
