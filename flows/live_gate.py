@@ -45,7 +45,7 @@ from monitoring.live_report import live_png
 from reggaeton import live, names
 from reggaeton.decision_record import SigningKey
 from reggaeton.live import LabelledPairs, LatencyCluster, LiveEvidence
-from reggaeton.promotion import PROMOTED, REJECTED, Outcome
+from reggaeton.promotion import PROMOTED, REJECTED, Outcome, live_markdown
 from reggaeton.settings import LiveSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ def report(observed: Observed, record: Mapping[str, Any], policy: LiveSettings) 
             f"since {state.canary_since}.",
             "",
         ]
-    lines += promote_live_lines(record)
+    lines += live_markdown(record)
     png = live_png(
         observed.labelled,
         observed.recent,
@@ -277,13 +277,6 @@ def report(observed: Observed, record: Mapping[str, Any], policy: LiveSettings) 
     )
     image = base64.b64encode(png).decode()
     return "\n".join(lines) + f"\n\n![champion vs challenger on live rows](data:image/png;base64,{image})\n"
-
-
-def promote_live_lines(record: Mapping[str, Any]) -> list[str]:
-    """The live evidence's markdown lines (shared with the decision's report)."""
-    from reggaeton.promotion import live_markdown
-
-    return live_markdown(record)
 
 
 def _publish(markdown: str, description: str) -> None:
