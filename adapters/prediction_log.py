@@ -4,7 +4,8 @@ SQLAlchemy Core tables so the same code runs on a SQLite file (default) or Postg
 ``predictions`` has one row per answered request (the id is the key), with the route that answered it
 (``champion`` or ``canary``); ``feedback`` one row per prediction id whose true label arrived later;
 ``shadow_predictions`` the answers a shadow model gave to the same requests (best effort);
-``log_archive_parts`` the Parquet files older rows were archived to (see ``adapters.log_archive``).
+``live_stats`` each API replica's counts of a challenger's live answers (errors, latency), for the live
+gate; ``log_archive_parts`` the Parquet files older rows were archived to (see ``adapters.log_archive``).
 
 The schema changes through migrations (``adapters/log_migrations``): ``create_tables`` upgrades any log,
 a v1 database with rows included, to ``SCHEMA_REVISION``. The tables below describe that revision; a
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 metadata: Final = MetaData()
 
 # The newest migration (adapters/log_migrations/versions); a test ties the two.
-SCHEMA_REVISION: Final = "0002"
+SCHEMA_REVISION: Final = "0003"
 
 PREDICTION_ID: Final = "id"
 CREATED_AT: Final = "created_at"
@@ -102,6 +103,35 @@ shadow_predictions: Final = Table(
     Column(PREDICTION, Integer, nullable=False),
     Column(CREATED_AT, DateTime(timezone=True), nullable=False),
     Index("ix_shadow_predictions_created", CREATED_AT),
+)
+
+# What each API replica saw of a challenger's live answers, one row per replica, role, version and stats
+# interval (``LiveSettings.stats_interval_s``), written best effort like the shadow rows. ``role``:
+# ``shadow`` (a model scoring requests another answered: ``attempts`` rows sent to it, ``rows`` answered
+# validly, errors in rows, ``latency_sum_s`` its model calls' time), ``canary`` (requests the challenger
+# was chosen to answer: errors are requests the champion answered instead) or ``champion`` (requests it
+# answered while a challenger was live: the canary's latency baseline), ``latency_sum_s`` their answers'.
+STATS_SHADOW: Final = "shadow"
+STATS_CANARY: Final = "canary"
+STATS_CHAMPION: Final = "champion"
+STATS_ROLES: Final = (STATS_SHADOW, STATS_CANARY, STATS_CHAMPION)
+live_stats: Final = Table(
+    "live_stats",
+    metadata,
+    Column("replica", String(200), primary_key=True),
+    Column("role", String(16), primary_key=True),
+    Column(MODEL_VERSION, String(50), primary_key=True),
+    Column("window_start", DateTime(timezone=True), primary_key=True),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column(MODEL_NAME, String(200), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("raised", Integer, nullable=False),
+    Column("timeouts", Integer, nullable=False),
+    Column("invalid", Integer, nullable=False),
+    Column("shed", Integer, nullable=False),
+    Column("latency_sum_s", Float, nullable=False),
+    Index("ix_live_stats_version_end", MODEL_VERSION, "window_end"),
 )
 
 # The archive's manifest: one row per Parquet file written by the retention flow. ``deleted_at`` is set

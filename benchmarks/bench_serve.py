@@ -1,7 +1,9 @@
 """Benchmark the prediction server against ``mlflow models serve`` and a bare FastAPI endpoint.
 
-The server runs twice: as configured by default (every answered row journaled before its response)
-and with ``durable_log`` off, to show what durability costs.
+The server runs three times: as configured by default (every answered row journaled before its
+response), with ``durable_log`` off, to show what durability costs, and with a challenger under live
+evaluation that shadow-scores every request (``live.shadow_share`` 1), to show what the shadow costs:
+each on a registry of its own, so only the third has a challenger to shadow.
 
 All serve single-song JSON POSTs to wrk (a separate load process) at the same concurrency, on the
 same registered version, side by side in one run. Prints requests/s, p50 and p99 (median over rounds)
@@ -30,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -45,6 +48,8 @@ SMOTE_TRUSTED_TYPES = [
 TARGET_VS_BARE = 0.6
 TARGET_P99_MS = 25.0
 TARGET_DURABLE_VS_OFF = 0.8
+TARGET_SHADOW_VS_OFF = 0.85  # throughput with the shadow on every request vs the same server without
+TARGET_SHADOW_P99_MS = 2.0  # p99 added by the shadow, at most
 
 
 @dataclass
@@ -87,14 +92,18 @@ def _serve_bare(port: int) -> None:
     uvicorn.run(_bare_app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False)  # type: ignore[arg-type]
 
 
-def _register_champion(state: Path) -> str:
-    """Fit the data scientist's baseline on the synthetic sample and register it as champion."""
+def _register_champion(state: Path, challenger: bool = False) -> str:
+    """Fit the data scientist's baseline on the synthetic sample and register it as champion.
+
+    With ``challenger``, register it a second time as a challenger under shadow evaluation, which every
+    server on this registry then scores beside the champion.
+    """
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
     from adapters import registry
-    from reggaeton import names
+    from reggaeton import decision_record, live, names
     from reggaeton.data import features_array, split, synthetic_dataset
     from reggaeton.model import baseline_pipeline
     from reggaeton.schema import FEATURE_NAMES, PROBABILITY, TARGET
@@ -120,8 +129,36 @@ def _register_champion(state: Path) -> str:
             skops_trusted_types=[*registry.SKOPS_TRUSTED_TYPES, *SMOTE_TRUSTED_TYPES],
         )
     version = registry.register(client, info, names.MODEL_NAME, {names.Tag.THRESHOLD: 0.5})
+    # The API serves (and shadows) only what a signed decision says: sign as an operator would, with the
+    # state folder's own key pair (the servers read its public half).
+    _sign(settings, client, str(version.version), decision_record.PROMOTED)
     client.set_registered_model_alias(names.MODEL_NAME, names.CHAMPION, version.version)
+    if challenger:
+        shadowed = registry.register(client, info, names.MODEL_NAME, {names.Tag.THRESHOLD: 0.5})
+        _sign(settings, client, str(shadowed.version), live.SHADOW)
+        client.set_registered_model_alias(names.MODEL_NAME, names.CHALLENGER, shadowed.version)
     return settings.tracking_uri
+
+
+def _sign(settings: Any, client: Any, version: str, outcome: str) -> None:
+    """An operator's signed decision about ``version``: promoted (champion) or shadow (challenger)."""
+    from adapters import decisions, keys
+    from reggaeton import decision_record, names
+
+    decisions.sign_decision(
+        client,
+        keys.ensure_local_keys(settings),
+        model=names.MODEL_NAME,
+        version=version,
+        action=decision_record.MANUAL,
+        outcome=outcome,
+        previous_champion=None,
+        evaluation=None,
+        evidence=decision_record.evidence_of({"benchmark": version}, "bench-serve"),
+        policy={},
+        decided_by="bench-serve",
+        decided_at=decisions.now(),
+    )
 
 
 @contextlib.contextmanager
@@ -213,7 +250,15 @@ def main() -> int:
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             }
         )
-        names = ("this server", "this server, durability off", "mlflow models serve", "bare FastAPI")
+        shadow_state = Path(tmp) / "shadow-on"
+        shadow_uri = _register_champion(shadow_state, challenger=True)
+        names = (
+            "this server",
+            "this server, durability off",
+            "this server, shadow on",
+            "mlflow models serve",
+            "bare FastAPI",
+        )
         ports = {name: _free_port() for name in names}
         ours_env = {**env, "REGGAETON_SERVING__PORT": str(ports["this server"])}
         # The same server without its journal (rows only in memory until written), on a log of its own.
@@ -226,6 +271,14 @@ def main() -> int:
             "REGGAETON_SERVING__MODEL_CACHE_DIR": str(off / "model-cache"),
         }
         off.mkdir()
+        # The same server beside a challenger it shadow-scores on every request (its own registry).
+        shadow_env = {
+            **env,
+            "REGGAETON_STATE_DIR": str(shadow_state),
+            "MLFLOW_TRACKING_URI": shadow_uri,
+            "REGGAETON_SERVING__PORT": str(ports["this server, shadow on"]),
+            "REGGAETON_LIVE__SHADOW_SHARE": "1.0",
+        }
         mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
         servers: dict[str, tuple[list[str], dict[str, str], str, str, object]] = {
             "this server": (
@@ -240,6 +293,13 @@ def main() -> int:
                 off_env,
                 f"http://127.0.0.1:{ports['this server, durability off']}/ready",
                 f"http://127.0.0.1:{ports['this server, durability off']}/predict",
+                SONG,
+            ),
+            "this server, shadow on": (
+                [sys.executable, "-m", "serving"],
+                shadow_env,
+                f"http://127.0.0.1:{ports['this server, shadow on']}/ready",
+                f"http://127.0.0.1:{ports['this server, shadow on']}/predict",
                 SONG,
             ),
             "mlflow models serve": (
@@ -298,6 +358,27 @@ def main() -> int:
                     r"^(reggaeton_\w+?(?:_sum|_count|_total)) (\S+)$", text, re.MULTILINE
                 )
             }
+            shadow_text = httpx.get(
+                servers["this server, shadow on"][3].replace("/predict", "/metrics"), timeout=30
+            ).text
+            shadow_rows = {
+                outcome: float(value)
+                for outcome, value in re.findall(
+                    r'^reggaeton_shadow_rows_total\{outcome="(\w+)"\} (\S+)$', shadow_text, re.MULTILINE
+                )
+            }
+            answered = sum(
+                float(value)
+                for value in re.findall(
+                    r"^reggaeton_predictions_total\{[^}]*\} (\S+)$", shadow_text, re.MULTILINE
+                )
+            )
+            sys.stderr.write(
+                f"shadow on: {answered:,.0f} rows answered, "
+                f"{shadow_rows.get('scored', 0):,.0f} shadow-scored, "
+                f"{shadow_rows.get('shed', 0):,.0f} shed, {shadow_rows.get('written', 0):,.0f} written, "
+                f"{shadow_rows.get('dropped', 0):,.0f} dropped\n"
+            )
             calls = stats.get("reggaeton_model_batch_rows_count", 0.0)
             rows_scored = stats.get("reggaeton_model_batch_rows_sum", 0.0)
             sys.stderr.write(
@@ -309,8 +390,9 @@ def main() -> int:
     def median(name: str, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in results[name])
 
-    ours, ours_off, mlflow_rps, bare = (median(n, "requests_per_s") for n in servers)
+    ours, ours_off, shadow_on, mlflow_rps, bare = (median(n, "requests_per_s") for n in servers)
     p99 = median("this server", "p99_ms")
+    shadow_p99 = median("this server, shadow on", "p99_ms") - p99
     when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     _say(f"\nServing benchmark, {when}, {platform.machine()}, {os.cpu_count()} cores,")
     _say(f"one-song POSTs, wrk -t1 -c{args.connections}, {args.duration} s x {args.rounds} rounds (median)\n")
@@ -338,6 +420,16 @@ def main() -> int:
             f"throughput with the durable journal vs without: {ours / ours_off:.2f}x",
             ours / ours_off >= TARGET_DURABLE_VS_OFF,
             f">= {TARGET_DURABLE_VS_OFF:g}x",
+        ),
+        (
+            f"throughput with the shadow on every request vs without: {shadow_on / ours:.2f}x",
+            shadow_on / ours >= TARGET_SHADOW_VS_OFF,
+            f">= {TARGET_SHADOW_VS_OFF:g}x",
+        ),
+        (
+            f"p99 added by the shadow: {shadow_p99:+.1f} ms",
+            shadow_p99 <= TARGET_SHADOW_P99_MS,
+            f"<= +{TARGET_SHADOW_P99_MS:g} ms",
         ),
     ]
     _say()

@@ -99,6 +99,10 @@ def cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
 
     _local_only(ctx, "demo", "docker-compose up -d")
     settings = _local_settings(ctx)
+    if args.policy is not None:
+        settings = settings.model_copy(
+            update={"live": settings.live.model_copy(update={"policy": args.policy})}
+        )
     report = demo.run_demo(settings)
     sys.stdout.write(demo.summary(settings, report))
     return 0
@@ -192,6 +196,62 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
     from flows import promote
 
     return _registry_command(ctx, None, lambda: promote.rollback(args.reason, args.by, ctx.settings))
+
+
+def cmd_shadow(ctx: Context, args: argparse.Namespace) -> int:
+    """What the challenger under live evaluation has seen, and what the live gate would do now."""
+    stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
+    from adapters.prefect_api import prefect_api_at
+    from flows import live_gate
+
+    quiet_tracebacks(ctx.debug)
+    if args.start is not None:
+        from prefect.events.worker import EventsWorker
+
+        try:
+            with prefect_api_at(ctx.endpoints.prefect_api):
+                started = live_gate.shadow_start(args.start, args.reason or "operator", args.by, ctx.settings)
+        except live_gate.LiveGateError as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            EventsWorker.drain_all()
+        print(f"shadow: version {started['version']} under live evaluation ({started['reason']})")
+        return 0
+    with prefect_api_at(ctx.endpoints.prefect_api):
+        report = live_gate.live_report(ctx.settings)
+    print("\n".join(live_gate.report_lines(report, ctx.settings)))
+    return 0
+
+
+def cmd_canary(ctx: Context, args: argparse.Namespace) -> int:
+    """Start the challenger's canary at its first step, or abort it (share 0 at once)."""
+    stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
+    from prefect.events.worker import EventsWorker
+
+    from adapters.prefect_api import prefect_api_at
+    from flows import live_gate
+
+    quiet_tracebacks(ctx.debug)
+    try:
+        with prefect_api_at(ctx.endpoints.prefect_api):
+            if args.action == "start":
+                result = live_gate.canary_start(args.by, ctx.settings)
+            else:
+                result = live_gate.canary_abort(args.reason or "operator", args.by, ctx.settings)
+    except live_gate.LiveGateError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        EventsWorker.drain_all()
+    print(f"canary {args.action}: version {result['version']} answers {result['share']:.0%} of requests")
+    return 0
+
+
+def cmd_live_gate(ctx: Context, args: argparse.Namespace) -> int:
+    """A run of the live-gate deployment now (what its schedule runs), on the stack's worker."""
+    from reggaeton.names import LIVE_GATE_DEPLOYMENT
+
+    run = _manual_run(ctx, LIVE_GATE_DEPLOYMENT, args.wait_s)
+    return 0 if run.state is not None and run.state.is_completed() else EXIT_ERROR
 
 
 def cmd_monitor(ctx: Context, args: argparse.Namespace) -> int:

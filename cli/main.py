@@ -21,15 +21,18 @@ from cli.commands import (
     Context,
     Handler,
     cmd_alerts,
+    cmd_canary,
     cmd_demo,
     cmd_deploy,
     cmd_down,
     cmd_gate,
+    cmd_live_gate,
     cmd_monitor,
     cmd_promote,
     cmd_retrain,
     cmd_rollback,
     cmd_score,
+    cmd_shadow,
     cmd_simulate,
     cmd_status,
     cmd_train,
@@ -57,6 +60,10 @@ EXAMPLES = f"""examples:
   reggaeton gate --version 2         gate a registered version against the champion
   reggaeton promote --version 2 --reason "hotfix"   operator override (the version must still be valid)
   reggaeton rollback --reason "precision dropped"   back to the previous champion
+  reggaeton shadow                   the challenger under live evaluation: what it saw, the live comparison
+  reggaeton shadow --start 4 --reason "try it live"   shadow a version without the offline gate (override)
+  reggaeton canary start             the challenger answers the first canary step's share of requests
+  reggaeton canary abort --reason "p99 alarm"   its share back to 0 at once (it keeps shadowing)
   reggaeton simulate --scenario drift --count 1000  traffic to the running API
   reggaeton monitor                  one monitoring pass now (the monitor deployment, on the worker)
   reggaeton retrain                  a retrain now (the train-and-promote deployment, on the worker)
@@ -111,10 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_status,
         "URLs, champion and challenger, last decision and monitoring, API, services down",
     )
-    add(
+    demo_cmd = add(
         "demo",
         cmd_demo,
         "the whole loop once on this machine (stack, first champion, drift, retrain), then a summary",
+    )
+    demo_cmd.add_argument(
+        "--policy",
+        choices=("offline", "shadow"),
+        help="promotion policy (default: the settings', offline): shadow shows the live gate end to end",
     )
     deploy_cmd = add(
         "deploy", cmd_deploy, "work pool, deployments (prefect.yaml) and automations; idempotent"
@@ -143,7 +155,32 @@ def _add_model_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
     promote_cmd.add_argument("--reason", required=True)
     rollback_cmd = add("rollback", cmd_rollback, "make the previous champion champion again")
     rollback_cmd.add_argument("--reason", required=True)
-    for command in (promote_cmd, rollback_cmd):
+    shadow_cmd = add(
+        "shadow",
+        cmd_shadow,
+        "the challenger under live evaluation: what it has seen, the live comparison so far",
+    )
+    shadow_cmd.add_argument(
+        "--start",
+        metavar="VERSION",
+        help="put this registered version under live evaluation without the offline gate (operator override)",
+    )
+    shadow_cmd.add_argument("--reason", help="why (with --start)")
+    canary_cmd = add("canary", cmd_canary, "start the challenger's canary, or abort it (share back to 0)")
+    canary_cmd.add_argument("action", choices=("start", "abort"))
+    canary_cmd.add_argument("--reason", help="why (abort)")
+    live_cmd = add(
+        "live-gate",
+        cmd_live_gate,
+        "judge the challenger on live evidence now (a run of the live-gate deployment)",
+    )
+    live_cmd.add_argument(
+        "--wait-s",
+        type=float,
+        default=300,
+        help="how long to wait for the deployment's one slot (default 300)",
+    )
+    for command in (promote_cmd, rollback_cmd, canary_cmd, shadow_cmd):
         command.add_argument("--by", default=None, help="who (default: the login name)")
 
 

@@ -33,6 +33,7 @@ class StatusReport:
     last_decision: VersionInfo | None = None
     last_gate: VersionInfo | None = None  # the last gate's, when the last decision was an operator's
     registry_error: str | None = None
+    live: str | None = None  # the challenger's live evaluation (policy shadow or canary)
     champion_decision: str | None = None  # the champion's signed decision, verified (or why not)
     monitoring: list[str] = field(default_factory=list)
     api: list[str] = field(default_factory=list)
@@ -60,6 +61,7 @@ def _registry(settings: Settings, report: StatusReport) -> None:
         versions = client.search_model_versions(f"name='{model}'")
         report.champion = _with_metrics(client, champion)
         report.challenger = _with_metrics(client, challenger)
+        report.live = _live_line(settings, challenger)
         report.champion_decision = decision_line(settings, champion)
     except MlflowException as exc:
         report.registry_error = " ".join(str(exc).split())[:200]
@@ -75,6 +77,21 @@ def _registry(settings: Settings, report: StatusReport) -> None:
         gated = [info for info in decided if info.detail]
         if gated and report.last_decision.detail is None:
             report.last_gate = max(gated, key=lambda info: info.decided_at or "")
+
+
+def _live_line(settings: Settings, challenger: Any) -> str:
+    """The promotion policy and, when a challenger is under live evaluation, its state."""
+    from adapters import live_state
+
+    line = f"promotion policy: {settings.live.policy}"
+    if challenger is None:
+        return line
+    state = live_state.read(challenger)
+    if state.state == "registered":
+        return line
+    since = f" since {state.since:%Y-%m-%d %H:%M:%S} UTC" if state.since else ""
+    canary = f", canary {state.canary_share:.0%} of requests" if state.state == "canary" else ""
+    return f"{line}; challenger {state.version} is {state.state}{since}{canary} (`reggaeton shadow`)"
 
 
 def decision_line(settings: Settings, champion: Any) -> str:
@@ -276,6 +293,8 @@ def render(report: StatusReport) -> str:
         if report.champion_decision:
             lines.append(f"  {report.champion_decision}")
         lines.append(views.held_out_line("challenger", report.challenger))
+        if report.live:
+            lines.append(report.live)
         if report.last_decision is not None:
             lines.append("last decision:")
             lines.extend(f"  {line}" for line in views.decision_lines(report.last_decision))

@@ -4,6 +4,11 @@ Starts the stack (or reuses it), deploys, trains the first champion through the 
 deployment when there is none, drives the traffic simulator (stable, then drifted traffic with late
 labels), runs the monitor, and waits until the automation's retrain has decided and the API serves
 what the gate chose. The stack stays up; `reggaeton down` stops it.
+
+``reggaeton demo --policy shadow`` shows the live path: the drift retrain goes under live evaluation
+instead of into production; the API shadow-scores it; more drifted traffic brings live labels; the
+live-gate deployment then decides on them, and the summary shows both evidences. A worker running under
+another policy is restarted first (its flows read the policy from their environment).
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ logger = logging.getLogger(__name__)
 MONITOR_WAIT_S = 300.0
 
 DRIFT_TO_SERVED = "drift detected -> decision served"
+LIVE_DECIDED = "under live evaluation -> live decision"
+# Under the live policies: labelled drift songs sent per round, and rounds at most before the demo stops
+# waiting for the live gate (each round's labels bring ~90 positives).
+LIVE_SONGS = 1000
+LIVE_ROUNDS = 3
 # Issue 13's target for the retrain loop: the monitor's run on drifted traffic to the API serving the
 # gate's decision (the new champion, or the old one kept).
 DRIFT_TO_SERVED_TARGET_S = 60.0
@@ -56,6 +66,8 @@ class DemoReport:
     served_before: str | None = None
     served_after: str | None = None
     retrain_state: str | None = None
+    policy: str = "offline"
+    live: dict[str, Any] | None = None  # the live gate's last outcome (policy shadow or canary)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -124,9 +136,19 @@ def runs_since(settings: Settings, name: str, since: datetime) -> list[FlowRun]:
 
 
 # --- traffic --------------------------------------------------------------------------------------------
-def simulate(settings: Settings, scenario: str, timeout_s: float = 600) -> None:
+def simulate(
+    settings: Settings,
+    scenario: str,
+    timeout_s: float = 600,
+    count: int | None = None,
+    seed: int | None = None,
+) -> None:
     """Drive the API with the traffic simulator (`python -m monitoring.simulate`)."""
     command = [sys.executable, "-m", "monitoring.simulate", "--scenario", scenario]
+    if count is not None:
+        command += ["--count", str(count)]
+    if seed is not None:
+        command += ["--seed", str(seed)]
     logger.info("traffic: %s", " ".join(command[1:]))
     subprocess.run(command, env=stack.stack_environment(settings), check=True, timeout=timeout_s)
 
@@ -178,6 +200,49 @@ def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> No
     report.timings[DRIFT_TO_SERVED] = time.monotonic() - began
 
 
+def run_live(settings: Settings, client: MlflowClient, report: DemoReport) -> None:
+    """Under a live policy: drifted traffic with labels through the API until the live gate decides."""
+    from adapters import live_state
+
+    found = live_state.challenger(client, settings.mlflow.model_name)
+    if found is None or not found[1].under_evaluation:
+        return  # the offline gate rejected the retrain: nothing under live evaluation
+    version = found[1].version
+    began = time.monotonic()
+    wait_until(
+        f"the API shadowing version {version}", lambda: shadowed_version(settings) == version or None, 120
+    )
+    for round_ in range(LIVE_ROUNDS):
+        simulate(settings, "drift", count=LIVE_SONGS, seed=100 + round_)
+        run_when_free(settings, names.LIVE_GATE_DEPLOYMENT, MONITOR_WAIT_S)
+        state = live_state.read(client.get_model_version(settings.mlflow.model_name, version))
+        if not state.under_evaluation:
+            break
+    decided = version_info(client, settings, version)
+    report.challenger = decided
+    report.live = (decided.detail or {}).get("live") if decided.detail else None
+    champion = champion_version(client, settings)
+    if champion is not None:
+        report.after = version_info(client, settings, champion)
+        wait_until(
+            f"the API serving version {champion}", lambda: served_version(settings) == champion or None, 180
+        )
+    report.served_after = served_version(settings)
+    report.timings[LIVE_DECIDED] = time.monotonic() - began
+
+
+def shadowed_version(settings: Settings) -> str | None:
+    """The challenger version the API shadow-scores, or None (read from its /metrics)."""
+    try:
+        text = httpx.get(f"{stack.api_url(settings)}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("reggaeton_challenger_info{") and line.endswith(" 1.0"):
+            return line.split('model_version="', 1)[1].split('"', 1)[0]
+    return None
+
+
 def summary(settings: Settings, report: DemoReport) -> str:
     """The text printed at the end of the demo."""
     lines = ["", "=" * 72, "reggaeton loop: summary", "=" * 72]
@@ -187,6 +252,9 @@ def summary(settings: Settings, report: DemoReport) -> str:
     lines.append(views.held_out_line("champion after", report.after))
     if report.challenger is not None:
         lines.extend(views.decision_lines(report.challenger))
+    lines.append(f"promotion policy: {report.policy}")
+    if report.live is not None:
+        lines.extend(views.live_lines(report.live))
     lines.append(f"retrain run: {report.retrain_state}")
     lines.append(f"API served: {report.served_before} -> {report.served_after}")
     lines.append(f"alerts received ({len(report.alerts)}), also in {settings.alerts_path}:")
@@ -205,9 +273,17 @@ def summary(settings: Settings, report: DemoReport) -> str:
 
 def run_demo(settings: Settings) -> DemoReport:
     """Everything `make demo` does, returning what it saw."""
-    report = DemoReport(started_at=datetime.now(UTC))
+    report = DemoReport(started_at=datetime.now(UTC), policy=settings.live.policy)
     began = time.monotonic()
     settings = stack_settings(settings)
+    worker = stack.read_record(settings, "worker")
+    if worker is not None and worker.is_running() and (worker.policy or "offline") != settings.live.policy:
+        logger.info(
+            "restarting the worker: it runs under policy %s, the demo under %s",
+            worker.policy,
+            settings.live.policy,
+        )
+        stack.down(settings, ["worker"])
     for name, what in stack.up(settings).items():
         logger.info("%s: %s", name, what)
     deploy(settings)
@@ -215,6 +291,8 @@ def run_demo(settings: Settings) -> DemoReport:
     report.before = version_info(client, settings, ensure_champion(settings, client, report))
     report.served_before = served_version(settings)
     run_loop(settings, client, report)
+    if settings.live.policy != "offline":
+        run_live(settings, client, report)
     report.alerts = [
         alert
         for alert in read_alerts(settings.alerts_path)

@@ -261,6 +261,7 @@ class Record:
     pid: int
     start_ticks: str | None
     command: list[str]
+    policy: str | None = None  # the promotion policy (live.policy) its flows and gates run under
 
     def is_running(self) -> bool:
         """Our process is still there (same PID and, where knowable, same start time)."""
@@ -280,7 +281,9 @@ def read_record(settings: Settings, name: str) -> Record | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    return Record(data["name"], int(data["pid"]), data.get("start_ticks"), list(data["command"]))
+    return Record(
+        data["name"], int(data["pid"]), data.get("start_ticks"), list(data["command"]), data.get("policy")
+    )
 
 
 def _write_record(settings: Settings, record: Record) -> None:
@@ -381,7 +384,7 @@ def _launch(service: Service, settings: Settings, chosen: Collection[str]) -> tu
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: down stops it and its children together
         )
-    record = Record(service.name, process.pid, _start_ticks(process.pid), command)
+    record = Record(service.name, process.pid, _start_ticks(process.pid), command, settings.live.policy)
     _write_record(settings, record)
     logger.info("%s started (pid %d), log %s", service.name, process.pid, log_path)
     return "started", record

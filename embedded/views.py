@@ -137,3 +137,29 @@ def timing_line(name: str, seconds: float, target_s: float | None = None) -> str
     if target_s is None:
         return line
     return f"{line} (target <= {target_s:.0f} s: {'met' if seconds <= target_s else 'MISSED'})"
+
+
+def live_lines(live: Mapping[str, Any]) -> list[str]:
+    """The live gate's evidence (``Decision.live``) in a few lines for the demo's summary."""
+    labelled = live.get("labelled") or {}
+    lines = [
+        f"live gate: {live.get('action')}: {live.get('reason')}",
+        f"  live labelled rows {labelled.get('rows')}, positives {labelled.get('positives')} "
+        f"(looks at {', '.join(str(n) for n in live.get('planned_looks') or ())})",
+    ]
+    for look in labelled.get("looks") or ():
+        gain = look["gain"]
+        lines.append(
+            f"  look at {look['positives']} positives: PR-AUC gain {gain['estimate']:+.3f} "
+            f"[{gain['low']:+.3f}, {gain['high']:+.3f}]: {look['verdict']}"
+        )
+    unlabelled = live.get("unlabelled") or {}
+    if "agreement" in unlabelled:
+        lines.append(
+            f"  on {unlabelled.get('requests')} requests: agreement {unlabelled['agreement']:.1%}, "
+            f"positive rate champion {unlabelled.get('champion_positive_rate')} / challenger "
+            f"{unlabelled.get('challenger_positive_rate')}"
+        )
+    errors = live.get("shadow_errors") or {}
+    lines.append(f"  shadow errors {errors.get('errors', 0)} of {errors.get('attempts', 0)} answers")
+    return lines

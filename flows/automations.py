@@ -110,6 +110,32 @@ _MODEL_NOTICES = (
         "The API refused a new champion version and keeps serving the previous one.",
     ),
     (
+        Event.SHADOW_STARTED,
+        "shadow-started",
+        "challenger under live evaluation",
+        "A challenger passed the offline gate and is shadow-scored on live traffic (live policy).",
+    ),
+    (
+        Event.CANARY_STEP,
+        "canary-step",
+        "canary moved a step",
+        "The live gate moved the canary: the challenger now answers a larger share of the requests.",
+    ),
+    (
+        Event.CANARY_ABORTED,
+        "canary-aborted",
+        "canary aborted",
+        "A canary was aborted (errors, latency or live performance worse beyond noise, or an operator): "
+        "its share is back to 0.",
+    ),
+    (
+        Event.CHALLENGER_FAILING,
+        "challenger-failing",
+        "challenger failing on live traffic",
+        "An API replica's challenger raised, hung or answered nonsense (as a shadow, or as a canary the "
+        "champion then answered for); once per episode.",
+    ),
+    (
         Event.LOG_UNAVAILABLE,
         "log-unavailable",
         "prediction log database unavailable",
@@ -197,6 +223,8 @@ def to_automation(notice: Notice, block_document_id: UUID) -> AutomationCore:
 
 
 RETRAIN_ON_DEGRADED = f"{PREFIX}-retrain-on-degraded"
+# train_and_promote's ``reason`` parameter when the champion degraded (flows/promote.py: DEGRADED).
+DEGRADED_REASON = "degraded"
 
 
 def retrain_automation(deployment_id: UUID, settings: Settings) -> AutomationCore:
@@ -204,7 +232,9 @@ def retrain_automation(deployment_id: UUID, settings: Settings) -> AutomationCor
 
     A reactive trigger with threshold 1 fires on the first event of a bucket and ignores the rest of its
     ``within`` window; ``for_each`` keeps one bucket per version, so a new champion's first ``degraded``
-    is never swallowed by the window its predecessor opened.
+    is never swallowed by the window its predecessor opened. The run says why it runs (``reason``): the
+    champion degraded, so it retrains even while a challenger is under live evaluation (which it then
+    supersedes; ``flows/promote.py``).
     """
     return AutomationCore(
         name=RETRAIN_ON_DEGRADED,
@@ -218,7 +248,11 @@ def retrain_automation(deployment_id: UUID, settings: Settings) -> AutomationCor
             threshold=1,
             within=timedelta(seconds=settings.prefect.debounce_s),
         ),
-        actions=[RunDeployment(source="selected", deployment_id=deployment_id, parameters={})],
+        actions=[
+            RunDeployment(
+                source="selected", deployment_id=deployment_id, parameters={"reason": DEGRADED_REASON}
+            )
+        ],
     )
 
 

@@ -7,6 +7,12 @@ and publishes a markdown artifact. Re-running the gate on the same pair and the 
 changes nothing. The API serves a champion only with a valid record: the alias moved any other way is
 not served.
 
+Under the live policies (``live.policy`` shadow or canary) a challenger the offline gate would promote
+is not promoted at once: it goes under live evaluation (``start_live_evaluation``: a signed record with
+outcome ``shadow``, which the API replicas follow) and the ``live-gate`` deployment
+(``flows/live_gate.py``) decides it on live traffic. A challenger the offline gate rejects is rejected as
+before, and without a champion there is nothing to compare live with: the offline gate decides.
+
 Operator commands (each recorded with who and why, and announced with an event) run from the command
 line: ``reggaeton train --gate``, ``reggaeton gate``, ``reggaeton promote``, ``reggaeton rollback``.
 """
@@ -29,11 +35,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from adapters import decisions, keys, prefect_events, registry
+from adapters import decisions, keys, live_state, prefect_events, registry
 from adapters.prefect_api import decision_lock
 from flows import gate, train
 from flows.outcome import challenger_line, decision_lines, log_outcome
-from reggaeton import decision_record, names
+from reggaeton import decision_record, live, names
 from reggaeton.decision_record import RecordError, SigningKey, VerifyKeys
 from reggaeton.promotion import (
     PROMOTED,
@@ -55,6 +61,10 @@ GATE_ARTIFACTS: Final = "gate"  # folder of the decision's files on the challeng
 GATE: Final = decision_record.GATE
 MANUAL: Final = decision_record.MANUAL
 ROLLBACK: Final = decision_record.ROLLBACK
+LIVE_GATE: Final = decision_record.LIVE_GATE
+CANARY_STEP: Final = decision_record.CANARY_STEP
+OFFLINE: Final = "offline"  # the promotion policy that decides on the offline gate alone
+DEGRADED: Final = "degraded"  # train_and_promote's reason when the champion degraded (the trigger's)
 
 
 class PromotionError(RuntimeError):
@@ -173,22 +183,29 @@ def _operator_record(
 
 
 def apply_decision(
-    client: MlflowClient, model_name: str, decision: Decision, by: str, key: SigningKey
+    client: MlflowClient,
+    model_name: str,
+    decision: Decision,
+    by: str,
+    key: SigningKey,
+    action: str = GATE,
 ) -> Outcome:
     """Sign and record a decision, tag both versions, move the alias on a promote; then tell Prefect.
+
+    ``action``: the offline gate's decision, or the live gate's (``LIVE_GATE``: with live evidence).
 
     Raises:
         PromotionError: the champion moved since the decision was made (the decision is stale).
     """
     record = decision.to_dict()
     with decision_lock():
-        _apply_decision(client, model_name, decision, by, key, record)
+        _apply_decision(client, model_name, decision, by, key, record, action)
     champion = decision.challenger_version if decision.promote else decision.champion_version
     _emit(
         names.Event.PROMOTED if decision.promote else names.Event.REJECTED,
         model_name,
         decision.challenger_version,
-        {"action": GATE, "decided_by": by, **record},
+        {"action": action, "decided_by": by, **record},
     )
     png = _slices_png(decision) if decision.slices else None
     _publish(decision_report(decision, png), f"{decision.outcome}: version {decision.challenger_version}")
@@ -197,7 +214,7 @@ def apply_decision(
     for line in slice_lines(record["slices"]):
         logger.info("  %s", line)
     return Outcome(
-        GATE,
+        action,
         decision.outcome,
         decision.challenger_version,
         champion,
@@ -214,6 +231,7 @@ def _apply_decision(
     by: str,
     key: SigningKey,
     evidence: dict[str, Any],
+    action: str = GATE,
 ) -> None:
     current = registry.get_alias(client, model_name, names.CHAMPION)
     current_version = str(current.version) if current is not None else None
@@ -228,7 +246,7 @@ def _apply_decision(
         key,
         model=model_name,
         version=decision.challenger_version,
-        action=GATE,
+        action=action,
         outcome=decision.outcome,
         previous_champion=decision.champion_version,
         evaluation=decision.evaluation,
@@ -284,6 +302,127 @@ def _log_decision_files(
         logger.warning("the decision's files were not logged to MLflow: %s", error)
 
 
+def sign_live(
+    client: MlflowClient,
+    key: SigningKey,
+    model_name: str,
+    version: str,
+    *,
+    action: str,
+    outcome: str,
+    champion: str | None,
+    reason: str,
+    evidence: Mapping[str, Any],
+    policy: Mapping[str, Any],
+    by: str,
+    evaluation: str | None = None,
+) -> decision_record.DecisionRecord:
+    """A signed record of a live-evaluation step about ``version`` (call under the decision lock).
+
+    Outcome ``shadow`` (scored beside the champion) or ``canary`` (``policy["canary_share"]`` of the
+    requests answered by it): what every API replica follows; ``rejected``: the replicas stop.
+    """
+    return _signed(
+        client,
+        key,
+        model=model_name,
+        version=version,
+        action=action,
+        outcome=outcome,
+        previous_champion=champion,
+        evaluation=evaluation,
+        evidence=decision_record.evidence_of(evidence, reason),
+        policy=policy,
+        decided_by=by,
+        decided_at=decisions.now(),
+    )
+
+
+def start_live_evaluation(
+    settings: Settings, client: MlflowClient, decision: Decision, by: str, key: SigningKey
+) -> Outcome:
+    """Put a challenger the offline gate passed under live evaluation instead of promoting it.
+
+    Its offline evidence is recorded on it (the live gate's final decision records it again, with the
+    live evidence) in a signed record with outcome ``shadow``: the replicas start shadow-scoring it at
+    their next poll; ``shadow_started`` tells.
+    """
+    model_name = settings.mlflow.model_name
+    version = decision.challenger_version
+    reason = (
+        f"passed the offline gate ({decision.reason}); under live evaluation (policy "
+        f"{settings.live.policy}): the live-gate deployment decides it on live traffic"
+    )
+    evidence = decision.to_dict()
+    with decision_lock():
+        current = registry.get_alias(client, model_name, names.CHAMPION)
+        if (str(current.version) if current is not None else None) != decision.champion_version:
+            raise PromotionError(f"the champion moved while version {version} was gated; re-run the gate")
+        sign_live(
+            client,
+            key,
+            model_name,
+            version,
+            action=GATE,
+            outcome=live.SHADOW,
+            champion=decision.champion_version,
+            reason=reason,
+            evidence=evidence,
+            policy={"promotion_policy": settings.live.policy, **decision.policy},
+            by=by,
+            evaluation=decision.evaluation,
+        )
+        decisions.tag_decision(
+            client,
+            model_name,
+            version,
+            live.SHADOW,
+            reason,
+            decisions.stamp(by),
+            {
+                names.Tag.DECISION_AGAINST: decision.champion_version or "none",
+                names.Tag.DECISION_DATA: decision.evaluation,
+                names.Tag.DECISION_DETAIL: json.dumps(evidence, separators=(",", ":")),
+            },
+        )
+        live_state.begin(client, model_name, version, live_state.now())
+    payload = {
+        "action": GATE,
+        "decided_by": by,
+        "policy": settings.live.policy,
+        "champion_version": decision.champion_version,
+        "offline_reason": decision.reason,
+    }
+    _emit(names.Event.SHADOW_STARTED, model_name, version, payload)
+    _publish(
+        markdown_report(decision, title=f"Under live evaluation (policy {settings.live.policy})"),
+        f"shadow: version {version}",
+    )
+    logger.info("version %s: %s", version, reason)
+    return Outcome(GATE, live.SHADOW, version, decision.champion_version, reason, True)
+
+
+def offline_decision(
+    settings: Settings,
+    client: MlflowClient,
+    challenger: ModelVersion,
+    champion: ModelVersion | None,
+    holdout: pd.DataFrame | None = None,
+) -> Decision:
+    """The offline gate's decision now, slices included: both versions scored on the same rows (tasks)."""
+    model_name = settings.mlflow.model_name
+    frame = load_evaluation(settings, client, challenger, holdout, champion)
+    challenger_scores = score(model_name, str(challenger.version), frame)
+    champion_scores = score(model_name, str(champion.version), frame) if champion is not None else None
+    return decide(
+        champion_scores,
+        challenger_scores,
+        settings.promotion,
+        overall=gate.overall_rows(frame),
+        slices=gate.slice_rows(frame, settings.promotion),
+    )
+
+
 @task(cache_policy=NO_CACHE)
 def load_evaluation(
     settings: Settings,
@@ -308,6 +447,14 @@ def record(client: MlflowClient, model_name: str, decision: Decision, by: str, k
     return apply_decision(client, model_name, decision, by, key)
 
 
+@task(cache_policy=NO_CACHE)
+def start_live(
+    settings: Settings, client: MlflowClient, decision: Decision, by: str, key: SigningKey
+) -> Outcome:
+    """Put the challenger under live evaluation (policy shadow or canary) instead of promoting it."""
+    return start_live_evaluation(settings, client, decision, by, key)
+
+
 def run_gate(
     settings: Settings, version: str, holdout: pd.DataFrame | None = None, by: str = GATE
 ) -> Outcome:
@@ -329,11 +476,14 @@ def run_gate(
     if problem is not None:
         # The gate compares with the champion the API serves; an alias moved by hand is not that one.
         raise PromotionError(f"not gating version {version}: {problem}")
+    current = str(champion.version) if champion is not None else None
+    if live_state.read(challenger).under_evaluation:
+        why = f"version {version} is under live evaluation: the live gate decides it"
+        return Outcome(GATE, UNCHANGED, version, current, why, False)
     frame = load_evaluation(settings, client, challenger, holdout, champion)
     nothing_to_do = decisions.already_decided(challenger, champion, gate.evaluation_hash(frame))
     if nothing_to_do is not None:
         logger.info("nothing to do: %s", nothing_to_do)
-        current = str(champion.version) if champion is not None else None
         return Outcome(GATE, UNCHANGED, version, current, nothing_to_do, False)
     challenger_scores = score(model_name, version, frame)
     champion_scores = score(model_name, str(champion.version), frame) if champion is not None else None
@@ -344,6 +494,8 @@ def run_gate(
         overall=gate.overall_rows(frame),
         slices=gate.slice_rows(frame, settings.promotion),
     )
+    if decision.promote and champion is not None and settings.live.policy != OFFLINE:
+        return start_live(settings, client, decision, by, key)
     return record(client, model_name, decision, by, key)
 
 
@@ -368,8 +520,13 @@ def train_and_promote(
     settings: Settings | None = None,
     request_id: str | None = None,
     parallel_workers: int | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """Train and register a challenger, then gate it against the champion on the same evaluation data.
+
+    Under a live policy, no retrain starts while a challenger is under live evaluation, unless the
+    champion itself degraded (``reason="degraded"``, what the retrain automation passes): that challenger
+    is then superseded (rejected) and the new one is evaluated in its place.
 
     Args:
         data_folder: Folder in the original CSV layout (default: the settings' data source).
@@ -379,13 +536,55 @@ def train_and_promote(
             run's request (the rerun automation does), so a version that run registered is gated, not
             trained and registered a second time. Default: this flow run's id, a new request.
         parallel_workers: Tuning runs on the tuning pool (default: ``training.parallel_workers``).
+        reason: Why it runs: ``degraded`` (the automation), else a schedule or a person.
     """
     settings = train.with_overrides(settings or Settings(), data_folder, n_trials, parallel_workers)
+    waiting = live_challenger_blocks(settings, reason)
+    if waiting is not None:
+        return _told(waiting)
     request = request_id or str(flow_run.id)
     version = train.resume_task(settings, request)
     if version is None:
         version = str(train.train_flow(settings=settings, request_id=request))
     return _told(run_gate(settings, version), challenger_line(version))
+
+
+def live_challenger_blocks(settings: Settings, reason: str | None) -> Outcome | None:
+    """Why no retrain starts now (a challenger under live evaluation), or None; supersedes it on degraded."""
+    if settings.live.policy == OFFLINE:
+        return None
+    client = registry.connect(settings, names.PROMOTION_ACCOUNT)
+    model_name = settings.mlflow.model_name
+    found = live_state.challenger(client, model_name)
+    if found is None or not found[1].under_evaluation:
+        return None
+    version = found[1].version
+    champion = registry.get_alias(client, model_name, names.CHAMPION)
+    current = str(champion.version) if champion is not None else None
+    if reason != DEGRADED:
+        why = f"version {version} is under live evaluation; a retrain waits for its decision"
+        logger.info("no retrain: %s", why)
+        return Outcome(GATE, UNCHANGED, version, current, why, False)
+    why = "superseded: the champion degraded, and a new retrain replaces this challenger"
+    key, _ = signing_keys(settings)
+    with decision_lock():
+        sign_live(
+            client,
+            key,
+            model_name,
+            version,
+            action=LIVE_GATE,
+            outcome=REJECTED,
+            champion=current,
+            reason=why,
+            evidence={"superseded": version, "champion": current},
+            policy={"promotion_policy": settings.live.policy},
+            by=LIVE_GATE,
+        )
+        decisions.tag_decision(client, model_name, version, REJECTED, why, decisions.stamp(LIVE_GATE))
+        live_state.end(client, model_name, version, live.REJECTED)
+    logger.info("version %s %s", version, why)
+    return None
 
 
 @flow(name="promote-version")

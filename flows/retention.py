@@ -2,7 +2,9 @@
 
 Scheduled in prefect.yaml. Each run first finishes what an interrupted run left, then moves every live
 table's old rows (predictions with their feedback, shadow answers) to partitioned Parquet files and
-deletes them from the live log, counts checked (``adapters.log_archive``).
+deletes them from the live log, counts checked (``adapters.log_archive``). The replicas' live counts
+(``live_stats``, read by the live gate for the weeks a challenger is evaluated at most) older than the
+cutoff are deleted, not archived.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from adapters import log_archive, prediction_log
+from adapters import live_log, log_archive, prediction_log
 from reggaeton import names
 from reggaeton.settings import Settings
 
@@ -26,6 +28,7 @@ class RetentionSummary:
     cutoff: datetime
     finished: int  # files an interrupted run had left half done
     moved: tuple[log_archive.Moved, ...]
+    stats_deleted: int = 0  # live_stats rows older than the cutoff
 
     @property
     def archived(self) -> int:
@@ -63,6 +66,18 @@ def archive_table(settings: Settings, table: str, cutoff: datetime) -> log_archi
         engine.dispose()
 
 
+@task(cache_policy=NO_CACHE)
+def prune_live_stats(settings: Settings, cutoff: datetime) -> int:
+    """The replicas' live counts older than ``cutoff``, deleted."""
+    if prediction_log.missing_sqlite_file(settings.prediction_log_url):
+        return 0
+    engine = prediction_log.make_engine(settings.prediction_log_url)
+    try:
+        return live_log.prune_stats(engine, cutoff)
+    finally:
+        engine.dispose()
+
+
 def _markdown(summary: RetentionSummary, settings: Settings) -> str:
     lines = [
         f"# Prediction log retention: rows before {summary.cutoff:%Y-%m-%d %H:%M:%S} UTC",
@@ -74,6 +89,8 @@ def _markdown(summary: RetentionSummary, settings: Settings) -> str:
             f"| {m.source} | {m.before} | {m.older} | {m.archived} | {m.kept} | {m.parts} |"
             for m in summary.moved
         ),
+        "",
+        f"Live counts (`live_stats`) older than the cutoff deleted: {summary.stats_deleted} rows.",
     ]
     return "\n".join(lines)
 
@@ -86,7 +103,9 @@ def retention(settings: Settings | None = None) -> RetentionSummary:
     cutoff = log_archive.retention_cutoff(datetime.now(UTC), settings.retention.keep_days)
     finished = finish_interrupted(settings)
     moved = tuple(archive_table(settings, source.name, cutoff) for source in log_archive.SOURCES)
-    summary = RetentionSummary(cutoff=cutoff, finished=finished, moved=moved)
+    summary = RetentionSummary(
+        cutoff=cutoff, finished=finished, moved=moved, stats_deleted=prune_live_stats(settings, cutoff)
+    )
     create_markdown_artifact(
         key="log-retention", markdown=_markdown(summary, settings), description="Prediction log retention"
     )

@@ -103,6 +103,7 @@ VARIABLES: dict[str, Variable] = {
     "WORKER_REPLICAS": Variable("workerReplicas", "1"),
     "TRAINING_TRIALS": Variable("trainingTrials", "20"),
     "TRAINING_PARALLEL_WORKERS": Variable("trainingParallelWorkers", "1"),
+    "PROMOTION_POLICY": Variable("promotionPolicy", "offline"),
 }
 
 
@@ -187,6 +188,8 @@ FLOW_ENVIRONMENT: dict[str, str] = {
     "REGGAETON_TRAINING__N_JOBS": "1",
     # Tuning runs per retrain on the tuning pool (at most one per worker container); 1: in the retrain.
     "REGGAETON_TRAINING__PARALLEL_WORKERS": "${TRAINING_PARALLEL_WORKERS:-1}",
+    # offline | shadow | canary (README, "Live evidence"): the retrain and the live gate read it.
+    "REGGAETON_LIVE__POLICY": "${PROMOTION_POLICY:-offline}",
     "REGGAETON_SERVING__PREDICTION_LOG_URL": _pg("worker", "predictions"),
     "REGGAETON_MONITORING__RESULTS_URL": _pg("worker", "monitoring"),
     # The retention flow archives old prediction-log rows here; the monitor and training read them back.

@@ -11,8 +11,9 @@ role ``mlflowDbPassword``, ``prefectDbPassword``, ``optunaDbPassword``, ``predic
 alerts go; unset: the stack's receiver container). ``python -m infra.check_secrets --new-env FILE`` makes
 fresh values to copy. ``dbUser``, ``imageTag``, ``mlflowPort``, ``prefectPort``, ``apiPort``,
 ``apiReplicas`` (API containers behind the balancer), ``workerReplicas`` (worker containers, each serving
-the work pool and, one run at a time, the tuning pool), ``trainingTrials`` and ``trainingParallelWorkers``
-(tuning runs per retrain) have defaults; ``memoryMb`` (an object, service -> MB) overrides sizes.
+the work pool and, one run at a time, the tuning pool), ``trainingTrials``, ``trainingParallelWorkers``
+(tuning runs per retrain) and ``promotionPolicy`` (offline, shadow or canary) have defaults; ``memoryMb``
+(an object, service -> MB) overrides sizes.
 
 What the provider does not do by itself, the program does: containers run the built image by its id (a
 rebuild replaces them), a container that depends on a one-shot job's success is created only when the

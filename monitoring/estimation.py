@@ -152,19 +152,26 @@ class Monitors:
 _MONITORS_RECIPE: Final = 1
 
 
-def _unfitted(plan: ChunkPlan) -> Monitors:
+def _cbpe(chunker: Any) -> Any:
+    """NannyML's CBPE of ``ESTIMATED_METRICS`` on the log's probability and prediction columns."""
     import nannyml as nml
 
-    features = list(FEATURE_NAMES)
-    reference_chunker = nml.chunk.SizeBasedChunker(plan.reference_chunk_size, incomplete="append")
-    cbpe = nml.CBPE(
+    return nml.CBPE(
         metrics=list(ESTIMATED_METRICS),
         y_pred_proba=PROBABILITY,
         y_pred=PREDICTION,
         y_true=TARGET,
         problem_type="classification_binary",
-        chunker=reference_chunker,
+        chunker=chunker,
     )
+
+
+def _unfitted(plan: ChunkPlan) -> Monitors:
+    import nannyml as nml
+
+    features = list(FEATURE_NAMES)
+    reference_chunker = nml.chunk.SizeBasedChunker(plan.reference_chunk_size, incomplete="append")
+    cbpe = _cbpe(reference_chunker)
     univariate = nml.UnivariateDriftCalculator(
         column_names=features,
         continuous_methods=list(UNIVARIATE_METHODS),
@@ -328,6 +335,42 @@ def chunk_results(analysis: pd.DataFrame, raw: NannyMLResults, first_index: int 
             )
         )
     return results
+
+
+def estimate_whole(
+    reference: pd.DataFrame,
+    proba: np.ndarray,
+    predicted: np.ndarray,
+    *,
+    reference_chunks: int = 5,
+    usage_logging: bool = False,
+) -> dict[str, Estimate]:
+    """CBPE's estimate of each of ``ESTIMATED_METRICS`` on all the given answers as one chunk.
+
+    For the live gate's label-free comparison: each model's answers on the same live requests, each
+    against its own reference set (CBPE assumes the model calibrated on it). Empty when there are fewer
+    answers than one reference chunk (too few to estimate anything).
+    """
+    import nannyml as nml
+
+    if not usage_logging:
+        os.environ["NML_DISABLE_USAGE_LOGGING"] = "1"
+    chunk = max(1, len(reference) // reference_chunks)
+    if len(proba) < chunk:
+        return {}
+    cbpe = _cbpe(nml.chunk.SizeBasedChunker(chunk, incomplete="append"))
+    _quietly(cbpe.fit, reference[[PROBABILITY, PREDICTION, TARGET]].copy())
+    cbpe.chunker = nml.chunk.SizeBasedChunker(len(proba), incomplete="append")
+    analysis = pd.DataFrame({PROBABILITY: proba, PREDICTION: predicted})
+    result = _quietly(cbpe.estimate, analysis).filter(period="analysis").data
+    return {
+        metric: Estimate(
+            value=float(result[(metric, "value")].iloc[0]),
+            lower=float(result[(metric, "lower_confidence_boundary")].iloc[0]),
+            upper=float(result[(metric, "upper_confidence_boundary")].iloc[0]),
+        )
+        for metric in ESTIMATED_METRICS
+    }
 
 
 def analysed_rows(chunks: Sequence[ChunkResult]) -> int:

@@ -30,6 +30,10 @@ MONITOR_DEPLOYMENT: Final = "monitor"
 # The prefect.yaml deployment (and its flow) that archives old prediction-log rows, on a schedule.
 RETENTION_DEPLOYMENT: Final = "retention"
 RETENTION_FLOW: Final = "retention"
+# The prefect.yaml deployment (and its flow) that judges a challenger on live traffic (policy shadow or
+# canary), on a schedule: promotes, rejects, moves the canary a step, or waits for more evidence.
+LIVE_GATE_DEPLOYMENT: Final = "live-gate"
+LIVE_GATE_FLOW: Final = "live-gate"
 # The process work pool every worker polls (the settings' default; prefect.yaml and the container
 # stack are checked against it by tests/test_contracts.py).
 WORK_POOL: Final = "reggaeton-pool"
@@ -83,6 +87,9 @@ OUTCOME_LOG: Final = "outcome"
 
 # The response header naming the API replica (process) that answered: see the spread behind a balancer.
 REPLICA_HEADER: Final = "x-reggaeton-replica"
+# The request header a client may send to be routed the same way every time during a canary (sticky: a
+# client is answered by the champion or by the canary, not by both in turn). Without it, per request.
+CLIENT_HEADER: Final = "x-reggaeton-client"
 # The response header naming which of the stack's own servers answered (the local alert receiver), so
 # `reggaeton up` can tell its service from another program on the same port.
 SERVICE_HEADER: Final = "x-reggaeton-service"
@@ -98,6 +105,8 @@ PROMOTION_ARTIFACT_KEY: Final = "reggaeton-promotion"
 # Prefect artifact keys of a batch scoring run: its progress bar and its summary table.
 SCORE_PROGRESS_ARTIFACT_KEY: Final = "reggaeton-score-progress"
 SCORE_ARTIFACT_KEY: Final = "reggaeton-score"
+# Prefect artifact key of the live gate's comparison (champion vs challenger on live rows).
+LIVE_ARTIFACT_KEY: Final = "reggaeton-live-gate"
 
 
 class Tag:
@@ -137,6 +146,15 @@ class Tag:
     # On the registered model: the last decision sequence handed out (the next decision takes one more).
     DECISION_SEQUENCE: Final = "reggaeton.decision_sequence"
     WORKER: Final = "reggaeton.worker"  # on a trial's nested run: the worker (host) that ran it
+    # A version's place in the live evaluation (reggaeton.live: registered, shadow, canary, champion,
+    # rejected), when its live evaluation began (evidence counts from then), and when its canary step
+    # began (ISO 8601, UTC). The deciders' bookkeeping: replicas follow the signed records, not these.
+    LIVE_STATE: Final = "reggaeton.live_state"
+    LIVE_SINCE: Final = "reggaeton.live_since"
+    CANARY_SINCE: Final = "reggaeton.canary_since"
+    CANARY_SHARE: Final = "reggaeton.canary_share"
+    CANARY_STEP: Final = "reggaeton.canary_step"  # index into LiveSettings.canary_steps
+    CANARY_HELD: Final = "reggaeton.canary_held"  # "true": an operator aborted its canary (no automatic one)
 
 
 class Event:
@@ -150,6 +168,14 @@ class Event:
     PROMOTED: Final = "reggaeton.model.promoted"
     REJECTED: Final = "reggaeton.model.rejected"
     RELOAD_FAILED: Final = "reggaeton.model.reload_failed"
+    # Live evaluation (policy shadow or canary): a challenger began shadowing; a canary moved a step
+    # (its share of requests in the payload); a canary was aborted (why, in the payload). And from an
+    # API replica: the challenger failed (raised, hung, or answered nonsense) as a shadow or as a canary
+    # (the champion answered instead), one event per episode (until it answers well again).
+    SHADOW_STARTED: Final = "reggaeton.model.shadow_started"
+    CANARY_STEP: Final = "reggaeton.model.canary_step"
+    CANARY_ABORTED: Final = "reggaeton.model.canary_aborted"
+    CHALLENGER_FAILING: Final = "reggaeton.serving.challenger_failing"
     # The champion alias points at a version no signed decision made champion (moved by hand, or a
     # record that does not verify): the API keeps serving the current champion.
     UNAUTHORIZED_CHAMPION: Final = "reggaeton.model.unauthorized_champion"

@@ -139,6 +139,9 @@ class Decision:
     checks: tuple[Check, ...]
     policy: Mapping[str, Any] = field(default_factory=dict)
     slices: tuple[SliceResult, ...] = ()
+    # The live gate's evidence (reggaeton.live: the labelled looks, errors, latency, label-free
+    # comparisons, the action and its reason) when live traffic decided; None for an offline decision.
+    live: Mapping[str, Any] | None = None
 
     @property
     def blocking_slices(self) -> tuple[SliceResult, ...]:
@@ -156,6 +159,7 @@ class Decision:
         record["challenger_metrics"] = dict(self.challenger_metrics)
         record["champion_metrics"] = dict(self.champion_metrics) if self.champion_metrics else None
         record["policy"] = dict(self.policy)
+        record["live"] = dict(self.live) if self.live is not None else None
         return record
 
 
@@ -474,6 +478,8 @@ def markdown_report(decision: Decision, title: str = "Champion/challenger decisi
     if decision.pr_auc_gain is not None:
         gain = decision.pr_auc_gain
         lines += ["", f"PR-AUC gain {gain.estimate:+.4f}, interval [{gain.low:+.4f}, {gain.high:+.4f}]."]
+    if decision.live is not None:
+        lines += ["", "## Live evidence", "", *live_markdown(decision.live)]
     if decision.slices:
         lines += ["", "## Slices", "", *slice_markdown([asdict(result) for result in decision.slices])]
     lines += ["", "| check | passed | value | limit | detail |", "|---|---|---|---|---|"]
@@ -483,6 +489,41 @@ def markdown_report(decision: Decision, title: str = "Champion/challenger decisi
             f"{_fmt(check.limit)} | {check.detail} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def live_markdown(live: Mapping[str, Any]) -> list[str]:
+    """The live evidence (``Decision.live``, a ``reggaeton.live.LiveEvidence`` record) as markdown lines."""
+    labelled = live.get("labelled") or {}
+    lines = [
+        f"**{live.get('action', '?')}**: {live.get('reason', '')}",
+        "",
+        f"Live labelled rows: {labelled.get('rows', 0)}, positives {labelled.get('positives', 0)} "
+        f"(looks at {', '.join(str(n) for n in live.get('planned_looks', ()))} positives, "
+        f"each at {float(labelled.get('confidence') or 0):.1%}).",
+        "",
+        "| look (positives) | rows | PR-AUC gain | interval | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for look in labelled.get("looks") or ():
+        gain = look["gain"]
+        lines.append(
+            f"| {look['positives']} | {look['rows']} | {float(gain['estimate']):+.4f} | "
+            f"[{float(gain['low']):+.4f}, {float(gain['high']):+.4f}] | {look['verdict']} |"
+        )
+    for key in ("shadow_errors", "canary_errors"):
+        errors = live.get(key)
+        if errors:
+            lines += ["", f"- {key.replace('_', ' ')}: {errors.get('errors')} of {errors.get('attempts')}"]
+    latency = live.get("latency")
+    if latency and latency.get("difference_ms"):
+        d = latency["difference_ms"]
+        lines.append(
+            f"- canary latency vs champion: {float(d['estimate']):+.1f} ms "
+            f"[{float(d['low']):+.1f}, {float(d['high']):+.1f}]"
+        )
+    for key, value in (live.get("unlabelled") or {}).items():
+        lines.append(f"- {key.replace('_', ' ')}: {value}")
+    return lines
 
 
 def _difference_text(result: Mapping[str, Any]) -> str:

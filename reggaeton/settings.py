@@ -251,6 +251,62 @@ class PromotionSettings(_Section):
         return specs
 
 
+Policy = Literal["offline", "shadow", "canary"]
+
+
+class LiveSettings(_Section):
+    """Live evidence (``reggaeton.live``): the promotion policy, the live gate, the shadow and the canary.
+
+    ``policy``: ``offline`` promotes on the offline gate alone, as soon as a retrain ends; ``shadow``
+    registers the challenger, every API replica scores it off the request path, and the ``live-gate``
+    deployment promotes it only when it is better beyond noise on live labelled rows (and the offline
+    gate still passes); ``canary`` does the same and also lets it answer a growing share of requests
+    (``canary_steps``) before it is promoted.
+    """
+
+    policy: Policy = "offline"
+    # --- the live gate: planned looks at min_positives, 2x, 4x ... labelled positives (max_looks of
+    # them), each at confidence 1 - (1 - confidence) / max_looks (Bonferroni over the looks), so the
+    # chance of promoting a challenger that is not better stays below (1 - confidence) / 2 however
+    # often the gate runs. Counts positives, not rows: PR-AUC's noise is set by the positives.
+    min_positives: int = Field(default=50, ge=5)
+    max_looks: int = Field(default=3, ge=1, le=10)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    min_gain: float = 0.0  # the live PR-AUC gain's interval must lie above this to promote
+    bootstrap_rounds: int = Field(default=1000, ge=100)
+    # The evidence window: a challenger still undecided this long after its live evaluation began is
+    # rejected (the retrain that follows can try again).
+    max_duration_s: float = Field(default=7 * 86400.0, gt=0)
+    # Shadow or canary errors (raised, timed out, nonsense answers) the challenger may make: the lower
+    # end of the error rate's interval above this rejects it (the champion makes none).
+    max_error_rate: float = Field(default=0.01, ge=0, lt=1)
+    # Labels received within this long are left for the next run (a shadow answer may still be on its way).
+    settle_s: float = Field(default=5.0, ge=0)
+    # --- the shadow, in every API replica
+    shadow_share: float = Field(default=1.0, ge=0, le=1)  # of the answered requests the challenger scores
+    shadow_queue_rows: int = Field(default=20_000, ge=1)  # waiting to be shadow-scored; beyond: shed
+    shadow_batch_rows: int = Field(default=512, ge=1)  # rows per shadow model call, at most
+    shadow_timeout_s: float = Field(default=2.0, gt=0)  # a shadow model call taking longer has hung
+    stats_interval_s: float = Field(default=10.0, gt=0)  # each replica's counts reach the log this often
+    # --- the canary (policy canary, or `reggaeton canary start`)
+    canary_steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)  # shares of the requests, in order
+    canary_step_s: float = Field(default=3600.0, ge=0)  # at least this long at each step
+    canary_min_requests: int = Field(default=200, ge=1)  # canary requests a step must see to advance
+    canary_timeout_s: float = Field(default=0.25, gt=0)  # a canary answer later than this: champion's
+    # The canary's mean answer time may exceed the champion's by this much (the interval's lower end
+    # above it aborts); per (replica, stats interval) clusters, unpaired.
+    canary_latency_budget_ms: float = Field(default=5.0, ge=0)
+    # Under policy canary, the challenger shadows this long before its first canary step.
+    canary_after_s: float = Field(default=0.0, ge=0)
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _increasing_shares(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
+        if not steps or any(not 0 < share <= 1 for share in steps) or list(steps) != sorted(set(steps)):
+            raise ValueError("canary_steps must be increasing shares in (0, 1], e.g. [0.05, 0.25, 0.5, 1]")
+        return steps
+
+
 class ServingSettings(_Section):
     """The FastAPI prediction server."""
 
@@ -405,6 +461,7 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     training: TrainingSettings = TrainingSettings()
     promotion: PromotionSettings = PromotionSettings()
+    live: LiveSettings = LiveSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     retention: RetentionSettings = RetentionSettings()

@@ -13,14 +13,17 @@ import orjson
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from sqlalchemy import Engine
 
 from adapters import keys
 from adapters.prediction_log import create_tables, make_engine
 from reggaeton.settings import Settings
 from serving.cache import ModelCache
-from serving.events import emit_log_state
+from serving.challenger import ChallengerRefresher
+from serving.events import emit_challenger_failing, emit_log_state
 from serving.fast_path import ServingApp
 from serving.holder import ModelHolder, ServedModel
+from serving.live import LiveHolder, LiveStats
 from serving.log_writer import PredictionLogWriter
 from serving.metrics import ServingMetrics
 from serving.middleware import MetricsMiddleware
@@ -28,7 +31,8 @@ from serving.refresher import Refresher
 from serving.routers import admin, feedback, predictions
 from serving.routers import status as status_routes
 from serving.schemas import song_json_schema
-from serving.service import PredictionService, Services
+from serving.service import Live, PredictionService, Services
+from serving.shadow import ShadowScorer, ShadowWriter
 from serving.source import RegistrySource
 from serving.spool import Journal
 from serving.threads import fire_and_forget, in_daemon_thread
@@ -141,37 +145,63 @@ def _build_services(settings: Settings, metrics: ServingMetrics) -> Services:
     )
     holder = ModelHolder()
     cache = ModelCache(settings.model_cache_dir)
-    refresher = Refresher(holder, RegistrySource(settings), cache, metrics, serving.poll_interval_s)
+    source = RegistrySource(settings)
+    refresher = Refresher(holder, source, cache, metrics, serving.poll_interval_s)
+    live = _live(settings, engine, metrics)
     return Services(
         settings=settings,
         holder=holder,
         refresher=refresher,
-        predictions=PredictionService(holder, log, metrics, serving.micro_batch_max),
+        predictions=PredictionService(holder, log, metrics, serving.micro_batch_max, live),
         log=log,
         engine=engine,
         metrics=metrics,
         cache=cache,
+        live=live,
+        challenger=ChallengerRefresher(
+            live.holder, holder, source, metrics, live.episodes, serving.poll_interval_s
+        ),
     )
 
 
-async def _start(services: Services) -> asyncio.Task[None]:
+def _live(settings: Settings, engine: Engine, metrics: ServingMetrics) -> Live:
+    """The challenger's side of the server: who it is, its shadow scorer, and the counts the gate reads."""
+    stats = LiveStats(settings.replica_name)
+    model = settings.mlflow.model_name
+
+    def on_failing(role: str, version: str, kind: str, detail: str) -> None:
+        fire_and_forget(emit_challenger_failing, model, role, version, kind, detail, name="challenger-event")
+
+    writer = ShadowWriter(engine, metrics, stats, settings.live)
+    shadow = ShadowScorer(settings.live, metrics, stats, writer, on_failing)
+    return Live(LiveHolder(), shadow, stats, settings.live)
+
+
+async def _start(services: Services) -> list[asyncio.Task[None]]:
     """Open the log, load the cached model (else wait, bounded, for the registry), start polling."""
     await asyncio.to_thread(create_tables, services.engine)
     services.log.start()
+    services.live.shadow.start()
     await _load_cached(services, services.cache)
     if services.holder.current is None:
         # Nothing cached: wait (bounded) for the registry so the first requests find a model.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(services.refresher.check(), timeout=STARTUP_REGISTRY_TIMEOUT_S)
-    return asyncio.create_task(services.refresher.run(), name="champion-poller")
+    return [
+        asyncio.create_task(services.refresher.run(), name="champion-poller"),
+        asyncio.create_task(services.challenger.run(), name="challenger-poller"),
+    ]
 
 
-async def _stop(services: Services, poller: asyncio.Task[None]) -> None:
-    """Stop polling, answer what is in flight, write the log out, close the database."""
-    poller.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await poller
+async def _stop(services: Services, pollers: list[asyncio.Task[None]]) -> None:
+    """Stop polling, answer what is in flight, write the logs out, close the database."""
+    for poller in pollers:
+        poller.cancel()
+    for poller in pollers:
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
     await services.predictions.close()
+    await asyncio.to_thread(services.live.shadow.close)
     await services.log.close()
     services.engine.dispose()
 
@@ -192,11 +222,11 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = app.state.services = _build_services(settings, metrics)
-        poller = await _start(services)
+        pollers = await _start(services)
         try:
             yield
         finally:
-            await _stop(services, poller)
+            await _stop(services, pollers)
 
     app = ServingApp(
         title="Reggaeton classifier",

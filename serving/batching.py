@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +32,18 @@ logger = logging.getLogger(__name__)
 Complete = Callable[[ServedModel, np.ndarray, np.ndarray], Sequence[Any]]
 
 
+class Executor(Protocol):
+    """What runs the model calls: a one-thread pool (the champion's) or a daemon model thread (a canary's)."""
+
+    def submit(self, fn: Callable[[np.ndarray], np.ndarray], features: np.ndarray, /) -> Future[np.ndarray]:
+        """Call ``fn(features)`` in the thread."""
+        ...
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking calls (and wait for the thread when ``wait``)."""
+        ...
+
+
 @dataclass(slots=True, eq=False)
 class _Pending:
     served: ServedModel
@@ -41,7 +54,16 @@ class _Pending:
 class MicroBatcher:
     """Collects the rows of concurrent requests and scores them per model version in one call."""
 
-    def __init__(self, max_rows: int, metrics: ServingMetrics, complete: Complete) -> None:
+    def __init__(
+        self,
+        max_rows: int,
+        metrics: ServingMetrics,
+        complete: Complete,
+        *,
+        executor: Executor | None = None,
+        log_failures: bool = True,
+    ) -> None:
+        """``executor`` runs the model calls (default: one thread); ``log_failures``: log failed batches."""
         self._max_rows = max_rows
         self._metrics = metrics
         self._complete = complete
@@ -51,7 +73,9 @@ class MicroBatcher:
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._executor: Executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._log_failures = log_failures
+        self._busy_since = 0.0
 
     def submit(self, served: ServedModel, features: np.ndarray) -> asyncio.Future[Sequence[Any]]:
         """A future of ``complete``'s results for these rows scored by ``served``, batched with others.
@@ -70,10 +94,24 @@ class MicroBatcher:
             loop.call_soon(self._flush, loop)
         return future
 
-    async def close(self) -> None:
-        """Refuse new rows, answer the batches already queued, then stop the model thread."""
+    def busy_for(self) -> float:
+        """Seconds the model call in progress has been running (0 when none is)."""
+        return time.monotonic() - self._busy_since if self._busy else 0.0
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Refuse new rows, answer the batches already queued, then stop the model thread.
+
+        Args:
+            timeout_s: Wait at most this long for a model call in progress (None: as long as it takes);
+                a call that outlives it is left to its (daemon) thread.
+        """
         self._closed = True
-        await self._idle.wait()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            logger.warning("a model call outlived the shutdown's %s s; not waiting for it", timeout_s)
+            self._executor.shutdown(wait=False)
+            return
         self._executor.shutdown(wait=True)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -98,6 +136,7 @@ class MicroBatcher:
         self._pending = rest
         features = group[0].features if len(group) == 1 else np.concatenate([item.features for item in group])
         self._busy = True
+        self._busy_since = time.monotonic()
         try:
             call = self._executor.submit(served.probabilities, features)
         except Exception as exc:  # the executor is shut down: nothing will score these rows
@@ -126,7 +165,8 @@ class MicroBatcher:
                     features, proba = _rows_of(live, group, proba)
                 results = self._complete(live[0].served, features, proba)
         except Exception as exc:
-            logger.exception("version %s failed to score a batch", group[0].served.version)
+            if self._log_failures:
+                logger.exception("version %s failed to score a batch", group[0].served.version)
             for item in live:
                 item.future.set_exception(exc)
         else:

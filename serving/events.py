@@ -55,3 +55,27 @@ def emit_log_state(model_name: str, available: bool, detail: str, spool_bytes: i
         name, model_name, None, payload, drain_timeout_s=prefect_events.DRAIN_TIMEOUT_S
     )
     return sent is not None
+
+
+def emit_challenger_failing(model_name: str, role: str, version: str, kind: str, detail: str) -> bool:
+    """Send ``reggaeton.serving.challenger_failing`` once per episode; blocking, call it from a thread.
+
+    Args:
+        model_name: The served model.
+        role: ``shadow`` (scoring requests off the path) or ``canary`` (answering a share of them).
+        version: The failing version.
+        kind: raised, timeout, invalid (not a probability) or load (refused when loading).
+        detail: The first failure's message.
+
+    Returns:
+        Whether the event was handed to Prefect.
+    """
+    payload = {"role": role, "kind": kind, "detail": detail[:2000], "version": version}
+    sent = prefect_events.emit(
+        names.Event.CHALLENGER_FAILING,
+        model_name,
+        version,
+        payload,
+        drain_timeout_s=prefect_events.DRAIN_TIMEOUT_S,
+    )
+    return sent is not None

@@ -103,7 +103,9 @@ class PredictFastPath:
         received: list[Message] = []
         try:
             body = await receive_body(scope, receive, serving.max_body_bytes, received)
-            predictions = await services.predictions.predict(parse_songs(body, serving.max_batch))
+            predictions = await services.predictions.predict(
+                parse_songs(body, serving.max_batch), scope["headers"]
+            )
         except _FOR_THE_ROUTE:  # nothing was scored or logged: the route answers, with the same body
             await self.framework(scope, _replaying(received, receive), _naming(send, replica))
             return

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import numpy as np
 import orjson
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.prediction_log import (
@@ -91,42 +91,53 @@ def _unchanged(process: Callable[[Any], Any], sample: object) -> bool:
 
 
 class Insert:
-    """The ``predictions`` INSERT compiled once for the engine's dialect and run on the driver's cursor.
+    """An INSERT of ``columns`` compiled once for the engine's dialect and run on the driver's cursor.
 
-    Letting SQLAlchemy compile and process every row's parameters cost about 10 us per row; plain
-    tuples cost about 4. Values still go through the dialect's bind processors: ``created_at``'s once
-    per entry, the others per row unless they return the values this writer passes unchanged (SQLite's
-    ``Float`` processor turns a Python float into itself). A dialect with named parameters gets dicts.
-    On SQLite and Postgres a row whose id is already there is skipped (a replayed journal, or a retry
-    after a commit whose answer was lost), so each row is inserted exactly once.
+    By default the ``predictions`` table's (``ROW_COLUMNS``); the shadow writer uses it for
+    ``shadow_predictions``. Letting SQLAlchemy compile and process every row's parameters cost about
+    10 us per row; plain tuples cost about 4. Values still go through the dialect's bind processors:
+    ``created_at``'s once per entry (:meth:`created_at`), the others per row unless they return the
+    values this writer passes unchanged (SQLite's ``Float`` processor turns a Python float into itself).
+    A dialect with named parameters gets dicts. On SQLite and Postgres a row whose key is already there
+    is skipped (a replayed journal, or a retry after a commit whose answer was lost), so each row is
+    inserted exactly once.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        table: Table = predictions,
+        columns: tuple[str, ...] = ROW_COLUMNS,
+        key: tuple[str, ...] = (PREDICTION_ID,),
+    ) -> None:
         dialect = engine.dialect
-        statement: Any = predictions.insert()
+        self._columns = columns
+        statement: Any = table.insert()
         if dialect.name in ("sqlite", "postgresql"):
             module: Any = sqlite if dialect.name == "sqlite" else postgresql
-            statement = module.insert(predictions).on_conflict_do_nothing(
-                index_elements=[predictions.c[PREDICTION_ID]]
-            )
-        compiled = statement.compile(dialect=dialect, column_keys=list(ROW_COLUMNS))
+            statement = module.insert(table).on_conflict_do_nothing(index_elements=[table.c[k] for k in key])
+        compiled = statement.compile(dialect=dialect, column_keys=list(columns))
         self.sql = str(compiled)
-        self._order = [ROW_COLUMNS.index(key) for key in compiled.positiontup or ()]
+        self._order = [columns.index(name) for name in compiled.positiontup or ()]
         self._positional = bool(compiled.positional)
         processors = {
-            name: predictions.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            for name in ROW_COLUMNS
+            name: table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
         }
-        self._created_at = processors.pop(CREATED_AT) or (lambda value: value)
+        self.created_at = processors.pop(CREATED_AT) or (lambda value: value)
         self._per_row = [
-            (ROW_COLUMNS.index(name), fn)
+            (columns.index(name), fn)
             for name, fn in processors.items()
-            if fn is not None and not _unchanged(fn, _SAMPLE[predictions.c[name].type.python_type])
+            if fn is not None and not _unchanged(fn, _SAMPLE[table.c[name].type.python_type])
         ]
 
     def parameters(self, entries: list[LogEntry]) -> list[Any]:
-        """The driver's parameters for every row of ``entries``."""
-        rows = [row for entry in entries for row in entry.rows(self._created_at(entry.created_at))]
+        """The driver's parameters for every row of ``entries`` (of the ``predictions`` table)."""
+        return self.prepared(
+            [row for entry in entries for row in entry.rows(self.created_at(entry.created_at))]
+        )
+
+    def prepared(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        """The driver's parameters for rows in ``columns`` order, ``created_at`` already processed."""
         if self._per_row:
             for i, row in enumerate(rows):
                 values = list(row)
@@ -134,8 +145,8 @@ class Insert:
                     values[index] = process(values[index])
                 rows[i] = tuple(values)
         if not self._positional:
-            return [dict(zip(ROW_COLUMNS, row, strict=True)) for row in rows]
-        if self._order != list(range(len(ROW_COLUMNS))):
+            return [dict(zip(self._columns, row, strict=True)) for row in rows]
+        if self._order != list(range(len(self._columns))):
             return [tuple(row[i] for i in self._order) for row in rows]
         return rows
 

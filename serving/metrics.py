@@ -90,6 +90,7 @@ class ServingMetrics:
             registry=r,
         )
         self._define_log_metrics(r)
+        self._define_live_metrics(r)
 
     def _define_log_metrics(self, r: CollectorRegistry) -> None:
         """The prediction log's queue, database and journal (spool)."""
@@ -138,6 +139,51 @@ class ServingMetrics:
             "Prediction requests answered 503 because the log could not take their rows.",
             registry=r,
         )
+
+    def _define_live_metrics(self, r: CollectorRegistry) -> None:
+        """The challenger under live evaluation: its shadow answers and its canary requests."""
+        self.challenger = Gauge(
+            "reggaeton_challenger_info",
+            "1 for the challenger this replica shadows; share: of the requests it answers as a canary.",
+            ["model_version", "share"],
+            registry=r,
+        )
+        self.shadow_rows = Counter(
+            "reggaeton_shadow_rows",
+            "Rows offered to the shadow model, by outcome: scored, shed (queue full or model hung), raised, "
+            "timeout, invalid (not a probability); then written or dropped by the shadow writer.",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_queue_rows = Gauge(
+            "reggaeton_shadow_queue_rows", "Rows waiting to be shadow-scored.", registry=r
+        )
+        self.shadow_batch_seconds = Histogram(
+            "reggaeton_shadow_batch_seconds",
+            "Time of one shadow model call (off the request path).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.canary_requests = Counter(
+            "reggaeton_canary_requests",
+            "Requests routed to the canary, by outcome: answered, or answered by the champion because the "
+            "canary raised, timed out or answered nonsense.",
+            ["outcome"],
+            registry=r,
+        )
+        self.challenger_episodes = Counter(
+            "reggaeton_challenger_failing_episodes",
+            "Episodes of a challenger failing live (raised, hung, nonsense), by role (shadow, canary); one "
+            "event each.",
+            ["role"],
+            registry=r,
+        )
+
+    def set_challenger(self, version: str | None, share: float) -> None:
+        """Point the challenger gauge at the challenger now shadowed (None: none)."""
+        self.challenger.clear()
+        if version is not None:
+            self.challenger.labels(model_version=version, share=f"{share:g}").set(1)
 
     def set_monitoring(self, version: str, tags: Mapping[str, str]) -> None:
         """The champion's monitoring state, from the tags the monitor puts on its version."""

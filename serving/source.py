@@ -9,17 +9,32 @@ server starting from its local cache does not pay for importing it on the way to
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from adapters import keys
-from reggaeton import decision_record, names
+from reggaeton import decision_record, live_states, names
 from reggaeton.decision_record import DecisionRecord, RecordError, VerifyKeys
 from reggaeton.servable import NotServableError, threshold_from_tags
 from reggaeton.settings import Settings
 from serving.holder import ModelCheckError, ServedModel
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveRole:
+    """The challenger under live evaluation, as the deciding side recorded it."""
+
+    model_version: Any  # the registry's ModelVersion (to load it)
+    share: float  # of the requests it answers as a canary (0: shadow only)
+    sequence: int | None = None  # of the decision that set it
+
+    @property
+    def version(self) -> str:
+        """Its version number."""
+        return str(self.model_version.version)
 
 
 class UnauthorizedChampionError(RuntimeError):
@@ -50,6 +65,37 @@ class RegistrySource:
         from adapters import registry
 
         return registry.get_alias(self._connected(), self.model_name, names.CHAMPION)
+
+    def live_role(self, served_sequence: int | None) -> LiveRole | None:
+        """The version behind the challenger alias when a signed decision put it under live evaluation.
+
+        Its decision record (``reggaeton.decision_record``) must verify with the trusted public keys,
+        decide about that very version, say ``shadow`` or ``canary`` (``live_states.assigned_share``:
+        the canary's share is in the signed record) and be newer than the served champion's decision
+        (``served_sequence``): a record replayed, copied from another version, or older than the
+        champion is not followed, so nobody but the deciding side can make a replica shadow a version,
+        let alone hand it a share of the requests.
+        """
+        from adapters import registry
+
+        found = registry.get_alias(self._connected(), self.model_name, names.CHALLENGER)
+        if found is None:
+            return None
+        tags = found.tags or {}
+        text, signature = tags.get(names.Tag.DECISION_RECORD), tags.get(names.Tag.DECISION_SIGNATURE)
+        if not text or not signature:
+            return None
+        try:
+            record = self.verify_keys().verify(text, signature)
+        except (RecordError, keys.KeyUnavailable) as exc:
+            logger.debug("challenger version %s not followed: %s", found.version, exc)
+            return None
+        if record.model != self.model_name or record.version != str(found.version):
+            return None
+        if served_sequence is not None and record.sequence <= served_sequence:
+            return None
+        share = live_states.assigned_share(record)
+        return None if share is None else LiveRole(found, share, record.sequence)
 
     def verify_keys(self) -> VerifyKeys:
         """The public keys trusted now (read again each time: a key file may appear or rotate)."""

@@ -11,6 +11,7 @@ import yaml
 from embedded.stack import SERVICE_NAMES
 from flows import promote, train
 from flows.deploy import PREFECT_FILE, PROJECT_DIR
+from flows.live_gate import live_gate
 from flows.retention import retention
 from flows.score_catalogue import score_catalogue
 from flows.tune import tune_study
@@ -44,6 +45,12 @@ def test_prefect_yaml_uses_the_one_work_pool_and_deployment_names() -> None:
     )
     assert retention_deployment["entrypoint"] == f"flows/retention.py:{retention.fn.__name__}"
     assert retention.name == names.RETENTION_FLOW
+    gate = next(
+        deployment for deployment in config["deployments"] if deployment["name"] == names.LIVE_GATE_DEPLOYMENT
+    )
+    assert gate["entrypoint"] == f"flows/live_gate.py:{live_gate.fn.__name__}"
+    assert live_gate.name == names.LIVE_GATE_FLOW
+    assert gate["schedules"] and gate["concurrency_limit"]["limit"] == 1
 
 
 def test_the_operator_commands_deployments_run_their_flows_on_demand_only() -> None:

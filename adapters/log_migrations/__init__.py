@@ -8,6 +8,7 @@ Revisions (``versions/``):
 - ``0001``: the v1 tables, exactly as ``metadata.create_all`` made them before migrations existed.
 - ``0002``: v2: ``predictions.route``, ``shadow_predictions``, the archive manifest, the indexes the
   monitor's window and the retention queries need.
+- ``0003``: ``live_stats``, the API replicas' counts of a challenger's live answers (the live gate's).
 
 A database made by ``create_all`` before migrations (v1 tables, no version table) is stamped ``0001``
 and upgraded in place: its rows stay. Concurrent upgrades (API replicas starting together) are

@@ -46,7 +46,7 @@ def build_router(max_batch: int, api_key_required: bool) -> APIRouter:
         body = await receive_body(request.scope, request.receive, serving.max_body_bytes)
         features = parse_songs(body, serving.max_batch)
         try:
-            predictions = await services.predictions.predict(features)
+            predictions = await services.predictions.predict(features, request.scope["headers"])
         except NoModelError as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
         except LogUnavailableError as exc:

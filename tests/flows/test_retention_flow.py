@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from adapters import prediction_log
 from flows.retention import retention
@@ -39,8 +39,23 @@ def test_retention_flow_archives_what_is_older_than_the_setting(tmp_path: Path, 
         seed=1,
     )
 
+    stats = {"replica": "a", "role": "shadow", "model_version": "2", "model_name": "m", "attempts": 1}
+    counts = {"rows": 1, "raised": 0, "timeouts": 0, "invalid": 0, "shed": 0, "latency_sum_s": 0.1}
+    with engine.begin() as connection:
+        for days in (4, 1):  # one interval older than the cutoff, one newer
+            end = datetime.now(UTC) - timedelta(days=days)
+            connection.execute(
+                insert(prediction_log.live_stats),
+                {**stats, **counts, "window_start": end - timedelta(seconds=10), "window_end": end},
+            )
+
     summary = retention(settings)
 
+    assert summary.stats_deleted == 1
+    with engine.connect() as connection:
+        assert (
+            connection.execute(select(func.count()).select_from(prediction_log.live_stats)).scalar_one() == 1
+        )
     (moved, shadow) = summary.moved
     assert moved.source == "predictions" and shadow.archived == 0
     assert moved.archived == 288 and moved.archived + moved.kept == moved.before == 480

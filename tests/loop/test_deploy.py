@@ -143,6 +143,10 @@ def test_notices_cover_every_event_of_the_contract() -> None:
         Event.RELOAD_FAILED,
         Event.LOG_UNAVAILABLE,
         Event.LOG_RECOVERED,
+        Event.SHADOW_STARTED,
+        Event.CANARY_STEP,
+        Event.CANARY_ABORTED,
+        Event.CHALLENGER_FAILING,
         Event.UNAUTHORIZED_CHAMPION,
     } <= covered
     assert automations.FLOW_RUN_FAILED in covered
@@ -193,6 +197,7 @@ def test_prefect_yaml_agrees_with_settings() -> None:
         "flows/promote.py:promote_version",
         "flows/promote.py:rollback",
         "flows/train.py:train_flow",
+        "flows/live_gate.py:live_gate",
     }
 
 

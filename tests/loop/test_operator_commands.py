@@ -54,6 +54,12 @@ EXCLUDED: dict[str, str] = {
     "make install": "the suite already runs in the installed .venv (CI runs `make install` first)",
     ".venv/bin/reggaeton score": "needs catalogue files: tests/cli/test_score.py runs the command on one",
     ".venv/bin/python -c": "reads the output of the `reggaeton score` example before it",
+    ".venv/bin/reggaeton demo": "the whole loop again (minutes): test_loop_e2e runs it on this stack, "
+    "tests/loop/test_live_loop.py the live path",
+    "REGGAETON_LIVE__POLICY=shadow": "a stack under the shadow policy: tests/loop/test_live_loop.py runs one",
+    ".venv/bin/reggaeton canary": "needs a challenger under live evaluation (this stack's is offline): "
+    "tests/flows/test_live_gate.py and tests/loop/test_live_loop.py start and abort canaries",
+    ".venv/bin/reggaeton shadow --start": "puts a version under live evaluation: test_live_loop.py does",
     "export REGGAETON_PROMOTION__SLICES": "declares slices for the processes started after it, in the same "
     "shell: tests/reggaeton/test_split_and_slices.py reads such a JSON list from the environment",
     "rm -rf .state": "the quick start's reset deletes the checkout's state folder; each test's stack keeps "
@@ -67,7 +73,7 @@ SUBSTITUTIONS = {"--n-trials 20": "--n-trials 2"}
 DOCUMENTED_API = "http://127.0.0.1:8000"
 # The order an operator runs them in; commands of one step keep the docs' order.
 ORDER: tuple[str, ...] = ("--help", "up", "deploy", "status", "train", "gate", "promote", "rollback")
-ORDER += ("curl", "simulate", "monitor", "alerts", "down")
+ORDER += ("curl", "simulate", "monitor", "shadow", "live-gate", "alerts", "down")
 # The README's quick start, line by line: what is not run by the quick start test, and why it is covered.
 QUICK_START_COVERED: dict[str, str] = {
     "make demo": "its loop (deploy, first champion, stable then drifted traffic, monitor, retrain, new "
