@@ -62,6 +62,7 @@ EXAMPLES = f"""examples:
   reggaeton rollback --reason "precision dropped"   back to the previous champion
   reggaeton shadow                   the challenger under live evaluation: what it saw, the live comparison
   reggaeton shadow --start 4 --reason "try it live"   shadow a version without the offline gate (override)
+  reggaeton live-gate                judge the challenger on live evidence now (the live-gate deployment)
   reggaeton canary start             the challenger answers the first canary step's share of requests
   reggaeton canary abort --reason "p99 alarm"   its share back to 0 at once (it keeps shadowing)
   reggaeton simulate --scenario drift --count 1000  traffic to the running API
