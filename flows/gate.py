@@ -35,7 +35,7 @@ from reggaeton.promotion import ModelScores, SliceRows
 from reggaeton.schema import FEATURE_NAMES, OBSERVED_AT, SOURCE, TARGET, validate_frame
 from reggaeton.schema import TRAFFIC as TRAFFIC_SOURCE
 from reggaeton.scorer import Scorer
-from reggaeton.servable import NotServableError, servable_scorer, threshold_from_tags
+from reggaeton.servable import NotServableError, exception_text, servable_scorer, threshold_from_tags
 from reggaeton.settings import PromotionSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def load_checked(model_name: str, version: str) -> tuple[Scorer | None, list[str
         problems = signature_problems(f"models:/{model_name}/{version}")
     except Exception as exc:
         logger.warning("version %s failed to load: %s", version, exc)
-        return None, [f"failed to load: {type(exc).__name__}: {exc}"]
+        return None, [f"failed to load: {exception_text(exc)}"]
     try:
         scorer = servable_scorer(pipeline, threshold_from_tags(tags, version), version)
     except NotServableError as exc:
@@ -274,7 +274,7 @@ def score_version(model_name: str, version: str, frame: pd.DataFrame) -> ModelSc
     try:
         proba = np.asarray(scorer.probabilities(X))
     except Exception as exc:
-        return replace(scores, problems=(f"cannot predict the evaluation data: {type(exc).__name__}: {exc}",))
+        return replace(scores, problems=(f"cannot predict the evaluation data: {exception_text(exc)}",))
     if not np.all(np.isfinite(proba)):
         return replace(scores, problems=("non-finite probabilities on the evaluation data",))
     return replace(scores, proba=proba, latency_ms=latency_ms(scorer, X))

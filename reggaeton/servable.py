@@ -58,13 +58,26 @@ def threshold_problems(threshold: float, version: str) -> list[str]:
     return []
 
 
+# How much of an exception's message a problem quotes: a model's message can quote its whole input (an
+# encoder's unknown categories), and problems end up in tags, events and decision records.
+PROBLEM_MESSAGE_CHARS = 300
+
+
+def exception_text(exc: BaseException, limit: int = PROBLEM_MESSAGE_CHARS) -> str:
+    """``Type: message`` of an exception, its message cut to ``limit`` characters."""
+    message = str(exc)
+    if len(message) > limit:
+        message = f"{message[:limit]}... ({len(message)} characters)"
+    return f"{type(exc).__name__}: {message}"
+
+
 def example_problems(scorer: Scorer, version: str) -> list[str]:
     """Whether a scorer gives one finite probability in [0, 1] per example song."""
     examples = examples_array()
     try:
         proba = np.asarray(scorer.probabilities(examples))
     except Exception as exc:
-        return [f"version {version}: cannot predict the example songs: {type(exc).__name__}: {exc}"]
+        return [f"version {version}: cannot predict the example songs: {exception_text(exc)}"]
     if proba.shape != (len(examples),):
         return [f"version {version}: expected {len(examples)} probabilities, got shape {proba.shape}"]
     if not np.all(np.isfinite(proba)) or np.any((proba < 0) | (proba > 1)):

@@ -8,7 +8,14 @@ import pytest
 from reggaeton import names
 from reggaeton.model import LOGISTIC_REGRESSION, NO_REBALANCING, build_pipeline
 from reggaeton.scorer import REBUILT
-from reggaeton.servable import NotServableError, examples_array, servable_scorer, threshold_from_tags
+from reggaeton.servable import (
+    PROBLEM_MESSAGE_CHARS,
+    NotServableError,
+    examples_array,
+    exception_text,
+    servable_scorer,
+    threshold_from_tags,
+)
 
 
 def _fitted() -> object:
@@ -47,3 +54,13 @@ def test_every_problem_is_named() -> None:
         servable_scorer(NaNModel(), 2.0, "4")
     assert len(raised.value.problems) == 2
     assert "threshold 2.0" in raised.value.problems[0] and "not finite" in raised.value.problems[1]
+
+
+def test_a_problem_quotes_a_long_exception_message_cut_to_its_limit() -> None:
+    """An encoder's "unknown categories" message lists its whole input: a decision's reason holding it
+    outgrew MLflow's tag limit (100,000 characters) and failed the live gate's rejection."""
+    unknown = ", ".join(str(120.0 + i / 100) for i in range(20_000))
+    text = exception_text(ValueError(f"Found unknown categories [{unknown}] in column 0"))
+    assert text.startswith("ValueError: Found unknown categories [120.0, 120.01")
+    assert len(text) < PROBLEM_MESSAGE_CHARS + 60 and text.endswith("characters)")
+    assert exception_text(KeyError("tempo")) == "KeyError: 'tempo'"
