@@ -36,7 +36,11 @@ def _segments(folder: Path) -> list[Path]:
 LOCK_S = 8.0
 STALL_S = 1.0  # the server's log_write_stall_s in the locked-log test
 STALL_READ_S = 3.0  # into the lock: after the stall is reported, before SQLite's busy timeout fails the write
-CLIENT_TIMEOUT_S = 1.0
+# A request that waited on the locked database would wait SQLite's 5 s busy timeout or the whole lock
+# (LOCK_S); one answered from the journal takes milliseconds. 3 s tells them apart and
+# leaves room for a client starved by a busy 2-core machine (at 1 s, one request of a CI run timed out
+# before it was even sent: WriteTimeout).
+CLIENT_TIMEOUT_S = 3.0
 CONCURRENCY = 8
 MAX_REQUESTS = 50_000  # a bound on the load loop besides its duration
 
@@ -78,7 +82,7 @@ def _wait_until_written(server: Server, timeout_s: float = 60) -> str:
 
 
 class Load:
-    """One-song requests from CONCURRENCY clients (1 s timeout each) until stopped; counts everything."""
+    """One-song requests from CONCURRENCY clients (CLIENT_TIMEOUT_S each) until stopped; counts everything."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -227,7 +231,7 @@ def test_a_full_spool_answers_503_at_once_and_recovers(
         with sqlite_locked(_log_path(server)):
             refusal = None
             for _ in range(2000):  # ~300 bytes a row: the 16 KiB bound is reached within ~60 requests
-                # The client's 1 s timeout: a request that waited for the database would fail here.
+                # The client's timeout: a request that waited for the database would fail here.
                 response = client.post("/predict", json=EXAMPLE_SONGS[0], timeout=CLIENT_TIMEOUT_S)
                 if response.status_code == 503:
                     refusal = response
