@@ -374,6 +374,21 @@ def test_the_champions_monitoring_window_holds_its_own_answers_only(deployed: Se
     settings = deployed
     champion = _champion(settings)
     assert champion is not None
+    # The earlier tests' last answers may still be on their way to the log (the writer's queue, the
+    # journal): the window and the rows compared with it are read once everything answered is written.
+    manual.wait_until(
+        "the API's prediction log caught up",
+        lambda: (
+            (
+                _sample(settings, "reggaeton_prediction_log_queue_rows") == 0
+                and _sample(settings, "reggaeton_prediction_log_database_up") == 1
+                and _sample(settings, "reggaeton_prediction_log_spool_oldest_age_seconds") == 0
+            )
+            or None
+        ),
+        60,
+        0.5,
+    )
     engine = prediction_log.make_engine(settings.prediction_log_url)
     try:
         window = log_window.read_window(engine, champion)
