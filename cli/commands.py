@@ -162,9 +162,8 @@ def cmd_gate(ctx: Context, args: argparse.Namespace) -> int:
     from reggaeton.names import GATE_DEPLOYMENT
 
     if _on_worker(ctx):
-        stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
-        _check_version(ctx, args.version)
-        return _worker_command(ctx, GATE_DEPLOYMENT, {"version": args.version}, DECISION_TIMEOUT_S)
+        parameters = {"version": args.version}
+        return _worker_command(ctx, GATE_DEPLOYMENT, parameters, DECISION_TIMEOUT_S, version=args.version)
     from flows import promote
 
     return _registry_command(ctx, args.version, lambda: promote.promotion_gate(args.version, ctx.settings))
@@ -175,10 +174,8 @@ def cmd_promote(ctx: Context, args: argparse.Namespace) -> int:
     from reggaeton.names import PROMOTE_DEPLOYMENT
 
     if _on_worker(ctx):
-        stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
-        _check_version(ctx, args.version)
         parameters = {"version": args.version, "reason": args.reason, "by": _operator(args)}
-        return _worker_command(ctx, PROMOTE_DEPLOYMENT, parameters, DECISION_TIMEOUT_S)
+        return _worker_command(ctx, PROMOTE_DEPLOYMENT, parameters, DECISION_TIMEOUT_S, version=args.version)
     from flows import promote
 
     return _registry_command(
@@ -330,14 +327,22 @@ def _check_version(ctx: Context, version: str) -> None:
         raise CommandError(str(exc)) from exc
 
 
-def _worker_command(ctx: Context, name: str, parameters: dict[str, Any], timeout_s: float) -> int:
+def _worker_command(
+    ctx: Context, name: str, parameters: dict[str, Any], timeout_s: float, version: str | None = None
+) -> int:
     """Run an operator flow's deployment on the stack's worker, shown as it goes; print its outcome lines.
 
+    ``version``: checked in the registry first, so a missing one is one line and no run starts.
+
     Raises:
-        CommandError: the run did not complete (its failure message: a refused promotion's own words).
+        CommandError: no such version, or the run did not complete (its failure message: a refused
+            promotion's own words).
     """
     from cli.progress import RunProgress
 
+    if version is not None:
+        stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
+        _check_version(ctx, version)
     progress = RunProgress()
     run = _manual_run(ctx, name, WORKER_WAIT_S, timeout_s=timeout_s, watch=progress, parameters=parameters)
     completed = run.state is not None and run.state.is_completed()

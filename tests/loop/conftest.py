@@ -142,8 +142,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     # No declared slices: the stale challenger of test_live_loop is one the champion-reference slice
     # (issue 26) also rejects offline; without slices only the live rows show it is worse, which is
     # what those tests check. The slices have their own tests (tests/reggaeton/test_promotion_slices.py).
-    promotion = {"bootstrap_rounds": 200, "latency_tolerance": 50.0, "slices": ()}
     with _running_stack(
-        state, "reggaeton-pool-live", 0.5, training={"n_trials": 2}, live=live, promotion=promotion
+        state, "reggaeton-pool-live", 0.5, training={"n_trials": 2}, live=live, promotion={"slices": ()}
     ) as settings:
         yield settings

@@ -103,8 +103,10 @@ def docs_commands() -> list[str]:
 
 def _verb(command: str) -> str:
     words = [w for w in shlex.split(command) if not w.startswith("--stack") and w not in ("local", "compose")]
-    if words[0] in ("make", "curl"):
-        return words[1] if words[0] == "make" else "curl"
+    if words[0] == "make":
+        return words[1]
+    if words[0] == "curl":
+        return "curl"
     return next((w for w in words[1:] if w in ORDER), words[-1])
 
 
