@@ -23,8 +23,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -52,6 +52,7 @@ class Service:
     # answers too (macOS's AirPlay receiver holds 5000), and `up` must not take it for this service.
     answered_by_it: Callable[[httpx.Response], bool] = lambda answer: answer.status_code == 200
     port_setting: str = ""  # the settings field of its port, e.g. "mlflow.port", named in errors
+    environment: Mapping[str, str] = field(default_factory=dict)  # on top of stack_environment's
 
 
 class PortHeld(RuntimeError):
@@ -196,6 +197,7 @@ SERVICES: tuple[Service, ...] = (
         startup_timeout_s=180.0,
         answered_by_it=_mlflow_health,
         port_setting="mlflow.port",
+        environment=names.MLFLOW_SERVER_ENV,
     ),
     Service(
         "receiver",
@@ -372,7 +374,7 @@ def _launch(service: Service, settings: Settings, chosen: Collection[str]) -> tu
     log_path = log_dir(settings) / f"{service.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = service.command(settings)
-    environment = stack_environment(settings)
+    environment = {**stack_environment(settings), **service.environment}
     if service.name == "api":  # the API verifies decisions; only the deciding side holds the private key
         environment.pop("REGGAETON_SIGNING__PRIVATE_KEY", None)
     with log_path.open("ab") as log:

@@ -305,8 +305,7 @@ SERVICES: tuple[Service, ...] = (
             "MLFLOW_AUTH_ADMIN_USERNAME": names.MLFLOW_ADMIN,
             "MLFLOW_AUTH_ADMIN_PASSWORD": _secret("MLFLOW_ADMIN_PASSWORD"),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret("MLFLOW_FLASK_SECRET"),
-            # The job runner (GenAI features this stack does not use) forks ~7 processes of ~180 MB each.
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **names.MLFLOW_SERVER_ENV,
         },
         ports=(Port(5000, "${MLFLOW_PORT:-5000}"),),
         # Its first start creates two databases' tables (tracking, then the auth app's): ~1 min on a quiet

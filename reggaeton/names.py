@@ -77,6 +77,13 @@ TELEMETRY_OFF: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 
+# The environment of every MLflow server the stacks start: MLflow 3's server otherwise forks a job runner
+# (about 7 polling processes of ~180 MB each, for GenAI features nothing here uses). docker-compose.yml
+# and infra/services.py set the same (tests/infra/test_parity.py checks they agree).
+MLFLOW_SERVER_ENV: Final[Mapping[str, str]] = MappingProxyType(
+    {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+)
+
 # Child of a flow run's logger (``get_run_logger().getChild``) for the lines a terminal shows live while
 # it waits on the run (``reggaeton monitor``: one line per chunk window analysed).
 PROGRESS_LOG: Final = "progress"

@@ -20,6 +20,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -76,6 +77,43 @@ def engine_problem() -> str | None:
     if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
         return "no Docker engine is reachable (`docker info` failed)"
     return None
+
+
+PROJECT_PREFIX = "reggaeton-test-"
+
+
+def _docker_out(*args: str) -> str:
+    found = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300, check=False)
+    return found.stdout
+
+
+def remove_stale_projects() -> list[str]:
+    """Remove what this module's earlier runs left behind when their pytest process was killed.
+
+    A project is named after the pytest process that started it; once that process is gone nothing will
+    take it down, and its containers (restarted with the engine) would take CPU and memory from this run.
+    """
+    containers = [
+        line.split("\t") for line in _docker_out("ps", "-a", "--format", "{{.ID}}\t{{.Names}}").splitlines()
+    ]
+    stale: dict[str, list[str]] = {}
+    for container_id, name in containers:
+        # Compose v1 names a container PROJECT_SERVICE_N, v2 PROJECT-SERVICE-N; the receiver is
+        # PROJECT-test-receiver.
+        found = re.match(rf"({PROJECT_PREFIX}(\d+))[-_]", name)
+        if found and not Path(f"/proc/{found[2]}").exists():
+            stale.setdefault(found[1], []).append(container_id)
+    for project, ids in stale.items():
+        _docker_out("rm", "-f", *ids)
+        for kind in ("network", "volume"):  # after the containers: one in use is not removed
+            names = [
+                n
+                for n in _docker_out(kind, "ls", "--format", "{{.Name}}").split()
+                if n.startswith(f"{project}_")
+            ]
+            if names:
+                _docker_out(kind, "rm", *names)
+    return sorted(stale)
 
 
 def free_port() -> int:
@@ -188,7 +226,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     command = compose_command()
     assert command is not None
     wait_for_images()  # CI may still be building the stand-in base images beside the tests
-    project = f"reggaeton-test-{os.getpid()}"
+    stale = remove_stale_projects()
+    if stale:
+        print(f"\nremoved the compose projects of killed earlier runs: {', '.join(stale)}")
+    project = f"{PROJECT_PREFIX}{os.getpid()}"
     env = {
         **secret_values(secrets.token_urlsafe(12)),
         "POSTGRES_USER": "reggaeton",

@@ -229,6 +229,34 @@ def test_a_version_that_does_not_exist_is_one_line(loop_stack: Settings) -> None
         assert "Traceback" not in result.stderr + result.stdout
 
 
+def _session(leader: int) -> list[str]:
+    """The command lines of every process in the session ``leader`` started (the stack starts each
+    service in a session of its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue  # it ended meanwhile
+        if int(fields[3]) == leader:  # state, ppid, pgrp, session
+            found.append(command)
+    return found
+
+
+@pytest.mark.slow
+def test_the_mlflow_server_runs_without_a_job_runner(loop_stack: Settings) -> None:
+    """MLflow 3's server forks a job runner (about 7 polling processes) unless told not to; the stack's
+    MLflow runs only its web server."""
+    record = stack.read_record(loop_stack, "mlflow")
+    assert record is not None and record.is_running()
+    commands = _session(record.pid)
+    assert any("uvicorn" in command for command in commands), commands  # the server is there to see
+    assert not [c for c in commands if "mlflow.server.jobs" in c or "huey" in c], commands
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_the_readme_quick_start_answers_as_documented(loop_stack: Settings) -> None:
