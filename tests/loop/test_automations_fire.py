@@ -99,11 +99,15 @@ def _silent() -> None:
 
 
 @pytest.mark.slow
-def test_a_run_silent_from_its_start_is_marked_crashed(tmp_path: Path, prefect_api_url: str) -> None:
+def test_a_run_silent_from_its_start_is_marked_crashed(
+    tmp_path: Path, prefect_api_url: str, receiver: tuple[int, Path]
+) -> None:
     # Heartbeats leave a flow run's process asynchronously: killed early, it may never have sent one.
     # The server's own Running event must then start the silence count.
+    port, _ = receiver  # the crash's notification goes to this test's receiver, not to a running demo's
     settings = Settings(
-        state_dir=tmp_path / "state", prefect={"api_url": prefect_api_url, "zombie_after_beats": 2}
+        state_dir=tmp_path / "state",
+        prefect={"api_url": prefect_api_url, "zombie_after_beats": 2, "alert_receiver_port": port},
     )
     apply_automations(settings)
     with prefect_api(settings), get_client(sync_client=True) as client:
