@@ -285,7 +285,9 @@ def _manual_run(
     """Run a deployment now, waiting for its one slot; when it stays taken, one line says by which run."""
     from embedded import manual
 
-    stack_endpoints.require(ctx.endpoints, "prefect")
+    # Every deployment reads the registry: with MLflow down its run would only wait in MLflow's retries
+    # (and hold a slot of the pool) before failing, minutes later.
+    stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
     print(f"{name}: flow run of the `{name}` deployment on {ctx.endpoints.prefect_ui} ...", flush=True)
     try:
         run = manual.run_when_free(

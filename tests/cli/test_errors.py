@@ -97,6 +97,9 @@ def test_a_stack_that_is_down_is_one_line_naming_the_url(tmp_path: Path, free_po
         f"reggaeton promote: cannot reach mlflow at {url} (from MLFLOW_TRACKING_URI): "
         "start the local stack with `reggaeton up`"
     )
+    for command in ("monitor", "retrain", "live-gate"):  # deployment runs: each reads the registry
+        result = _run([command], tmp_path, MLFLOW_TRACKING_URI=url)
+        assert _one_line_error(result).startswith(f"reggaeton {command}: cannot reach mlflow at {url} ")
     result = _run(["simulate", "--count", "10"], tmp_path, REGGAETON_SERVING__PORT=str(free_port))
     assert f"cannot reach api at {url}" in _one_line_error(result)
 
