@@ -46,7 +46,9 @@ from reggaeton.settings import Settings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MONITOR_EVERY_S = 15
 STRANDED_AFTER_S = 45
-SERVICES = ["prefect-server", "receiver", "worker", "watchdog"]
+# MLflow too, though the stand-in flows never call it: `reggaeton monitor` checks it answers before it
+# starts a run, as it does on a real stack.
+SERVICES = ["prefect-server", "mlflow", "receiver", "worker", "watchdog"]
 
 # A marker file beside the flow, holding a number of seconds: the next import of the module sleeps
 # that long (in the flow-run process, before its engine moves the run to Running) and removes it.
@@ -118,9 +120,10 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
     (project / "prefect.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (project / "flows" / "monitor.py").write_text(MONITOR_FLOW)
     (project / "flows" / "promote.py").write_text(RETRAIN_FLOW)
-    prefect_port, receiver_port = _free_ports(2)
+    prefect_port, receiver_port, mlflow_port = _free_ports(3)
     settings = Settings(
         state_dir=root / "state",
+        mlflow={"port": mlflow_port},
         prefect={
             "port": prefect_port,
             "alert_receiver_port": receiver_port,
@@ -131,7 +134,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
         watchdog={"every_s": 2, "monitor_intervals": 3, "cancelled_threshold": 2, "cancelled_window_s": 40},
     )
     try:
-        stack.up(settings, ["prefect-server", "receiver"])
+        stack.up(settings, ["prefect-server", "mlflow", "receiver"])
         deploy(settings, project_dir=project)
         stack.up(settings, ["worker", "watchdog"])
         yield settings, project
