@@ -281,13 +281,19 @@ def _manual_run(
     timeout_s: float = 900,
     watch: Watch | None = None,
     parameters: dict[str, Any] | None = None,
+    version: str | None = None,
 ) -> Any:
-    """Run a deployment now, waiting for its one slot; when it stays taken, one line says by which run."""
+    """Run a deployment now, waiting for its one slot; when it stays taken, one line says by which run.
+
+    ``version``: checked in the registry first, so a missing one is one line and no run starts.
+    """
     from embedded import manual
 
     # Every deployment reads the registry: with MLflow down its run would only wait in MLflow's retries
     # (and hold a slot of the pool) before failing, minutes later.
     stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
+    if version is not None:
+        _check_version(ctx, version)
     print(f"{name}: flow run of the `{name}` deployment on {ctx.endpoints.prefect_ui} ...", flush=True)
     try:
         run = manual.run_when_free(
@@ -334,7 +340,7 @@ def _worker_command(
 ) -> int:
     """Run an operator flow's deployment on the stack's worker, shown as it goes; print its outcome lines.
 
-    ``version``: checked in the registry first, so a missing one is one line and no run starts.
+    ``version``: checked in the registry first (:func:`_manual_run`).
 
     Raises:
         CommandError: no such version, or the run did not complete (its failure message: a refused
@@ -342,11 +348,10 @@ def _worker_command(
     """
     from cli.progress import RunProgress
 
-    if version is not None:
-        stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
-        _check_version(ctx, version)
     progress = RunProgress()
-    run = _manual_run(ctx, name, WORKER_WAIT_S, timeout_s=timeout_s, watch=progress, parameters=parameters)
+    run = _manual_run(
+        ctx, name, WORKER_WAIT_S, timeout_s=timeout_s, watch=progress, parameters=parameters, version=version
+    )
     completed = run.state is not None and run.state.is_completed()
     progress.drain(ctx.settings, run, outcome=completed)
     if not completed:

@@ -157,8 +157,8 @@ def _secret(name: str) -> str:
     return f"${{{name}:?set {name}}}"
 
 
-def _http_check(url: str) -> Healthcheck:
-    return Healthcheck(("python", "-m", "infra.healthcheck", url))
+def _http_check(url: str, start_period_s: int = 10) -> Healthcheck:
+    return Healthcheck(("python", "-m", "infra.healthcheck", url), start_period_s=start_period_s)
 
 
 PREFECT_API = "http://prefect-server:4200/api"
@@ -310,9 +310,7 @@ SERVICES: tuple[Service, ...] = (
         ports=(Port(5000, "${MLFLOW_PORT:-5000}"),),
         # Its first start creates two databases' tables (tracking, then the auth app's): ~1 min on a quiet
         # machine, over 3 on a busy one. Probes failing meanwhile do not count against it.
-        healthcheck=Healthcheck(
-            ("python", "-m", "infra.healthcheck", "http://127.0.0.1:5000/health"), start_period_s=300
-        ),
+        healthcheck=_http_check("http://127.0.0.1:5000/health", start_period_s=300),
         depends_on={POSTGRES_ROLES: "service_completed_successfully"},
         volumes={"mlartifacts": "/mlartifacts"},
         memory_mb=1536,
@@ -333,9 +331,7 @@ SERVICES: tuple[Service, ...] = (
         ports=(Port(4200, "${PREFECT_PORT:-4200}"),),
         # Its first start migrates its database, like MLflow's: on a machine busy with other containers it
         # answered after compose had already called it unhealthy (and failed `up`) in one CI run.
-        healthcheck=Healthcheck(
-            ("python", "-m", "infra.healthcheck", "http://127.0.0.1:4200/api/health"), start_period_s=300
-        ),
+        healthcheck=_http_check("http://127.0.0.1:4200/api/health", start_period_s=300),
         depends_on={POSTGRES_ROLES: "service_completed_successfully"},
     ),
     Service(

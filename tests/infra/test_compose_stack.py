@@ -103,16 +103,15 @@ def remove_stale_projects() -> list[str]:
         found = re.match(rf"({PROJECT_PREFIX}(\d+))[-_]", name)
         if found and not Path(f"/proc/{found[2]}").exists():
             stale.setdefault(found[1], []).append(container_id)
-    for project, ids in stale.items():
-        _docker_out("rm", "-f", *ids)
-        for kind in ("network", "volume"):  # after the containers: one in use is not removed
-            names = [
-                n
-                for n in _docker_out(kind, "ls", "--format", "{{.Name}}").split()
-                if n.startswith(f"{project}_")
-            ]
-            if names:
-                _docker_out(kind, "rm", *names)
+    if not stale:
+        return []
+    _docker_out("rm", "-f", *(i for ids in stale.values() for i in ids))
+    for kind in ("network", "volume"):  # after the containers: one in use is not removed
+        owned = [
+            n for n in _docker_out(kind, "ls", "--format", "{{.Name}}").split() if n.split("_")[0] in stale
+        ]
+        if owned:
+            _docker_out(kind, "rm", *owned)
     return sorted(stale)
 
 
