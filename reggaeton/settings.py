@@ -35,22 +35,43 @@ POSTGRES_CONNECT_ARGS: Final[dict[str, int]] = {
     "tcp_user_timeout": 10_000,  # milliseconds
 }
 
+# The same bounds for the server's end of each of those connections, set per session (libpq's
+# ``options``), so they hold on any Postgres, whatever its configuration. A client cut off by a network
+# split mid-transaction (after its INSERT, before its COMMIT) leaves a backend waiting for it with the
+# rows' locks held; with the server's defaults (keepalive after 2 hours) that backend outlives the split,
+# and the retry of the same rows (``ON CONFLICT`` on their ids) waits on its locks for as long. With
+# these, the server finds the dead client within ~20 s, ends the backend and releases its locks.
+POSTGRES_SESSION_SETTINGS: Final[dict[str, int]] = {
+    "tcp_keepalives_idle": 10,
+    "tcp_keepalives_interval": 3,
+    "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # milliseconds
+}
+
 
 # SQLAlchemy URL schemes whose driver is libpq (the default driver of postgresql:// is psycopg 3).
 LIBPQ_SCHEMES: Final = frozenset({"postgresql", "postgresql+psycopg", "postgresql+psycopg2"})
 
 
 def with_postgres_timeouts(url: str) -> str:
-    """A Postgres URL with :data:`POSTGRES_CONNECT_ARGS` in its query (what the URL sets wins).
+    """A Postgres URL with :data:`POSTGRES_CONNECT_ARGS` and :data:`POSTGRES_SESSION_SETTINGS` in its query.
 
-    For code that takes a URL, not an engine (Optuna's storage): SQLAlchemy passes the query to libpq.
-    Other URLs (SQLite, drivers that are not libpq) are returned as they are.
+    What the URL sets wins: its own arguments are kept, and its own ``options`` come after these
+    settings' (Postgres applies the last ``-c`` of a name). For code that takes a URL, not an engine
+    (Optuna's storage): SQLAlchemy passes the query to libpq. Other URLs (SQLite, drivers that are not
+    libpq) are returned as they are.
     """
     parts = urlsplit(url)
     if parts.scheme not in LIBPQ_SCHEMES:
         return url
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    query = {**{key: str(value) for key, value in POSTGRES_CONNECT_ARGS.items()}, **query}
+    session = " ".join(f"-c {name}={value}" for name, value in POSTGRES_SESSION_SETTINGS.items())
+    own_options = query.pop("options", "").strip()
+    query = {
+        **{key: str(value) for key, value in POSTGRES_CONNECT_ARGS.items()},
+        **query,
+        "options": f"{session} {own_options}".strip(),
+    }
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 

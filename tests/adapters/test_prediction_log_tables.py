@@ -19,6 +19,7 @@ from adapters.prediction_log import (
     predictions,
 )
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
+from reggaeton.settings import POSTGRES_SESSION_SETTINGS
 
 
 def test_only_predictions_with_feedback_come_back_oldest_first(tmp_path: Path) -> None:
@@ -89,3 +90,23 @@ def test_window_carries_each_rows_label_and_nothing_from_other_versions_or_route
     assert read_window(engine, "9").empty  # an unknown version: an empty frame with the columns
     assert list(read_window(engine, "9").columns) == list(WINDOW_COLUMNS)
     engine.dispose()
+
+
+def test_postgres_log_sessions_carry_the_servers_bounds_for_a_dead_client(postgres_url: str) -> None:
+    # A replica cut off mid-transaction by a network split must not leave a backend that holds its rows'
+    # locks for the server's default two hours: the retry of those rows would wait on them as long (the
+    # compose stack's Postgres outage test saw it). The session carries the bounds, whatever the server's
+    # own configuration; what the URL sets itself still wins. (That the server then ends such a backend is
+    # shown with a real network split in tests/infra/test_compose_stack.py.)
+    names = ", ".join(f"current_setting('{name}')" for name in POSTGRES_SESSION_SETTINGS)
+    with make_engine(postgres_url).connect() as connection:
+        shown = connection.exec_driver_sql(f"SELECT {names}").one()
+    assert dict(zip(POSTGRES_SESSION_SETTINGS, shown, strict=True)) == {
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "3",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "10000",  # milliseconds
+    }
+    with make_engine(f"{postgres_url}?options=-c%20tcp_keepalives_idle%3D20").connect() as connection:
+        assert connection.exec_driver_sql("SHOW tcp_keepalives_idle").scalar() == "20"
+        assert connection.exec_driver_sql("SHOW tcp_keepalives_count").scalar() == "3"

@@ -911,6 +911,85 @@ def test_an_example_secret_stops_compose_before_any_service_starts(stack: Stack,
         refused.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False, timeout_s=300)
 
 
+# A session of the system's own engine (adapters.prediction_log.make_engine) that holds a row's lock in an
+# open transaction, in a container of its own that the test can cut off the network.
+_HOLD_A_ROW = """
+import os, time
+from adapters.prediction_log import make_engine
+with make_engine(os.environ["PROBE_URL"]).connect() as connection:
+    connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS split_probe (id text PRIMARY KEY)")
+    connection.commit()
+    connection.exec_driver_sql("INSERT INTO split_probe VALUES ('held') ON CONFLICT DO NOTHING")
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_session_cut_off_mid_transaction_frees_its_rows_within_a_minute(stack: Stack) -> None:
+    # What the next test's writers need after a network split: a replica cut off between its INSERT and its
+    # COMMIT leaves a backend holding those rows' locks, and the retry of the same rows (ON CONFLICT on their
+    # ids) waits on them. With the server's default keepalive (2 hours) the retry hung past the test's
+    # 5 minutes (CI, 2026-12-06); the session's own settings (reggaeton/settings.POSTGRES_SESSION_SETTINGS)
+    # make the server end such a backend within ~20 s.
+    postgres = stack.container("postgres")
+    network = next(iter(stack.inspect(postgres)["NetworkSettings"]["Networks"]))
+    image = stack.inspect(stack.containers("api")[0])["Config"]["Image"]
+    project = stack.command[stack.command.index("--project-name") + 1]
+    probe = f"{project}-split-probe"
+    user = stack.env["POSTGRES_USER"]
+    superuser_url = f"postgresql://{user}:{stack.env['POSTGRES_PASSWORD']}@postgres:5432/postgres"
+
+    def psql(*sql: str) -> subprocess.CompletedProcess[str]:
+        commands = [arg for statement in sql for arg in ("-c", statement)]
+        return stack.compose(
+            "exec", "-T", "postgres", "psql", "-U", user, "-d", "postgres", *commands, check=False
+        )
+
+    # The URL reaches the container through the environment, not the command line.
+    started = subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            probe,
+            "--network",
+            network,
+            "-e",
+            "PROBE_URL",
+            "--entrypoint",
+            "python",
+            image,
+            "-c",
+            _HOLD_A_ROW,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PROBE_URL": superuser_url},
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        wait_for("the probe to hold its row", lambda: "held" in _container_logs(probe), 60, every_s=0.5)
+        _docker("network", "disconnect", network, probe)
+        # Without the session settings the orphaned backend keeps the lock and this times out.
+        taken = psql(
+            "SET lock_timeout = '60s'", "INSERT INTO split_probe VALUES ('held') ON CONFLICT DO NOTHING"
+        )
+        assert taken.returncode == 0, taken.stderr
+        assert "INSERT 0 1" in taken.stdout  # the cut-off transaction was rolled back, not committed
+        orphans = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO split_probe%'"
+        assert psql(orphans).stdout.split()[2] == "0"  # psql's table: header, rule, the count
+    finally:
+        subprocess.run(["docker", "rm", "-f", probe], capture_output=True, timeout=120)
+        psql("DROP TABLE IF EXISTS split_probe")
+
+
+def _container_logs(container: str) -> str:
+    out = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
+    return out.stdout + out.stderr
+
+
 OUTAGE_S = 30.0
 # Long enough for a write on a connection to a server that no longer answers to fail (libpq's
 # tcp_user_timeout, 10 s, in reggaeton/settings.POSTGRES_CONNECT_ARGS); without it, TCP retries ~15 min.

@@ -88,12 +88,17 @@ def test_local_mode_accepts_the_example_secrets() -> None:
 
 def test_postgres_urls_get_libpq_timeouts_and_keep_what_they_set() -> None:
     url = "postgresql://reggaeton:p%40ss@db:5432/optuna?connect_timeout=2&sslmode=require"
+    session = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=3 -c tcp_keepalives_count=3"
     query = dict(parse_qsl(urlsplit(with_postgres_timeouts(url)).query))
     assert query == {
         **{key: str(value) for key, value in POSTGRES_CONNECT_ARGS.items()},
         "connect_timeout": "2",
         "sslmode": "require",
+        "options": f"{session} -c tcp_user_timeout=10000",
     }
+    # The URL's own options come last: Postgres applies the last -c of a name.
+    own = dict(parse_qsl(urlsplit(with_postgres_timeouts(f"{url}&options=-c%20search_path%3Dlog")).query))
+    assert own["options"] == f"{session} -c tcp_user_timeout=10000 -c search_path=log"
     assert with_postgres_timeouts(url).startswith("postgresql://reggaeton:p%40ss@db:5432/optuna?")
     for other in ("sqlite:////tmp/optuna.db", "postgresql+pg8000://u:pw@db/optuna"):
         assert with_postgres_timeouts(other) == other  # not libpq: its driver takes other arguments
