@@ -42,10 +42,10 @@ POSTGRES_CONNECT_ARGS: Final[dict[str, int]] = {
 # and the retry of the same rows (``ON CONFLICT`` on their ids) waits on its locks for as long. With
 # these, the server finds the dead client within ~20 s, ends the backend and releases its locks.
 POSTGRES_SESSION_SETTINGS: Final[dict[str, int]] = {
-    "tcp_keepalives_idle": 10,
-    "tcp_keepalives_interval": 3,
-    "tcp_keepalives_count": 3,
-    "tcp_user_timeout": 10_000,  # milliseconds
+    "tcp_keepalives_idle": POSTGRES_CONNECT_ARGS["keepalives_idle"],
+    "tcp_keepalives_interval": POSTGRES_CONNECT_ARGS["keepalives_interval"],
+    "tcp_keepalives_count": POSTGRES_CONNECT_ARGS["keepalives_count"],
+    "tcp_user_timeout": POSTGRES_CONNECT_ARGS["tcp_user_timeout"],  # milliseconds
 }
 
 

@@ -138,6 +138,7 @@ class Stack:
     command: list[str]
     env: dict[str, str]
     host_dir: Path
+    project: str
     receiver: str = ""  # the test receiver container (the configured webhook)
 
     def compose(
@@ -212,7 +213,7 @@ def project_stack(command: list[str], project: str, env: dict[str, str], env_fil
     full = [*command, "--project-name", project, "--project-directory", str(REPO_ROOT)]
     full += ["--env-file", str(env_file), "--file", str(REPO_ROOT / "docker-compose.yml")]
     # The host command line reads .env from its working directory: the folder of this .env.
-    return Stack(command=full, env=env, host_dir=env_file.parent)
+    return Stack(command=full, env=env, host_dir=env_file.parent, project=project)
 
 
 @pytest.fixture(scope="module")
@@ -934,8 +935,7 @@ def test_a_session_cut_off_mid_transaction_frees_its_rows_within_a_minute(stack:
     postgres = stack.container("postgres")
     network = next(iter(stack.inspect(postgres)["NetworkSettings"]["Networks"]))
     image = stack.inspect(stack.containers("api")[0])["Config"]["Image"]
-    project = stack.command[stack.command.index("--project-name") + 1]
-    probe = f"{project}-split-probe"
+    probe = f"{stack.project}-split-probe"
     user = stack.env["POSTGRES_USER"]
     superuser_url = f"postgresql://{user}:{stack.env['POSTGRES_PASSWORD']}@postgres:5432/postgres"
 
@@ -970,7 +970,7 @@ def test_a_session_cut_off_mid_transaction_frees_its_rows_within_a_minute(stack:
     )
     assert started.returncode == 0, started.stderr
     try:
-        wait_for("the probe to hold its row", lambda: "held" in _container_logs(probe), 60, every_s=0.5)
+        wait_for("the probe to hold its row", lambda: "held" in _docker_out("logs", probe), 60, every_s=0.5)
         _docker("network", "disconnect", network, probe)
         # Without the session settings the orphaned backend keeps the lock and this times out.
         taken = psql(
@@ -981,13 +981,8 @@ def test_a_session_cut_off_mid_transaction_frees_its_rows_within_a_minute(stack:
         orphans = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO split_probe%'"
         assert psql(orphans).stdout.split()[2] == "0"  # psql's table: header, rule, the count
     finally:
-        subprocess.run(["docker", "rm", "-f", probe], capture_output=True, timeout=120)
+        _docker_out("rm", "-f", probe)
         psql("DROP TABLE IF EXISTS split_probe")
-
-
-def _container_logs(container: str) -> str:
-    out = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
-    return out.stdout + out.stderr
 
 
 OUTAGE_S = 30.0
