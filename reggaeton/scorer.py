@@ -186,6 +186,12 @@ class Tree(NamedTuple):
     depth: int
 
 
+# Nodes (rows x trees) walked at once, so the walk's arrays stay in the core's cache. On the baseline's
+# 300 trees (2026-12-07, this machine): 3.5 us a row in blocks of 109 rows, 4.4 in one of 512, 9.4 in
+# one of 4,096.
+_BLOCK_NODES: Final = 32_768
+
+
 @dataclass(frozen=True)
 class Forest:
     """Every tree of an ensemble in flat arrays, walked for all trees and all rows at once.
@@ -221,6 +227,18 @@ class Forest:
             children=np.stack([left, right], axis=1).ravel(),
             value=value.astype(np.float64),
             depth=max(tree.depth for tree in trees),
+        )
+
+    def leaf_sums(self, features: np.ndarray) -> np.ndarray:
+        """(rows,) sums over the trees of the leaf each row reaches, walked a block of rows at a time."""
+        block = max(1, _BLOCK_NODES // len(self.roots))
+        if len(features) <= block:
+            return self.leaf_values(features).sum(axis=1)
+        return np.concatenate(
+            [
+                self.leaf_values(features[start : start + block]).sum(axis=1)
+                for start in range(0, len(features), block)
+            ]
         )
 
     def leaf_values(self, features: np.ndarray) -> np.ndarray:
@@ -261,7 +279,7 @@ class Boosted:
     def __call__(self, features: np.ndarray) -> np.ndarray:
         if self.float32:
             features = features.astype(np.float32)
-        return expit(self.start + self.rate * self.forest.leaf_values(features).sum(axis=1))
+        return expit(self.start + self.rate * self.forest.leaf_sums(features))
 
 
 @dataclass(frozen=True, eq=False)
@@ -272,7 +290,7 @@ class Averaged:
     size: int
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        return self.forest.leaf_values(features.astype(np.float32)).sum(axis=1) / self.size
+        return self.forest.leaf_sums(features.astype(np.float32)) / self.size
 
 
 def _gradient_boosting(model: Any) -> Probabilities | None:

@@ -41,7 +41,8 @@ def test_every_family_is_rebuilt_and_reproduces_the_pipeline(family: str, params
     pipeline = _fitted(build_pipeline(family, params, seed=0))
     scorer = choose_scorer(pipeline, verification_rows(examples_array()))
     assert scorer.kind == REBUILT
-    for rows in (_HOLDOUT[:1], _HOLDOUT[:14], _HOLDOUT):  # one song, a micro-batch, many
+    # One song, a micro-batch, many, and more than a walk's block of rows (the last block partial).
+    for rows in (_HOLDOUT[:1], _HOLDOUT[:14], _HOLDOUT, np.resize(_HOLDOUT, (2_500, _HOLDOUT.shape[1]))):
         expected = pipeline.predict_proba(rows)[:, 1]
         np.testing.assert_allclose(scorer.probabilities(rows), expected, rtol=0, atol=TOLERANCE)
 
