@@ -197,6 +197,15 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_shadow(ctx: Context, args: argparse.Namespace) -> int:
     """What the challenger under live evaluation has seen, and what the live gate would do now."""
+    from reggaeton.names import LIVE_REPORT_DEPLOYMENT, SHADOW_START_DEPLOYMENT
+
+    if _on_worker(ctx):
+        if args.start is None:
+            return _worker_command(ctx, LIVE_REPORT_DEPLOYMENT, {}, DECISION_TIMEOUT_S)
+        parameters = {"version": args.start, "reason": args.reason or "operator", "by": _operator(args)}
+        return _worker_command(
+            ctx, SHADOW_START_DEPLOYMENT, parameters, DECISION_TIMEOUT_S, version=args.start
+        )
     stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
     from adapters.prefect_api import prefect_api_at
     from flows import live_gate
@@ -205,6 +214,8 @@ def cmd_shadow(ctx: Context, args: argparse.Namespace) -> int:
     if args.start is not None:
         from prefect.events.worker import EventsWorker
 
+        from flows.outcome import live_lines
+
         try:
             with prefect_api_at(ctx.endpoints.prefect_api):
                 started = live_gate.shadow_start(args.start, args.reason or "operator", args.by, ctx.settings)
@@ -212,7 +223,7 @@ def cmd_shadow(ctx: Context, args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from exc
         finally:
             EventsWorker.drain_all()
-        print(f"shadow: version {started['version']} under live evaluation ({started['reason']})")
+        print("\n".join(live_lines(started)))
         return 0
     with prefect_api_at(ctx.endpoints.prefect_api):
         report = live_gate.live_report(ctx.settings)
@@ -222,11 +233,19 @@ def cmd_shadow(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_canary(ctx: Context, args: argparse.Namespace) -> int:
     """Start the challenger's canary at its first step, or abort it (share 0 at once)."""
+    from reggaeton.names import CANARY_ABORT_DEPLOYMENT, CANARY_START_DEPLOYMENT
+
+    if _on_worker(ctx):
+        if args.action == "start":
+            return _worker_command(ctx, CANARY_START_DEPLOYMENT, {"by": _operator(args)}, DECISION_TIMEOUT_S)
+        parameters = {"reason": args.reason or "operator", "by": _operator(args)}
+        return _worker_command(ctx, CANARY_ABORT_DEPLOYMENT, parameters, DECISION_TIMEOUT_S)
     stack_endpoints.require(ctx.endpoints, "mlflow", "prefect")
     from prefect.events.worker import EventsWorker
 
     from adapters.prefect_api import prefect_api_at
     from flows import live_gate
+    from flows.outcome import live_lines
 
     quiet_tracebacks(ctx.debug)
     try:
@@ -239,7 +258,7 @@ def cmd_canary(ctx: Context, args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     finally:
         EventsWorker.drain_all()
-    print(f"canary {args.action}: version {result['version']} answers {result['share']:.0%} of requests")
+    print("\n".join(live_lines(result)))
     return 0
 
 

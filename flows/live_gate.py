@@ -14,7 +14,8 @@ label-free comparisons (agreement, score distributions, CBPE of each model again
 - ``abort_canary``: the share goes to 0 and the challenger is rejected; one ``canary_aborted`` alert
   says why.
 
-Operator commands: ``reggaeton shadow`` (``live_report``), ``reggaeton canary start|abort``.
+Operator commands: ``reggaeton shadow`` (``live_report``), ``reggaeton shadow --start N``, ``reggaeton canary
+start|abort``; on a container stack each runs as a deployment of its name on the worker.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from adapters.live_state import LiveState
 from adapters.prediction_log import make_engine, missing_sqlite_file
 from adapters.prefect_api import decision_lock
 from flows import gate, promote
+from flows.outcome import live_lines, log_outcome
 from monitoring.estimation import estimate_whole
 from monitoring.live_report import live_png
 from reggaeton import live, names
@@ -455,6 +457,13 @@ def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- operator commands ------------------------------------------------------------------------------------
+def _told(outcome: LiveOutcome) -> dict[str, Any]:
+    """An operator command's result, its lines logged first (what ``reggaeton`` prints)."""
+    result = asdict(outcome)
+    log_outcome(live_lines(result))
+    return result
+
+
 def live_report(settings: Settings) -> dict[str, Any]:
     """What the challenger under live evaluation has seen, and what the live gate would do now."""
     return _jsonable(asdict(judge(settings, apply=False)))
@@ -498,7 +507,16 @@ def report_lines(report: Mapping[str, Any], settings: Settings) -> list[str]:
     return lines
 
 
-@flow(name="canary-start")
+@flow(name=names.LIVE_REPORT_DEPLOYMENT)
+def live_report_flow(settings: Settings | None = None) -> dict[str, Any]:
+    """``reggaeton shadow`` on a container stack's worker: ``live_report`` with its lines logged."""
+    settings = settings or Settings()
+    report = live_report(settings)
+    log_outcome(report_lines(report, settings))
+    return report
+
+
+@flow(name=names.CANARY_START_DEPLOYMENT)
 def canary_start(by: str | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Operator command: the challenger under live evaluation answers the first canary step's share.
 
@@ -522,10 +540,10 @@ def canary_start(by: str | None = None, settings: Settings | None = None) -> dic
     champion = _champion_version(client, settings)
     _canary_step(settings, client, key, state, champion, action, by, {"started_by": by})
     live_state.set_tags(client, settings.mlflow.model_name, state.version, {names.Tag.CANARY_HELD: None})
-    return asdict(LiveOutcome(live.START_CANARY, state.version, None, action.reason, share))
+    return _told(LiveOutcome(live.START_CANARY, state.version, None, action.reason, share))
 
 
-@flow(name="canary-abort")
+@flow(name=names.CANARY_ABORT_DEPLOYMENT)
 def canary_abort(reason: str, by: str | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Operator command: the canary's share goes to 0 at once; the challenger keeps shadowing.
 
@@ -542,7 +560,7 @@ def canary_abort(reason: str, by: str | None = None, settings: Settings | None =
     state = found[1]
     champion = _champion_version(client, settings)
     _abort(settings, client, key, state, champion, f"{reason} (by {by})", by, reject=False)
-    return asdict(LiveOutcome(live.ABORT_CANARY, state.version, None, reason, 0.0))
+    return _told(LiveOutcome(live.ABORT_CANARY, state.version, None, reason, 0.0))
 
 
 def _champion_version(client: MlflowClient, settings: Settings) -> str | None:
@@ -550,7 +568,7 @@ def _champion_version(client: MlflowClient, settings: Settings) -> str | None:
     return None if found is None else str(found.version)
 
 
-@flow(name="shadow-start")
+@flow(name=names.SHADOW_START_DEPLOYMENT)
 def shadow_start(
     version: str, reason: str, by: str | None = None, settings: Settings | None = None
 ) -> dict[str, Any]:
@@ -598,4 +616,4 @@ def shadow_start(
         version,
         {"action": promote.MANUAL, "decided_by": by, "reason": reason},
     )
-    return asdict(LiveOutcome(live.SHADOW, version, champion, why))
+    return _told(LiveOutcome(live.SHADOW, version, champion, why))

@@ -1,8 +1,8 @@
 """What an operator flow did, in the lines its command prints, also logged on the run's outcome logger.
 
-``reggaeton gate|promote|rollback|train`` print these lines when the flow returns in their own process
-(the local stack), and read them from the run's logs (``names.OUTCOME_LOG``) when the flow ran on the
-stack's worker (``--stack compose``): the same lines either way.
+``reggaeton gate|promote|rollback|train|shadow|canary`` print these lines when the flow returns in their
+own process (the local stack), and read them from the run's logs (``names.OUTCOME_LOG``) when the flow
+ran on the stack's worker (``--stack compose``): the same lines either way.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.logging.loggers import PrefectLogAdapter
 
-from reggaeton import names
+from reggaeton import live, names
 from reggaeton.promotion import slice_lines
 
 
@@ -25,6 +25,14 @@ def decision_lines(result: Mapping[str, Any]) -> list[str]:
         lines += [f"  {line}" for line in slice_lines(result["slices"])]
     lines.append(f"champion: version {result['champion']}")
     return lines
+
+
+def live_lines(result: Mapping[str, Any]) -> list[str]:
+    """An operator's live command (``live_gate.LiveOutcome``): what the challenger does now."""
+    if result["action"] == live.SHADOW:
+        return [f"shadow: version {result['version']} under live evaluation ({result['reason']})"]
+    verb = "start" if result["action"] == live.START_CANARY else "abort"
+    return [f"canary {verb}: version {result['version']} answers {result['share']:.0%} of requests"]
 
 
 def challenger_line(version: str | int) -> str:

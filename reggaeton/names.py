@@ -37,18 +37,27 @@ LIVE_GATE_FLOW: Final = "live-gate"
 # The process work pool every worker polls (the settings' default; prefect.yaml and the container
 # stack are checked against it by tests/test_contracts.py).
 WORK_POOL: Final = "reggaeton-pool"
-# The prefect.yaml deployments of the operator's commands, one per flow, run on the stack's worker when
-# the command line talks to a container stack (`reggaeton --stack compose gate|promote|rollback|train`):
-# there the flows read the stack's prediction log and sign with its key. No schedule, no trigger.
+# The prefect.yaml deployments of the operator's commands, one per flow (of the same name), run on the
+# stack's worker when the command line talks to a container stack (`reggaeton --stack compose gate|
+# promote|rollback|train|shadow|canary`): there the flows read the stack's prediction log and sign with
+# its key. No schedule, no trigger.
 GATE_DEPLOYMENT: Final = "promotion-gate"
 PROMOTE_DEPLOYMENT: Final = "promote-version"
 ROLLBACK_DEPLOYMENT: Final = "rollback-champion"
 TRAIN_ONLY_DEPLOYMENT: Final = "train"  # train and register a challenger, no gate (TRAIN_DEPLOYMENT gates)
+SHADOW_START_DEPLOYMENT: Final = "shadow-start"  # reggaeton shadow --start N
+LIVE_REPORT_DEPLOYMENT: Final = "live-report"  # reggaeton shadow: the live comparison so far
+CANARY_START_DEPLOYMENT: Final = "canary-start"
+CANARY_ABORT_DEPLOYMENT: Final = "canary-abort"
 OPERATOR_DEPLOYMENTS: Final = (
     GATE_DEPLOYMENT,
     PROMOTE_DEPLOYMENT,
     ROLLBACK_DEPLOYMENT,
     TRAIN_ONLY_DEPLOYMENT,
+    SHADOW_START_DEPLOYMENT,
+    LIVE_REPORT_DEPLOYMENT,
+    CANARY_START_DEPLOYMENT,
+    CANARY_ABORT_DEPLOYMENT,
 )
 # The prefect.yaml deployment that runs a share of a retrain's Optuna study (``training.parallel_workers``).
 TUNE_DEPLOYMENT: Final = "tune"

@@ -11,7 +11,7 @@ import yaml
 from embedded.stack import SERVICE_NAMES
 from flows import promote, train
 from flows.deploy import PREFECT_FILE, PROJECT_DIR
-from flows.live_gate import live_gate
+from flows.live_gate import canary_abort, canary_start, live_gate, live_report_flow, shadow_start
 from flows.retention import retention
 from flows.score_catalogue import score_catalogue
 from flows.tune import tune_study
@@ -54,13 +54,18 @@ def test_prefect_yaml_uses_the_one_work_pool_and_deployment_names() -> None:
 
 
 def test_the_operator_commands_deployments_run_their_flows_on_demand_only() -> None:
-    """`reggaeton --stack compose gate|promote|rollback|train` run these by name on the stack's worker."""
+    """`reggaeton --stack compose gate|promote|rollback|train|shadow|canary` run these by name on the
+    stack's worker."""
     deployments = {deployment["name"]: deployment for deployment in _prefect_yaml()["deployments"]}
     flows = {
         names.GATE_DEPLOYMENT: ("flows/promote.py", promote.promotion_gate),
         names.PROMOTE_DEPLOYMENT: ("flows/promote.py", promote.promote_version),
         names.ROLLBACK_DEPLOYMENT: ("flows/promote.py", promote.rollback),
         names.TRAIN_ONLY_DEPLOYMENT: ("flows/train.py", train.train_flow),
+        names.SHADOW_START_DEPLOYMENT: ("flows/live_gate.py", shadow_start),
+        names.LIVE_REPORT_DEPLOYMENT: ("flows/live_gate.py", live_report_flow),
+        names.CANARY_START_DEPLOYMENT: ("flows/live_gate.py", canary_start),
+        names.CANARY_ABORT_DEPLOYMENT: ("flows/live_gate.py", canary_abort),
     }
     assert set(flows) == set(names.OPERATOR_DEPLOYMENTS)
     for name, (path, operator_flow) in flows.items():

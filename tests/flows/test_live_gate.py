@@ -31,6 +31,7 @@ from adapters.prediction_log import (
     shadow_predictions,
 )
 from flows import live_gate, promote
+from flows.outcome import live_lines
 from monitoring import simulate
 from reggaeton import live, names
 from reggaeton.data import Split, features_array, split, synthetic_dataset
@@ -353,9 +354,12 @@ def test_operators_start_and_abort_a_canary(store: Path, data: Split, request: p
     started = live_gate.canary_start(by="alice", settings=settings)
     assert started["share"] == settings.live.canary_steps[0]
     assert _tags(settings, challenger[0])[names.Tag.LIVE_STATE] == live.CANARY
+    # What `reggaeton canary start|abort` prints, from this process or from the worker's run logs.
+    assert live_lines(started) == [f"canary start: version {challenger[0]} answers 5% of requests"]
 
     aborted = live_gate.canary_abort("latency alarm", by="alice", settings=settings)
     assert aborted["share"] == 0.0
+    assert live_lines(aborted) == [f"canary abort: version {challenger[0]} answers 0% of requests"]
     tags = _tags(settings, challenger[0])
     assert tags[names.Tag.LIVE_STATE] == live.SHADOW and tags[names.Tag.CANARY_HELD] == "true"
     report = live_gate.live_report(settings)

@@ -36,13 +36,22 @@ from typing import Any, cast
 import httpx
 import pytest
 from images_ready import wait_for_images
+from mlflow.exceptions import MlflowException
 from stack_secrets import secret_values
 
 from adapters.registry import logged_model_id
 from infra.services import SECRET_CHECK, SERVICES, SUPERUSER_HOLDERS
 from infra.services import service as table_service
 from reggaeton.data import synthetic_dataset
-from reggaeton.names import GATE_DEPLOYMENT, MODEL_NAME, REPLICA_HEADER, TUNING_POOL, Tag
+from reggaeton.names import (
+    CHALLENGER,
+    CLIENT_HEADER,
+    GATE_DEPLOYMENT,
+    MODEL_NAME,
+    REPLICA_HEADER,
+    TUNING_POOL,
+    Tag,
+)
 from reggaeton.schema import EXAMPLE_SONGS, FEATURE_NAMES, INVALID_EXAMPLE_SONG, TARGET
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3000)]
@@ -996,12 +1005,16 @@ print(urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=5).read().
 """
 
 
-def _logged_since(stack: Stack, since: str) -> list[str]:
-    """Prediction ids in the Postgres log created at or after ``since`` (the database is not published)."""
-    query = f"SELECT id FROM predictions WHERE created_at >= '{since}'"
+def _log_query(stack: Stack, query: str) -> list[str]:
+    """The rows of a query on the Postgres log, one line each (the database is not published)."""
     user = stack.env["POSTGRES_USER"]
     out = stack.compose("exec", "-T", "postgres", "psql", "-U", user, "-d", "predictions", "-tAc", query)
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def _logged_since(stack: Stack, since: str) -> list[str]:
+    """Prediction ids in the Postgres log created at or after ``since``."""
+    return _log_query(stack, f"SELECT id FROM predictions WHERE created_at >= '{since}'")
 
 
 def _metric(text: str, name: str) -> float:
@@ -1016,9 +1029,9 @@ def _api_metric(stack: Stack, name: str) -> float:
     return _metric(httpx.get(f"{stack.url('API_PORT')}/metrics", timeout=10).text, name)
 
 
-def _replica_metrics(stack: Stack, name: str) -> dict[str, float]:
-    """A metric of every API replica, read inside each container (the balancer picks one)."""
-    values = {}
+def _replica_texts(stack: Stack) -> dict[str, str]:
+    """Every API replica's /metrics, read inside each container (the balancer picks one)."""
+    texts = {}
     for container in stack.containers("api"):
         out = subprocess.run(
             ["docker", "exec", container, "python", "-c", _REPLICA_METRICS],
@@ -1027,13 +1040,108 @@ def _replica_metrics(stack: Stack, name: str) -> dict[str, float]:
             timeout=60,
         )
         assert out.returncode == 0, out.stderr
-        values[container] = _metric(out.stdout, name)
-    return values
+        texts[container] = out.stdout
+    return texts
+
+
+def _replica_metrics(stack: Stack, name: str) -> dict[str, float]:
+    """A metric of every API replica."""
+    return {container: _metric(text, name) for container, text in _replica_texts(stack).items()}
 
 
 def _docker(*args: str) -> None:
     out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"docker {' '.join(args)}: {out.stderr}"
+
+
+def _live_on_every_replica(stack: Stack, version: str, share: str) -> bool:
+    """Every replica shadows ``version`` with this canary share, and has shadow-scored rows."""
+    texts = _replica_texts(stack).values()
+    challenger = f'reggaeton_challenger_info{{model_version="{version}",share="{share}"}} 1.0'
+    scored = re.compile(r'^reggaeton_shadow_rows_total\{outcome="scored"\} ([1-9][\d.]*)', re.MULTILINE)
+    return all(challenger in text.splitlines() and scored.search(text) for text in texts)
+
+
+def _fallbacks(stack: Stack) -> float:
+    """Canary requests the champion answered (the canary raised, was late, or answered nonsense)."""
+    fallback = re.compile(r'^reggaeton_canary_requests_total\{outcome="fallback_\w+"\} (\S+)$', re.MULTILINE)
+    return sum(float(count) for text in _replica_texts(stack).values() for count in fallback.findall(text))
+
+
+def _client_versions(stack: Stack, clients: list[str]) -> dict[str, set[tuple[str, str]]]:
+    """Each client key's (replica, version) answers: two requests per key, through the balancer."""
+    seen: dict[str, set[tuple[str, str]]] = {client: set() for client in clients}
+    with httpx.Client(base_url=stack.url("API_PORT"), headers=stack.api_headers, timeout=30) as http:
+        for _ in range(2):
+            for client in clients:
+                response = http.post("/predict", json=EXAMPLE_SONGS[0], headers={CLIENT_HEADER: client})
+                assert response.status_code == 200, response.text
+                version = str(response.json()["predictions"][0]["model_version"])
+                seen[client].add((response.headers[REPLICA_HEADER], version))
+    return seen
+
+
+def test_operators_shadow_and_canary_a_version_from_the_host_on_every_replica(stack: Stack) -> None:
+    """`reggaeton --stack compose shadow --start|shadow|canary start|canary abort` run on the worker (its
+    key signs), and every replica follows: each shadow-scores the version under the same prediction ids,
+    a client key gets the same model from either replica during the canary, the abort reaches both."""
+    wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
+    champion = _champion(stack)
+    target = str([v for v in registry_versions(stack) if str(v) != champion][-1])
+    since = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() - 1))
+    try:
+        started = _reggaeton(stack, "shadow", "--start", target, "--reason", "try it live")
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-3000:]
+        assert (
+            f"shadow: version {target} under live evaluation (put under live evaluation by" in started.stdout
+        )
+        with Load(stack) as load:
+            wait_for(
+                f"every replica to shadow version {target}",
+                lambda: _live_on_every_replica(stack, target, "0"),
+                90,
+            )
+        assert load.failures == [] and {a.version for a in load.ok} == {champion}
+        # The shadow's answers sit beside the champion's, under the same prediction ids.
+        paired = (
+            "SELECT count(*) FROM shadow_predictions s JOIN predictions p ON p.id = s.prediction_id "
+            f"WHERE s.model_version = '{target}' AND p.model_version = '{champion}' "
+            f"AND p.created_at >= '{since}'"
+        )
+        wait_for("shadow answers paired with the champion's", lambda: _log_query(stack, paired) != ["0"], 60)
+        report = _reggaeton(stack, "shadow")
+        assert report.returncode == 0 and f"version {target}" in report.stdout, (
+            report.stdout + report.stderr[-2000:]
+        )
+
+        canary = _reggaeton(stack, "canary", "start")
+        assert canary.returncode == 0, canary.stdout[-2000:] + canary.stderr[-3000:]
+        assert f"canary start: version {target} answers 5% of requests" in canary.stdout
+        wait_for(
+            "every replica at the canary's first step",
+            lambda: _live_on_every_replica(stack, target, "0.05"),
+            90,
+        )
+        clients = [f"client-{i}" for i in range(200)]
+        before = _fallbacks(stack)
+        seen = _client_versions(stack, clients)
+        # Sticky across replicas: each key was answered by one model, whichever replica took it, except
+        # where the champion answered a canary request the canary did not answer in time (counted).
+        mixed = [client for client, answers in seen.items() if len({v for _, v in answers}) > 1]
+        assert len(mixed) <= _fallbacks(stack) - before, seen
+        assert len({replica for answers in seen.values() for replica, _ in answers}) == API_REPLICAS
+        canaries = [client for client, answers in seen.items() if target in {v for _, v in answers}]
+        assert 0 < len(canaries) < 40, len(canaries)  # 5 % of 200 keys: 10 expected
+
+        aborted = _reggaeton(stack, "canary", "abort", "--reason", "seen enough")
+        assert aborted.returncode == 0, aborted.stdout[-2000:] + aborted.stderr[-3000:]
+        assert f"canary abort: version {target} answers 0% of requests" in aborted.stdout
+        wait_for("every replica back to shadow only", lambda: _live_on_every_replica(stack, target, "0"), 90)
+        after = _client_versions(stack, canaries)
+        assert all({v for _, v in answers} == {champion} for answers in after.values()), after
+    finally:
+        with stack.mlflow() as client, contextlib.suppress(MlflowException):  # later tests: no challenger
+            client.delete_registered_model_alias(MODEL_NAME, CHALLENGER)
 
 
 def test_the_api_keeps_answering_while_postgres_is_stopped_or_unreachable(stack: Stack) -> None:

@@ -198,6 +198,10 @@ def test_prefect_yaml_agrees_with_settings() -> None:
         "flows/promote.py:rollback",
         "flows/train.py:train_flow",
         "flows/live_gate.py:live_gate",
+        "flows/live_gate.py:shadow_start",
+        "flows/live_gate.py:live_report_flow",
+        "flows/live_gate.py:canary_start",
+        "flows/live_gate.py:canary_abort",
     }
 
 
