@@ -76,12 +76,16 @@ def challenger(client: MlflowClient, model_name: str) -> tuple[ModelVersion, Liv
 
 def set_tags(client: MlflowClient, model_name: str, version: str, tags: dict[str, Any]) -> None:
     """Write live-state tags on a version (the state last: readers see it after what it needs); a None
-    value deletes the tag."""
+    value clears the tag to an empty value, which :func:`read` takes as absent.
+
+    Cleared, not deleted: deleting a version's tag needs MLflow's MANAGE permission on the model, and the
+    promotion account of the container stacks has EDIT only (infra/accounts.py), enough to set tags.
+    """
     present = client.get_model_version(model_name, version).tags or {}
     for key, value in sorted(tags.items(), key=lambda item: item[0] == names.Tag.LIVE_STATE):
         if value is None:
-            if key in present:
-                client.delete_model_version_tag(model_name, version, key)
+            if present.get(key):
+                client.set_model_version_tag(model_name, version, key, "")
         else:
             client.set_model_version_tag(model_name, version, key, str(value))
 

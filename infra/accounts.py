@@ -14,8 +14,9 @@ each exactly what it needs on those resources:
 
 What MLflow cannot express (the reason for signed decisions): EDIT on a registered model allows both
 registering versions and moving aliases, so the training account could move ``champion``; the API
-serves no version without a signed decision. Without workspaces, any account may create experiments
-and registered models of its own (not touch ours).
+serves no version without a signed decision. EDIT cannot delete a version's tag or an alias (MANAGE,
+which could delete the model, can): the flows clear tags instead (``adapters.live_state.set_tags``).
+Without workspaces, any account may create experiments and registered models of its own (not touch ours).
 """
 
 from __future__ import annotations

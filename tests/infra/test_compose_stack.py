@@ -1144,6 +1144,21 @@ def test_operators_shadow_and_canary_a_version_from_the_host_on_every_replica(st
             client.delete_registered_model_alias(MODEL_NAME, CHALLENGER)
 
 
+def test_a_promotion_and_its_rollback_complete_with_the_promotion_accounts_rights(stack: Stack) -> None:
+    """From the host: promote another version, then roll back. When the restored champion has no earlier
+    one, the rollback would delete the previous-champion alias, which the promotion account may not do:
+    the rollback still completes (the alias stays, logged)."""
+    champion = _champion(stack)
+    target = str([v for v in registry_versions(stack) if str(v) != champion][-1])
+    promoted = _reggaeton(stack, "promote", "--version", target, "--reason", "for a rollback")
+    assert promoted.returncode == 0, promoted.stdout[-2000:] + promoted.stderr[-3000:]
+    assert _champion(stack) == target
+    back = _reggaeton(stack, "rollback", "--reason", "back again")
+    assert back.returncode == 0, back.stdout[-2000:] + back.stderr[-3000:]
+    assert f"rollback: version {champion} promoted (rollback: back again" in back.stdout, back.stdout
+    assert _champion(stack) == champion
+
+
 def test_the_api_keeps_answering_while_postgres_is_stopped_or_unreachable(stack: Stack) -> None:
     # Last in the module: Postgres also backs MLflow and Prefect, which only need to come back afterwards.
     # Stopped: the server ends its connections. Unreachable (taken off the network, as a crashed host or a
