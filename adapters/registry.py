@@ -304,10 +304,14 @@ def load_reference(client: MlflowClient, version: ModelVersion) -> pd.DataFrame:
 def set_monitoring_state(
     client: MlflowClient, model_name: str, version: str, status: str, since: str
 ) -> None:
-    """Put monitoring's state of a version on it (``names.Tag.MONITORING_*``), when it changed."""
-    tags = {names.Tag.MONITORING_STATUS: status, names.Tag.MONITORING_SINCE: since}
+    """Put monitoring's state of a version on it (``names.Tag.MONITORING_*``), when it changed.
+
+    Readers (the API's /metrics) act on the status, so it is written after a ``since`` it needs and
+    before clearing one it no longer does: no reader sees a degraded version without its time.
+    """
+    pair = [(names.Tag.MONITORING_SINCE, since), (names.Tag.MONITORING_STATUS, status)]
     current = client.get_model_version(model_name, version).tags or {}
-    for key, value in tags.items():
+    for key, value in pair if since else reversed(pair):
         if current.get(key) != value:
             client.set_model_version_tag(model_name, version, key, value)
 

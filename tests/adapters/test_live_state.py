@@ -22,7 +22,7 @@ def test_a_canary_ends_with_its_tags_cleared_by_tag_writes_alone(tmp_path: Path)
     def refuse(*_: object) -> None:
         raise AssertionError("a live-state tag was deleted")
 
-    client.delete_model_version_tag = refuse  # type: ignore[method-assign]
+    client.delete_model_version_tag = refuse  # type: ignore[method-assign,assignment]
     live_state.begin(client, model, version, live_state.now())
     live_state.canary(client, model, version, step=1, share=0.25)
     during = live_state.read(client.get_model_version(model, version))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
+from mlflow import MlflowClient
 
 from adapters import decisions, registry
 from reggaeton import names
@@ -82,3 +85,30 @@ def test_the_registry_reads_well_in_the_mlflow_ui(settings: Settings) -> None:
     assert described.description.startswith("rejected (2026-11-30T21:00:00+00:00, dana): worse\n\n### Slices")
     assert len(described.description) <= decisions.DESCRIPTION_LIMIT
     assert described.description.endswith("(cut: see the run's gate/ files)")
+
+
+def test_monitoring_writes_a_degraded_status_after_its_time_and_clears_the_time_after_recovery(
+    tmp_path: Path,
+) -> None:
+    """The API reads the two tags at any moment: it never finds ``degraded`` without its ``since``."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(names.MODEL_NAME)
+    version = str(client.create_model_version(names.MODEL_NAME, str(tmp_path), run_id=None).version)
+    seen: list[dict[str, str]] = []
+    write = client.set_model_version_tag
+
+    def observed(*args: str) -> None:  # what a reader would find after each write
+        write(*args)
+        seen.append(dict(client.get_model_version(names.MODEL_NAME, version).tags or {}))
+
+    client.set_model_version_tag = observed  # type: ignore[method-assign,assignment]
+    registry.set_monitoring_state(client, names.MODEL_NAME, version, "degraded", "2026-12-07T06:00:00+00:00")
+    registry.set_monitoring_state(client, names.MODEL_NAME, version, "ok", "")
+    status, since = names.Tag.MONITORING_STATUS, names.Tag.MONITORING_SINCE
+    assert [(tags.get(status), tags.get(since)) for tags in seen] == [
+        (None, "2026-12-07T06:00:00+00:00"),
+        ("degraded", "2026-12-07T06:00:00+00:00"),
+        ("ok", "2026-12-07T06:00:00+00:00"),
+        ("ok", ""),
+    ]
