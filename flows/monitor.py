@@ -85,7 +85,7 @@ def remember(
     )
     since = state.since.isoformat(timespec="seconds") if state.since else ""
     try:
-        client = registry.connect(settings)
+        client = registry.connect(settings, names.MONITORING_ACCOUNT)  # EDIT on versions: tags only
         name = settings.mlflow.model_name
         registry.set_monitoring_state(client, name, window.model_version, str(state.status), since)
     except Exception as error:  # a copy for the API and the UI; the results store holds the state

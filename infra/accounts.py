@@ -5,12 +5,17 @@ The bootstrap job, as MLflow's admin, creates the experiments and the registered
 per service with the password of its variable (a changed password is set again: rotation), and grants
 each exactly what it needs on those resources:
 
-| account    | reggaeton-training | reggaeton-monitoring | reggaeton-classifier (model) |
-|------------|--------------------|----------------------|------------------------------|
-| training   | EDIT (runs, models)|                      | EDIT (register versions)     |
-| promotion  | READ (models)      |                      | EDIT (tags, aliases)         |
-| monitoring | READ (reference)   | EDIT (its runs)      | READ                         |
-| serving    | READ (models)      |                      | READ                         |
+| account    | reggaeton-training | reggaeton-monitoring | reggaeton-classifier (model) | its versions   |
+|------------|--------------------|----------------------|------------------------------|----------------|
+| training   | EDIT (runs, models)|                      | EDIT (register versions)     |                |
+| promotion  | READ (models)      |                      | EDIT (tags, aliases)         |                |
+| monitoring | READ (reference)   | EDIT (its runs)      | READ                         | EDIT (tags)    |
+| serving    | READ (models)      |                      | READ                         |                |
+
+The monitor puts its state on the version it watched (``names.Tag.MONITORING_*``, read by the API's
+/metrics): EDIT on the versions tier (MLflow grants it for every version, ``*``, of the models an
+account can read: here ours) lets it set a version's tags, and nothing on the model itself: no alias,
+no new version, no deletion.
 
 What MLflow cannot express (the reason for signed decisions): EDIT on a registered model allows both
 registering versions and moving aliases, so the training account could move ``champion``; the API
@@ -34,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENT: Final = "experiment"
 REGISTERED_MODEL: Final = "registered_model"
+REGISTERED_MODEL_VERSION: Final = "registered_model_version"  # a tier MLflow grants only as a whole: "*"
 READ: Final = "READ"
 EDIT: Final = "EDIT"
 
@@ -45,6 +51,7 @@ GRANTS: Final[Mapping[str, Mapping[tuple[str, str], str]]] = {
         (EXPERIMENT, "training"): READ,
         (EXPERIMENT, "monitoring"): EDIT,
         (REGISTERED_MODEL, "model"): READ,
+        (REGISTERED_MODEL_VERSION, "*"): EDIT,
     },
     names.SERVING_ACCOUNT: {(EXPERIMENT, "training"): READ, (REGISTERED_MODEL, "model"): READ},
 }
@@ -70,6 +77,7 @@ def _resources(settings: Settings) -> dict[tuple[str, str], str]:
             client, settings.mlflow.monitoring_experiment, settings
         ),
         (REGISTERED_MODEL, "model"): model,
+        (REGISTERED_MODEL_VERSION, "*"): "*",
     }
 
 

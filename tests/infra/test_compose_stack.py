@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,7 +40,7 @@ from images_ready import wait_for_images
 from mlflow.exceptions import MlflowException
 from stack_secrets import secret_values
 
-from adapters.registry import logged_model_id
+from adapters.registry import logged_model_id, set_monitoring_state
 from infra.services import SECRET_CHECK, SERVICES, SUPERUSER_HOLDERS
 from infra.services import service as table_service
 from reggaeton.data import synthetic_dataset
@@ -642,6 +643,40 @@ def test_the_serving_account_reads_but_cannot_move_an_alias_or_register_a_versio
                 attempt()
     with stack.mlflow("monitoring") as client, pytest.raises(MlflowException, match="403"):
         client.set_registered_model_alias(MODEL_NAME, "champion", champion.version)
+
+
+def _degraded_gauges(stack: Stack, version: str) -> set[str | None]:
+    """What the replicas' ``reggaeton_champion_degraded`` gauges say of ``version`` ("1.0", "0.0"; None:
+    a replica without the gauge for it)."""
+    gauge = re.compile(rf'^reggaeton_champion_degraded\{{model_version="{version}"\}} (\S+)$', re.MULTILINE)
+    return {
+        (found.group(1) if (found := gauge.search(text)) else None) for text in _replica_texts(stack).values()
+    }
+
+
+def test_the_monitors_state_on_the_champion_reaches_every_replica(stack: Stack) -> None:
+    """The monitor, as the monitoring account, puts its state on the champion version (a 403 there once
+    left every replica's degraded gauge at 0 on this stack); each replica reports it within a poll."""
+    wait_for("the API to serve a champion", lambda: ready(stack), READY_TIMEOUT_S)
+    with stack.mlflow("monitoring") as client:
+        version = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+
+        def reported(status: str, since: str, gauge: str) -> bool:
+            # Put again at every look (a write only if it changed): the stack's own monitor runs every
+            # five minutes and may put its state back meanwhile.
+            set_monitoring_state(client, MODEL_NAME, version, status, since)
+            return _degraded_gauges(stack, version) == {gauge}
+
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            wait_for(
+                "every replica to report the champion degraded",
+                lambda: reported("degraded", since, "1.0"),
+                60,
+                1,
+            )
+        finally:
+            wait_for("every replica to report it recovered", lambda: reported("ok", "", "0.0"), 60, 1)
 
 
 def _alerts(stack: Stack) -> list[dict[str, Any]]:
