@@ -337,6 +337,11 @@ class ServingSettings(_Section):
     # container, its id), so a balancer's spread over replicas can be seen.
     replica_name: str | None = None
     poll_interval_s: float = Field(default=5.0, gt=0)
+    # An idle client connection is kept open this long (uvicorn's default: 5 s). Longer than the idle
+    # timeout of whatever sits in front (haproxy purges its idle ones every 5 s, cloud balancers after
+    # 60 s), so the client closes it first: a request sent on a connection the server was closing at that
+    # moment fails (httpx.ReadError, a balancer's 502), and a stalled loop or client made that moment come.
+    keep_alive_s: int = Field(default=75, ge=1)
     max_batch: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     admin_token: SecretStr = SecretStr(LOCAL_PLACEHOLDER_SECRET)  # /admin routes

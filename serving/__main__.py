@@ -32,6 +32,7 @@ def main() -> None:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.serving.keep_alive_s,
     )
 
 

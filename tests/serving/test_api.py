@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -181,6 +182,25 @@ def test_metrics_show_the_champion_degraded_while_monitoring_holds_it_so(
         )
     finally:
         registry.set_monitoring_state(client, settings.mlflow.model_name, version, "ok", "")
+
+
+def test_an_idle_connection_outlives_uvicorns_default_keep_alive(served: Server) -> None:
+    """The server keeps an idle connection past 5 s (uvicorn's default; ``serving.keep_alive_s``), so a
+    balancer or client that reuses one within its own shorter idle timeout never meets a close."""
+    import http.client
+
+    host, port = served.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", "/health")
+        assert connection.getresponse().read() and connection.sock is not None
+        first = connection.sock
+        time.sleep(6)
+        connection.request("GET", "/health")  # on the same socket: http.client reconnects only after a close
+        response = connection.getresponse()
+        assert response.status == 200 and connection.sock is first, response.status
+    finally:
+        connection.close()
 
 
 def test_openapi_has_the_challenge_examples(served: Server) -> None:

@@ -37,9 +37,9 @@ async def _send_all(url: str) -> tuple[list[str], int]:
             assert response.status_code == 422, response.text
             refused += 1
 
-    # A pooled connection is reused only within 1 s of its last answer: uvicorn closes one idle for 5 s
-    # (its keep-alive timeout), httpx's default expiry is also 5 s, and on a busy machine the client
-    # could send on a connection the server was closing at that moment (httpx.ReadError).
+    # A pooled connection is reused only within 1 s of its last answer, and the server keeps an idle one
+    # 75 s (``serving.keep_alive_s``). With uvicorn's default 5 s, a client or server loop stalled for
+    # seconds under CI load once sent on a connection the server was closing (httpx.ReadError, twice).
     limits = httpx.Limits(max_connections=CONCURRENCY, keepalive_expiry=1.0)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         await asyncio.gather(*(one(i, client) for i in range(REQUESTS)))
