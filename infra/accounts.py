@@ -8,14 +8,18 @@ each exactly what it needs on those resources:
 | account    | reggaeton-training | reggaeton-monitoring | reggaeton-classifier (model) | its versions   |
 |------------|--------------------|----------------------|------------------------------|----------------|
 | training   | EDIT (runs, models)|                      | EDIT (register versions)     |                |
-| promotion  | READ (models)      |                      | EDIT (tags, aliases)         |                |
+| promotion  | READ; EDIT on runs |                      | EDIT (tags, aliases)         |                |
 | monitoring | READ (reference)   | EDIT (its runs)      | READ                         | EDIT (tags)    |
 | serving    | READ (models)      |                      | READ                         |                |
 
 The monitor puts its state on the version it watched (``names.Tag.MONITORING_*``, read by the API's
 /metrics): EDIT on the versions tier (MLflow grants it for every version, ``*``, of the models an
 account can read: here ours) lets it set a version's tags, and nothing on the model itself: no alias,
-no new version, no deletion.
+no new version, no deletion. The gate attaches its decision's files (report, record, slices plot) to the
+challenger's training run: EDIT on the runs tier (every run, ``*``, of the experiments an account can
+read: here the training one) lets the promotion account write to existing runs, not create or delete one
+(nor change the experiment); it could also change a training run's metrics or tags, as the training account
+can: the gate reads them, and its signed decision record keeps the figures it decided on.
 
 What MLflow cannot express (the reason for signed decisions): EDIT on a registered model allows both
 registering versions and moving aliases, so the training account could move ``champion``; the API
@@ -40,13 +44,18 @@ logger = logging.getLogger(__name__)
 EXPERIMENT: Final = "experiment"
 REGISTERED_MODEL: Final = "registered_model"
 REGISTERED_MODEL_VERSION: Final = "registered_model_version"  # a tier MLflow grants only as a whole: "*"
+RUN: Final = "run"  # the same
 READ: Final = "READ"
 EDIT: Final = "EDIT"
 
 # account -> {(resource type, which resource): permission}; resources by role, resolved from settings.
 GRANTS: Final[Mapping[str, Mapping[tuple[str, str], str]]] = {
     names.TRAINING_ACCOUNT: {(EXPERIMENT, "training"): EDIT, (REGISTERED_MODEL, "model"): EDIT},
-    names.PROMOTION_ACCOUNT: {(EXPERIMENT, "training"): READ, (REGISTERED_MODEL, "model"): EDIT},
+    names.PROMOTION_ACCOUNT: {
+        (EXPERIMENT, "training"): READ,
+        (RUN, "*"): EDIT,
+        (REGISTERED_MODEL, "model"): EDIT,
+    },
     names.MONITORING_ACCOUNT: {
         (EXPERIMENT, "training"): READ,
         (EXPERIMENT, "monitoring"): EDIT,
@@ -78,6 +87,7 @@ def _resources(settings: Settings) -> dict[tuple[str, str], str]:
         ),
         (REGISTERED_MODEL, "model"): model,
         (REGISTERED_MODEL_VERSION, "*"): "*",
+        (RUN, "*"): "*",
     }
 
 

@@ -21,6 +21,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from adapters.registry import log_version_files
 from infra.accounts import ensure_accounts
 from reggaeton import names
 from reggaeton.settings import Settings
@@ -105,7 +106,7 @@ def _refused(attempt: Callable[[], object]) -> None:
 
 
 @pytest.mark.slow
-def test_the_monitoring_account_tags_a_version_and_cannot_move_register_or_delete(
+def test_each_account_does_its_services_part_and_is_refused_the_rest(
     auth_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(
@@ -139,3 +140,10 @@ def test_the_monitoring_account_tags_a_version_and_cannot_move_register_or_delet
     promotion = _as(monkeypatch, names.PROMOTION_ACCOUNT, auth_server)
     promotion.set_model_version_tag(MODEL, version.version, status, "ok")
     promotion.set_registered_model_alias(MODEL, names.CHALLENGER, version.version)
+    # The gate's files go onto the challenger's training run (registry.log_version_files, as the gate does).
+    log_version_files(promotion, MODEL, version.version, "gate", {"report.md": b"# the decision"})
+    assert [f.path for f in promotion.list_artifacts(run.info.run_id, "gate")] == ["gate/report.md"]
+    training = run.info.experiment_id
+    _refused(lambda: promotion.create_run(training))
+    _refused(lambda: promotion.delete_run(run.info.run_id))
+    _refused(lambda: promotion.set_experiment_tag(training, "owner", "promotion"))

@@ -41,6 +41,7 @@ from mlflow.exceptions import MlflowException
 from stack_secrets import secret_values
 
 from adapters.registry import logged_model_id, set_monitoring_state
+from flows.promote import GATE_ARTIFACTS
 from infra.services import SECRET_CHECK, SERVICES, SUPERUSER_HOLDERS
 from infra.services import service as table_service
 from reggaeton.data import synthetic_dataset
@@ -584,7 +585,12 @@ def test_the_gate_from_the_host_runs_on_the_worker_and_judges_the_stacks_labelle
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with stack.mlflow() as client:
-        tags = client.get_model_version(MODEL_NAME, challenger).tags
+        version = client.get_model_version(MODEL_NAME, challenger)
+        tags = version.tags
+        # The decision's files on the challenger's training run, put there by the promotion account.
+        files = {Path(f.path).name for f in client.list_artifacts(version.run_id, GATE_ARTIFACTS)}
+    against = f"vs-{champion}"
+    assert {f"decision-{against}.md", f"decision-{against}.json"} <= files, files
     detail = json.loads(tags[Tag.DECISION_DETAIL])
     recent = next(s for s in detail["slices"] if s["name"] == "recent-traffic")
     assert recent["rows"] == LABELLED_SONGS, recent
