@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from adapters.registry import log_version_files
+from flows.promote import GATE_ARTIFACTS
 from infra.accounts import ensure_accounts
 from reggaeton import names
 from reggaeton.settings import Settings
@@ -115,15 +116,21 @@ def test_each_account_does_its_services_part_and_is_refused_the_rest(
     admin = _as(monkeypatch, names.MLFLOW_ADMIN, auth_server)
     assert set(ensure_accounts(settings, PASSWORDS).values()) == {"created"}
     # Twice: the bootstrap runs at every `up` (a grant already there is kept, the password set again).
-    admin = _as(monkeypatch, names.MLFLOW_ADMIN, auth_server)
     assert set(ensure_accounts(settings, PASSWORDS).values()) == {"updated"}
+    monitoring_experiment = admin.get_experiment_by_name(settings.mlflow.monitoring_experiment).experiment_id
+
+    training = _as(monkeypatch, names.TRAINING_ACCOUNT, auth_server)
+    run = training.create_run(
+        training.get_experiment_by_name(settings.mlflow.training_experiment).experiment_id
+    )
+    version = training.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    _refused(lambda: training.create_run(monitoring_experiment))
     admin = _as(monkeypatch, names.MLFLOW_ADMIN, auth_server)
-    run = admin.create_run(admin.get_experiment_by_name(settings.mlflow.training_experiment).experiment_id)
-    version = admin.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
     admin.set_registered_model_alias(MODEL, names.CHAMPION, version.version)
     status = names.Tag.MONITORING_STATUS
 
     monitoring = _as(monkeypatch, names.MONITORING_ACCOUNT, auth_server)
+    monitoring.create_run(monitoring_experiment)  # its own runs
     monitoring.set_model_version_tag(MODEL, version.version, status, "degraded")  # what the monitor does
     assert monitoring.get_model_version(MODEL, version.version).tags[status] == "degraded"
     _refused(lambda: monitoring.set_registered_model_alias(MODEL, names.CHAMPION, version.version))
@@ -141,9 +148,9 @@ def test_each_account_does_its_services_part_and_is_refused_the_rest(
     promotion.set_model_version_tag(MODEL, version.version, status, "ok")
     promotion.set_registered_model_alias(MODEL, names.CHALLENGER, version.version)
     # The gate's files go onto the challenger's training run (registry.log_version_files, as the gate does).
-    log_version_files(promotion, MODEL, version.version, "gate", {"report.md": b"# the decision"})
-    assert [f.path for f in promotion.list_artifacts(run.info.run_id, "gate")] == ["gate/report.md"]
-    training = run.info.experiment_id
-    _refused(lambda: promotion.create_run(training))
+    log_version_files(promotion, MODEL, version.version, GATE_ARTIFACTS, {"report.md": b"# the decision"})
+    listed = [Path(f.path).name for f in promotion.list_artifacts(run.info.run_id, GATE_ARTIFACTS)]
+    assert listed == ["report.md"], listed
+    _refused(lambda: promotion.create_run(run.info.experiment_id))
     _refused(lambda: promotion.delete_run(run.info.run_id))
-    _refused(lambda: promotion.set_experiment_tag(training, "owner", "promotion"))
+    _refused(lambda: promotion.set_experiment_tag(run.info.experiment_id, "owner", "promotion"))
