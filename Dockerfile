@@ -67,6 +67,7 @@ COPY infra/__init__.py infra/healthcheck.py infra/
 # Alembic: the replica that finds the log behind upgrades it (adapters/log_migrations).
 RUN PYTHONDONTWRITEBYTECODE= HOME=/tmp/warm-up python -c "import serving.__main__, serving.app, adapters.registry, \
 reggaeton.model, reggaeton.scorer, mlflow.sklearn, mlflow.pyfunc, skops.io, prefect.events, psycopg, \
+imblearn.pipeline, imblearn.over_sampling, \
 adapters.log_migrations, alembic.command, alembic.config, \
 sqlalchemy.dialects.postgresql, uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl, uvicorn.lifespan.on"
 USER 10001:10001

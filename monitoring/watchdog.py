@@ -50,7 +50,8 @@ from prefect.states import Crashed
 
 from adapters import prefect_events
 from adapters.prefect_api import CONCURRENCY_CANCEL_MESSAGE, deployment_runs, prefect_api, slot_holders
-from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT, Event
+from reggaeton import heartbeat
+from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT, WATCHDOG_ALIVE_FILE, Event
 from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ class Watchdog:
                 if (found := deployments.get(rule.deployment)) is not None:
                     done += self._dead_mans_switch(client, found, rule, now)
         self.memory.save()
+        renew_health(self.settings)
         return done
 
     def _crash_stranded(
@@ -284,14 +286,20 @@ class Watchdog:
             time.sleep(self.settings.watchdog.every_s)
 
 
+def alive_path(settings: Settings) -> Path:
+    """Its liveness file (``reggaeton.heartbeat``), renewed after each successful look."""
+    return settings.state_path / WATCHDOG_ALIVE_FILE
+
+
+def renew_health(settings: Settings, now: float | None = None) -> None:
+    """A look succeeded: alive for three more looks (and at least a minute)."""
+    heartbeat.renew(alive_path(settings), max(3 * settings.watchdog.every_s, 60.0), now)
+
+
 def healthy(settings: Settings, now: float | None = None) -> bool:
-    """Its last successful look is recent: the memory file, written after each, is younger than three
-    looks (and at least a minute)."""
-    path = settings.state_path / "watchdog.json"
-    if not path.is_file():
-        return False
-    age = (now if now is not None else time.time()) - path.stat().st_mtime
-    return age <= max(3 * settings.watchdog.every_s, 60.0)
+    """Its last successful look is recent (what its container's healthcheck reads, without importing this
+    module: ``python -m infra.healthcheck --alive <state>/watchdog.alive``)."""
+    return heartbeat.alive(alive_path(settings), now)
 
 
 def main(argv: list[str] | None = None) -> int:

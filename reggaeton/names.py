@@ -23,6 +23,10 @@ EXPERIMENT_MONITORING: Final = "reggaeton-monitoring"
 # One MLflow run per batch scoring of a catalogue (`reggaeton score`, the score-catalogue deployment).
 EXPERIMENT_BATCH: Final = "reggaeton-batch-scoring"
 
+# The watchdog's liveness file in its state folder (``reggaeton.heartbeat``): its container's healthcheck
+# reads it.
+WATCHDOG_ALIVE_FILE: Final = "watchdog.alive"
+
 # The prefect.yaml deployment that trains a challenger and gates it (retrain trigger, bootstrap, demo).
 TRAIN_DEPLOYMENT: Final = "train-and-promote"
 # The prefect.yaml deployment that monitors the champion on a schedule.

@@ -34,6 +34,7 @@ from infra.services import (
     WORK_POOL,
 )
 from infra.services import service as table_service
+from reggaeton import names
 
 SECRETS = config_values("under-test")
 PASSWORD = SECRETS["dbPassword"]  # the Postgres superuser's
@@ -184,7 +185,8 @@ def test_the_worker_and_the_watchdog_stop_cleanly(run: Run) -> None:
     wrapper_grace = float(worker["command"][worker["command"].index("--grace-s") + 1])
     assert worker["stopTimeout"] == worker["destroyGraceSeconds"] >= wrapper_grace + 10
     assert watchdog["command"] == ["python", "-m", "monitoring.watchdog"]
-    assert watchdog["healthcheck"]["tests"] == ["CMD", "python", "-m", "monitoring.watchdog", "--healthy"]
+    alive = f"/state/watchdog/{names.WATCHDOG_ALIVE_FILE}"
+    assert watchdog["healthcheck"]["tests"] == ["CMD", "python", "-m", "infra.healthcheck", "--alive", alive]
     assert {c["containerPath"] for c in watchdog["volumes"]} == {"/state/watchdog"}
     assert "REGGAETON_STATE_DIR=/state/watchdog" in watchdog["envs"]
 

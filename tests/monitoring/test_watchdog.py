@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -10,6 +11,8 @@ import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from flows import automations
+from infra import healthcheck
+from infra.services import SERVICES
 from monitoring import watchdog
 from reggaeton.names import Event
 from reggaeton.settings import Settings
@@ -73,18 +76,34 @@ def test_memory_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_healthy_while_its_looks_succeed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The container's health: the memory file is written after every successful look."""
+    """The container's health: a successful look renews the liveness file for three looks."""
     settings = Settings(state_dir=tmp_path, watchdog={"every_s": 30})
     assert not watchdog.healthy(settings)  # never looked
-    watchdog.Memory(tmp_path / "watchdog.json").save()
-    written = (tmp_path / "watchdog.json").stat().st_mtime
-    assert watchdog.healthy(settings, now=written + 90)  # three looks
-    assert not watchdog.healthy(settings, now=written + 91)
-    # The healthcheck's command, with the settings of its process.
+    watchdog.renew_health(settings, now=1_000.0)
+    assert watchdog.healthy(settings, now=1_090.0)  # three looks
+    assert not watchdog.healthy(settings, now=1_091.0)
+    # What the container runs (infra/services.py), reading the same file without importing the watchdog.
+    (check,) = (s.healthcheck for s in SERVICES if s.name == "watchdog")
+    assert check is not None and check.test[:4] == ("python", "-m", "infra.healthcheck", "--alive")
+    watchdog.renew_health(settings)
+    assert healthcheck.main(["--alive", str(watchdog.alive_path(settings))]) == 0
+    watchdog.renew_health(settings, now=time.time() - 91)  # its last look four looks ago
+    assert healthcheck.main(["--alive", str(watchdog.alive_path(settings))]) == 1
+    # `--healthy` for a person at a shell, with the settings of its process.
+    watchdog.renew_health(settings)
     monkeypatch.setenv("REGGAETON_STATE_DIR", str(tmp_path))
     assert watchdog.main(["--healthy"]) == 0
     monkeypatch.setenv("REGGAETON_STATE_DIR", str(tmp_path / "elsewhere"))
     assert watchdog.main(["--healthy"]) == 1
+
+
+def test_the_containers_check_reads_the_file_the_watchdog_renews() -> None:
+    (service,) = (s for s in SERVICES if s.name == "watchdog")
+    assert service.healthcheck is not None
+    checked = Path(service.healthcheck.test[-1])
+    state = Settings(state_dir=service.environment["REGGAETON_STATE_DIR"])
+    assert watchdog.alive_path(state) == checked
+    assert str(checked.parent) in service.volumes.values()  # kept on the watchdog's volume
 
 
 def test_stranded_rule_crashes_pending_runs_without_force() -> None:
