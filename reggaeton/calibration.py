@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy.special import ndtr
 
 from reggaeton.schema import FEATURE_NAMES
 
@@ -33,7 +33,7 @@ class ClassProfile:
         # Spearman's rho of a Gaussian copula -> Pearson correlation of the latent normals.
         latent_corr = 2.0 * np.sin(np.pi * rho / 6.0)
         latent = rng.multivariate_normal(np.zeros(len(FEATURE_NAMES)), latent_corr, size=n, method="eigh")
-        uniforms = stats.norm.cdf(latent)
+        uniforms = ndtr(latent)  # the normal CDF (what scipy.stats.norm.cdf calls; stats: 1 s to import)
         levels = np.linspace(0.0, 1.0, 21)
         columns = {
             name: np.interp(uniforms[:, i], levels, np.asarray(self.quantiles[name]))

@@ -8,10 +8,8 @@ Resampling (SMOTE) lives inside the imbalanced-learn pipeline, so it only ever s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from imblearn.over_sampling import SMOTE
-from imblearn.pipeline import Pipeline as ImbPipeline
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     GradientBoostingClassifier,
@@ -23,6 +21,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from reggaeton.schema import FEATURE_NAMES
+
+if TYPE_CHECKING:
+    from imblearn.pipeline import Pipeline as ImbPipeline
 
 BASELINE: Final = "baseline"
 HIST_GRADIENT_BOOSTING: Final = "hist_gradient_boosting"
@@ -49,6 +50,19 @@ IMBALANCE_CHOICES: Final = (NO_REBALANCING, CLASS_WEIGHT, SMOTE_RESAMPLING)
 _SCALED_BY_NOTEBOOK = [FEATURE_NAMES.index("tempo"), FEATURE_NAMES.index("loudness")]
 
 
+def _smote_pipeline(steps: list[tuple[str, Any]], model: Any, seed: int) -> ImbPipeline:
+    """``steps``, SMOTE, then the model, in imbalanced-learn's pipeline.
+
+    Imported here, when such a pipeline is built: importing imbalanced-learn imports scikit-learn's test
+    utilities (~0.7 s of CPU), which every flow run, command and server otherwise paid at start. Loading a
+    fitted one imports it through pickle.
+    """
+    from imblearn.over_sampling import SMOTE
+    from imblearn.pipeline import Pipeline as ImbPipeline
+
+    return ImbPipeline([*steps, ("smote", SMOTE(random_state=seed)), ("model", model)])
+
+
 def baseline_pipeline(seed: int = 0, **overrides: Any) -> ImbPipeline:
     """The data scientist's model: min-max scaling of tempo and loudness, SMOTE, gradient boosting.
 
@@ -60,13 +74,7 @@ def baseline_pipeline(seed: int = 0, **overrides: Any) -> ImbPipeline:
         verbose_feature_names_out=False,
     )
     params = {**BASELINE_PARAMS, **overrides}
-    return ImbPipeline(
-        [
-            ("scale", scale),
-            ("smote", SMOTE(random_state=seed)),
-            ("model", GradientBoostingClassifier(random_state=seed, **params)),
-        ]
-    )
+    return _smote_pipeline([("scale", scale)], GradientBoostingClassifier(random_state=seed, **params), seed)
 
 
 def _with_imbalance(
@@ -74,7 +82,7 @@ def _with_imbalance(
 ) -> Pipeline | ImbPipeline:
     """Append the estimator, preceded by SMOTE (imbalanced-learn pipeline) when asked for."""
     if imbalance == SMOTE_RESAMPLING:
-        return ImbPipeline([*steps, ("smote", SMOTE(random_state=seed)), ("model", model)])
+        return _smote_pipeline(steps, model, seed)
     return Pipeline([*steps, ("model", model)])
 
 
@@ -109,7 +117,7 @@ def _baseline(params: Mapping[str, Any], seed: int) -> ImbPipeline:
     return baseline_pipeline(seed=seed, **params)
 
 
-PipelineFactory = Callable[[Mapping[str, Any], int], Pipeline | ImbPipeline]
+PipelineFactory = Callable[[Mapping[str, Any], int], "Pipeline | ImbPipeline"]
 
 FAMILIES: Final[dict[str, PipelineFactory]] = {
     BASELINE: _baseline,
