@@ -35,6 +35,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, Log, State, StateType, TaskRun, WorkerStatus
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.deployments import run_deployment
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled, Cancelling, Scheduled
@@ -212,7 +213,7 @@ HANDED_BACK_MESSAGE = "Handed back by the stack's shutdown while it was being su
 WORKER_NAME_LABEL = "prefect.worker.name"  # the label a Prefect worker gives the runs it submits
 
 
-def hand_back_pending_runs(work_pool: str, worker: str | None = None) -> list[str]:
+def hand_back_pending_runs(work_pool: str, worker: str | None = None, settle_s: float = 0.0) -> list[str]:
     """Put the runs of a work pool still Pending back to Scheduled, due now (Prefect API set by the caller).
 
     For a shutdown, right after the worker stopped: a run it was submitting would otherwise stay Pending
@@ -224,11 +225,17 @@ def hand_back_pending_runs(work_pool: str, worker: str | None = None) -> list[st
         worker: The stopped worker's name, when other workers may serve the pool: only the runs it
             labelled as its own, or not yet labelled by any worker, are handed back. None: every Pending
             run of the pool (the embedded stack's one worker).
+        settle_s: For a caller about to stop the server too (the embedded stack's ``down``): wait up to
+            this long until the server has taken in each hand-back's state event. Its automations read
+            the events off an in-memory queue that dies with the server: a hand-back the stranded-run
+            rule never saw leaves that rule's clock running from the first submission, and after the
+            next start it crashes the run it finds submitted again. 0: do not wait.
 
     Returns:
         The names of the runs handed back.
     """
-    handed = []
+    handed: dict[UUID, str] = {}
+    since = datetime.now(UTC)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
@@ -244,8 +251,40 @@ def hand_back_pending_runs(work_pool: str, worker: str | None = None) -> list[st
             # Forced: the orchestration would refuse Pending -> Scheduled; nothing else moves the run
             # now that its worker is gone.
             client.set_flow_run_state(run.id, back, force=True)
-            handed.append(run.name)
-    return handed
+            handed[run.id] = run.name
+        if handed and settle_s > 0:
+            unseen = _await_state_events(client, set(handed), "Scheduled", since, settle_s)
+            if unseen:
+                logger.warning(
+                    "the server had not recorded the hand-back of %s after %.0f s",
+                    ", ".join(sorted(handed[run_id] for run_id in unseen)),
+                    settle_s,
+                )
+    return list(handed.values())
+
+
+def _await_state_events(
+    client: SyncPrefectClient, run_ids: set[UUID], state_name: str, since: datetime, timeout_s: float
+) -> set[UUID]:
+    """Wait until the server's events hold each run's ``state_name`` event since ``since``; the runs unseen.
+
+    An event is readable once the server's event persister wrote it, in batches seconds apart; its
+    automations take each event off the same stream as it arrives, so by then they have had it too.
+    """
+    wanted = EventFilter(
+        occurred=EventOccurredFilter(since=since),
+        event=EventNameFilter(name=[f"prefect.flow-run.{state_name}"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}" for run_id in run_ids]),
+    )
+    deadline = time.monotonic() + timeout_s
+    unseen = set(run_ids)
+    while unseen:
+        seen = {event.resource.id for event in client.read_events(wanted, limit=len(run_ids) * 4).events}
+        unseen = {run_id for run_id in unseen if f"prefect.flow-run.{run_id}" not in seen}
+        if not unseen or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    return unseen
 
 
 def submit_run(deployment: str, parameters: dict[str, Any], idempotency_key: str) -> UUID:

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 # A service without a health URL that is still alive this long after its start counts as started.
 SETTLE_S = 3.0
+# How long `down` waits, after handing a stopped worker's runs back, for the Prefect server to take the
+# hand-back in before it is stopped (its event persister flushes at least every 5 s).
+HAND_BACK_SETTLE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -434,7 +437,8 @@ def _hand_back(settings: Settings) -> None:
     try:
         with prefect_api(settings):
             # The embedded stack has one worker per pool: every Pending run of the pool was its own.
-            handed = hand_back_pending_runs(settings.prefect.work_pool)
+            # The server stops next: wait until its automations have seen the hand-back.
+            handed = hand_back_pending_runs(settings.prefect.work_pool, settle_s=HAND_BACK_SETTLE_S)
     except Exception as exc:  # the server is down too: the stranded-run rule covers what is left
         logger.warning("could not hand back the worker's pending runs: %s", exc)
         return
