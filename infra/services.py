@@ -378,8 +378,8 @@ SERVICES: tuple[Service, ...] = (
             "PREFECT_WORKER_QUERY_SECONDS": str(names.WORKER_POLL_S),
         },
         # Healthy while its looks at the Prefect API succeed: it renews its liveness file after each one,
-        # and the check reads that file without importing the watchdog (which imports Prefect: 1.4 s of
-        # CPU per check, a quarter of a core at one check every 5 s).
+        # and the check reads that file without importing the watchdog (which imports Prefect: 2.0 s of
+        # CPU per check, 40 % of a core at one check every 5 s).
         healthcheck=Healthcheck(("python", "-m", "infra.healthcheck", "--alive", WATCHDOG_ALIVE_PATH)),
         depends_on={"prefect-server": "service_healthy"},
         # What it has announced (watchdog.json) survives a new container: nothing is announced twice.

@@ -2,7 +2,7 @@
 
 A container healthcheck runs every few seconds in a fresh interpreter, so it must not import what the
 process it checks imports (the watchdog's health as ``python -m monitoring.watchdog --healthy`` imported
-Prefect: ~1.4 s of CPU every 5 s). The process writes the deadline after each unit of work it counts as
+Prefect: ~2.0 s of CPU every 5 s). The process writes the deadline after each unit of work it counts as
 proof of life; the check (``python -m infra.healthcheck --alive FILE``) reads one number, stdlib only.
 """
 

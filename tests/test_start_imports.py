@@ -9,8 +9,7 @@ tests/serving/test_startup_imports.py.
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from imports_support import probe_imports
 
 FLOWS = ("flows.train", "flows.promote", "flows.live_gate", "flows.monitor", "flows.retention")
 FLOWS += ("flows.score_catalogue", "flows.tune", "cli.main")
@@ -19,11 +18,9 @@ LIGHT = ("flows.monitor", "flows.retention", "flows.score_catalogue", "cli.main"
 
 
 def _imported(modules: tuple[str, ...], watched: tuple[str, ...]) -> list[str]:
-    probe = f"import sys\nfor m in {modules!r}: __import__(m)\n"
-    probe += f"print(','.join(n for n in {watched!r} if n in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [name for name in result.stdout.strip().split(",") if name]
+    probe = probe_imports(f"for m in {modules!r}: __import__(m)", watched)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    return probe.imported
 
 
 def test_no_flow_or_command_imports_resampling_or_plotting_at_start() -> None:

@@ -8,8 +8,6 @@ kind of server, on loopback.
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +16,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from imports_support import Probe, probe_imports
 
 from infra import healthcheck
 from reggaeton import heartbeat
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -89,18 +86,15 @@ def test_the_alive_form_reads_a_deadline(tmp_path: Path) -> None:
 def test_the_command_as_a_container_runs_it(server: str, tmp_path: Path) -> None:
     """A fresh interpreter each time: exit status 0 or 1, and nothing heavy imported."""
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        probe = "import runpy, sys; sys.argv = ['healthcheck', *sys.argv[1:]]\n"
-        probe += "try:\n    runpy.run_module('infra.healthcheck', run_name='__main__')\n"
-        probe += "finally:\n    heavy = {'pydantic', 'prefect', 'mlflow', 'pandas', 'urllib.request'}\n"
-        probe += "    print(sorted(heavy & set(sys.modules)))\n"
-        return subprocess.run(
-            [sys.executable, "-c", probe, *args], cwd=ROOT, capture_output=True, text=True, timeout=30
-        )
+    def run(*args: str) -> Probe:
+        code = "import runpy; sys.argv = ['healthcheck', *sys.argv[1:]]\n"
+        code += "runpy.run_module('infra.healthcheck', run_name='__main__')"
+        heavy = ("pydantic", "prefect", "mlflow", "pandas", "urllib.request")
+        return probe_imports(code, heavy, *args, timeout_s=30)
 
     up, down = run(f"{server}/health"), run(f"{server}/down")
     assert (up.returncode, down.returncode) == (0, 1), (up.stderr, down.stderr)
     heartbeat.renew(tmp_path / "w.alive", 60)
     alive = run("--alive", str(tmp_path / "w.alive"))
     assert alive.returncode == 0, alive.stderr
-    assert up.stdout.strip() == down.stdout.strip() == alive.stdout.strip() == "[]"
+    assert up.imported == down.imported == alive.imported == []

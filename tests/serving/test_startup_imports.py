@@ -9,18 +9,12 @@ or a cache whose scorer cannot be used): a replica starting from the model cache
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from imports_support import probe_imports
 
 LATE = ("prefect", "mlflow", "nannyml", "optuna", "sklearn", "imblearn", "scipy", "pandas")
 
 
 def test_the_server_module_does_not_import_orchestration_or_tracking_clients() -> None:
-    probe = (
-        "import sys, serving.__main__, serving.app; "
-        f"print(','.join(name for name in {LATE!r} if name in sys.modules))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert result.stdout.strip() == "", f"imported at start-up: {result.stdout.strip()}"
+    probe = probe_imports("import serving.__main__, serving.app", LATE, timeout_s=120)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert probe.imported == [], f"imported at start-up: {probe.imported}"
