@@ -47,7 +47,7 @@ def test_the_registry_reads_well_in_the_mlflow_ui(settings: Settings) -> None:
     """The model says what it is; a version's description says the last decision and why; metrics are
     the logged model's (no tag per metric), and versions registered before that show their metric tags."""
     client = registry.connect(settings)
-    data = split(synthetic_dataset(300, seed=2), 0.3, seed=2)
+    data = split(synthetic_dataset(1000, seed=2), 0.3, seed=2)
     pipeline = build_pipeline(LOGISTIC_REGRESSION, {"C": 1.0}, seed=0)
     pipeline.fit(features_array(data.train), data.train[TARGET])
     experiment_id = registry.ensure_experiment(client, names.EXPERIMENT_TRAINING, settings)

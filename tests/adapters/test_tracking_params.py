@@ -10,7 +10,7 @@ from reggaeton.settings import Settings
 def test_the_training_run_records_its_optuna_storage_without_the_password(settings: Settings) -> None:
     training = settings.training.model_copy(update={"optuna_storage": "postgresql://u:s3cret@db:5432/optuna"})
     settings = settings.model_copy(update={"training": training})
-    dataset = synthetic_dataset(300, seed=1)
+    dataset = synthetic_dataset(1000, seed=1)
     client = registry.connect(settings)
     run = tracking.start_training_run(client, settings, dataset, split(dataset, 0.3, seed=1), "flow-run")
     params = client.get_run(run.run_id).data.params

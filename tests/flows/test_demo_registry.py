@@ -20,7 +20,7 @@ def test_champion_and_newest_version(settings: Settings) -> None:
     assert demo.champion_version(client, settings) is None
     assert demo.latest_version(client, settings) is None
 
-    data = split(synthetic_dataset(300, seed=3), 0.3, seed=3)
+    data = split(synthetic_dataset(1000, seed=3), 0.3, seed=3)
     pipeline = build_pipeline(LOGISTIC_REGRESSION, {"C": 1.0}, seed=0)
     pipeline.fit(features_array(data.train), data.train[TARGET].to_numpy())
     experiment_id = registry.ensure_experiment(client, settings.mlflow.training_experiment, settings)
