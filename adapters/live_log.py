@@ -2,7 +2,7 @@
 
 Every request answered while a challenger is under live evaluation has two answers under one prediction
 id: the one that was sent (``predictions``: the champion's, or the canary's on route ``canary``) and the
-other model's (``shadow_predictions``). ``labelled_pairs`` joins them with the feedback labels, in the
+other model's (``shadow_batches``, unnested). ``labelled_pairs`` joins them with the feedback labels, in the
 order the labels arrived; ``recent_pairs`` gives the latest answered requests with or without a label
 (agreement, score distributions, label-free estimates); ``stats`` reads the replicas' ``live_stats``.
 """
@@ -26,7 +26,7 @@ from adapters.prediction_log import (
     live_stats,
     log_exists,
     predictions,
-    shadow_predictions,
+    shadow_answers,
 )
 from reggaeton.schema import PREDICTION, PROBABILITY
 
@@ -57,14 +57,16 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _pairs(champion: str, challenger: str, since: datetime, labelled: bool) -> Any:
+def _pairs(dialect: str, champion: str, challenger: str, since: datetime, labelled: bool) -> Any:
     """Both routes' requests since ``since`` with both answers (and the label: inner or outer join)."""
+    # The other model's answers to requests since then: a shadow batch holds its requests' times.
+    answers = shadow_answers(dialect, since)
     parts = []
     for route, sent_by, other in (
         (ROUTE_CHAMPION, champion, challenger),
         (ROUTE_CANARY, challenger, champion),
     ):
-        sent, shadow = predictions.c, shadow_predictions.c
+        sent, shadow = predictions.c, answers.c
         champion_side = (sent, shadow) if route == ROUTE_CHAMPION else (shadow, sent)
         query = (
             select(
@@ -80,7 +82,7 @@ def _pairs(champion: str, challenger: str, since: datetime, labelled: bool) -> A
             )
             .select_from(predictions)
             .join(
-                shadow_predictions,
+                answers,
                 and_(shadow[FEEDBACK_PREDICTION_ID] == sent[PREDICTION_ID], shadow[MODEL_VERSION] == other),
             )
             .join(
@@ -116,7 +118,7 @@ def labelled_pairs(
     In the order the labels arrived (then by id): a later label never lands before an earlier one, so
     the first rows holding n positives stay the same rows as more labels come (``reggaeton.live``).
     """
-    pairs = _pairs(champion, challenger, since, labelled=True)
+    pairs = _pairs(engine.dialect.name, champion, challenger, since, labelled=True)
     query = (
         select(pairs)
         .where(pairs.c[RECEIVED_AT] <= _utc(received_until))
@@ -127,7 +129,7 @@ def labelled_pairs(
 
 def recent_pairs(engine: Engine, champion: str, challenger: str, since: datetime, limit: int) -> pd.DataFrame:
     """The latest ``limit`` requests since ``since`` with both answers (label NaN when none), oldest first."""
-    pairs = _pairs(champion, challenger, since, labelled=False)
+    pairs = _pairs(engine.dialect.name, champion, challenger, since, labelled=False)
     latest = select(pairs).order_by(pairs.c[CREATED_AT].desc(), pairs.c[PREDICTION_ID].desc()).limit(limit)
     frame = _frame(engine, latest)
     return frame.iloc[::-1].reset_index(drop=True)

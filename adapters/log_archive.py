@@ -3,7 +3,7 @@
 Layout under the archive folder (``settings.archive_path``; a volume every worker shares in containers)::
 
     predictions/date=YYYY-MM-DD/part-<HHMMSSffffff>-<token>.parquet
-    shadow_predictions/date=YYYY-MM-DD/part-<HHMMSSffffff>-<token>.parquet
+    shadow_batches/date=YYYY-MM-DD/part-<HHMMSSffffff>-<token>.parquet
     .staging/                  files being written (emptied at the start of each run)
 
 A predictions file holds the rows of one day in ``(created_at, id)`` order with every column of the
@@ -43,10 +43,13 @@ from adapters.prediction_log import (
     MODEL_VERSION,
     PREDICTION_ID,
     ROUTE,
+    SHADOW_ANSWERS,
+    SHADOW_BATCH_ID,
+    SHADOW_ROWS,
     archive_parts,
     feedback,
     predictions,
-    shadow_predictions,
+    shadow_batches,
 )
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY
 
@@ -96,12 +99,17 @@ PREDICTIONS: Final = Source(
         LABEL_RECEIVED_AT,
     ),
 )
+# A shadow batch moves whole, on its ``created_at`` (its newest request): its rows as they are live, the
+# answers still one JSON array (``prediction_log.shadow_answers`` reads them; so does DuckDB's json_each).
 SHADOW: Final = Source(
-    shadow_predictions,
-    (FEEDBACK_PREDICTION_ID, MODEL_VERSION),
-    (FEEDBACK_PREDICTION_ID, MODEL_VERSION, MODEL_NAME, PROBABILITY, PREDICTION, CREATED_AT),
+    shadow_batches,
+    (SHADOW_BATCH_ID,),
+    (SHADOW_BATCH_ID, MODEL_VERSION, MODEL_NAME, CREATED_AT, SHADOW_ROWS, SHADOW_ANSWERS),
 )
 SOURCES: Final = (PREDICTIONS, SHADOW)
+# Tables an older version archived that this one no longer has: their rows live on elsewhere.
+# ``shadow_predictions``: a row per shadow answer until log revision 0004 moved them to ``shadow_batches``.
+RETIRED_SOURCES: Final = frozenset({"shadow_predictions"})
 
 
 def _schema(source: Source) -> pa.Schema:
@@ -113,6 +121,8 @@ def _schema(source: Source) -> pa.Schema:
         LABEL_RECEIVED_AT: timestamp,
         PREDICTION: pa.int64(),
         LABEL: pa.int64(),
+        SHADOW_ROWS: pa.int64(),
+        **({SHADOW_BATCH_ID: pa.int64()} if source is SHADOW else {}),
         **{name: pa.float64() for name in (*FEATURE_NAMES, PROBABILITY)},
     }
     return pa.schema([(name, kinds.get(name, pa.string())) for name in source.columns])
@@ -255,10 +265,11 @@ def _delete_rows(connection: Connection, source: Source, keys: Sequence[tuple[An
     deleted = 0
     for first in range(0, len(keys), _DELETE_BATCH):
         batch = keys[first : first + _DELETE_BATCH]
-        if source is PREDICTIONS:
+        if len(source.key) == 1:
             ids = [key[0] for key in batch]
-            connection.execute(delete(feedback).where(feedback.c[FEEDBACK_PREDICTION_ID].in_(ids)))
-            condition: Any = table.c[PREDICTION_ID].in_(ids)
+            if source is PREDICTIONS:
+                connection.execute(delete(feedback).where(feedback.c[FEEDBACK_PREDICTION_ID].in_(ids)))
+            condition: Any = table.c[source.key[0]].in_(ids)
         else:
             condition = tuple_(*(table.c[name] for name in source.key)).in_(batch)
         deleted += connection.execute(delete(table).where(condition)).rowcount
@@ -290,8 +301,16 @@ def recover(engine: Engine, folder: Path) -> int:
         ).all()
     finished = 0
     for part, source_name in pending:
-        source = next(s for s in SOURCES if s.name == source_name)
         path = folder / part
+        if source_name in RETIRED_SOURCES:
+            # Interrupted before its rows left a table the log has since migrated (the rows moved
+            # with it, still live): the file is forgotten, so no row is ever in both.
+            with engine.begin() as connection:
+                connection.execute(delete(archive_parts).where(archive_parts.c.part == part))
+            path.unlink(missing_ok=True)
+            logger.warning("archive: forgot %s, interrupted before its rows left %s", part, source_name)
+            continue
+        source = next(s for s in SOURCES if s.name == source_name)
         if not path.is_file():  # never renamed into place: its rows are live, archived again later
             with engine.begin() as connection:
                 connection.execute(delete(archive_parts).where(archive_parts.c.part == part))
@@ -486,6 +505,8 @@ def restore(engine: Engine, folder: Path, part: str) -> int:
         ).scalar()
     if listed is None:
         raise ArchiveError(f"{part} is not an archived file of the manifest (already restored?)")
+    if listed in RETIRED_SOURCES:
+        raise ArchiveError(f"{part} holds rows of {listed}, a table this log no longer has: read the file")
     source = next(s for s in SOURCES if s.name == listed)
     frame = pq.read_table(folder / part).to_pandas()
     label_columns = [LABEL, LABEL_RECEIVED_AT] if source is PREDICTIONS else []

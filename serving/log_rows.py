@@ -93,14 +93,13 @@ def _unchanged(process: Callable[[Any], Any], sample: object) -> bool:
 class Insert:
     """An INSERT of ``columns`` compiled once for the engine's dialect and run on the driver's cursor.
 
-    By default the ``predictions`` table's (``ROW_COLUMNS``); the shadow writer uses it for
-    ``shadow_predictions``. Letting SQLAlchemy compile and process every row's parameters cost about
-    10 us per row; plain tuples cost about 4. Values still go through the dialect's bind processors:
-    ``created_at``'s once per entry (:meth:`created_at`), the others per row unless they return the
-    values this writer passes unchanged (SQLite's ``Float`` processor turns a Python float into itself).
-    A dialect with named parameters gets dicts. On SQLite and Postgres a row whose key is already there
-    is skipped (a replayed journal, or a retry after a commit whose answer was lost), so each row is
-    inserted exactly once.
+    By default the ``predictions`` table's (``ROW_COLUMNS``). Letting SQLAlchemy compile and process
+    every row's parameters cost about 10 us per row; plain tuples cost about 4. Values still go through
+    the dialect's bind processors: ``created_at``'s once per entry (:meth:`created_at`), the others per
+    row unless they return the values this writer passes unchanged (SQLite's ``Float`` processor turns a
+    Python float into itself). A dialect with named parameters gets dicts. On SQLite and Postgres a row
+    whose key is already there is skipped (a replayed journal, or a retry after a commit whose answer was
+    lost), so each row is inserted exactly once.
     """
 
     def __init__(

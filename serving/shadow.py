@@ -3,9 +3,9 @@
 After a batch of requests is answered (``PredictionService``), its rows are offered here: a sampled
 share (``LiveSettings.shadow_share``) is appended to a bounded queue in O(1) and the event loop moves
 on. One shadow thread takes up to ``shadow_batch_rows`` rows at a time and scores them in a model
-thread of their own, waiting at most ``shadow_timeout_s``; the answers go to ``shadow_predictions``
-(same prediction id, the shadow's version) through a writer thread of their own, outside the durable
-journal. Nothing here can delay or change a champion answer:
+thread of their own, waiting at most ``shadow_timeout_s``; the answers go to ``shadow_batches``
+(same prediction ids, the shadow's version; a row per written batch) through a writer thread of their
+own, outside the durable journal. Nothing here can delay or change a champion answer:
 
 - under overload the queue fills and new rows are **shed** (counted), never waited for;
 - a shadow model that **raises**, **hangs** (the call outlives its deadline: the rows count as timed
@@ -38,18 +38,18 @@ from sqlalchemy import Engine, insert
 
 from adapters.prediction_log import (
     CREATED_AT,
-    FEEDBACK_PREDICTION_ID,
     MODEL_NAME,
     MODEL_VERSION,
+    SHADOW_ANSWERS,
+    SHADOW_ROWS,
     STATS_SHADOW,
+    encode_answers,
     live_stats,
-    shadow_predictions,
+    shadow_batches,
 )
-from reggaeton.schema import PREDICTION, PROBABILITY
 from reggaeton.settings import LiveSettings
 from serving.holder import ServedModel
 from serving.live import LiveStats
-from serving.log_rows import Insert
 from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
@@ -60,15 +60,7 @@ INVALID: Final = "invalid"
 # Called (from the shadow thread) when a model starts failing: (role, version, kind, detail).
 FailingListener = Callable[[str, str, str, str], None]
 
-SHADOW_COLUMNS: Final = (
-    FEEDBACK_PREDICTION_ID,
-    MODEL_VERSION,
-    MODEL_NAME,
-    PROBABILITY,
-    PREDICTION,
-    CREATED_AT,
-)
-_WRITE_ROWS: Final = 2000  # shadow rows per insert, at most
+_WRITE_ROWS: Final = 2000  # shadow rows per write, at most
 # The shadow thread wakes this often, or as soon as a full batch is queued: a model call per request
 # batch cost as much again as the request (profiled: a 25-row call, its future, its checks and a
 # thread wake-up per micro-batch held the GIL for a tenth of the server's time at 100 % shadow).
@@ -177,8 +169,23 @@ class Episodes:
                     logger.info("%s version %s answers again", role, version)
 
 
+@dataclass(slots=True, eq=False)
+class _Answers:
+    """One scored item's answers, encoded: a JSON array's items without the brackets."""
+
+    served: ServedModel
+    created_at: datetime
+    rows: int
+    items: bytes
+
+
 class ShadowWriter:
-    """Writes shadow answers and live stats in a thread of its own; what the database refuses is dropped."""
+    """Writes shadow answers and live stats in a thread of its own; what the database refuses is dropped.
+
+    Each scored item's answers are encoded to JSON at once (one C call, in the shadow thread); a write
+    joins the queued items of each model into one ``shadow_batches`` row: one insert per model per write,
+    whatever the rows (see ``adapters.prediction_log.shadow_batches``).
+    """
 
     def __init__(
         self, engine: Engine, metrics: ServingMetrics, stats: LiveStats, policy: LiveSettings
@@ -187,10 +194,9 @@ class ShadowWriter:
         self._metrics = metrics
         self._stats = stats
         self._policy = policy
-        self._insert = Insert(
-            engine, shadow_predictions, SHADOW_COLUMNS, (FEEDBACK_PREDICTION_ID, MODEL_VERSION)
-        )
-        self._rows: deque[tuple[Any, ...]] = deque()
+        self._queue: deque[_Answers] = deque()
+        self._queued_rows = 0
+        self._lock = threading.Lock()  # the row count (the shadow thread adds, the writer takes)
         self._wake = threading.Event()
         self._closed = False
         self._pending_stats: list[dict[str, Any]] = []
@@ -202,17 +208,17 @@ class ShadowWriter:
         self._thread.start()
 
     def put(self, item: _Item, proba: np.ndarray, labels: np.ndarray) -> None:
-        """Queue one scored item's rows (shadow thread); beyond the bound they are dropped, counted."""
-        if len(self._rows) + len(item.ids) > self._policy.shadow_queue_rows:
-            self._metrics.shadow_rows.labels(outcome="dropped").inc(len(item.ids))
+        """Queue one scored item's answers (shadow thread); beyond the bound they are dropped, counted."""
+        rows = len(item.ids)
+        if self._queued_rows + rows > self._policy.shadow_queue_rows:
+            self._metrics.shadow_rows.labels(outcome="dropped").inc(rows)
             return
-        created = self._insert.created_at(item.created_at)
-        name, version = item.served.name, item.served.version
-        self._rows.extend(
-            (pid, version, name, p, y, created)
-            for pid, p, y in zip(item.ids, proba.tolist(), labels.tolist(), strict=True)
-        )
-        if len(self._rows) >= _WRITE_ROWS:
+        encoded = encode_answers(item.ids, proba.tolist(), labels.tolist())
+        self._queue.append(_Answers(item.served, item.created_at, rows, encoded[1:-1]))
+        with self._lock:
+            self._queued_rows += rows
+            full = self._queued_rows >= _WRITE_ROWS
+        if full:
             self._wake.set()
 
     def close(self, timeout_s: float) -> None:
@@ -228,7 +234,7 @@ class ShadowWriter:
             self._wake.wait(_WRITE_INTERVAL_S)
             self._wake.clear()
             closing = self._closed
-            while self._rows:
+            while self._queue:
                 self._write_rows()
             if closing or time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self._policy.stats_interval_s
@@ -236,19 +242,44 @@ class ShadowWriter:
             if closing:
                 return
 
+    def _take(self) -> list[_Answers]:
+        """The oldest queued items, up to ``_WRITE_ROWS`` rows (at least one item)."""
+        taken = [self._queue.popleft()]
+        rows = taken[0].rows
+        while self._queue and rows + self._queue[0].rows <= _WRITE_ROWS:
+            taken.append(self._queue.popleft())
+            rows += taken[-1].rows
+        with self._lock:
+            self._queued_rows -= rows
+        return taken
+
     def _write_rows(self) -> None:
-        rows = [self._rows.popleft() for _ in range(min(_WRITE_ROWS, len(self._rows)))]
+        taken = self._take()
+        by_model: dict[int, list[_Answers]] = {}
+        for answers in taken:
+            by_model.setdefault(id(answers.served), []).append(answers)
+        batches = [
+            {
+                MODEL_VERSION: group[0].served.version,
+                MODEL_NAME: group[0].served.name,
+                CREATED_AT: max(answers.created_at for answers in group),
+                SHADOW_ROWS: sum(answers.rows for answers in group),
+                SHADOW_ANSWERS: (b"[" + b",".join(answers.items for answers in group) + b"]").decode(),
+            }
+            for group in by_model.values()
+        ]
+        rows = sum(answers.rows for answers in taken)
         try:
             with self._engine.begin() as connection:
-                connection.exec_driver_sql(self._insert.sql, self._insert.prepared(rows))
+                connection.execute(insert(shadow_batches), batches)
         except Exception as exc:  # best effort: the rows are dropped, never retried into the spool
-            self._metrics.shadow_rows.labels(outcome="dropped").inc(len(rows))
+            self._metrics.shadow_rows.labels(outcome="dropped").inc(rows)
             if not self._failing:
                 self._failing = True
                 logger.warning("shadow answers not written (dropped until the log takes them): %r", exc)
             return
         self._failing = False
-        self._metrics.shadow_rows.labels(outcome="written").inc(len(rows))
+        self._metrics.shadow_rows.labels(outcome="written").inc(rows)
 
     def _write_stats(self) -> None:
         rows = self._pending_stats + [row for row in self._stats.take() if row["attempts"] or row["shed"]]

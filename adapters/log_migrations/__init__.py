@@ -9,6 +9,8 @@ Revisions (``versions/``):
 - ``0002``: v2: ``predictions.route``, ``shadow_predictions``, the archive manifest, the indexes the
   monitor's window and the retention queries need.
 - ``0003``: ``live_stats``, the API replicas' counts of a challenger's live answers (the live gate's).
+- ``0004``: shadow answers a batch per row (``shadow_batches``, JSON arrays), moved from
+  ``shadow_predictions``, which goes.
 
 A database made by ``create_all`` before migrations (v1 tables, no version table) is stamped ``0001``
 and upgraded in place: its rows stay. Concurrent upgrades (API replicas starting together) are

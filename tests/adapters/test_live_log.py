@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import Engine, insert
 
 from adapters import live_log
@@ -17,7 +18,8 @@ from adapters.prediction_log import (
     live_stats,
     make_engine,
     predictions,
-    shadow_predictions,
+    shadow_batch,
+    shadow_batches,
 )
 from reggaeton.schema import FEATURE_NAMES
 
@@ -51,15 +53,8 @@ def _answer(
         )
         if other is not None:
             connection.execute(
-                insert(shadow_predictions),
-                {
-                    "prediction_id": pid,
-                    "model_version": other[0],
-                    "model_name": "m",
-                    "probability": other[1],
-                    "prediction": int(other[1] >= 0.5),
-                    "created_at": at,
-                },
+                insert(shadow_batches),
+                shadow_batch(other[0], "m", at, [(pid, other[1], int(other[1] >= 0.5))]),
             )
 
 
@@ -68,8 +63,16 @@ def _label(engine: Engine, pid: str, label: int, at: datetime) -> None:
         connection.execute(insert(feedback), {"prediction_id": pid, "label": label, "received_at": at})
 
 
-def test_both_answers_of_each_request_whichever_route_sent_it_in_label_order(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty log on each database the log runs on (the shadow answers are unnested per dialect)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'log.db'}"
+
+
+def test_both_answers_of_each_request_whichever_route_sent_it_in_label_order(log_url: str) -> None:
+    engine = make_engine(log_url)
     create_tables(engine)
     since = T0
     _answer(engine, "before", T0 - timedelta(minutes=1), ROUTE_CHAMPION, ("1", 0.1), ("2", 0.2))  # too early

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from adapters.prediction_log import (
     ROUTE,
     ROUTE_CANARY,
     ROUTE_CHAMPION,
+    SHADOW_ANSWERS,
     archive_parts,
     feedback,
     predictions,
-    shadow_predictions,
+    shadow_batch,
+    shadow_batches,
 )
 from adapters.traffic import read_labelled_traffic
 from reggaeton.ids import time_ordered_ids
@@ -34,11 +37,14 @@ CUTOFF = log_archive.retention_cutoff(NOW, KEEP_DAYS)  # 2026-06-12 12:00
 
 def _fill(engine: Engine, rows: int = 600, days: float = 6.0, seed: int = 0) -> None:
     """Predictions spread evenly over ``days`` before NOW (a tenth from a canary), 30 % labelled, and a
-    shadow answer for every other one."""
+    shadow answer for every other one, four answers to a shadow batch."""
     rng = np.random.default_rng(seed)
     start = NOW - timedelta(days=days)
     step = timedelta(days=days) / rows
-    records, labels, shadows = [], [], []
+    records: list[dict[str, object]] = []
+    labels: list[dict[str, object]] = []
+    shadows: list[dict[str, object]] = []
+    answers: list[tuple[str, float, int]] = []
     for i in range(rows):
         at = start + i * step
         (pid,) = time_ordered_ids(1, int(at.timestamp() * 1000))
@@ -58,20 +64,24 @@ def _fill(engine: Engine, rows: int = 600, days: float = 6.0, seed: int = 0) -> 
         if rng.random() < 0.3:
             labels.append({"prediction_id": pid, "label": int(rng.random() < 0.2), "received_at": at + step})
         if i % 2 == 0:
-            shadows.append(
-                {
-                    "prediction_id": pid,
-                    "model_version": "3",
-                    "model_name": "reggaeton-classifier",
-                    PROBABILITY: proba / 2,
-                    PREDICTION: 0,
-                    "created_at": at,
-                }
-            )
+            answers.append((pid, proba / 2, 0))
+        if len(answers) == 4 or (answers and i == rows - 1):  # the batch's time: its newest request's
+            shadows.append(shadow_batch("3", "reggaeton-classifier", at, answers))
+            answers = []
     with engine.begin() as connection:
         connection.execute(predictions.insert(), records)
         connection.execute(feedback.insert(), labels)
-        connection.execute(shadow_predictions.insert(), shadows)
+        connection.execute(shadow_batches.insert(), shadows)
+
+
+def _shadow_answers(engine: Engine) -> list[tuple[str, float, int]]:
+    """The live shadow answers, one per row, sorted."""
+    answers = prediction_log.shadow_answers(engine.dialect.name)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(answers.c.prediction_id, answers.c.probability, answers.c.prediction)
+        )
+        return sorted((pid, proba, label) for pid, proba, label in rows)
 
 
 def _count(engine: Engine, table: object, older: bool = False) -> int:
@@ -108,14 +118,15 @@ def test_rows_older_than_the_setting_move_to_daily_parquet_and_leave_the_live_lo
     log: Engine, settings: Settings
 ) -> None:
     folder = settings.archive_path
-    before = {table.name: _count(log, table) for table in (predictions, feedback, shadow_predictions)}
-    older = {table.name: _count(log, table, older=True) for table in (predictions, shadow_predictions)}
+    before = {table.name: _count(log, table) for table in (predictions, feedback, shadow_batches)}
+    older = {table.name: _count(log, table, older=True) for table in (predictions, shadow_batches)}
+    answers_before = _shadow_answers(log)
     window_before = log_window.read_window(log, "1")
     traffic_before = read_labelled_traffic(settings)
 
     moved = {m.source: m for m in _archive_all(log, folder, part_rows=80)}
 
-    for table in (predictions, shadow_predictions):
+    for table in (predictions, shadow_batches):
         m = moved[table.name]
         assert m.archived == older[table.name] > 0
         assert m.archived + m.kept == before[table.name] == m.before  # archived + kept == before
@@ -133,6 +144,16 @@ def test_rows_older_than_the_setting_move_to_daily_parquet_and_leave_the_live_lo
     assert sum(row["rows"] for row in parts if row["source"] == "predictions") == older["predictions"]
     archived = _archived_ids(folder, PREDICTIONS)
     assert len(archived) == len(set(archived)) == older["predictions"] and not set(archived) & live_ids
+    # Shadow batches moved whole: their answers, archived or live, are every answer once, bit for bit.
+    shadow_files = sorted((folder / SHADOW.name).glob("date=*/part-*.parquet"))
+    archived_answers = [
+        (pid, proba, label)
+        for path in shadow_files
+        for document in pq.read_table(path).column(SHADOW_ANSWERS).to_pylist()
+        for pid, proba, label in json.loads(document)
+    ]
+    assert sorted(archived_answers + _shadow_answers(log)) == answers_before
+    assert {pid for pid, _, _ in archived_answers} <= set(archived)  # older requests' answers
     assert not list((folder / STAGING).iterdir())
     # /feedback's view: predictions before the cutoff were archived.
     with log.connect() as connection:
@@ -152,6 +173,44 @@ def test_rows_older_than_the_setting_move_to_daily_parquet_and_leave_the_live_lo
     assert traffic_after["id"].tolist() == traffic_before["id"].tolist()
     assert traffic_after[TARGET].tolist() == traffic_before[TARGET].tolist()
     np.testing.assert_array_equal(traffic_after[list(FEATURE_NAMES)], traffic_before[list(FEATURE_NAMES)])
+    log.dispose()
+
+
+def test_files_of_the_retired_shadow_table_are_forgotten_if_unfinished_and_never_restored(
+    log: Engine, tmp_path: Path
+) -> None:
+    """Revision 0004 moved ``shadow_predictions``' live rows to ``shadow_batches``: a file of the old table
+    a crash left unfinished holds rows that are still live (moved), so it goes; a finished one stays."""
+    folder = tmp_path / "archive"
+    (folder / "shadow_predictions/date=2026-06-01").mkdir(parents=True)
+    parts = {
+        name: f"shadow_predictions/date=2026-06-01/part-{name}.parquet" for name in ("unfinished", "done")
+    }
+    for part in parts.values():
+        (folder / part).write_bytes(b"PAR1")
+    with log.begin() as connection:
+        for name, part in parts.items():
+            connection.execute(
+                archive_parts.insert().values(
+                    part=part,
+                    source="shadow_predictions",
+                    rows=1,
+                    first_created_at=NOW,
+                    last_created_at=NOW,
+                    cutoff=NOW,
+                    written_at=NOW,
+                    deleted_at=NOW if name == "done" else None,
+                )
+            )
+    before = _count(log, shadow_batches)
+
+    assert log_archive.recover(log, folder) == 0
+    with log.connect() as connection:
+        assert connection.execute(select(archive_parts.c.part)).scalars().all() == [parts["done"]]
+    assert not (folder / parts["unfinished"]).exists() and (folder / parts["done"]).exists()
+    assert _count(log, shadow_batches) == before
+    with pytest.raises(log_archive.ArchiveError, match="no longer has"):
+        log_archive.restore(log, folder, parts["done"])
     log.dispose()
 
 
@@ -270,7 +329,7 @@ def test_a_restored_day_is_live_again_and_read_once(
     _archive_all(log, folder, part_rows=80)
     day = (CUTOFF - timedelta(days=2)).date()
     parts = log_archive.parts_of_day(log, day)
-    assert {part.split("/")[0] for part in parts} == {"predictions", "shadow_predictions"}
+    assert {part.split("/")[0] for part in parts} == {"predictions", "shadow_batches"}
 
     monkeypatch.setenv("REGGAETON_STATE_DIR", str(settings.state_dir))
     assert main(["restore", "--day", day.isoformat()]) == 0

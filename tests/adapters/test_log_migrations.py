@@ -89,6 +89,57 @@ def _v1_log_with_rows(engine: Engine, rows: int = 50) -> None:
         )
 
 
+# The shadow answers table of revisions 0002-0003, a row per answer (0004 moved them to shadow_batches).
+v3 = MetaData()
+v3_shadow_predictions = Table(
+    "shadow_predictions",
+    v3,
+    Column("prediction_id", String(36), primary_key=True),
+    Column("model_version", String(50), primary_key=True),
+    Column("model_name", String(200), nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("prediction", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _v3_log_with_shadow_answers(engine: Engine) -> list[tuple[object, ...]]:
+    """A log at revision 0003 holding shadow answers: 3 scored batches, 2 versions; the answers, sorted."""
+    from alembic import command
+
+    with engine.begin() as connection:
+        command.upgrade(log_migrations.config(connection), "0003")
+    answers = [
+        {
+            "prediction_id": f"p{i:03d}",
+            "model_version": version,
+            "model_name": "reggaeton-classifier",
+            "probability": 1 / (i + 3),  # no short decimal form: read back bit for bit or not at all
+            "prediction": i % 2,
+            "created_at": START + timedelta(seconds=batch),
+        }
+        for batch, version, ids in ((0, "2", range(0, 5)), (1, "2", range(5, 7)), (1, "3", range(0, 4)))
+        for i in ids
+    ]
+    with engine.begin() as connection:
+        connection.execute(insert(v3_shadow_predictions), answers)
+    return sorted(tuple(row.values()) for row in answers)
+
+
+def _shadow_answers(engine: Engine) -> list[tuple[object, ...]]:
+    """Today's shadow answers one per row, with their batch's time, sorted."""
+    answers = prediction_log.shadow_answers(engine.dialect.name)
+    batches = prediction_log.shadow_batches
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(answers, batches.c.created_at).join(batches, batches.c.id == answers.c.batch_id)
+        ).all()
+    return sorted(
+        (pid, version, name, proba, label, created.replace(tzinfo=UTC))
+        for pid, _batch, version, name, proba, label, created in rows
+    )
+
+
 def _schema_differences(engine: Engine) -> list[object]:
     """What Alembic's autogenerate finds between the database and today's tables (types, defaults)."""
     with engine.connect() as connection:
@@ -181,6 +232,19 @@ def test_a_v1_log_with_rows_is_upgraded_in_place_and_keeps_them(tmp_path: Path) 
     engine.dispose()
 
 
+def test_shadow_answers_of_an_older_log_move_to_batches_one_per_scored_batch(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    before = _v3_log_with_shadow_answers(engine)
+    create_tables(engine)
+    assert prediction_log._revision(engine) == SCHEMA_REVISION
+    assert _schema_differences(engine) == []
+    assert _shadow_answers(engine) == before
+    with engine.connect() as connection:
+        batches = connection.execute(select(prediction_log.shadow_batches.c.rows)).scalars().all()
+    assert sorted(batches) == [2, 4, 5]
+    engine.dispose()
+
+
 def test_replicas_upgrading_one_sqlite_log_at_once_all_succeed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
     _v1_log_with_rows(make_engine(url), rows=2000)
@@ -216,6 +280,16 @@ def test_postgres_v1_log_upgraded_by_replicas_at_once_keeps_its_rows(postgres_ur
     assert len(after) == 2400
     for engine in engines:
         engine.dispose()
+
+
+@pytest.mark.slow
+def test_postgres_shadow_answers_of_an_older_log_move_to_batches(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    before = _v3_log_with_shadow_answers(engine)
+    create_tables(engine)
+    assert _schema_differences(engine) == []
+    assert _shadow_answers(engine) == before
+    engine.dispose()
 
 
 @pytest.mark.slow

@@ -28,7 +28,8 @@ from adapters.prediction_log import (
     live_stats,
     make_engine,
     predictions,
-    shadow_predictions,
+    shadow_batch,
+    shadow_batches,
 )
 from flows import live_gate, promote
 from flows.outcome import live_lines
@@ -123,19 +124,9 @@ def _answer_live(
                 for pid, row, p in zip(ids, x.tolist(), scores[champion[0]], strict=True)
             ],
         )
+        answers = [(pid, float(p), int(p >= 0.5)) for pid, p in zip(ids, scores[challenger[0]], strict=True)]
         connection.execute(
-            insert(shadow_predictions),
-            [
-                {
-                    "prediction_id": pid,
-                    "model_version": challenger[0],
-                    "model_name": settings.mlflow.model_name,
-                    "probability": float(p),
-                    "prediction": int(p >= 0.5),
-                    "created_at": now,
-                }
-                for pid, p in zip(ids, scores[challenger[0]], strict=True)
-            ],
+            insert(shadow_batches), shadow_batch(challenger[0], settings.mlflow.model_name, now, answers)
         )
         chosen = rng.random(len(ids)) < labelled
         connection.execute(

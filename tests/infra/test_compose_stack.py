@@ -1145,7 +1145,9 @@ def test_operators_shadow_and_canary_a_version_from_the_host_on_every_replica(st
         assert load.failures == [] and {a.version for a in load.ok} == {champion}
         # The shadow's answers sit beside the champion's, under the same prediction ids.
         paired = (
-            "SELECT count(*) FROM shadow_predictions s JOIN predictions p ON p.id = s.prediction_id "
+            "SELECT count(*) FROM shadow_batches s "
+            "CROSS JOIN LATERAL jsonb_array_elements(s.answers::jsonb) a "
+            "JOIN predictions p ON p.id = a.value ->> 0 "
             f"WHERE s.model_version = '{target}' AND p.model_version = '{champion}' "
             f"AND p.created_at >= '{since}'"
         )

@@ -392,7 +392,7 @@ def test_the_champions_monitoring_window_holds_its_own_answers_only(deployed: Se
     engine = prediction_log.make_engine(settings.prediction_log_url)
     try:
         window = log_window.read_window(engine, champion)
-        p, s = prediction_log.predictions.c, prediction_log.shadow_predictions.c
+        p, s = prediction_log.predictions.c, prediction_log.shadow_answers(engine.dialect.name).c
         with engine.connect() as connection:
             own = dict(
                 connection.execute(

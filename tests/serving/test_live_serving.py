@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from adapters.prediction_log import (
     FEEDBACK_PREDICTION_ID,
@@ -32,7 +32,8 @@ from adapters.prediction_log import (
     live_stats,
     make_engine,
     predictions,
-    shadow_predictions,
+    shadow_answers,
+    shadow_batches,
 )
 from reggaeton.names import CLIENT_HEADER
 from reggaeton.settings import LiveSettings
@@ -151,6 +152,13 @@ def _count(engine: Engine, query: Any) -> int:
         return int(connection.execute(query).scalar_one())
 
 
+def _shadow_answers(connection: Connection) -> list[tuple[str, str]]:
+    """(prediction id, version) of every shadow answer logged."""
+    answers = shadow_answers(connection.dialect.name)
+    rows = connection.execute(select(answers.c[FEEDBACK_PREDICTION_ID], answers.c[MODEL_VERSION])).all()
+    return [(pid, version) for pid, version in rows]
+
+
 def test_the_shadow_scores_every_answered_request_under_the_same_id(tmp_path: Path) -> None:
     async def scenario() -> list[Any]:
         async with _replica(tmp_path, _served(_Model(), "2")) as replica:
@@ -163,14 +171,12 @@ def test_the_shadow_scores_every_answered_request_under_the_same_id(tmp_path: Pa
     engine = make_engine(f"sqlite:///{tmp_path / 'predictions.db'}")
     assert {row["model_version"] for row in answered} == {"1"}  # the champion answered every request
     with engine.connect() as connection:
-        shadow = dict(
-            connection.execute(
-                select(shadow_predictions.c[FEEDBACK_PREDICTION_ID], shadow_predictions.c[MODEL_VERSION])
-            ).all()
-        )
+        shadow_rows = _shadow_answers(connection)
+        shadow = dict(shadow_rows)
         routes = dict(connection.execute(select(predictions.c[PREDICTION_ID], predictions.c[ROUTE])).all())
         stats = connection.execute(select(live_stats)).mappings().all()
     assert set(shadow) == {row["id"] for row in answered} == set(routes)
+    assert len(shadow_rows) == len(shadow)  # each request's shadow answer once
     assert set(shadow.values()) == {"2"}
     assert set(routes.values()) == {ROUTE_CHAMPION}
     shadow_stats = [row for row in stats if row["role"] == "shadow"]
@@ -231,7 +237,7 @@ def test_a_failing_shadow_changes_no_answer_is_counted_and_announced_once(
     assert episodes == 1
     assert len(events) == 1 and events[0][:3] == ("shadow", "2", outcome)
     engine = make_engine(f"sqlite:///{tmp_path / 'predictions.db'}")
-    assert _count(engine, select(func.count()).select_from(shadow_predictions)) == 0
+    assert _count(engine, select(func.count()).select_from(shadow_batches)) == 0
     assert _count(engine, select(func.count()).select_from(predictions)) == 80
 
 
@@ -263,12 +269,9 @@ def test_the_canary_answers_its_share_and_the_champion_scores_those_requests(tmp
                 select(predictions.c[PREDICTION_ID], predictions.c[ROUTE], predictions.c[MODEL_VERSION])
             )
         }
-        shadow = {
-            row[0]: row[1]
-            for row in connection.execute(
-                select(shadow_predictions.c[FEEDBACK_PREDICTION_ID], shadow_predictions.c[MODEL_VERSION])
-            )
-        }
+        shadow_rows = _shadow_answers(connection)
+        shadow = dict(shadow_rows)
+    assert len(shadow_rows) == len(shadow)  # each request's other answer once
     assert len(logged) == 400
     for answer in answered:
         route, version = logged[answer["id"]]
@@ -319,6 +322,6 @@ def test_without_a_challenger_nothing_is_shadowed_or_counted(tmp_path: Path) -> 
 
     asyncio.run(scenario())
     engine = make_engine(f"sqlite:///{tmp_path / 'predictions.db'}")
-    assert _count(engine, select(func.count()).select_from(shadow_predictions)) == 0
+    assert _count(engine, select(func.count()).select_from(shadow_batches)) == 0
     assert _count(engine, select(func.count()).select_from(live_stats)) == 0
     assert _count(engine, select(func.count()).select_from(predictions)) == 50
