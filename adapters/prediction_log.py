@@ -133,18 +133,26 @@ def encode_answers(ids: Sequence[str], probabilities: Sequence[float], labels: S
     return orjson.dumps(list(zip(ids, probabilities, labels, strict=True)))
 
 
+def shadow_batch_row(
+    model_version: str, model_name: str, created_at: datetime, rows: int, answers: str
+) -> dict[str, Any]:
+    """A ``shadow_batches`` row: ``rows`` answers already encoded (:func:`encode_answers`)."""
+    return {
+        MODEL_VERSION: model_version,
+        MODEL_NAME: model_name,
+        CREATED_AT: created_at,
+        SHADOW_ROWS: rows,
+        SHADOW_ANSWERS: answers,
+    }
+
+
 def shadow_batch(
     model_version: str, model_name: str, created_at: datetime, answers: Sequence[tuple[str, float, int]]
 ) -> dict[str, Any]:
     """A ``shadow_batches`` row holding these ``(prediction id, probability, prediction)`` answers."""
     ids, probabilities, labels = zip(*answers, strict=True) if answers else ((), (), ())
-    return {
-        MODEL_VERSION: model_version,
-        MODEL_NAME: model_name,
-        CREATED_AT: created_at,
-        SHADOW_ROWS: len(answers),
-        SHADOW_ANSWERS: encode_answers(ids, probabilities, labels).decode(),
-    }
+    encoded = encode_answers(ids, probabilities, labels).decode()
+    return shadow_batch_row(model_version, model_name, created_at, len(answers), encoded)
 
 
 def shadow_answers(dialect: str, since: datetime | None = None) -> CTE:

@@ -37,14 +37,10 @@ import numpy as np
 from sqlalchemy import Engine, insert
 
 from adapters.prediction_log import (
-    CREATED_AT,
-    MODEL_NAME,
-    MODEL_VERSION,
-    SHADOW_ANSWERS,
-    SHADOW_ROWS,
     STATS_SHADOW,
     encode_answers,
     live_stats,
+    shadow_batch_row,
     shadow_batches,
 )
 from reggaeton.settings import LiveSettings
@@ -259,13 +255,13 @@ class ShadowWriter:
         for answers in taken:
             by_model.setdefault(id(answers.served), []).append(answers)
         batches = [
-            {
-                MODEL_VERSION: group[0].served.version,
-                MODEL_NAME: group[0].served.name,
-                CREATED_AT: max(answers.created_at for answers in group),
-                SHADOW_ROWS: sum(answers.rows for answers in group),
-                SHADOW_ANSWERS: (b"[" + b",".join(answers.items for answers in group) + b"]").decode(),
-            }
+            shadow_batch_row(
+                group[0].served.version,
+                group[0].served.name,
+                max(answers.created_at for answers in group),
+                sum(answers.rows for answers in group),
+                (b"[" + b",".join(answers.items for answers in group) + b"]").decode(),
+            )
             for group in by_model.values()
         ]
         rows = sum(answers.rows for answers in taken)
