@@ -122,7 +122,6 @@ def _schema(source: Source) -> pa.Schema:
         PREDICTION: pa.int64(),
         LABEL: pa.int64(),
         SHADOW_ROWS: pa.int64(),
-        **({SHADOW_BATCH_ID: pa.int64()} if source is SHADOW else {}),
         **{name: pa.float64() for name in (*FEATURE_NAMES, PROBABILITY)},
     }
     return pa.schema([(name, kinds.get(name, pa.string())) for name in source.columns])

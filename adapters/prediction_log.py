@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from sqlalchemy import (
     CTE,
-    BigInteger,
     CheckConstraint,
     Column,
     Connection,
@@ -49,6 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from reggaeton.ids import time_ordered_ids
 from reggaeton.schema import FEATURE_NAMES, PREDICTION, PROBABILITY, TARGET
 from reggaeton.settings import with_postgres_timeouts
 
@@ -113,9 +113,9 @@ SHADOW_BATCH: Final = "batch_id"  # an answer's batch, as shadow_answers names i
 shadow_batches: Final = Table(
     "shadow_batches",
     metadata,
-    Column(
-        SHADOW_BATCH_ID, BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
+    # A UUIDv7 stamped with the batch's time, made by the writer: no sequence to share between replicas
+    # (or to grant to the API's database role).
+    Column(SHADOW_BATCH_ID, String(36), primary_key=True),
     Column(MODEL_VERSION, String(50), nullable=False),
     Column(MODEL_NAME, String(200), nullable=False),
     Column(CREATED_AT, DateTime(timezone=True), nullable=False),
@@ -137,7 +137,9 @@ def shadow_batch_row(
     model_version: str, model_name: str, created_at: datetime, rows: int, answers: str
 ) -> dict[str, Any]:
     """A ``shadow_batches`` row: ``rows`` answers already encoded (:func:`encode_answers`)."""
+    (batch_id,) = time_ordered_ids(1, int(created_at.timestamp() * 1000))
     return {
+        SHADOW_BATCH_ID: batch_id,
         MODEL_VERSION: model_version,
         MODEL_NAME: model_name,
         CREATED_AT: created_at,

@@ -14,6 +14,8 @@ Create Date: 2026-12-07
 
 from __future__ import annotations
 
+import uuid
+
 import orjson
 import sqlalchemy as sa
 from alembic import op
@@ -41,7 +43,7 @@ def _move_answers() -> None:
     )
     new = sa.table(
         "shadow_batches",
-        *(sa.column(n) for n in ("model_version", "model_name", "created_at", "rows", "answers")),
+        *(sa.column(n) for n in ("id", "model_version", "model_name", "created_at", "rows", "answers")),
     )
     key = (old.c.model_version, old.c.model_name, old.c.created_at)
     rows = bind.execute(sa.select(old).order_by(*key, old.c.prediction_id))
@@ -54,6 +56,7 @@ def _move_answers() -> None:
             version, name, created = group
             batches.append(
                 {
+                    "id": str(uuid.uuid4()),  # the writer stamps its batches' ids (UUIDv7); any UUID will do
                     "model_version": version,
                     "model_name": name,
                     "created_at": created,
@@ -81,9 +84,7 @@ def upgrade() -> None:
     """Create ``shadow_batches``, move the shadow answers into it, drop ``shadow_predictions``."""
     op.create_table(
         "shadow_batches",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
+        sa.Column("id", sa.String(36), primary_key=True),
         sa.Column("model_version", sa.String(50), nullable=False),
         sa.Column("model_name", sa.String(200), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
