@@ -429,6 +429,17 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _orphans_alive(record: Record) -> bool:
+    """Processes are left in the group the dead service led (its PID), and they are ours.
+
+    Linux gives a PID to a new process only once no process has it as its group: a process now holding
+    the PID (not ours: ``is_running`` said so) means our group is gone, and a group of that number is
+    the new process's. PIDs cycle within minutes on a busy machine (``pid_max`` is 32,768 here): a
+    signal to that group would stop whatever runs there, a container's worker included.
+    """
+    return not _alive(record.pid) and _group_alive(record.pid)
+
+
 def _hand_back(settings: Settings) -> None:
     """Give the runs the stopped worker was submitting back to the schedule (the server still runs)."""
     # Prefect's client: imported only when a worker stopped.
@@ -461,7 +472,7 @@ def stop_together(names: Sequence[str], settings: Settings, timeout_s: float = 2
 
     def alive(name: str, record: Record) -> bool:
         # The worker's flow runs may outlive it in its group; what is left there is ours to stop.
-        return record.is_running() or (name == "worker" and _group_alive(record.pid))
+        return record.is_running() or (name == "worker" and _orphans_alive(record))
 
     running = {name: record for name, record in records.items() if record is not None and alive(name, record)}
     for record in running.values():

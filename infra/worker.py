@@ -61,6 +61,21 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _ours_alive(child: subprocess.Popen[bytes]) -> bool:
+    """The worker, or flow runs it left in its group (numbered by its PID), are still running.
+
+    Once the worker is reaped, a process holding its PID is another one: Linux reuses a PID only when no
+    process has it as its group, so our group is gone and that number's group is not ours to signal.
+    """
+    if child.poll() is None:
+        return True
+    try:
+        os.kill(child.pid, 0)
+    except ProcessLookupError:
+        return _group_alive(child.pid)
+    return False
+
+
 def stop_workers(children: Sequence[subprocess.Popen[bytes]], grace_s: float) -> None:
     """SIGTERM to each worker, up to ``grace_s`` for them and their flow runs, then SIGKILL to the rest."""
     for child in children:
@@ -68,13 +83,13 @@ def stop_workers(children: Sequence[subprocess.Popen[bytes]], grace_s: float) ->
             child.send_signal(signal.SIGTERM)
 
     def running() -> bool:
-        return any(child.poll() is None or _group_alive(child.pid) for child in children)
+        return any(_ours_alive(child) for child in children)
 
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and running():
         time.sleep(0.2)
     for child in children:
-        if _group_alive(child.pid):
+        if _ours_alive(child):
             logger.warning("worker %d: still running after %.0f s, killed", child.pid, grace_s)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)

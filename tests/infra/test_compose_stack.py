@@ -407,6 +407,12 @@ def _scale_workers(stack: Stack, count: int) -> None:
     )
 
 
+def _worker_logs(stack: Stack, lines: int = 300) -> str:
+    """What the worker containers printed last: a failure's evidence (runs taken, a child that exited)."""
+    command = ("logs", "--no-color", "--timestamps", "--tail", str(lines), "worker")
+    return stack.compose(*command, check=False, timeout_s=120).stdout
+
+
 def _online_tuning_workers(stack: Stack) -> int:
     from adapters.prefect_api import online_workers
 
@@ -444,6 +450,7 @@ def test_training_flow_spreads_its_tuning_over_two_workers_and_registers_one_ver
             )
         assert flow_run.state is not None and flow_run.state.is_completed(), (flow_run.state, stack.logs())
     finally:
+        story = _worker_logs(stack)  # before the second worker goes, with its logs
         _scale_workers(stack, 1)  # the later tests stop and restart the one worker
     after = registry_versions(stack)
     assert len(after) == len(before) + 1 and max(after) > max(before, default=0)
@@ -461,7 +468,7 @@ def test_training_flow_spreads_its_tuning_over_two_workers_and_registers_one_ver
     # The gate's decision is signed by the worker (the training, tuning and gate accounts all did their part).
     assert {Tag.DECISION_RECORD, Tag.DECISION_SIGNATURE} <= set(version.tags)
     assert len(trials) >= 6
-    assert {trial.data.tags.get(Tag.WORKER) for trial in trials} == hosts
+    assert {trial.data.tags.get(Tag.WORKER) for trial in trials} == hosts, story
 
 
 def _reggaeton(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -505,7 +512,7 @@ def test_promote_under_load_moves_every_replica_without_a_failed_request(stack: 
         time.sleep(1)
         result = _reggaeton(stack, "promote", "--version", target, "--reason", "from the host")
         ended = time.monotonic()
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, result.stderr[-3000:] + _worker_logs(stack)
         assert _champion(stack) == target
         # A run of the promote-version deployment on the worker, which signed it; its lines, as locally.
         assert f"manual: version {target} promoted (manual promotion: from the host" in result.stdout
@@ -593,7 +600,7 @@ def test_the_gate_from_the_host_runs_on_the_worker_and_judges_the_stacks_labelle
     assert {f"decision-{against}.md", f"decision-{against}.json"} <= files, files
     detail = json.loads(tags[Tag.DECISION_DETAIL])
     recent = next(s for s in detail["slices"] if s["name"] == "recent-traffic")
-    assert recent["rows"] == LABELLED_SONGS, recent
+    assert recent["rows"] == LABELLED_SONGS, (recent, result.stdout[-3000:], _worker_logs(stack))
     assert detail["rows"] >= LABELLED_SONGS  # the overall rule judges them too (with the held-out rows)
     # The lines the local command prints: the decision, the slices (this traffic among them), the champion.
     lines = result.stdout.splitlines()

@@ -127,6 +127,23 @@ def test_services_of_a_phase_are_stopped_together_within_one_grace(tmp_path: Pat
     assert stack.read_record(settings, "api") is None and stack.read_record(settings, "watchdog") is None
 
 
+def test_a_dead_workers_pid_now_held_by_another_process_is_never_signalled(tmp_path: Path) -> None:
+    """The worker died and its PID went to another process leading a group of its own (PIDs cycle within
+    minutes on a busy machine; a container's worker is such a process): stopping the worker leaves it be."""
+    settings = Settings(state_dir=tmp_path / "state")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    try:
+        ticks = stack._start_ticks(other.pid)
+        assert ticks is not None
+        # The record of a worker that had this PID before: another start time.
+        stack._write_record(settings, stack.Record("worker", other.pid, str(int(ticks) - 1), ["prefect"]))
+        assert stack.stop("worker", settings, timeout_s=1.0) == "not running"
+        assert other.poll() is None, "the other process was signalled"
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_server_the_settings_point_at_is_used_as_it_is(
     tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
