@@ -34,7 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
 
 from adapters.prediction_log import (
     CREATED_AT,
@@ -75,7 +75,7 @@ class Source:
     """A live table whose old rows are archived: its key, its columns in the files, how rows are read."""
 
     table: Table
-    key: tuple[str, ...]
+    key: str  # its primary key's one column
     columns: tuple[str, ...]  # as written to the files (predictions: plus the label and its arrival)
 
     @property
@@ -85,7 +85,7 @@ class Source:
 
 PREDICTIONS: Final = Source(
     predictions,
-    (PREDICTION_ID,),
+    PREDICTION_ID,
     (
         PREDICTION_ID,
         CREATED_AT,
@@ -103,7 +103,7 @@ PREDICTIONS: Final = Source(
 # answers still one JSON array (``prediction_log.shadow_answers`` reads them; so does DuckDB's json_each).
 SHADOW: Final = Source(
     shadow_batches,
-    (SHADOW_BATCH_ID,),
+    SHADOW_BATCH_ID,
     (SHADOW_BATCH_ID, MODEL_VERSION, MODEL_NAME, CREATED_AT, SHADOW_ROWS, SHADOW_ANSWERS),
 )
 SOURCES: Final = (PREDICTIONS, SHADOW)
@@ -149,7 +149,7 @@ def _select(source: Source, start: datetime, end: datetime) -> Any:
         select(*columns)
         .select_from(frm)
         .where(created >= start, created < end)
-        .order_by(created, *(table.c[name] for name in source.key))
+        .order_by(created, table.c[source.key])
     )
 
 
@@ -178,8 +178,8 @@ class Part:
     cutoff: datetime
 
 
-def _keys(source: Source, batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
-    return list(zip(*(batch.column(name).to_pylist() for name in source.key), strict=True))
+def _keys(source: Source, batch: pa.RecordBatch) -> list[Any]:
+    return batch.column(source.key).to_pylist()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -196,7 +196,7 @@ class Staged:
 
     path: Path
     token: str
-    keys: list[tuple[Any, ...]]
+    keys: list[Any]
     first_at: datetime
     last_at: datetime
 
@@ -211,7 +211,7 @@ class _StagedFile:
         self.path = staging / f"{source.name}-{self.token}.parquet"
         self.writer = pq.ParquetWriter(self.path, _schema(source), compression="zstd")
         self.source = source
-        self.keys: list[tuple[Any, ...]] = []
+        self.keys: list[Any] = []
         self.times: list[datetime] = []
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -258,24 +258,19 @@ def _write_staged(
             current.writer.close()
 
 
-def _delete_rows(connection: Connection, source: Source, keys: Sequence[tuple[Any, ...]]) -> int:
+def _delete_rows(connection: Connection, source: Source, keys: Sequence[Any]) -> int:
     """Delete these rows from the live table (predictions: their feedback first); rows deleted."""
     table = source.table
     deleted = 0
     for first in range(0, len(keys), _DELETE_BATCH):
         batch = keys[first : first + _DELETE_BATCH]
-        if len(source.key) == 1:
-            ids = [key[0] for key in batch]
-            if source is PREDICTIONS:
-                connection.execute(delete(feedback).where(feedback.c[FEEDBACK_PREDICTION_ID].in_(ids)))
-            condition: Any = table.c[source.key[0]].in_(ids)
-        else:
-            condition = tuple_(*(table.c[name] for name in source.key)).in_(batch)
-        deleted += connection.execute(delete(table).where(condition)).rowcount
+        if source is PREDICTIONS:
+            connection.execute(delete(feedback).where(feedback.c[FEEDBACK_PREDICTION_ID].in_(batch)))
+        deleted += connection.execute(delete(table).where(table.c[source.key].in_(batch))).rowcount
     return deleted
 
 
-def _finish(engine: Engine, source: Source, part: str, keys: Sequence[tuple[Any, ...]]) -> None:
+def _finish(engine: Engine, source: Source, part: str, keys: Sequence[Any]) -> None:
     """Delete a placed file's rows from the live log and mark it done, in one transaction."""
     with engine.begin() as connection:
         deleted = _delete_rows(connection, source, keys)
@@ -315,8 +310,7 @@ def recover(engine: Engine, folder: Path) -> int:
                 connection.execute(delete(archive_parts).where(archive_parts.c.part == part))
             logger.warning("archive: forgot %s, interrupted before it was placed", part)
             continue
-        table = pq.read_table(path, columns=list(source.key))
-        keys = list(zip(*(table.column(name).to_pylist() for name in source.key), strict=True))
+        keys = pq.read_table(path, columns=[source.key]).column(source.key).to_pylist()
         _finish(engine, source, part, keys)
         finished += 1
         logger.warning("archive: finished %s (%d rows), interrupted before its rows left", part, len(keys))

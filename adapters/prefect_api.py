@@ -46,6 +46,20 @@ from reggaeton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# Prefect names a flow run's events "prefect.flow-run.<state name>" (a worker's Pending is "Submitting")
+# and their resource "prefect.flow-run.<run id>": the automations and the hand-back's wait match on them.
+_FLOW_RUN = "prefect.flow-run"
+
+
+def flow_run_event(state_name: str) -> str:
+    """The event a flow run's state change to ``state_name`` emits (e.g. ``Crashed``, ``heartbeat``)."""
+    return f"{_FLOW_RUN}.{state_name}"
+
+
+def flow_run_resource(run_id: UUID | str) -> str:
+    """The resource id of a flow run in events (``*`` for any flow run)."""
+    return f"{_FLOW_RUN}.{run_id}"
+
 
 @contextlib.contextmanager
 def prefect_api_at(url: str) -> Iterator[None]:
@@ -271,20 +285,27 @@ def _await_state_events(
     An event is readable once the server's event persister wrote it, in batches seconds apart; its
     automations take each event off the same stream as it arrives, so by then they have had it too.
     """
-    wanted = EventFilter(
-        occurred=EventOccurredFilter(since=since),
-        event=EventNameFilter(name=[f"prefect.flow-run.{state_name}"]),
-        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}" for run_id in run_ids]),
-    )
     deadline = time.monotonic() + timeout_s
     unseen = set(run_ids)
     while unseen:
-        seen = {event.resource.id for event in client.read_events(wanted, limit=len(run_ids) * 4).events}
-        unseen = {run_id for run_id in unseen if f"prefect.flow-run.{run_id}" not in seen}
+        unseen -= state_events(client, unseen, state_name, since)
         if not unseen or time.monotonic() >= deadline:
             break
         time.sleep(0.25)
     return unseen
+
+
+def state_events(
+    client: SyncPrefectClient, run_ids: set[UUID], state_name: str, since: datetime
+) -> set[UUID]:
+    """Which of the runs the server's events show entering ``state_name`` since ``since``."""
+    wanted = EventFilter(
+        occurred=EventOccurredFilter(since=since),
+        event=EventNameFilter(name=[flow_run_event(state_name)]),
+        resource=EventResourceFilter(id=[flow_run_resource(run_id) for run_id in run_ids]),
+    )
+    seen = {event.resource.id for event in client.read_events(wanted, limit=len(run_ids) * 4).events}
+    return {run_id for run_id in run_ids if flow_run_resource(run_id) in seen}
 
 
 def submit_run(deployment: str, parameters: dict[str, Any], idempotency_key: str) -> UUID:

@@ -28,7 +28,7 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
-from adapters.prefect_api import find_deployment, prefect_api
+from adapters.prefect_api import find_deployment, flow_run_event, flow_run_resource, prefect_api
 from reggaeton.names import TRAIN_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
@@ -38,17 +38,17 @@ logger = logging.getLogger(__name__)
 PREFIX = "reggaeton"
 TAG = "reggaeton"
 
-FLOW_RUN_FAILED = "prefect.flow-run.Failed"
-FLOW_RUN_CRASHED = "prefect.flow-run.Crashed"
-FLOW_RUN_HEARTBEAT = "prefect.flow-run.heartbeat"
-FLOW_RUN_RUNNING = "prefect.flow-run.Running"
+FLOW_RUN_FAILED = flow_run_event("Failed")
+FLOW_RUN_CRASHED = flow_run_event("Crashed")
+FLOW_RUN_HEARTBEAT = flow_run_event("heartbeat")
+FLOW_RUN_RUNNING = flow_run_event("Running")
 # A flow-run event is named after the state's name, not its type: a worker's Pending is "Submitting".
-FLOW_RUN_PENDING = "prefect.flow-run.Pending"
-FLOW_RUN_SUBMITTING = "prefect.flow-run.Submitting"
+FLOW_RUN_PENDING = flow_run_event("Pending")
+FLOW_RUN_SUBMITTING = flow_run_event("Submitting")
 # A run handed back to the schedule by a stopping worker (adapters.prefect_api.hand_back_pending_runs).
-FLOW_RUN_SCHEDULED = "prefect.flow-run.Scheduled"
+FLOW_RUN_SCHEDULED = flow_run_event("Scheduled")
 FLOW_RUN_FINAL = frozenset(
-    {"prefect.flow-run.Completed", FLOW_RUN_FAILED, "prefect.flow-run.Cancelled", FLOW_RUN_CRASHED}
+    {flow_run_event("Completed"), FLOW_RUN_FAILED, flow_run_event("Cancelled"), FLOW_RUN_CRASHED}
 )
 # Flow runs send a heartbeat every `prefect.heartbeat_s` (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by the
 # stack); a run silent for `Settings.zombie_after_s` (its worker was killed with it, the machine
@@ -272,7 +272,7 @@ def _crash_when_silent(
         trigger=EventTrigger(
             after=after,
             expect=expect,
-            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match={"prefect.resource.id": flow_run_resource("*")},
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from shadow_support import logged_shadow_answers
 from sqlalchemy import Engine, func, select
 
 from adapters import log_archive, log_window, prediction_log
@@ -76,12 +77,8 @@ def _fill(engine: Engine, rows: int = 600, days: float = 6.0, seed: int = 0) -> 
 
 def _shadow_answers(engine: Engine) -> list[tuple[str, float, int]]:
     """The live shadow answers, one per row, sorted."""
-    answers = prediction_log.shadow_answers(engine.dialect.name)
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(answers.c.prediction_id, answers.c.probability, answers.c.prediction)
-        )
-        return sorted((pid, proba, label) for pid, proba, label in rows)
+    columns = (prediction_log.FEEDBACK_PREDICTION_ID, PROBABILITY, PREDICTION)
+    return sorted(tuple(row[c] for c in columns) for row in logged_shadow_answers(engine))  # type: ignore[misc]
 
 
 def _count(engine: Engine, table: object, older: bool = False) -> int:
@@ -111,7 +108,7 @@ def _archive_all(engine: Engine, folder: Path, part_rows: int = 1_000_000) -> li
 
 def _archived_ids(folder: Path, source: log_archive.Source) -> list[str]:
     files = sorted((folder / source.name).glob("date=*/part-*.parquet"))
-    return [pid for path in files for pid in pq.read_table(path).column(source.key[0]).to_pylist()]
+    return [pid for path in files for pid in pq.read_table(path).column(source.key).to_pylist()]
 
 
 def test_rows_older_than_the_setting_move_to_daily_parquet_and_leave_the_live_log(
@@ -182,10 +179,10 @@ def test_files_of_the_retired_shadow_table_are_forgotten_if_unfinished_and_never
     """Revision 0004 moved ``shadow_predictions``' live rows to ``shadow_batches``: a file of the old table
     a crash left unfinished holds rows that are still live (moved), so it goes; a finished one stays."""
     folder = tmp_path / "archive"
-    (folder / "shadow_predictions/date=2026-06-01").mkdir(parents=True)
-    parts = {
-        name: f"shadow_predictions/date=2026-06-01/part-{name}.parquet" for name in ("unfinished", "done")
-    }
+    (retired,) = log_archive.RETIRED_SOURCES
+    day = f"{retired}/date=2026-06-01"
+    (folder / day).mkdir(parents=True)
+    parts = {name: f"{day}/part-{name}.parquet" for name in ("unfinished", "done")}
     for part in parts.values():
         (folder / part).write_bytes(b"PAR1")
     with log.begin() as connection:
@@ -193,7 +190,7 @@ def test_files_of_the_retired_shadow_table_are_forgotten_if_unfinished_and_never
             connection.execute(
                 archive_parts.insert().values(
                     part=part,
-                    source="shadow_predictions",
+                    source=retired,
                     rows=1,
                     first_created_at=NOW,
                     last_created_at=NOW,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from shadow_support import logged_shadow_answers
 from sqlalchemy import (
     Column,
     DateTime,
@@ -38,6 +39,7 @@ from adapters.prediction_log import (
     make_engine,
     predictions,
 )
+from reggaeton.schema import PREDICTION, PROBABILITY
 
 # The v1 log exactly as `metadata.create_all` made it before migrations (adapters/prediction_log.py at
 # 451b51c): defined here, not imported, since the module now describes v2.
@@ -128,16 +130,16 @@ def _v3_log_with_shadow_answers(engine: Engine) -> list[tuple[object, ...]]:
 
 def _shadow_answers(engine: Engine) -> list[tuple[object, ...]]:
     """Today's shadow answers one per row, with their batch's time, sorted."""
-    answers = prediction_log.shadow_answers(engine.dialect.name)
-    batches = prediction_log.shadow_batches
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(answers, batches.c.created_at).join(batches, batches.c.id == answers.c.batch_id)
-        ).all()
-    return sorted(
-        (pid, version, name, proba, label, created.replace(tzinfo=UTC))
-        for pid, _batch, version, name, proba, label, created in rows
+    log = prediction_log
+    columns = (
+        log.FEEDBACK_PREDICTION_ID,
+        log.MODEL_VERSION,
+        log.MODEL_NAME,
+        PROBABILITY,
+        PREDICTION,
+        log.CREATED_AT,
     )
+    return sorted(tuple(row[c] for c in columns) for row in logged_shadow_answers(engine))
 
 
 def _schema_differences(engine: Engine) -> list[object]:

@@ -9,7 +9,6 @@ from uuid import uuid4
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import StateType
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Pending
 
@@ -21,6 +20,7 @@ from adapters.prefect_api import (
     prefect_api,
     prefect_api_at,
     slot_holders,
+    state_events,
 )
 from reggaeton.settings import Settings
 
@@ -72,13 +72,8 @@ def test_runs_of_a_deployment_and_handing_back_only_the_stopped_workers_pending_
 
         assert sorted(handed) == sorted([runs["mine"].name, runs["none"].name])
         # Settled: the server had taken each hand-back's event in before the call returned.
-        scheduled = EventFilter(
-            occurred=EventOccurredFilter(since=handing),
-            event=EventNameFilter(name=["prefect.flow-run.Scheduled"]),
-            resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}" for run in runs.values()]),
-        )
-        recorded = {event.resource.id for event in client.read_events(scheduled, limit=50).events}
-        assert recorded == {f"prefect.flow-run.{runs[who].id}" for who in ("mine", "none")}
+        recorded = state_events(client, {run.id for run in runs.values()}, "Scheduled", handing)
+        assert recorded == {runs[who].id for who in ("mine", "none")}
         states = {who: client.read_flow_run(run.id).state for who, run in runs.items()}
         assert states["other"] is not None and states["other"].type == StateType.PENDING
         for who in ("mine", "none"):

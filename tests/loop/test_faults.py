@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.client.schemas.objects import FlowRun
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from adapters.prefect_api import prefect_api
+from adapters.prefect_api import flow_run_resource, prefect_api
 from embedded import demo, stack
 from flows.automations import FLOW_RUN_HEARTBEAT
 from flows.deploy import deploy
@@ -56,7 +56,7 @@ def _start_retrain(settings: Settings) -> FlowRun:
 def _heartbeat_recorded(settings: Settings, run: FlowRun) -> bool | None:
     heartbeats = EventFilter(
         event=EventNameFilter(name=[FLOW_RUN_HEARTBEAT]),
-        resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+        resource=EventResourceFilter(id=[flow_run_resource(run.id)]),
     )
     with prefect_api(settings), get_client(sync_client=True) as client:
         return True if client.read_events(heartbeats, limit=1).events else None

@@ -34,7 +34,12 @@ from prefect.events import Event as PrefectEvent
 from prefect.events.clients import get_events_client
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
-from adapters.prefect_api import CONCURRENCY_CANCEL_MESSAGE, HANDED_BACK_MESSAGE, prefect_api
+from adapters.prefect_api import (
+    CONCURRENCY_CANCEL_MESSAGE,
+    HANDED_BACK_MESSAGE,
+    flow_run_resource,
+    prefect_api,
+)
 from embedded import demo, stack
 from embedded.manual import MANUAL_TAG, SlotTaken, run_when_free
 from embedded.receiver import read_alerts
@@ -247,7 +252,7 @@ def _emit_for_run(settings: Settings, name: str, run: FlowRun) -> None:
     async def send() -> None:
         async with get_events_client() as client:
             await client.emit(
-                PrefectEvent(event=name, resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"})
+                PrefectEvent(event=name, resource={"prefect.resource.id": flow_run_resource(run.id)})
             )
 
     with prefect_api(settings):
@@ -306,7 +311,7 @@ def test_a_completed_run_is_never_flipped_to_crashed(guarded: tuple[Settings, Pa
 
 def _refused_actions(settings: Settings, run: FlowRun) -> set[str]:
     """Which of our crash rules had an action on `run` refused ("stranded", "silent")."""
-    target = f"prefect.flow-run.{run.id}"
+    target = flow_run_resource(run.id)
     wanted = EventFilter(
         event=EventNameFilter(name=["prefect.automation.action.failed"]),
         any_resource=EventAnyResourceFilter(id=[target]),

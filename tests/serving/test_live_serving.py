@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from shadow_support import logged_shadow_answers
 from sklearn.linear_model import LogisticRegression
 from sqlalchemy import Connection, Engine, func, select
 
@@ -32,7 +33,6 @@ from adapters.prediction_log import (
     live_stats,
     make_engine,
     predictions,
-    shadow_answers,
     shadow_batches,
 )
 from reggaeton.names import CLIENT_HEADER
@@ -154,9 +154,7 @@ def _count(engine: Engine, query: Any) -> int:
 
 def _shadow_answers(connection: Connection) -> list[tuple[str, str]]:
     """(prediction id, version) of every shadow answer logged."""
-    answers = shadow_answers(connection.dialect.name)
-    rows = connection.execute(select(answers.c[FEEDBACK_PREDICTION_ID], answers.c[MODEL_VERSION])).all()
-    return [(pid, version) for pid, version in rows]
+    return [(row[FEEDBACK_PREDICTION_ID], row[MODEL_VERSION]) for row in logged_shadow_answers(connection)]
 
 
 def test_the_shadow_scores_every_answered_request_under_the_same_id(tmp_path: Path) -> None:

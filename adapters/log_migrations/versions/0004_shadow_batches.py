@@ -46,7 +46,9 @@ def _move_answers() -> None:
         *(sa.column(n) for n in ("id", "model_version", "model_name", "created_at", "rows", "answers")),
     )
     key = (old.c.model_version, old.c.model_name, old.c.created_at)
-    rows = bind.execute(sa.select(old).order_by(*key, old.c.prediction_id))
+    # Streamed (a server-side cursor on Postgres): a log of any size moves in bounded memory.
+    query = sa.select(old).order_by(*key, old.c.prediction_id).execution_options(yield_per=_MOVE_ROWS)
+    rows = bind.execute(query)
     group: tuple[object, ...] | None = None
     answers: list[tuple[str, float, int]] = []
     batches: list[dict[str, object]] = []
