@@ -103,7 +103,10 @@ def cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
         settings = settings.model_copy(
             update={"live": settings.live.model_copy(update={"policy": args.policy})}
         )
-    report = demo.run_demo(settings)
+    try:
+        report = demo.run_demo(settings)
+    except demo.DemoError as exc:
+        raise CommandError(str(exc)) from exc
     sys.stdout.write(demo.summary(settings, report))
     return 0
 

@@ -34,6 +34,8 @@ from embedded.manual import deployment_id, run_when_free, wait_for_final, wait_u
 from embedded.receiver import read_alerts
 from embedded.views import VersionInfo
 from flows.deploy import deploy
+from monitoring import store
+from monitoring.policy import Status
 from reggaeton import names
 from reggaeton.settings import Settings
 
@@ -168,6 +170,41 @@ def ensure_champion(settings: Settings, client: MlflowClient, report: DemoReport
     return current
 
 
+class DemoError(RuntimeError):
+    """The demo cannot show the loop on this stack (the message says why and what to do)."""
+
+
+def no_retrain_reason(settings: Settings, champion: str, since: datetime) -> str | None:
+    """Why the drift monitor run (ended after ``since``) asked no retrain of ``champion``; None if it did.
+
+    On a stack where an earlier demo ran, the champion is its drift retrain: trained on the drifted songs,
+    it is not degraded by them, and nothing retrains (or the last request is within its debounce window).
+    """
+    engine = store.connect(settings.monitoring_results_url)
+    try:
+        state = store.read_state(engine, settings.mlflow.model_name, champion)
+    finally:
+        engine.dispose()
+    fresh = (
+        f"To see the whole loop again, run `reggaeton down` and start from an empty state folder (remove "
+        f"{settings.state_path}, or set REGGAETON_STATE_DIR to another)."
+    )
+    if state is None or state.status != Status.DEGRADED:
+        return (
+            f"the champion (version {champion}) is not degraded on the drifted traffic: it already knows it "
+            f"(an earlier demo's retrain trained it on these songs), so no retrain follows. {fresh}"
+        )
+    requested = state.retrain_requested_at
+    if requested is None or requested < since:
+        return (
+            f"the champion (version {champion}) is degraded, but its retrain was requested at "
+            f"{requested:%Y-%m-%d %H:%M} UTC and the next waits for the debounce window. {fresh}"
+            if requested is not None
+            else f"the champion (version {champion}) is degraded but no retrain was requested. {fresh}"
+        )
+    return None
+
+
 def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> None:
     """Stable then drifted traffic, the monitor, and the retrain the automation starts."""
     simulate(settings, "stable")
@@ -184,6 +221,10 @@ def run_loop(settings: Settings, client: MlflowClient, report: DemoReport) -> No
         ]
         return runs[-1] if runs else None
 
+    champion_now = champion_version(client, settings)
+    why_not = no_retrain_reason(settings, champion_now, loop_began) if champion_now else None
+    if why_not is not None:
+        raise DemoError(why_not)
     retrain = wait_until("the retrain the degraded event triggers", first_retrain, timeout_s=180)
     final = wait_for_final(settings, retrain.id, timeout_s=900)
     report.retrain_state = final.state.name if final.state else None

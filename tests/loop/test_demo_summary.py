@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from embedded.demo import DRIFT_TO_SERVED, DemoReport, VersionInfo, summary
+from embedded.demo import DRIFT_TO_SERVED, DemoReport, VersionInfo, no_retrain_reason, summary
+from monitoring import store
+from monitoring.policy import Status, VersionState
 from reggaeton.settings import Settings
 
 # The decision record the gate writes on a version (reggaeton.decision_detail), trimmed.
@@ -88,3 +91,29 @@ def test_summary_names_versions_decision_alerts_and_urls(tmp_path: Path) -> None
     assert "time, first champion: 70 s\n" in text
     for url in ("http://127.0.0.1:4200", "http://127.0.0.1:5000", "http://127.0.0.1:8123/docs"):
         assert url in text
+
+
+def test_a_drift_the_champion_already_knows_is_said_instead_of_waited_for(tmp_path: Path) -> None:
+    """A second demo on the same stack: the champion is the first demo's drift retrain, the drifted songs do
+    not degrade it and nothing retrains. The demo says so (and how to start afresh) instead of timing out."""
+    settings = Settings(state_dir=tmp_path / "state")
+    settings.ensure_state_dir()
+    began = datetime(2026, 12, 7, 18, 0, tzinfo=UTC)
+    model = settings.mlflow.model_name
+    engine = store.connect(settings.monitoring_results_url)
+    try:
+        reason = no_retrain_reason(settings, "2", began)
+        assert reason is not None and "version 2) is not degraded" in reason
+        assert str(settings.state_path) in reason  # what to remove for a fresh demo
+
+        degraded = VersionState(
+            "2", Status.DEGRADED, since=began, retrain_requested_at=began - timedelta(hours=1)
+        )
+        store.save_state(engine, model, degraded)
+        reason = no_retrain_reason(settings, "2", began)
+        assert reason is not None and "debounce" in reason
+
+        store.save_state(engine, model, replace(degraded, retrain_requested_at=began + timedelta(seconds=5)))
+        assert no_retrain_reason(settings, "2", began) is None  # this run asked for the retrain: wait for it
+    finally:
+        engine.dispose()
