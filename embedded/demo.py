@@ -191,8 +191,8 @@ def no_retrain_reason(settings: Settings, champion: str, since: datetime) -> str
     )
     if state is None or state.status != Status.DEGRADED:
         return (
-            f"the champion (version {champion}) is not degraded on the drifted traffic: it already knows it "
-            f"(an earlier demo's retrain trained it on these songs), so no retrain follows. {fresh}"
+            f"the champion (version {champion}) is not degraded on the drifted traffic, so no retrain "
+            f"follows (where a demo ran before, the champion is its retrain, trained on these songs). {fresh}"
         )
     requested = state.retrain_requested_at
     if requested is None or requested < since:

@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, SecretStr
 
+from adapters import processes
 from embedded import receiver
 from reggaeton import names
 from reggaeton.settings import Settings
@@ -248,16 +249,6 @@ def _start_ticks(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass(frozen=True)
 class Record:
     """What a PID file holds."""
@@ -270,7 +261,7 @@ class Record:
 
     def is_running(self) -> bool:
         """Our process is still there (same PID and, where knowable, same start time)."""
-        if not _alive(self.pid):
+        if not processes.alive(self.pid):
             return False
         return self.start_ticks is None or _start_ticks(self.pid) == self.start_ticks
 
@@ -419,27 +410,6 @@ def start(services: Sequence[Service], settings: Settings, chosen: Collection[st
     return {name: outcome for name, (outcome, _) in launched.items()}
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _orphans_alive(record: Record) -> bool:
-    """Processes are left in the group the dead service led (its PID), and they are ours.
-
-    Linux gives a PID to a new process only once no process has it as its group: a process now holding
-    the PID (not ours: ``is_running`` said so) means our group is gone, and a group of that number is
-    the new process's. PIDs cycle within minutes on a busy machine (``pid_max`` is 32,768 here): a
-    signal to that group would stop whatever runs there, a container's worker included.
-    """
-    return not _alive(record.pid) and _group_alive(record.pid)
-
-
 def _hand_back(settings: Settings) -> None:
     """Give the runs the stopped worker was submitting back to the schedule (the server still runs)."""
     # Prefect's client: imported only when a worker stopped.
@@ -471,8 +441,9 @@ def stop_together(names: Sequence[str], settings: Settings, timeout_s: float = 2
     records = {name: read_record(settings, name) for name in names}
 
     def alive(name: str, record: Record) -> bool:
-        # The worker's flow runs may outlive it in its group; what is left there is ours to stop.
-        return record.is_running() or (name == "worker" and _orphans_alive(record))
+        # The worker's flow runs may outlive it in its group; what is left there is ours to stop. A PID
+        # another process holds now (not ours: is_running said so) leads a group that is not ours.
+        return record.is_running() or (name == "worker" and processes.orphans_alive(record.pid))
 
     running = {name: record for name, record in records.items() if record is not None and alive(name, record)}
     for record in running.values():

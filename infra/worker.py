@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from adapters import processes
 from adapters.prefect_api import hand_back_pending_runs, prefect_api
 from reggaeton.settings import Settings
 
@@ -53,27 +54,9 @@ def tuning_worker_name(name: str) -> str:
     return f"{name}-tuning"
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _ours_alive(child: subprocess.Popen[bytes]) -> bool:
-    """The worker, or flow runs it left in its group (numbered by its PID), are still running.
-
-    Once the worker is reaped, a process holding its PID is another one: Linux reuses a PID only when no
-    process has it as its group, so our group is gone and that number's group is not ours to signal.
-    """
-    if child.poll() is None:
-        return True
-    try:
-        os.kill(child.pid, 0)
-    except ProcessLookupError:
-        return _group_alive(child.pid)
-    return False
+    """The worker, or flow runs it left in its group (numbered by its PID), are still running."""
+    return child.poll() is None or processes.orphans_alive(child.pid)
 
 
 def stop_workers(children: Sequence[subprocess.Popen[bytes]], grace_s: float) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from adapters.processes import alive
 from embedded import stack
 from embedded.receiver import make_server
 from reggaeton.settings import Settings
@@ -122,7 +123,7 @@ def test_services_of_a_phase_are_stopped_together_within_one_grace(tmp_path: Pat
     for process in processes:
         process.wait(timeout=10)
         assert process.stdout is not None and process.stdout.read() == b"", "exited by itself"
-        assert not stack._alive(process.pid)
+        assert not alive(process.pid)
     assert 3.0 <= took < 6.0, took  # one grace of 3 s, not two
     assert stack.read_record(settings, "api") is None and stack.read_record(settings, "watchdog") is None
 
