@@ -50,7 +50,9 @@ from reggaeton.names import (
     CLIENT_HEADER,
     GATE_DEPLOYMENT,
     MODEL_NAME,
+    PROMOTE_DEPLOYMENT,
     REPLICA_HEADER,
+    TUNE_DEPLOYMENT,
     TUNING_POOL,
     Tag,
 )
@@ -413,6 +415,26 @@ def _worker_logs(stack: Stack, lines: int = 300) -> str:
     return stack.compose(*command, check=False, timeout_s=120).stdout
 
 
+def _run_histories(stack: Stack, deployment: str) -> str:
+    """Each run of a deployment with its states in order (did a run Crashed as stranded ever run?)."""
+    from prefect.client.orchestration import get_client
+
+    from adapters.prefect_api import deployment_runs, find_deployment
+
+    lines = []
+    with stack.prefect(), get_client(sync_client=True) as client:
+        found = find_deployment(client, deployment)
+        for run in deployment_runs(client, found) if found is not None else []:
+            states = sorted(client.read_flow_run_states(run.id), key=lambda state: state.timestamp)
+            lines.append(f"{run.name}: " + " ".join(f"{s.name}@{s.timestamp:%H:%M:%S}" for s in states))
+    return "\n".join([f"runs of {deployment}:", *lines])
+
+
+def _evidence(stack: Stack, *deployments: str) -> str:
+    """A compose failure's evidence: the deployments' run histories and the workers' last lines."""
+    return "\n".join([*(_run_histories(stack, name) for name in deployments), _worker_logs(stack)])
+
+
 def _online_tuning_workers(stack: Stack) -> int:
     from adapters.prefect_api import online_workers
 
@@ -450,7 +472,7 @@ def test_training_flow_spreads_its_tuning_over_two_workers_and_registers_one_ver
             )
         assert flow_run.state is not None and flow_run.state.is_completed(), (flow_run.state, stack.logs())
     finally:
-        story = _worker_logs(stack)  # before the second worker goes, with its logs
+        story = _evidence(stack, TUNE_DEPLOYMENT)  # before the second worker goes, with its logs
         _scale_workers(stack, 1)  # the later tests stop and restart the one worker
     after = registry_versions(stack)
     assert len(after) == len(before) + 1 and max(after) > max(before, default=0)
@@ -512,7 +534,7 @@ def test_promote_under_load_moves_every_replica_without_a_failed_request(stack: 
         time.sleep(1)
         result = _reggaeton(stack, "promote", "--version", target, "--reason", "from the host")
         ended = time.monotonic()
-        assert result.returncode == 0, result.stderr[-3000:] + _worker_logs(stack)
+        assert result.returncode == 0, result.stderr[-3000:] + _evidence(stack, PROMOTE_DEPLOYMENT)
         assert _champion(stack) == target
         # A run of the promote-version deployment on the worker, which signed it; its lines, as locally.
         assert f"manual: version {target} promoted (manual promotion: from the host" in result.stdout
@@ -600,7 +622,11 @@ def test_the_gate_from_the_host_runs_on_the_worker_and_judges_the_stacks_labelle
     assert {f"decision-{against}.md", f"decision-{against}.json"} <= files, files
     detail = json.loads(tags[Tag.DECISION_DETAIL])
     recent = next(s for s in detail["slices"] if s["name"] == "recent-traffic")
-    assert recent["rows"] == LABELLED_SONGS, (recent, result.stdout[-3000:], _worker_logs(stack))
+    assert recent["rows"] == LABELLED_SONGS, (
+        recent,
+        result.stdout[-3000:],
+        _evidence(stack, PROMOTE_DEPLOYMENT, GATE_DEPLOYMENT),
+    )
     assert detail["rows"] >= LABELLED_SONGS  # the overall rule judges them too (with the held-out rows)
     # The lines the local command prints: the decision, the slices (this traffic among them), the champion.
     lines = result.stdout.splitlines()
