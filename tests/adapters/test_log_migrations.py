@@ -30,6 +30,10 @@ from sqlalchemy.exc import IntegrityError
 
 from adapters import log_migrations, log_window, prediction_log
 from adapters.prediction_log import (
+    CREATED_AT,
+    FEEDBACK_PREDICTION_ID,
+    MODEL_NAME,
+    MODEL_VERSION,
     ROUTE,
     ROUTE_CANARY,
     ROUTE_CHAMPION,
@@ -130,15 +134,7 @@ def _v3_log_with_shadow_answers(engine: Engine) -> list[tuple[object, ...]]:
 
 def _shadow_answers(engine: Engine) -> list[tuple[object, ...]]:
     """Today's shadow answers one per row, with their batch's time, sorted."""
-    log = prediction_log
-    columns = (
-        log.FEEDBACK_PREDICTION_ID,
-        log.MODEL_VERSION,
-        log.MODEL_NAME,
-        PROBABILITY,
-        PREDICTION,
-        log.CREATED_AT,
-    )
+    columns = (FEEDBACK_PREDICTION_ID, MODEL_VERSION, MODEL_NAME, PROBABILITY, PREDICTION, CREATED_AT)
     return sorted(tuple(row[c] for c in columns) for row in logged_shadow_answers(engine))
 
 
