@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 # Prefect names a flow run's events "prefect.flow-run.<state name>" (a worker's Pending is "Submitting")
 # and their resource "prefect.flow-run.<run id>": the automations and the hand-back's wait match on them.
 _FLOW_RUN = "prefect.flow-run"
+HEARTBEAT = "heartbeat"  # not a state: the event a running flow run sends every heartbeat interval
 
 
 def flow_run_event(state_name: str) -> str:
@@ -298,7 +299,7 @@ def _await_state_events(
 def state_events(
     client: SyncPrefectClient, run_ids: set[UUID], state_name: str, since: datetime
 ) -> set[UUID]:
-    """Which of the runs the server's events show entering ``state_name`` since ``since``."""
+    """Which of the runs have a ``flow_run_event(state_name)`` event (or ``HEARTBEAT``) since ``since``."""
     wanted = EventFilter(
         occurred=EventOccurredFilter(since=since),
         event=EventNameFilter(name=[flow_run_event(state_name)]),

@@ -28,7 +28,7 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
-from adapters.prefect_api import find_deployment, flow_run_event, flow_run_resource, prefect_api
+from adapters.prefect_api import HEARTBEAT, find_deployment, flow_run_event, flow_run_resource, prefect_api
 from reggaeton.names import TRAIN_DEPLOYMENT, Event
 from reggaeton.settings import Settings
 
@@ -40,7 +40,7 @@ TAG = "reggaeton"
 
 FLOW_RUN_FAILED = flow_run_event("Failed")
 FLOW_RUN_CRASHED = flow_run_event("Crashed")
-FLOW_RUN_HEARTBEAT = flow_run_event("heartbeat")
+FLOW_RUN_HEARTBEAT = flow_run_event(HEARTBEAT)
 FLOW_RUN_RUNNING = flow_run_event("Running")
 # A flow-run event is named after the state's name, not its type: a worker's Pending is "Submitting".
 FLOW_RUN_PENDING = flow_run_event("Pending")

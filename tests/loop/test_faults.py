@@ -20,11 +20,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.client.schemas.objects import FlowRun
-from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from adapters.prefect_api import flow_run_resource, prefect_api
+from adapters.prefect_api import HEARTBEAT, prefect_api, state_events
 from embedded import demo, stack
-from flows.automations import FLOW_RUN_HEARTBEAT
 from flows.deploy import deploy
 from reggaeton import names
 from reggaeton.promotion import PROMOTED
@@ -54,12 +52,9 @@ def _start_retrain(settings: Settings) -> FlowRun:
 
 
 def _heartbeat_recorded(settings: Settings, run: FlowRun) -> bool | None:
-    heartbeats = EventFilter(
-        event=EventNameFilter(name=[FLOW_RUN_HEARTBEAT]),
-        resource=EventResourceFilter(id=[flow_run_resource(run.id)]),
-    )
+    assert run.created is not None
     with prefect_api(settings), get_client(sync_client=True) as client:
-        return True if client.read_events(heartbeats, limit=1).events else None
+        return True if state_events(client, {run.id}, HEARTBEAT, run.created) else None
 
 
 def _kill_worker(settings: Settings, run: FlowRun) -> None:
