@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import threading
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -132,12 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     server = make_server(args.file, args.host, args.port)
     logger.info("alert receiver on http://%s:%d, appending to %s", args.host, server.server_port, args.file)
+    # As a container's PID 1 the default SIGTERM does nothing (the kernel ignores a signal PID 1 has no
+    # handler for): `docker-compose stop` would wait out the whole grace period, then kill it.
+    # serve_forever returns at its next poll once `shutdown` (which waits for that) runs on another thread.
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown).start())
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        logger.info("alert receiver stopped")
     return 0
 
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -59,3 +66,55 @@ def test_prefect_webhook_block_reaches_receiver(receiver: tuple[str, Path]) -> N
     [alert] = read_alerts(path)
     assert alert["subject"] == "[reggaeton] promoted"
     assert alert["body"] == "event: reggaeton.model.promoted\nversion: 3"
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare")
+def test_as_pid_1_of_its_namespace_sigterm_stops_it_at_once(tmp_path: Path) -> None:
+    """In a container the receiver is PID 1, for which the kernel ignores a signal without a handler:
+    without one, `docker-compose stop` waited its whole grace period, then killed it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "embedded.receiver",
+        "--port",
+        str(port),
+        "--file",
+        str(tmp_path / "a.jsonl"),
+    ]
+    # `--fork`: the receiver is the first process of the new PID namespace (exec'd by unshare's child).
+    process = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", *command], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "the receiver did not start"
+            time.sleep(0.2)
+        (child,) = _children(process.pid)
+        assert _ns_pid(child) == 1  # what a container's init is
+        os.kill(child, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)  # it would hang here without the handler
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 0, stderr
+    assert "alert receiver stopped" in stderr
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _ns_pid(pid: int) -> int:
+    """The PID of ``pid`` in its own (innermost) namespace."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[-1])
