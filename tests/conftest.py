@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cpu_accounting import CpuMeter
 from scheduling import (
     GROUPS_ENV,
     DurationRecorder,
@@ -59,6 +60,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
         recorder = DurationRecorder(config.getoption("store_durations"), folder)
         config.pluginmanager.register(recorder, "unit-durations")
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):  # runs tests
+        config.pluginmanager.register(CpuMeter(f"{os.getpid()}"), "cpu-meter")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

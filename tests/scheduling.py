@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from cpu_accounting import REPORT_ATTRIBUTE, containers_cpu_s
 
 DURATIONS: Final = Path(__file__).with_name("durations.json")
 GROUP_MARK: Final = "xdist_group"
@@ -130,21 +131,45 @@ class DurationRecorder:
 
     def __init__(self, store: bool, groups_folder: Path | None = None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        # CPU seconds of each unit's processes (tests/cpu_accounting.py), where the workers measured it.
+        self.cpu_s: dict[str, float] = defaultdict(float)
         self._store = store
         self._folder = groups_folder
         self._groups: dict[str, str] | None = None
+        self._containers_at_start = containers_cpu_s()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self._groups is None:  # the first report comes after collection: the groups are written
             self._groups = read_groups(self._folder) if self._folder is not None else {}
-        self.seconds[unit_of_nodeid(report.nodeid, self._groups)] += report.duration
+        unit = unit_of_nodeid(report.nodeid, self._groups)
+        self.seconds[unit] += report.duration
+        cpu_s = getattr(report, REPORT_ATTRIBUTE, None)
+        if cpu_s is not None:
+            self.cpu_s[unit] += float(cpu_s)
+
+    def lines(self, top: int = 15) -> list[str]:
+        """The report: the longest units with their CPU seconds, then the units that used the most CPU."""
+
+        def line(unit: str) -> str:
+            cpu = f"{self.cpu_s[unit]:8.1f} cpu-s" if unit in self.cpu_s else " " * 14
+            return f"{self.seconds[unit]:8.1f}s {cpu}  {unit}"
+
+        lines = [line(unit) for unit in sorted(self.seconds, key=lambda u: -self.seconds[u])[:top]]
+        if self.cpu_s:
+            lines.append(f"most CPU (all units: {sum(self.cpu_s.values()):.0f} cpu-s):")
+            lines += [line(unit) for unit in sorted(self.cpu_s, key=lambda u: -self.cpu_s[u])[:top]]
+        containers = containers_cpu_s()
+        start = self._containers_at_start
+        if containers is not None and start is not None and (used := containers - start) >= 1:
+            lines.append(f"Docker containers (the compose stack, Postgres): {used:.0f} cpu-s")
+        return lines
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.seconds:
             return
         terminalreporter.section("slowest units (module or xdist group: setup + calls + teardown)")
-        for unit, seconds in sorted(self.seconds.items(), key=lambda item: -item[1])[:15]:
-            terminalreporter.write_line(f"{seconds:8.1f}s  {unit}")
+        for line in self.lines():
+            terminalreporter.write_line(line)
         if self._store:
             self.store()
             terminalreporter.write_line(f"stored in {DURATIONS}")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cpu_accounting import REPORT_ATTRIBUTE
 from scheduling import (
     DurationRecorder,
     longest_first,
@@ -102,3 +106,61 @@ def test_a_test_that_needs_the_images_waits_for_their_background_build(
         wait_for_images(timeout_s=0)
     marker.write_text("0\n")
     wait_for_images(timeout_s=0)
+
+
+def test_the_report_gives_each_unit_its_cpu_seconds_and_ranks_them(tmp_path: Path) -> None:
+    recorder = DurationRecorder(store=False, groups_folder=tmp_path)
+    phases = (("tests/a.py::t1", 10.0, 1.0), ("tests/a.py::t2", 5.0, 2.0), ("tests/b.py::t", 4.0, 7.5))
+    for nodeid, seconds, cpu_s in phases:
+        report = pytest.TestReport(nodeid, (), {}, "passed", None, "call", duration=seconds)
+        setattr(report, REPORT_ATTRIBUTE, cpu_s)
+        recorder.pytest_runtest_logreport(report)
+    assert recorder.cpu_s == {"tests/a.py": 3.0, "tests/b.py": 7.5}
+    lines = recorder.lines()
+    assert lines[:2] == ["    15.0s      3.0 cpu-s  tests/a.py", "     4.0s      7.5 cpu-s  tests/b.py"]
+    assert lines[2:5] == [
+        "most CPU (all units: 10 cpu-s):",
+        "     4.0s      7.5 cpu-s  tests/b.py",
+        "    15.0s      3.0 cpu-s  tests/a.py",
+    ]
+
+
+ORPHAN_BURNS_CPU = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from cpu_accounting import join_own_cgroup, rusage_cpu_s
+joined = join_own_cgroup(f"test-{os.getpid()}")
+if joined is None:
+    print("none 0 0"); sys.exit(0)
+read, folder = joined
+before = read()
+if os.fork() == 0:  # a daemon's way: its parent exits, init adopts the worker, nobody here reaps it
+    if os.fork() == 0:
+        end = time.process_time() + 1.0
+        while time.process_time() < end:
+            pass
+    os._exit(0)
+os.wait()
+time.sleep(3)  # the grandchild has burnt its second by now
+print("cgroup", read() - before, rusage_cpu_s())
+(folder.parents[1] / "cgroup.procs").write_text(str(os.getpid()))
+folder.rmdir()
+"""
+
+
+def test_a_workers_cgroup_counts_the_cpu_of_a_process_it_started_and_nobody_reaped() -> None:
+    """What `getrusage` misses (a stack's daemonized services, their flow runs): the cgroup counts it."""
+    done = subprocess.run(
+        [sys.executable, "-c", ORPHAN_BURNS_CPU, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    source, counted, rusage = done.stdout.split()
+    if source == "none":
+        if os.environ.get("CI") == "true" and os.geteuid() == 0:
+            pytest.fail("CI runs as root: the workers' cgroups must be writable")
+        pytest.skip("no writable cgroup here: the report counts the workers' own and reaped CPU")
+    assert float(counted) >= 0.9, done.stdout  # the orphan's second
+    assert float(rusage) < 0.5, done.stdout  # which the process's own accounting does not see

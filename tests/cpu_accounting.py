@@ -1,0 +1,108 @@
+"""CPU seconds per test, so the slowest-units report can say which units the machine's cores went to.
+
+On two cores the suite is CPU-bound (no idle CPU while it runs): its wall time follows the CPU its units
+use, their own and that of every server, command and flow run they start, more than their waits. A
+worker's own ``getrusage`` misses most of that (a stack's services are reaped late, or by init), so each
+pytest-xdist worker puts itself in a cgroup of its own where it can: every process it starts, daemonized
+or not, is counted in it at once. Elsewhere the count is the worker and its reaped children (``source``
+says which). Docker's containers have their cgroups: ``containers_cpu_s`` reads their parent's total.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+CGROUP_V1: Final = Path("/sys/fs/cgroup/cpuacct")  # cpuacct.usage: nanoseconds
+CGROUP_V2: Final = Path("/sys/fs/cgroup")  # cpu.stat: usage_usec, where cgroup.controllers exists
+DOCKER_V1: Final = CGROUP_V1 / "docker" / "cpuacct.usage"
+PARENT: Final = "reggaeton-tests"
+REPORT_ATTRIBUTE: Final = "cpu_s"  # on each phase's report: survives xdist's serialization
+
+
+def rusage_cpu_s() -> float:
+    """CPU seconds of this process and its children that were waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _v2_usage_s(folder: Path) -> float:
+    for line in (folder / "cpu.stat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value) / 1e6
+    raise OSError(f"no usage_usec in {folder / 'cpu.stat'}")
+
+
+def join_own_cgroup(name: str) -> tuple[Callable[[], float], Path] | None:
+    """Move this process into a new cgroup ``reggaeton-tests/<name>`` (the processes it starts follow it):
+    (a reader of its CPU seconds, its folder), or None where cgroups cannot be written (not root, read-only,
+    no cpu accounting)."""
+    hierarchies: tuple[tuple[Path, str, Callable[[Path], float]], ...] = (
+        (CGROUP_V1, "cpuacct.usage", lambda folder: int((folder / "cpuacct.usage").read_text()) / 1e9),
+        (CGROUP_V2, "cgroup.controllers", _v2_usage_s),
+    )
+    for root, marker, reader in hierarchies:
+        if not (root / marker).is_file():  # not that hierarchy: a folder made there would be a cgroup
+            continue
+        folder = root / PARENT / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "cgroup.procs").write_text(str(os.getpid()))
+            reader(folder)
+        except OSError:
+            continue
+        return (lambda folder=folder, reader=reader: reader(folder)), folder
+    return None
+
+
+def leave_cgroup(folder: Path) -> None:
+    """Back to the root cgroup; the folder is removed once no process is left in it."""
+    try:
+        (folder.parents[1] / "cgroup.procs").write_text(str(os.getpid()))
+        folder.rmdir()
+    except OSError:
+        pass  # a process it started still runs: the empty folder is left (harmless, reused by name)
+
+
+def containers_cpu_s() -> float | None:
+    """CPU seconds Docker's running and stopped containers used so far (cgroup v1), or None."""
+    try:
+        return int(DOCKER_V1.read_text()) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+class CpuMeter:
+    """A plugin of each worker: every setup, call and teardown report carries the CPU seconds used since
+    the previous one, by the worker and everything it started."""
+
+    def __init__(self, name: str) -> None:
+        joined = join_own_cgroup(name)
+        self.source = "cgroup" if joined else "rusage"
+        self._read: Callable[[], float] = joined[0] if joined else rusage_cpu_s
+        self._folder: Path | None = joined[1] if joined else None
+        self._last = self._read()
+
+    def lap(self) -> float:
+        now = self._read()
+        used, self._last = now - self._last, now
+        return max(used, 0.0)
+
+    def pytest_collection_finish(self) -> None:
+        self.lap()  # collecting (imports) is nobody's test
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        setattr(report, REPORT_ATTRIBUTE, self.lap())
+        return report
+
+    def pytest_unconfigure(self) -> None:
+        if self._folder is not None:
+            leave_cgroup(self._folder)
