@@ -4,8 +4,8 @@ On two cores the suite is CPU-bound (no idle CPU while it runs): its wall time f
 use, their own and that of every server, command and flow run they start, more than their waits. A
 worker's own ``getrusage`` misses most of that (a stack's services are reaped late, or by init), so each
 pytest-xdist worker puts itself in a cgroup of its own where it can: every process it starts, daemonized
-or not, is counted in it at once. Elsewhere the count is the worker and its reaped children (``source``
-says which). Docker's containers have their cgroups: ``containers_cpu_s`` reads their parent's total.
+or not, is counted in it at once. Elsewhere the count is the worker and its reaped children (the report
+says so). Docker's containers have their cgroups: ``containers_cpu_s`` reads their parent's total.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ CGROUP_V2: Final = Path("/sys/fs/cgroup")  # cpu.stat: usage_usec, where cgroup.
 DOCKER_V1: Final = CGROUP_V1 / "docker" / "cpuacct.usage"
 PARENT: Final = "reggaeton-tests"
 REPORT_ATTRIBUTE: Final = "cpu_s"  # on each phase's report: survives xdist's serialization
+RUSAGE_NOTE: Final = "the workers' own and reaped CPU only: no writable cgroup here"
 
 
 def rusage_cpu_s() -> float:
@@ -101,6 +102,8 @@ class CpuMeter:
     def pytest_runtest_makereport(self) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         setattr(report, REPORT_ATTRIBUTE, self.lap())
+        if self.source == "rusage":
+            report.cpu_source = "rusage"
         return report
 
     def pytest_unconfigure(self) -> None:

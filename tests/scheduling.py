@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from cpu_accounting import REPORT_ATTRIBUTE, containers_cpu_s
+from cpu_accounting import REPORT_ATTRIBUTE, RUSAGE_NOTE, containers_cpu_s
 
 DURATIONS: Final = Path(__file__).with_name("durations.json")
 GROUP_MARK: Final = "xdist_group"
@@ -133,6 +133,7 @@ class DurationRecorder:
         self.seconds: dict[str, float] = defaultdict(float)
         # CPU seconds of each unit's processes (tests/cpu_accounting.py), where the workers measured it.
         self.cpu_s: dict[str, float] = defaultdict(float)
+        self.by_rusage = False  # some worker could not count in a cgroup of its own
         self._store = store
         self._folder = groups_folder
         self._groups: dict[str, str] | None = None
@@ -146,6 +147,7 @@ class DurationRecorder:
         cpu_s = getattr(report, REPORT_ATTRIBUTE, None)
         if cpu_s is not None:
             self.cpu_s[unit] += float(cpu_s)
+            self.by_rusage |= getattr(report, "cpu_source", "") == "rusage"
 
     def lines(self, top: int = 15) -> list[str]:
         """The report: the longest units with their CPU seconds, then the units that used the most CPU."""
@@ -156,7 +158,8 @@ class DurationRecorder:
 
         lines = [line(unit) for unit in sorted(self.seconds, key=lambda u: -self.seconds[u])[:top]]
         if self.cpu_s:
-            lines.append(f"most CPU (all units: {sum(self.cpu_s.values()):.0f} cpu-s):")
+            how = f"; {RUSAGE_NOTE}" if self.by_rusage else ""
+            lines.append(f"most CPU (all units: {sum(self.cpu_s.values()):.0f} cpu-s{how}):")
             lines += [line(unit) for unit in sorted(self.cpu_s, key=lambda u: -self.cpu_s[u])[:top]]
         containers = containers_cpu_s()
         start = self._containers_at_start

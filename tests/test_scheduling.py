@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cpu_accounting import REPORT_ATTRIBUTE
+from cpu_accounting import REPORT_ATTRIBUTE, RUSAGE_NOTE
 from scheduling import (
     DurationRecorder,
     longest_first,
@@ -123,6 +123,15 @@ def test_the_report_gives_each_unit_its_cpu_seconds_and_ranks_them(tmp_path: Pat
         "     4.0s      7.5 cpu-s  tests/b.py",
         "    15.0s      3.0 cpu-s  tests/a.py",
     ]
+
+
+def test_the_report_says_when_a_worker_counted_without_a_cgroup(tmp_path: Path) -> None:
+    recorder = DurationRecorder(store=False, groups_folder=tmp_path)
+    report = pytest.TestReport("tests/a.py::t", (), {}, "passed", None, "call", duration=1.0)
+    setattr(report, REPORT_ATTRIBUTE, 0.5)
+    report.cpu_source = "rusage"
+    recorder.pytest_runtest_logreport(report)
+    assert f"(all units: 0 cpu-s; {RUSAGE_NOTE})" in recorder.lines()[1]
 
 
 ORPHAN_BURNS_CPU = """
