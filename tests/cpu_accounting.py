@@ -23,6 +23,7 @@ CGROUP_V2: Final = Path("/sys/fs/cgroup")  # cpu.stat: usage_usec, where cgroup.
 DOCKER_V1: Final = CGROUP_V1 / "docker" / "cpuacct.usage"
 PARENT: Final = "reggaeton-tests"
 REPORT_ATTRIBUTE: Final = "cpu_s"  # on each phase's report: survives xdist's serialization
+SOURCE_ATTRIBUTE: Final = "cpu_source"  # "rusage" on the reports of a worker without a cgroup
 RUSAGE_NOTE: Final = "the workers' own and reaped CPU only: no writable cgroup here"
 
 
@@ -103,7 +104,7 @@ class CpuMeter:
         report = yield
         setattr(report, REPORT_ATTRIBUTE, self.lap())
         if self.source == "rusage":
-            report.cpu_source = "rusage"
+            setattr(report, SOURCE_ATTRIBUTE, "rusage")
         return report
 
     def pytest_unconfigure(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from cpu_accounting import REPORT_ATTRIBUTE, RUSAGE_NOTE, containers_cpu_s
+from cpu_accounting import REPORT_ATTRIBUTE, RUSAGE_NOTE, SOURCE_ATTRIBUTE, containers_cpu_s
 
 DURATIONS: Final = Path(__file__).with_name("durations.json")
 GROUP_MARK: Final = "xdist_group"
@@ -147,7 +147,7 @@ class DurationRecorder:
         cpu_s = getattr(report, REPORT_ATTRIBUTE, None)
         if cpu_s is not None:
             self.cpu_s[unit] += float(cpu_s)
-            self.by_rusage |= getattr(report, "cpu_source", "") == "rusage"
+            self.by_rusage |= getattr(report, SOURCE_ATTRIBUTE, "") == "rusage"
 
     def lines(self, top: int = 15) -> list[str]:
         """The report: the longest units with their CPU seconds, then the units that used the most CPU."""

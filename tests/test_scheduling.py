@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cpu_accounting import REPORT_ATTRIBUTE, RUSAGE_NOTE
+from cpu_accounting import REPORT_ATTRIBUTE, RUSAGE_NOTE, SOURCE_ATTRIBUTE
 from scheduling import (
     DurationRecorder,
     longest_first,
@@ -129,7 +129,7 @@ def test_the_report_says_when_a_worker_counted_without_a_cgroup(tmp_path: Path) 
     recorder = DurationRecorder(store=False, groups_folder=tmp_path)
     report = pytest.TestReport("tests/a.py::t", (), {}, "passed", None, "call", duration=1.0)
     setattr(report, REPORT_ATTRIBUTE, 0.5)
-    report.cpu_source = "rusage"
+    setattr(report, SOURCE_ATTRIBUTE, "rusage")
     recorder.pytest_runtest_logreport(report)
     assert f"(all units: 0 cpu-s; {RUSAGE_NOTE})" in recorder.lines()[1]
 
