@@ -136,6 +136,7 @@ def test_the_report_says_when_a_worker_counted_without_a_cgroup(tmp_path: Path) 
 
 ORPHAN_BURNS_CPU = """
 import os, sys, time
+from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from cpu_accounting import join_own_cgroup, rusage_cpu_s
 joined = join_own_cgroup(f"test-{os.getpid()}")
@@ -143,17 +144,32 @@ if joined is None:
     print("none 0 0"); sys.exit(0)
 read, folder = joined
 before = read()
+out, into = os.pipe()
 if os.fork() == 0:  # a daemon's way: its parent exits, init adopts the worker, nobody here reaps it
     if os.fork() == 0:
+        os.write(into, str(os.getpid()).encode() + b"\\n")
         end = time.process_time() + 1.0
         while time.process_time() < end:
             pass
     os._exit(0)
 os.wait()
-time.sleep(3)  # the grandchild has burnt its second by now
+orphan = os.read(out, 64).decode().strip()
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:  # until it has burnt its second and exited (init reaps it)
+    try:
+        if Path(f"/proc/{orphan}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            break
+    except FileNotFoundError:
+        break
+    time.sleep(0.1)
 print("cgroup", read() - before, rusage_cpu_s())
 (folder.parents[1] / "cgroup.procs").write_text(str(os.getpid()))
-folder.rmdir()
+for _ in range(600):  # the orphan's zombie holds the folder until init reaps it
+    try:
+        folder.rmdir()
+        break
+    except OSError:
+        time.sleep(0.1)
 """
 
 
