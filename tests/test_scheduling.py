@@ -136,9 +136,9 @@ def test_the_report_says_when_a_worker_counted_without_a_cgroup(tmp_path: Path) 
 
 ORPHAN_BURNS_CPU = """
 import os, sys, time
-from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from cpu_accounting import join_own_cgroup, rusage_cpu_s
+from process_support import running
 joined = join_own_cgroup(f"test-{os.getpid()}")
 if joined is None:
     print("none 0 0"); sys.exit(0)
@@ -155,12 +155,7 @@ if os.fork() == 0:  # a daemon's way: its parent exits, init adopts the worker, 
 os.wait()
 orphan = os.read(out, 64).decode().strip()
 deadline = time.monotonic() + 120
-while time.monotonic() < deadline:  # until it has burnt its second and exited (init reaps it)
-    try:
-        if Path(f"/proc/{orphan}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            break
-    except FileNotFoundError:
-        break
+while running(int(orphan)) and time.monotonic() < deadline:  # until it has burnt its second and exited
     time.sleep(0.1)
 print("cgroup", read() - before, rusage_cpu_s())
 (folder.parents[1] / "cgroup.procs").write_text(str(os.getpid()))

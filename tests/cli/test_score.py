@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from catalogue_support import catalogue_frame, register_forest, scoring_settings, write_csv
+from process_support import running
 
 from adapters.catalogue import JOURNAL, partial_path
 from embedded.manual import wait_until
@@ -109,14 +110,6 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.slow
 def test_a_run_killed_midway_continues_when_started_again_and_ends_byte_identical(
     registered: tuple[Settings, str], tmp_path: Path
@@ -145,12 +138,12 @@ def test_a_run_killed_midway_continues_when_started_again_and_ends_byte_identica
         assert first.returncode == -signal.SIGKILL, first.communicate()
         wait_until(
             "the workers to end",
-            lambda: True if not any(map(_alive, workers)) else None,
+            lambda: True if not any(map(running, workers)) else None,
             timeout_s=30,
             every_s=0.1,
         )
     finally:  # its process group: the workers too, should the assertion above have failed
-        if first.poll() is None or any(map(_alive, workers)):  # else the group's number may be another's
+        if first.poll() is None or any(map(running, workers)):  # else the group's number may be another's
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(first.pid, signal.SIGKILL)
         first.wait()

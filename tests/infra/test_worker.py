@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from process_support import running
 
 from infra import worker
 
@@ -33,20 +34,11 @@ def _start(tmp_path: Path, on_sigterm: str) -> tuple[subprocess.Popen[bytes], in
     return child, int(pid_file.read_text())
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie (not our child: the stand-in's) is gone for this purpose.
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-
-
 def _gone_soon(pid: int) -> bool:
     deadline = time.monotonic() + 10
-    while not _gone(pid) and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return _gone(pid)
+    return not running(pid)
 
 
 def test_a_worker_that_outlives_its_grace_is_killed_with_its_flow_runs(tmp_path: Path) -> None:
