@@ -37,6 +37,7 @@ from typing import Any, cast
 import httpx
 import pytest
 from images_ready import wait_for_images
+from latency_support import slower_than_the_bound
 from mlflow.exceptions import MlflowException
 from stack_secrets import secret_values
 
@@ -1072,11 +1073,11 @@ OUTAGE_S = 30.0
 # Long enough for a write on a connection to a server that no longer answers to fail (libpq's
 # tcp_user_timeout, 10 s, in reggaeton/settings.POSTGRES_CONNECT_ARGS); without it, TCP retries ~15 min.
 PARTITION_S = 16.0
-# The client's bound on each answer during the outages. A request that waited on the database would fail
-# while Postgres is stopped, or wait out libpq's 10 s tcp_user_timeout in the partition: 4 s tells that
-# apart from this 2-core machine's stalls under CI load, which passed 1 s when Postgres stopped (CI 25:
-# 3 of ~12,000 requests; alone beside 5 busy loops, both replicas stalled together at that moment, 0.34 s).
-ANSWER_TIMEOUT_S = 4.0
+# A request that waited on the database would fail while Postgres is stopped, or wait out libpq's 10 s
+# tcp_user_timeout in the partition: each replica's latency histogram says whether any did
+# (tests/latency_support.py). The clients' timeout only bounds a hang: as the detector (1 s, then 4 s) it
+# measured this 2-core machine's stalls under CI load too (CI 25: 3 of ~12,000 requests past 1 s).
+ANSWER_TIMEOUT_S = 30.0
 
 _REPLICA_METRICS = """
 import urllib.request
@@ -1277,6 +1278,7 @@ def test_the_api_keeps_answering_while_postgres_is_stopped_or_unreachable(stack:
 
     postgres = stack.container("postgres")
     network = next(iter(stack.inspect(postgres)["NetworkSettings"]["Networks"]))
+    slow_before = {c: slower_than_the_bound(text) for c, text in _replica_texts(stack).items()}
     workers = [threading.Thread(target=load, name=f"load-{i}") for i in range(4)]
     for worker in workers:
         worker.start()
@@ -1312,7 +1314,9 @@ def test_the_api_keeps_answering_while_postgres_is_stopped_or_unreachable(stack:
         READY_TIMEOUT_S,
     )
     logged = _logged_since(stack, since)
+    slow_after = {c: slower_than_the_bound(text) for c, text in _replica_texts(stack).items()}
     assert failures == []
+    assert slow_after == slow_before  # no replica took ANSWER_BOUND_S on any request: none waited on Postgres
     assert all(ready_during)  # the spool took every row: ready all along
     assert down == 0
     assert set(up_unreachable.values()) == {0}, up_unreachable

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from latency_support import slower_than_the_bound
 from serving_support import Registry, Server, make_settings, promote, run_server
 from sqlalchemy import select
 from sqlite_lock import sqlite_locked
@@ -37,11 +38,9 @@ LOCK_S = 8.0
 STALL_S = 1.0  # the server's log_write_stall_s in the locked-log test
 STALL_READ_S = 3.0  # into the lock: after the stall is reported, before SQLite's busy timeout fails the write
 # A request that waited on the locked database would wait SQLite's 5 s busy timeout or the whole lock
-# (LOCK_S); one answered from the journal takes milliseconds. The server's own latency histogram tells
-# them apart: every /predict within ANSWER_BOUND_S (one of its buckets). The clients' timeout only bounds
-# a hang: as the detector (1 s, then 3 s) it failed CI runs on a client starved by the busy 2-core machine
-# (WriteTimeout: the request not even sent), which is not what these tests are about.
-ANSWER_BOUND_S = 2.5
+# (LOCK_S); one answered from the journal takes milliseconds: the server's latency histogram tells them
+# apart (tests/latency_support.py). The clients' timeout only bounds a hang: as the detector (1 s, then
+# 3 s) it failed CI runs on a client starved by the busy machine (WriteTimeout: the request not yet sent).
 CLIENT_TIMEOUT_S = 30.0
 CONCURRENCY = 8
 MAX_REQUESTS = 50_000  # a bound on the load loop besides its duration
@@ -55,22 +54,6 @@ def _metric(text: str, name: str) -> float:
     found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     assert found is not None, name
     return float(found.group(1))
-
-
-def _predicts_answered_within(text: str, le: str) -> float:
-    """The server's count of /predict requests answered within ``le`` seconds (its latency histogram)."""
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name.startswith("reggaeton_http_request_duration_seconds_bucket{") and all(
-            label in name for label in ('route="/predict"', f'le="{le}"')
-        ):
-            return float(value)
-    raise AssertionError(f"no /predict latency bucket le={le} in the metrics")
-
-
-def _predicts_slower_than_the_bound(text: str) -> float:
-    """How many /predict requests the server took longer than ANSWER_BOUND_S to answer."""
-    return _predicts_answered_within(text, "+Inf") - _predicts_answered_within(text, str(ANSWER_BOUND_S))
 
 
 def _logged_ids(server: Server) -> list[str]:
@@ -195,7 +178,7 @@ def test_a_locked_log_database_neither_fails_nor_hangs_a_request(
         server.stop()
         ids = _logged_ids(server)
     assert load.failures == []
-    assert _predicts_slower_than_the_bound(after) == 0  # none waited on the locked database
+    assert slower_than_the_bound(after) == 0  # none waited on the locked database
     assert load.refused == 0  # the spool took every row: nothing to refuse
     assert set(ready_during) == {200}  # the spool was usable the whole time: still ready
     # A write waiting on the lock is reported before it fails: the database is down, with no error yet.
@@ -224,7 +207,7 @@ def test_a_server_killed_during_an_outage_replays_its_spool(
         server.process.kill()  # SIGKILL: no shutdown, nothing flushed by the process
         server.process.wait(timeout=30)
     assert load.failures == [] and load.refused == 0
-    assert _predicts_slower_than_the_bound(before_the_kill) == 0
+    assert slower_than_the_bound(before_the_kill) == 0
     assert len(load.ids) > 50
     assert _segments(settings.spool_dir)  # the rows wait in the journal
     with run_server(settings) as server:
@@ -290,5 +273,5 @@ def test_a_full_spool_answers_503_at_once_and_recovers(
         server.stop()
         ids = _logged_ids(server)
     assert _metric(metrics, "reggaeton_prediction_log_refused_total") >= 2
-    assert _predicts_slower_than_the_bound(metrics) == 0  # none waited for the database
+    assert slower_than_the_bound(metrics) == 0  # none waited for the database
     assert sorted(ids) == sorted(answered)  # every 200 logged, no 503 logged
