@@ -10,6 +10,7 @@ says so). Docker's containers have their cgroups: ``containers_cpu_s`` reads the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from collections.abc import Callable, Generator
@@ -53,14 +54,25 @@ def join_own_cgroup(name: str) -> tuple[Callable[[], float], Path] | None:
         if not (root / marker).is_file():  # not that hierarchy: a folder made there would be a cgroup
             continue
         folder = root / PARENT / name
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "cgroup.procs").write_text(str(os.getpid()))
-            reader(folder)
-        except OSError:
-            continue
-        return (lambda folder=folder, reader=reader: reader(folder)), folder
+        _remove_empty(root / PARENT)
+        for _ in range(3):  # another run's sweep may remove the folder before this process is in it
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "cgroup.procs").write_text(str(os.getpid()))
+                reader(folder)
+            except OSError:
+                continue
+            return (lambda folder=folder, reader=reader: reader(folder)), folder
     return None
+
+
+def _remove_empty(parent: Path) -> None:
+    """The folders of earlier workers whose last processes have ended (a cgroup with a process in it, or
+    one with child cgroups, cannot be removed: rmdir fails and it stays)."""
+    for child in parent.iterdir() if parent.is_dir() else ():
+        if child.is_dir():
+            with contextlib.suppress(OSError):
+                child.rmdir()
 
 
 def leave_cgroup(folder: Path) -> None:
@@ -69,7 +81,7 @@ def leave_cgroup(folder: Path) -> None:
         (folder.parents[1] / "cgroup.procs").write_text(str(os.getpid()))
         folder.rmdir()
     except OSError:
-        pass  # a process it started still runs: the empty folder is left (harmless, reused by name)
+        pass  # a process it started still runs: the next run's workers remove the folder once it is empty
 
 
 def containers_cpu_s() -> float | None:

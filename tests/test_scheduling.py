@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cpu_accounting import REPORT_ATTRIBUTE, RUSAGE_NOTE, SOURCE_ATTRIBUTE
+from cpu_accounting import CGROUP_V1, PARENT, REPORT_ATTRIBUTE, RUSAGE_NOTE, SOURCE_ATTRIBUTE
 from scheduling import (
     DurationRecorder,
     longest_first,
@@ -169,7 +170,13 @@ for _ in range(600):  # the orphan's zombie holds the folder until init reaps it
 
 
 def test_a_workers_cgroup_counts_the_cpu_of_a_process_it_started_and_nobody_reaped() -> None:
-    """What `getrusage` misses (a stack's daemonized services, their flow runs): the cgroup counts it."""
+    """What `getrusage` misses (a stack's daemonized services, their flow runs): the cgroup counts it.
+    And the empty folder an earlier worker left (its last process ended after it) is swept."""
+    v1 = (CGROUP_V1 / "cpuacct.usage").is_file()  # elsewhere a folder made there would be a cgroup v2
+    leftover = CGROUP_V1 / PARENT / f"leftover-{os.getpid()}"
+    if v1:
+        with contextlib.suppress(OSError):
+            leftover.mkdir(parents=True)
     done = subprocess.run(
         [sys.executable, "-c", ORPHAN_BURNS_CPU, str(Path(__file__).parent)],
         capture_output=True,
@@ -184,3 +191,5 @@ def test_a_workers_cgroup_counts_the_cpu_of_a_process_it_started_and_nobody_reap
         pytest.skip("no writable cgroup here: the report counts the workers' own and reaped CPU")
     assert float(counted) >= 0.9, done.stdout  # the orphan's second
     assert float(rusage) < 0.5, done.stdout  # which the process's own accounting does not see
+    if v1:
+        assert not leftover.exists()
