@@ -45,13 +45,15 @@ def _v2_usage_s(folder: Path) -> float:
 def join_own_cgroup(name: str) -> tuple[Callable[[], float], Path] | None:
     """Move this process into a new cgroup ``reggaeton-tests/<name>`` (the processes it starts follow it):
     (a reader of its CPU seconds, its folder), or None where cgroups cannot be written (not root, read-only,
-    no cpu accounting)."""
+    no cpu accounting) or where joining one would change how the CPU is shared (``_accounting_only``)."""
     hierarchies: tuple[tuple[Path, str, Callable[[Path], float]], ...] = (
         (CGROUP_V1, "cpuacct.usage", lambda folder: int((folder / "cpuacct.usage").read_text()) / 1e9),
         (CGROUP_V2, "cgroup.controllers", _v2_usage_s),
     )
     for root, marker, reader in hierarchies:
         if not (root / marker).is_file():  # not that hierarchy: a folder made there would be a cgroup
+            continue
+        if not _accounting_only(root):
             continue
         folder = root / PARENT / name
         _remove_empty(root / PARENT)
@@ -64,6 +66,18 @@ def join_own_cgroup(name: str) -> tuple[Callable[[], float], Path] | None:
                 continue
             return (lambda folder=folder, reader=reader: reader(folder)), folder
     return None
+
+
+def _accounting_only(root: Path) -> bool:
+    """Whether a new cgroup under ``root`` only counts: no CPU controller there, whose weights would give
+    the worker and everything it starts one share of the machine between them (cgroup v1 often mounts cpu
+    with cpuacct; v2 applies cpu weights to the children of a cgroup that enables the cpu controller)."""
+    if root == CGROUP_V1:
+        return not (root / "cpu.shares").exists()
+    try:
+        return "cpu" not in (root / "cgroup.subtree_control").read_text().split()
+    except OSError:
+        return False
 
 
 def _remove_empty(parent: Path) -> None:
