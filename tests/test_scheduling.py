@@ -186,9 +186,10 @@ def test_a_workers_cgroup_counts_the_cpu_of_a_process_it_started_and_nobody_reap
     )
     source, counted, rusage = done.stdout.split()
     if source == "none":
-        if os.environ.get("CI") == "true" and os.geteuid() == 0:
-            pytest.fail("CI runs as root: the workers' cgroups must be writable")
-        pytest.skip("no writable cgroup here: the report counts the workers' own and reaped CPU")
+        # Where a cgroup v1 cpuacct hierarchy of its own exists (this CI machine's), a root run must use it.
+        if v1 and not (CGROUP_V1 / "cpu.shares").exists() and os.geteuid() == 0:
+            pytest.fail("running as root beside an accounting-only cpuacct hierarchy, no cgroup was joined")
+        pytest.skip("no cgroup that only counts is writable here: the report counts the workers' own CPU")
     assert float(counted) >= 0.9, done.stdout  # the orphan's second
     assert float(rusage) < 0.5, done.stdout  # which the process's own accounting does not see
     if v1:
