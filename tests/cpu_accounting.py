@@ -112,7 +112,6 @@ class CpuMeter:
 
     def __init__(self, name: str) -> None:
         joined = join_own_cgroup(name)
-        self.source = "cgroup" if joined else "rusage"
         self._read: Callable[[], float] = joined[0] if joined else rusage_cpu_s
         self._folder: Path | None = joined[1] if joined else None
         self._last = self._read()
@@ -129,7 +128,7 @@ class CpuMeter:
     def pytest_runtest_makereport(self) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         setattr(report, REPORT_ATTRIBUTE, self.lap())
-        if self.source == "rusage":
+        if self._folder is None:  # no cgroup: the worker's own and reaped CPU
             setattr(report, SOURCE_ATTRIBUTE, "rusage")
         return report
 

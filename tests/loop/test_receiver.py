@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import httpx
 import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
+from embedded.manual import wait_until
 from embedded.receiver import make_server, parse_alert, read_alerts
 from flows.automations import WEBHOOK_JSON
 
@@ -69,12 +68,12 @@ def test_prefect_webhook_block_reaches_receiver(receiver: tuple[str, Path]) -> N
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare")
-def test_as_pid_1_of_its_namespace_sigterm_stops_it_at_once(tmp_path: Path) -> None:
+def test_as_pid_1_of_its_namespace_sigterm_stops_it_at_once(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     """In a container the receiver is PID 1, for which the kernel ignores a signal without a handler:
     without one, `docker-compose stop` waited its whole grace period, then killed it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -89,15 +88,7 @@ def test_as_pid_1_of_its_namespace_sigterm_stops_it_at_once(tmp_path: Path) -> N
         ["unshare", "--pid", "--fork", "--kill-child", *command], stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "the receiver did not start"
-            time.sleep(0.2)
+        wait_until("the receiver to answer", lambda: _answers(f"http://127.0.0.1:{port}/health"), 60, 0.2)
         (child,) = _children(process.pid)
         assert _ns_pid(child) == 1  # what a container's init is
         os.kill(child, signal.SIGTERM)
@@ -108,6 +99,13 @@ def test_as_pid_1_of_its_namespace_sigterm_stops_it_at_once(tmp_path: Path) -> N
             process.wait(timeout=10)
     assert process.returncode == 0, stderr
     assert "alert receiver stopped" in stderr
+
+
+def _answers(url: str) -> bool | None:
+    try:
+        return True if httpx.get(url, timeout=1).status_code == 200 else None
+    except httpx.HTTPError:
+        return None
 
 
 def _children(pid: int) -> list[int]:
