@@ -7,6 +7,10 @@ the worker would die with it). Every ``watchdog.every_s`` it looks at the Prefec
   ``prefect.stranded_after_s`` is marked ``Crashed``. The proactive automation of the same rule
   (``flows/automations.py``) acts first; this is its backstop, as Prefect's proactive triggers are
   reported to fire erratically. Crashing frees the deployment's concurrency slot.
+- **silent runs**: a run of the loop's deployments ``Running`` with no heartbeat well past the zombie
+  bound (``Settings.zombie_after_s``: its process died, with its worker or the machine) is marked
+  ``Crashed``, the backstop of the zombie automation; it held the deployment's one slot, so every
+  scheduled run after it was cancelled by the limit until something crashed it.
 - **dead-man's switch**: no ``monitor`` run completed for ``watchdog.monitor_intervals`` of its schedule
   interval emits ``reggaeton.monitor.stale`` once; the next completed run emits
   ``reggaeton.monitor.recovered`` once. The same for ``train-and-promote`` and its weekly schedule.
@@ -49,7 +53,14 @@ from prefect.events.clients import get_events_client
 from prefect.states import Crashed
 
 from adapters import prefect_events
-from adapters.prefect_api import CONCURRENCY_CANCEL_MESSAGE, deployment_runs, prefect_api, slot_holders
+from adapters.prefect_api import (
+    CONCURRENCY_CANCEL_MESSAGE,
+    HEARTBEAT,
+    deployment_runs,
+    prefect_api,
+    slot_holders,
+    state_events,
+)
 from reggaeton import heartbeat
 from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT, WATCHDOG_ALIVE_FILE, Event
 from reggaeton.settings import Settings
@@ -57,6 +68,7 @@ from reggaeton.settings import Settings
 logger = logging.getLogger(__name__)
 
 STRANDED_MESSAGE = "Pending for {after_s} s: its worker died while submitting it (watchdog)."
+SILENT_MESSAGE = "Running with no heartbeat for {after_s} s: its process is gone (watchdog)."
 
 
 @dataclass(frozen=True)
@@ -96,16 +108,33 @@ def is_stale(
     return now - reference > interval * intervals
 
 
+def _after_the_rule(bound_s: float, settings: Settings) -> timedelta:
+    """An automation's bound plus two looks (at least 30 s), so that the automation, when it fires, acts
+    first and the watchdog is only its backstop."""
+    return timedelta(seconds=bound_s + max(2 * settings.watchdog.every_s, 30.0))
+
+
 def stranded_after(settings: Settings) -> timedelta:
-    """How long a run may stay Pending before the watchdog crashes it: the rule's bound plus two looks
-    (at least 30 s), so that the automation, when it fires, acts first."""
-    return timedelta(seconds=settings.prefect.stranded_after_s + max(2 * settings.watchdog.every_s, 30.0))
+    """How long a run may stay Pending before the watchdog crashes it (the stranded rule's bound)."""
+    return _after_the_rule(settings.prefect.stranded_after_s, settings)
+
+
+def silent_after(settings: Settings) -> timedelta:
+    """How long a Running run may go without a heartbeat before the watchdog crashes it (the zombie
+    rule's bound)."""
+    return _after_the_rule(settings.zombie_after_s, settings)
 
 
 def is_stranded(run: FlowRun, now: datetime, after: timedelta) -> bool:
     """Still Pending, and for longer than `after`."""
     state = run.state
     return state is not None and state.type == StateType.PENDING and now - state.timestamp > after
+
+
+def running_since_before(run: FlowRun, now: datetime, after: timedelta) -> bool:
+    """Running, and since longer than `after`: silent unless a heartbeat came within `after`."""
+    state = run.state
+    return state is not None and state.type == StateType.RUNNING and now - state.timestamp > after
 
 
 def cancelled_by_limit(runs: Iterable[FlowRun], now: datetime, window: timedelta) -> list[FlowRun]:
@@ -159,6 +188,27 @@ def _runs(client: SyncPrefectClient, deployment_id: UUID, *types: StateType, **m
     return deployment_runs(client, deployment_id, *types, sort=FlowRunSort.END_TIME_DESC, **more)
 
 
+def crash_silent_runs(
+    client: SyncPrefectClient, deployment_id: UUID, now: datetime, after: timedelta
+) -> list[FlowRun]:
+    """Mark Crashed the deployment's runs Running for longer than `after` with no heartbeat within it.
+
+    Not forced: a run that finished meanwhile stays finished (the server refuses to leave a final state
+    unforced). Crashing a Running run releases its deployment concurrency slot at once.
+    """
+    crashed = []
+    for run in _runs(client, deployment_id, StateType.RUNNING):
+        if not running_since_before(run, now, after):
+            continue
+        if state_events(client, {run.id}, HEARTBEAT, since=now - after):
+            continue  # it beat lately: alive
+        message = SILENT_MESSAGE.format(after_s=int(after.total_seconds()))
+        result: OrchestrationResult[Any] = client.set_flow_run_state(run.id, Crashed(message=message))
+        logger.warning("silent run %s: %s", run.name, result.status.value)
+        crashed.append(run)
+    return crashed
+
+
 def emit(settings: Settings, name: str, deployment: str, payload: dict[str, Any]) -> None:
     """Send one event to the Prefect server and wait until it has left."""
     resource = prefect_events.deployment_resource(deployment)
@@ -194,6 +244,8 @@ class Watchdog:
             }
             for deployment in deployments.values():
                 done += self._crash_stranded(client, deployment, now)
+                silent = crash_silent_runs(client, deployment.id, now, silent_after(self.settings))
+                done += [f"crashed {run.id}" for run in silent]
                 done += self._report_cancelled(client, deployment, now)
             for rule in watched(self.settings):
                 if (found := deployments.get(rule.deployment)) is not None:
@@ -210,7 +262,8 @@ class Watchdog:
         for run in _runs(client, deployment.id, StateType.PENDING):
             if not is_stranded(run, now, after):
                 continue
-            # Not forced: a run that moved on meanwhile (Running, or final) is not overwritten by this.
+            # Not forced: a run that finished meanwhile is not overwritten by this (a run that went Running
+            # in the milliseconds since the read is: the server allows Running -> Crashed).
             result: OrchestrationResult[Any] = client.set_flow_run_state(
                 run.id,
                 Crashed(message=STRANDED_MESSAGE.format(after_s=self.settings.prefect.stranded_after_s)),

@@ -45,6 +45,7 @@ from embedded.manual import MANUAL_TAG, SlotTaken, run_when_free
 from embedded.receiver import read_alerts
 from flows.automations import FLOW_RUN_HEARTBEAT, FLOW_RUN_SUBMITTING
 from flows.deploy import deploy
+from monitoring import watchdog
 from reggaeton.names import MONITOR_DEPLOYMENT, TRAIN_DEPLOYMENT
 from reggaeton.settings import Settings
 
@@ -437,10 +438,13 @@ def test_monitoring_silent_for_three_intervals_is_notified_once_then_recovers(
     time.sleep(10)  # the watchdog looks every 2 s: still one alert
     assert len(_alerts(settings, stale)) == before + 1
     assert stack.up(settings, ["worker"]) == {"worker": "started"}
+    # A monitor run Running when the worker stopped died with it and holds the deployment's one slot
+    # until it is crashed as silent (the zombie automation, or the watchdog's backstop): then the next
+    # scheduled run completes.
     demo.wait_until(
         "the recovery alert",
         lambda: True if len(_alerts(settings, recovered)) > before else None,
-        timeout_s=90,
+        timeout_s=watchdog.silent_after(settings).total_seconds() + 2 * MONITOR_EVERY_S + 30,
     )
     time.sleep(6)
     assert len(_alerts(settings, stale)) == before + 1

@@ -1,15 +1,24 @@
-"""The watchdog's decisions and the stranded-run rule, without a server (the loop tests run them live)."""
+"""The watchdog's decisions and the stranded-run rule, without a server (the loop tests run them live),
+and its crash of a silent Running run on the session's Prefect server."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.events import Event as PrefectEvent
+from prefect.events.clients import get_events_client
+from prefect.states import Completed, Running
 
+from adapters.prefect_api import HEARTBEAT, flow_run_event, flow_run_resource, prefect_api_at, state_events
+from embedded.manual import wait_until
 from flows import automations
 from infra import healthcheck
 from infra.services import SERVICES
@@ -51,6 +60,68 @@ def test_the_backstop_acts_after_the_automation() -> None:
     assert watchdog.stranded_after(settings) == timedelta(seconds=180)
     quick = Settings(prefect={"stranded_after_s": 20}, watchdog={"every_s": 2})
     assert watchdog.stranded_after(quick) == timedelta(seconds=50)
+
+
+def test_only_a_run_running_since_before_the_bound_may_be_silent() -> None:
+    after = timedelta(seconds=120)
+    assert watchdog.running_since_before(_run(StateType.RUNNING, NOW - timedelta(seconds=121)), NOW, after)
+    assert not watchdog.running_since_before(_run(StateType.RUNNING, NOW - timedelta(seconds=60)), NOW, after)
+    for other in (StateType.PENDING, StateType.COMPLETED, StateType.CRASHED, StateType.PAUSED):
+        assert not watchdog.running_since_before(_run(other, NOW - timedelta(hours=1)), NOW, after)
+
+
+def test_the_silent_run_backstop_acts_after_the_zombie_automation() -> None:
+    settings = Settings(prefect={"heartbeat_s": 30, "zombie_after_beats": 3}, watchdog={"every_s": 30})
+    assert watchdog.silent_after(settings) == timedelta(seconds=90 + 60)
+    quick = Settings(prefect={"heartbeat_s": 30, "zombie_after_beats": 2}, watchdog={"every_s": 2})
+    assert watchdog.silent_after(quick) == timedelta(seconds=60 + 30)
+
+
+def test_a_running_run_with_no_heartbeat_is_crashed_and_a_beating_one_is_not(prefect_api_url: str) -> None:
+    """On a real server: of three runs Running since before the bound, the one with no heartbeat within it
+    is crashed (unforced, with the watchdog's message); one that beat lately and a Completed one are left.
+
+    The bound is a parameter: 8 s here (the heartbeat's way into the server's event store fits in it)
+    instead of the stack's minutes."""
+    pool = f"silent-{uuid4().hex[:8]}"
+    after = timedelta(seconds=8)
+    with prefect_api_at(prefect_api_url), get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = client.create_flow_from_name(f"flow-{pool}")
+        deployment = client.create_deployment(flow_id, pool, work_pool_name=pool, entrypoint="f.py:f")
+        runs = {
+            who: client.create_flow_run_from_deployment(deployment) for who in ("dead", "beating", "done")
+        }
+        for run in runs.values():
+            client.set_flow_run_state(run.id, Running())
+        client.set_flow_run_state(runs["done"].id, Completed())
+        time.sleep(after.total_seconds() + 1)
+
+        async def beat() -> None:
+            async with get_events_client() as events:
+                await events.emit(
+                    PrefectEvent(
+                        event=flow_run_event(HEARTBEAT),
+                        resource={"prefect.resource.id": flow_run_resource(runs["beating"].id)},
+                    )
+                )
+
+        asyncio.run(beat())
+        began = datetime.now(UTC)
+        wait_until(
+            "the heartbeat, recorded",
+            lambda: state_events(client, {runs["beating"].id}, HEARTBEAT, began - after) or None,
+            timeout_s=30,
+            every_s=0.2,
+        )
+        crashed = watchdog.crash_silent_runs(client, deployment, datetime.now(UTC), after)
+
+        assert [run.id for run in crashed] == [runs["dead"].id]
+        states = {who: client.read_flow_run(run.id).state for who, run in runs.items()}
+    assert states["dead"] is not None and states["dead"].type == StateType.CRASHED
+    assert states["dead"].message == watchdog.SILENT_MESSAGE.format(after_s=8)
+    assert states["beating"] is not None and states["beating"].type == StateType.RUNNING
+    assert states["done"] is not None and states["done"].type == StateType.COMPLETED
 
 
 def test_only_cancellations_by_the_concurrency_limit_within_the_window_count() -> None:
