@@ -507,9 +507,10 @@ def one_line(exc: BaseException) -> str:
 
 def _local_settings(ctx: Context) -> Settings:
     """The settings the local stack runs with: its MLflow through its own server."""
-    from embedded import demo
+    # From the stack module, light to import: `up`, `down` and `deploy` need no MLflow or scipy.
+    from embedded import stack
 
-    return demo.stack_settings(ctx.settings)
+    return stack.stack_settings(ctx.settings)
 
 
 def _print_urls(found: Endpoints) -> None:

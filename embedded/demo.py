@@ -74,14 +74,6 @@ class DemoReport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def stack_settings(settings: Settings) -> Settings:
-    """The settings as the stack's processes see them (MLflow through the local server)."""
-    if settings.mlflow.tracking_uri:
-        return settings
-    mlflow = settings.mlflow.model_copy(update={"tracking_uri": stack.mlflow_url(settings)})
-    return settings.model_copy(update={"mlflow": mlflow})
-
-
 # --- registry -------------------------------------------------------------------------------------------
 def version_info(client: MlflowClient, settings: Settings, version: str) -> VersionInfo:
     """Metrics (on its logged model) and decision (tags written by the gate) recorded on a version."""
@@ -316,7 +308,7 @@ def run_demo(settings: Settings) -> DemoReport:
     """Everything `make demo` does, returning what it saw."""
     report = DemoReport(started_at=datetime.now(UTC), policy=settings.live.policy)
     began = time.monotonic()
-    settings = stack_settings(settings)
+    settings = stack.stack_settings(settings)
     worker = stack.read_record(settings, "worker")
     if worker is not None and worker.is_running() and (worker.policy or "offline") != settings.live.policy:
         logger.info(
@@ -349,7 +341,7 @@ def main() -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     report = run_demo(settings)
-    sys.stdout.write(summary(stack_settings(settings), report))
+    sys.stdout.write(summary(stack.stack_settings(settings), report))
     return 0
 
 

@@ -101,6 +101,14 @@ def mlflow_url(settings: Settings) -> str:
     return f"http://{settings.mlflow.host}:{settings.mlflow.port}"
 
 
+def stack_settings(settings: Settings) -> Settings:
+    """The settings as the stack's processes see them (MLflow through the local server)."""
+    if settings.mlflow.tracking_uri:
+        return settings
+    mlflow = settings.mlflow.model_copy(update={"tracking_uri": mlflow_url(settings)})
+    return settings.model_copy(update={"mlflow": mlflow})
+
+
 def api_url(settings: Settings) -> str:
     """The API the stack runs."""
     return f"http://{settings.serving.host}:{settings.serving.port}"

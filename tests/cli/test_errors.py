@@ -141,3 +141,20 @@ def test_up_refuses_a_port_another_program_holds_and_starts_nothing(tmp_path: Pa
     assert "SimpleHTTP" in line and url in line, line
     assert line.endswith("give the mlflow another port: REGGAETON_MLFLOW__PORT=<free port>"), line
     assert not (tmp_path / "state" / "pids").exists() or not any((tmp_path / "state" / "pids").iterdir())
+
+
+def test_down_answers_without_importing_mlflow_prefect_or_scipy(tmp_path: Path) -> None:
+    """Stopping the stack reads PID files: it does not pay seconds of imports (only a stopped worker's
+    hand-back talks to Prefect)."""
+    heavy = ("mlflow", "prefect", "scipy", "sklearn")
+    script = (
+        "import sys; from cli.main import main; code = main(['down']); "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("REGGAETON_")}
+    env["REGGAETON_STATE_DIR"] = str(tmp_path / "state")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from embedded import demo, stack
+from embedded import stack
 from reggaeton.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def _running_stack(
         promotion={"bootstrap_rounds": 200, "latency_tolerance": 50.0} | sections.pop("promotion", {}),
         **sections,
     )
-    settings = demo.stack_settings(settings)
+    settings = stack.stack_settings(settings)
     try:
         stack.up(settings)
         yield settings

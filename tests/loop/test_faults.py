@@ -119,7 +119,7 @@ def _small_stack_settings(tmp_path: Path, free_port: Callable[[], int], **prefec
         },
         promotion={"bootstrap_rounds": 200, "latency_tolerance": 50.0},
     )
-    return demo.stack_settings(settings)
+    return stack.stack_settings(settings)
 
 
 @pytest.fixture
