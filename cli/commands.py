@@ -507,7 +507,7 @@ def one_line(exc: BaseException) -> str:
 
 def _local_settings(ctx: Context) -> Settings:
     """The settings the local stack runs with: its MLflow through its own server."""
-    # From the stack module, light to import: `up`, `down` and `deploy` need no MLflow or scipy.
+    # From the stack module, light to import: `up` and `down` need no MLflow, Prefect or scipy here.
     from embedded import stack
 
     return stack.stack_settings(ctx.settings)
