@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -82,15 +83,20 @@ def test_swaps_under_load_fail_no_request(tmp_path: Path, registry_versions: Reg
     with run_server(settings) as server, _Traffic(server.url) as traffic:
         time.sleep(1.0)
         for version in [*others, first]:
-            promoted_at = time.monotonic()
             promote(registry_versions.settings, version)
+            # The alias moved by now: the clock starts here, not before the signing and the registry
+            # connections that precede the alias write (seconds on a loaded machine: CI 36 failed on it).
+            moved_at, moved_at_wall = time.monotonic(), time.time()
             _wait_for(
-                lambda v=version, t=promoted_at: traffic.first_time_serving(v, t), 120, f"version {version}"
+                lambda v=version, t=moved_at: traffic.first_time_serving(v, t), 120, f"version {version}"
             )
-            switched_after = traffic.first_time_serving(version, promoted_at) - promoted_at  # type: ignore[operator]
-            load_seconds = httpx.get(server.url + "/model", timeout=10).json()["load_seconds"]
-            # A check already under way may have seen the old alias: at most one lookup, the poll
-            # interval, then the lookup, load and smoke check of the new version (load_seconds).
+            served = httpx.get(server.url + "/model", timeout=10).json()
+            assert served["version"] == version, served
+            # When the server itself began serving it (its clock, not a client thread's, which a busy
+            # machine may starve): a check already under way may have seen the old alias, so at most one
+            # lookup, the poll interval, then the lookup, load and smoke check of the new version.
+            switched_after = datetime.fromisoformat(served["loaded_at"]).timestamp() - moved_at_wall
+            load_seconds = served["load_seconds"]
             assert switched_after <= poll + 2 * load_seconds + 1.0, (switched_after, load_seconds)
             time.sleep(0.5)
         swapped = _metric(server, "reggaeton_model_reloads_total", '{outcome="swapped"}')
